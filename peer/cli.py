@@ -1,0 +1,154 @@
+"""`hearsay` command line: run | cluster | status | peers.
+
+Every failure the user can cause (bad option, unreachable peer, bad plug-in) ends
+with one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from google.protobuf.json_format import MessageToDict
+
+from peer import __version__
+from peer.config import ConfigError, add_flags, load
+from peer.plugins import PluginError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
+    acc = f"{s.accuracy:.4f}" if s.accuracy >= 0 else "not evaluated yet"
+    return [
+        f"peer          {s.peer_id}",
+        f"address       {s.gossip_address}",
+        f"model         {s.model} on {s.dataset} ({s.samples} samples, {s.device})",
+        f"steps         {s.steps}{' (training done)' if s.training_done else ''}",
+        f"accuracy      {acc}",
+        f"loss          {s.loss:.4f}",
+        f"known peers   {s.known_peers}",
+        f"exchanges     {s.exchanges} ({s.merges} merged, {s.rejected} refused)",
+        f"bytes in/out  {s.bytes_received} / {s.bytes_sent}",
+        f"model         version {s.model_version}, digest {s.model_digest[:16]}",
+        f"uptime        {s.uptime_seconds:.1f} s",
+    ]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peer import logs
+    from peer.node import run
+
+    config = load(args)
+    logs.setup(config.log_level, config.log_json, config.resolved_peer_id())
+    return run(config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from peer.admin_client import AdminClient
+
+    with AdminClient(args.admin, args.timeout) as client:
+        s = client.status()
+    if args.json:
+        print(json.dumps(MessageToDict(s, always_print_fields_with_no_presence=True,
+                                       preserving_proto_field_name=True)))
+    else:
+        print("\n".join(_status_lines(s)))
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from peer.admin_client import AdminClient
+
+    with AdminClient(args.admin, args.timeout) as client:
+        peers = client.list_peers().peers
+    if args.json:
+        print(json.dumps([MessageToDict(p, always_print_fields_with_no_presence=True,
+                                        preserving_proto_field_name=True) for p in peers]))
+        return 0
+    header = f"{'id':<22} {'address':<22} {'state':<8} {'source':<8} {'seen':>7} {'exch':>6} {'fail':>5} " \
+             f"{'bytes in':>12} {'bytes out':>12}"
+    print(header)
+    for p in peers:
+        seen = f"{p.last_contact_seconds_ago:.1f}s" if p.last_contact_seconds_ago >= 0 else "never"
+        print(f"{(p.peer_id or '?'):<22} {p.address:<22} {p.state:<8} {p.source:<8} {seen:>7} {p.exchanges:>6} "
+              f"{p.failures:>5} {p.bytes_received:>12} {p.bytes_sent:>12}")
+    if not peers:
+        print("(no known peers)")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from peer.cluster import ClusterSpec, run_cluster
+
+    spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
+                       out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
+                       merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed,
+                       extra_args=args.peer_arg or [])
+    return run_cluster(spec)
+
+
+def _add_admin_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--admin", default="127.0.0.1:7071", metavar="HOST:PORT",
+                   help="admin address of the peer to ask (default: 127.0.0.1:7071)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hearsay", description="Gossip-learning peer daemon.")
+    parser.add_argument("--version", action="version", version=f"hearsay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run one peer (options: file < HEARSAY_* environment < flags)")
+    add_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cluster", help="run N peers on loopback with a live progress table")
+    p.add_argument("-n", type=int, default=4, help="number of peers (default: 4)")
+    p.add_argument("--duration", type=float, default=120.0, help="stop after this many seconds (default: 120)")
+    p.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                   help="stop as soon as every peer reaches test accuracy A")
+    p.add_argument("--out", default="results", metavar="DIR", help="where results.json and accuracy.png go")
+    p.add_argument("--model", default="mlp", help="model of every peer (default: mlp)")
+    p.add_argument("--partition", default="iid", choices=("iid", "dirichlet"))
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
+    p.add_argument("--merge", default="weighted", choices=("mean", "weighted"))
+    p.add_argument("--gossip-interval", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")
+    p.add_argument("--peer-arg", action="append", metavar="ARG",
+                   help="extra flag passed to every `hearsay run` (repeatable), e.g. --peer-arg=--lr=0.1")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("status", help="show one peer's status")
+    _add_admin_flags(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("peers", help="list the members one peer knows")
+    _add_admin_flags(p)
+    p.set_defaults(func=cmd_peers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from peer.admin_client import AdminError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, PluginError) as e:
+        print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except AdminError as e:
+        print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Typed peer configuration: TOML file < environment (HEARSAY_*) < command-line flags.
+
+Every option is one field of ``PeerConfig`` with its default and its documentation
+in the field metadata; flags, environment names and the README table are all
+derived from that single place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HEARSAY_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the option."""
+
+
+def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **kw: Any) -> Any:
+    meta = {"help": help, "choices": tuple(choices) if choices else None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class PeerConfig:
+    # --- identity and network
+    peer_id: str = _opt("", "Unique id of this peer; default: <hostname>-<port>.")
+    host: str = _opt("127.0.0.1", "Address the gossip server binds to.")
+    port: int = _opt(7070, "Gossip server port (0 picks a free port).")
+    advertise: str = _opt("", "host:port other peers use to reach us; default: <host>:<port>.")
+    admin_host: str = _opt("127.0.0.1", "Address the admin server binds to (keep it on loopback).")
+    admin_port: int = _opt(7071, "Admin server port (0 picks a free port).")
+    seeds: list[str] = _opt([], "Gossip addresses (host:port) of peers to contact at start; "
+                                "comma-separated in the environment.")
+    # --- data and model
+    dataset: str = _opt("digits", "Data set: 'digits' (bundled with scikit-learn) or "
+                                  "'module:factory' returning a peer.data.Dataset.")
+    model: str = _opt("mlp", "Model: 'mlp', 'cnn' or 'module:factory(input_shape, num_classes)' "
+                             "returning a torch.nn.Module.")
+    partition: str = _opt("iid", "How the training data is split across peers.",
+                          choices=("iid", "dirichlet"))
+    alpha: float = _opt(0.5, "Dirichlet concentration for partition=dirichlet (smaller = more skewed).")
+    shard_index: int = _opt(0, "Which shard of the training data this peer trains on (0-based).")
+    shard_count: int = _opt(1, "Number of shards the training data is split into (peers in the swarm).")
+    data_seed: int = _opt(0, "Seed of the test split and the partition; equal on every peer.")
+    seed: int = _opt(0, "Seed of this peer's model initialisation, batch order and partner choice.")
+    # --- training
+    device: str = _opt("auto", "Where training runs: auto uses CUDA when present.",
+                       choices=("auto", "cpu", "cuda"))
+    threads: int = _opt(1, "torch intra-op threads for training (1 suits several peers per machine).")
+    batch_size: int = _opt(32, "Mini-batch size of local SGD.")
+    lr: float = _opt(0.05, "Learning rate of local SGD.")
+    momentum: float = _opt(0.9, "SGD momentum.")
+    max_steps: int = _opt(0, "Stop local training after this many steps (0 = never); "
+                             "the peer keeps gossiping.")
+    steps_per_second: float = _opt(50.0, "Upper bound on the local step rate (0 = unbounded); "
+                                         "leaves CPU for gossip when peers share a machine.")
+    eval_every: int = _opt(25, "Evaluate test accuracy every this many steps.")
+    # --- gossip
+    gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
+    gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
+    merge: str = _opt("weighted", "Merge rule for received models.", choices=("mean", "weighted"))
+    codec: str = _opt("fp32", "Codec for floating-point tensors on the wire.", choices=("fp32",))
+    max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
+    # --- operations
+    log_level: str = _opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    log_json: bool = _opt(False, "Write logs as one JSON object per line.")
+
+    # -- derived values ---------------------------------------------------------------------
+    def gossip_address(self) -> str:
+        """The address other peers reach this peer's gossip server at."""
+        return self.advertise or f"{self.host}:{self.port}"
+
+    def resolved_peer_id(self) -> str:
+        return self.peer_id or f"{socket.gethostname()}-{self.port}"
+
+    def validate(self) -> PeerConfig:
+        """Raise ``ConfigError`` naming the first option whose value cannot work."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        checks = [
+            (0 <= self.port <= 65535, "port must be in 0..65535"),
+            (0 <= self.admin_port <= 65535, "admin_port must be in 0..65535"),
+            (self.shard_count >= 1, "shard_count must be at least 1"),
+            (0 <= self.shard_index < self.shard_count, "shard_index must be in 0..shard_count-1"),
+            (self.alpha > 0, "alpha must be positive"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (self.max_steps >= 0, "max_steps must be >= 0"),
+            (self.steps_per_second >= 0, "steps_per_second must be >= 0"),
+            (self.eval_every >= 1, "eval_every must be at least 1"),
+            (self.threads >= 1, "threads must be at least 1"),
+            (self.gossip_interval > 0, "gossip_interval must be positive"),
+            (self.gossip_timeout > 0, "gossip_timeout must be positive"),
+            (self.max_packet_mb > 0, "max_packet_mb must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for seed in self.seeds:
+            _check_address(seed, "seeds")
+        if self.advertise:
+            _check_address(self.advertise, "advertise")
+        return self
+
+
+def _check_address(value: str, option: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{option}: {value!r} is not host:port")
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(PeerConfig)}
+
+
+def _convert(name: str, raw: Any, from_text: bool) -> Any:
+    """Turn a file/env/flag value into the field's type, or raise ``ConfigError``."""
+    kind = type(_default_of(_fields()[name]))
+    try:
+        if kind is list:
+            if isinstance(raw, str):
+                return [s.strip() for s in raw.split(",") if s.strip()]
+            if isinstance(raw, list) and all(isinstance(s, str) for s in raw):
+                return list(raw)
+            raise ValueError("expected a list of strings")
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if from_text and str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_text and str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if kind is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if kind is int and isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if kind is str and isinstance(raw, str):
+            return raw
+        if from_text and isinstance(raw, str):
+            return kind(raw)
+        raise ValueError(f"expected {kind.__name__}")
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot use {raw!r} ({e})") from None
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def from_file(path: str | Path) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys named like the fields (``[peer]`` table also accepted)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    if isinstance(data.get("peer"), dict):
+        data = {**{k: v for k, v in data.items() if k != "peer"}, **data["peer"]}
+    fields = _fields()
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+    return {k: _convert(k, v, from_text=False) for k, v in data.items()}
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Options from ``HEARSAY_<NAME>`` variables (``HEARSAY_CONFIG`` names the file, not an option)."""
+    out = {}
+    for name in _fields():
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            out[name] = _convert(name, environ[key], from_text=True)
+    return out
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--name`` flag per option, defaulting to ``None`` so unset flags do not override."""
+    for name, f in _fields().items():
+        flag = "--" + name.replace("_", "-")
+        default = _default_of(f)
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text,
+                                choices=f.metadata.get("choices"))
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML config file (also HEARSAY_CONFIG); flags and environment override it.")
+
+
+def from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: _convert(name, getattr(args, name), from_text=True)
+            for name in _fields() if getattr(args, name, None) is not None}
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> PeerConfig:
+    """Build a validated config: defaults < file < environment < flags."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = (getattr(args, "config", None) if args is not None else None) or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        values.update(from_file(path))
+    values.update(from_env(environ))
+    if args is not None:
+        values.update(from_flags(args))
+    return PeerConfig(**values).validate()
+
+
+def options_table() -> str:
+    """A Markdown table of every option, for the README (a test keeps them in sync)."""
+    rows = ["| option | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for name, f in _fields().items():
+        choices = f.metadata.get("choices")
+        meaning = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        rows.append(f"| `{name}` | `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` "
+                    f"| `{_default_of(f)!r}` | {meaning} |")
+    return "\n".join(rows)

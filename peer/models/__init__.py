@@ -1,0 +1,57 @@
+"""The model zoo (an MLP and a small CNN) and user models by import path."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from peer.plugins import PluginError, load_factory
+
+
+class MLP(nn.Module):
+    """Two hidden layers; flattens any input shape."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv layers and a linear head, sized for small images (8x8 digits, 28x28 MNIST)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise PluginError(f"cnn needs (channels, height, width) inputs, got {input_shape}")
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (h // 2) * (w // 2), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+ZOO = {"mlp": MLP, "cnn": SmallCNN}
+
+
+def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A zoo model by name, or ``module:factory`` called with ``(input_shape, num_classes)``."""
+    if spec in ZOO:
+        return ZOO[spec](input_shape, num_classes)
+    factory = load_factory(spec, what="model")
+    try:
+        model = factory(input_shape, num_classes)
+    except Exception as e:  # noqa: BLE001 - user code: report it in one line
+        raise PluginError(f"model {spec!r} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise PluginError(f"model {spec!r} returned {type(model).__name__}, not torch.nn.Module")
+    return model

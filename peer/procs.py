@@ -1,0 +1,148 @@
+"""Real peer processes on this machine: start, wait until ready, stop.
+
+Used by `hearsay cluster` and by the integration tests, so tests exercise exactly
+what users run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from peer.admin_client import AdminClient, AdminError
+
+T = TypeVar("T")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago (all held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.2, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; ``TimeoutError`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class PeerProcess:
+    """One `hearsay run` child process with its ports and log file."""
+
+    peer_id: str
+    gossip_port: int
+    admin_port: int
+    args: Sequence[str]
+    log_path: Path
+    host: str = "127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def gossip_address(self) -> str:
+        return f"{self.host}:{self.gossip_port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{self.host}:{self.admin_port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "peer.cli", "run", "--peer-id", self.peer_id, "--host", self.host,
+                "--port", str(self.gossip_port), "--admin-host", self.host,
+                "--admin-port", str(self.admin_port), *self.args]
+
+    def start(self) -> PeerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed by the OS at exit
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env})
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def admin(self, timeout: float = 5.0) -> AdminClient:
+        return AdminClient(self.admin_address, timeout)
+
+    def status(self, timeout: float = 5.0):  # noqa: ANN201 - admin_pb2.StatusResponse
+        with self.admin(timeout) as client:
+            return client.status()
+
+    def try_status(self, timeout: float = 2.0):  # noqa: ANN201
+        """The status, or ``None`` while the peer is not answering."""
+        try:
+            return self.status(timeout)
+        except AdminError:
+            return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"peer {self.peer_id} exited with code {self.proc.returncode if self.proc else '?'}"
+                                   f":\n{self.log_tail()}")
+            return self.try_status(1.0) is not None
+        wait_for(ready, timeout, what=f"peer {self.peer_id} to answer on {self.admin_address}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` s; returns the exit code."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def launch_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]], Sequence[str]],
+                 env: dict[str, str] | None = None) -> list[PeerProcess]:
+    """Start ``count`` peers on loopback, each seeded with every other one's gossip address.
+
+    ``args_for(i, seeds)`` returns the extra `hearsay run` flags of peer ``i``.
+    """
+    ports = free_ports(2 * count)
+    peers = []
+    for i in range(count):
+        peers.append(PeerProcess(peer_id=f"peer-{i}", gossip_port=ports[2 * i], admin_port=ports[2 * i + 1],
+                                 args=[], log_path=log_dir / f"peer-{i}.log", env=dict(env or {})))
+    for i, p in enumerate(peers):
+        seeds = [q.gossip_address for q in peers if q is not p]
+        p.args = list(args_for(i, seeds))
+        p.start()
+    return peers

@@ -1,0 +1,171 @@
+"""Local training on this peer's shard, in a worker thread so the event loop never blocks.
+
+The model is shared between the training thread and the gossip loop; one lock
+guards it. Gossip reads a snapshot (``state``) and applies merges (``merge_with``)
+under that lock, so a merge never interleaves with an optimiser step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from peer.data import Dataset
+
+log = logging.getLogger(__name__)
+
+State = dict[str, np.ndarray]
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is present; ``cuda`` without one is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    if choice in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class TrainerStats:
+    steps: int
+    loss: float          # mean training loss since the previous evaluation (NaN before the first)
+    accuracy: float      # test accuracy at the last evaluation (-1 before the first)
+    version: int         # bumps on every step and every merge
+    done: bool           # max_steps reached
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: Dataset, shard: np.ndarray, *, device: torch.device,
+                 seed: int, batch_size: int, lr: float, momentum: float, max_steps: int = 0,
+                 steps_per_second: float = 0.0, eval_every: int = 25) -> None:
+        self.device = device
+        self.model = model.to(device)
+        self.samples = int(len(shard))
+        self.train_x = torch.as_tensor(data.train_x[shard], device=device)
+        self.train_y = torch.as_tensor(data.train_y[shard], device=device)
+        self.test_x = torch.as_tensor(data.test_x, device=device)
+        self.test_y = torch.as_tensor(data.test_y, device=device)
+        self.batch_size = min(batch_size, self.samples)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.max_steps = max_steps
+        self.min_step_seconds = 1.0 / steps_per_second if steps_per_second > 0 else 0.0
+        self.eval_every = eval_every
+        self._gen = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._steps = 0
+        self._version = 0
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self._loss = float("nan")
+        self._accuracy = -1.0
+        self.on_evaluated: Callable[[TrainerStats], None] | None = None
+
+    # --- the model, shared with gossip -------------------------------------------------------
+    def state(self) -> State:
+        """A CPU copy of every tensor of the model (parameters and buffers)."""
+        with self._lock:
+            return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.model.state_dict().items()}
+
+    def merge_with(self, merge: Callable[[State], State]) -> None:
+        """Replace the model by ``merge(current state)``, atomically with respect to training."""
+        with self._lock:
+            current = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+            merged = merge(current)
+            self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in merged.items()})
+            self._version += 1
+
+    def digest(self) -> str:
+        """SHA-256 over all tensors: equal digests mean bit-identical models."""
+        h = hashlib.sha256()
+        for name, x in self.state().items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        return h.hexdigest()
+
+    # --- training ----------------------------------------------------------------------------
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Epoch-wise reshuffling from a seeded generator: reproducible batch order.
+        if self._cursor + self.batch_size > len(self._order):
+            self._order = torch.randperm(self.samples, generator=self._gen).to(self.device)
+            self._cursor = 0
+        idx = self._order[self._cursor:self._cursor + self.batch_size]
+        self._cursor += self.batch_size
+        return self.train_x[idx], self.train_y[idx]
+
+    def step(self) -> float:
+        """One SGD step on a mini-batch of the shard; returns its loss."""
+        x, y = self._next_batch()
+        with self._lock:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            self.optimizer.step()
+            self._steps += 1
+            self._version += 1
+        value = float(loss.detach())
+        self._loss_sum += value
+        self._loss_count += 1
+        if self._steps % self.eval_every == 0:
+            self.evaluate()
+        return value
+
+    def train_steps(self, n: int) -> None:
+        for _ in range(n):
+            self.step()
+
+    def evaluate(self) -> float:
+        """Test accuracy of the current model; also closes the loss window."""
+        with self._lock, torch.no_grad():
+            self.model.eval()
+            predicted = self.model(self.test_x).argmax(dim=1)
+            self._accuracy = float((predicted == self.test_y).float().mean())
+        if self._loss_count:
+            self._loss = self._loss_sum / self._loss_count
+            self._loss_sum, self._loss_count = 0.0, 0
+        if self.on_evaluated is not None:
+            self.on_evaluated(self.stats())
+        return self._accuracy
+
+    def stats(self) -> TrainerStats:
+        done = self.max_steps > 0 and self._steps >= self.max_steps
+        return TrainerStats(self._steps, self._loss, self._accuracy, self._version, done)
+
+    # --- the worker thread -------------------------------------------------------------------
+    def start(self) -> None:
+        self.evaluate()
+        self._thread = threading.Thread(target=self._run, name="hearsay-trainer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and not self.stats().done:
+                started = time.monotonic()
+                self.step()
+                spare = self.min_step_seconds - (time.monotonic() - started)
+                if spare > 0:
+                    self._stop.wait(spare)  # paced, and wakes at once on stop
+            if self.stats().done:
+                self.evaluate()
+                log.info("training done after %d steps, accuracy %.4f", self._steps, self._accuracy)
+        except Exception:  # noqa: BLE001 - a dead trainer must be loud, not silent
+            log.exception("training thread failed")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the hearsay wire contract (proto/generate.py)."""

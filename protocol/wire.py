@@ -1,0 +1,283 @@
+"""msgpack framing of a model packet, with strict validation on decode.
+
+A packet is one msgpack map::
+
+    {"v": format version, "id": sender id, "addr": sender gossip address,
+     "fp": model fingerprint (16 bytes), "mv": model version, "age": local steps,
+     "n": sample count, "codec": codec policy name, "cp": policy parameters,
+     "t": [[name, shape, dtype, codec, params, payload], ...]}
+
+``decode_packet`` never lets a parser exception escape: every way the bytes can be
+wrong maps to a ``protocol.errors.WireError`` subclass, and every declared size is
+checked against limits and against what actually arrived before anything
+proportional to it is allocated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from protocol import codecs
+from protocol.codecs.base import Codec, Params
+from protocol.errors import (
+    FingerprintMismatch,
+    MalformedPacket,
+    NonFiniteValues,
+    PacketTooLarge,
+    TruncatedPacket,
+    UnsupportedVersion,
+    WireError,
+)
+
+FORMAT_VERSION = 1
+# gRPC's default message limit is 4 MiB; frames stay well below it.
+FRAME_BYTES = 1 << 20
+FINGERPRINT_BYTES = 16
+# dtypes a packet may declare; anything else is refused before decoding.
+WIRE_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                         "uint8", "bool"})
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What must match between two peers' models: name, shape and dtype of a tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def specs_of(tensors: Mapping[str, np.ndarray]) -> tuple[TensorSpec, ...]:
+    """The specs of a model's tensors, in the model's own order."""
+    return tuple(TensorSpec(name, tuple(int(d) for d in t.shape), np.dtype(t.dtype).name)
+                 for name, t in tensors.items())
+
+
+def fingerprint(specs: Sequence[TensorSpec]) -> bytes:
+    """A 16-byte digest of the names, shapes and dtypes: equal iff architectures match."""
+    canon = msgpack.packb([[s.name, list(s.shape), s.dtype] for s in specs])
+    return hashlib.sha256(canon).digest()[:FINGERPRINT_BYTES]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds checked before allocation; a packet beyond any of them is refused."""
+
+    max_packet_bytes: int = 1 << 30
+    max_tensors: int = 4096
+    max_tensor_elements: int = 1 << 28
+    max_rank: int = 8
+    max_string: int = 256
+    max_params: int = 16
+
+
+@dataclass(frozen=True)
+class PacketHeader:
+    """Everything about a packet except the tensor payloads."""
+
+    sender_id: str
+    sender_addr: str
+    fingerprint: bytes
+    model_version: int
+    age: int
+    samples: int
+    codec: str = "fp32"
+    codec_params: Params = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A decoded, validated packet: header plus reconstructed tensors in wire order."""
+
+    header: PacketHeader
+    tensors: dict[str, np.ndarray]
+
+    def specs(self) -> tuple[TensorSpec, ...]:
+        return specs_of(self.tensors)
+
+
+CodecChooser = Callable[[str, np.ndarray], Codec]
+
+
+def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
+                  choose_codec: CodecChooser) -> bytes:
+    """Frame ``tensors`` with ``header``; ``choose_codec`` picks each tensor's codec."""
+    entries = []
+    for name, x in tensors.items():
+        codec = choose_codec(name, x)
+        enc = codec.encode(x)
+        entries.append([name, list(x.shape), np.dtype(x.dtype).name, codec.name, enc.params, enc.payload])
+    return msgpack.packb({
+        "v": header.format_version, "id": header.sender_id, "addr": header.sender_addr,
+        "fp": header.fingerprint, "mv": header.model_version, "age": header.age,
+        "n": header.samples, "codec": header.codec, "cp": header.codec_params, "t": entries,
+    }, use_bin_type=True)
+
+
+def split_frames(data: bytes, frame_bytes: int = FRAME_BYTES) -> Iterator[memoryview]:
+    """Slices of ``data`` of at most ``frame_bytes`` each, without copying."""
+    view = memoryview(data)
+    for start in range(0, max(len(view), 1), frame_bytes):
+        yield view[start:start + frame_bytes]
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+def _unpack(data: bytes | memoryview, limits: Limits) -> Any:
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=max(limits.max_string, 64), max_bin_len=len(data),
+            max_array_len=max(limits.max_tensors, limits.max_rank, 16),
+            max_map_len=max(limits.max_params, 16), max_ext_len=0)
+    except msgpack.exceptions.ExtraData:
+        raise MalformedPacket("trailing bytes after the packet") from None
+    except ValueError as e:
+        # msgpack reports a short buffer as "incomplete input"; everything else is garbage.
+        if "incomplete" in str(e).lower():
+            raise TruncatedPacket("packet ended before its declared contents") from None
+        raise MalformedPacket(f"not a msgpack packet: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any parser failure is a malformed packet, by contract
+        raise MalformedPacket(f"not a msgpack packet: {type(e).__name__}: {e}") from None
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in obj:
+        raise MalformedPacket(f"missing field {what!r}")
+    value = obj[key]
+    # bool is an int in Python; a bool where a number belongs is a schema error.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise MalformedPacket(f"field {what!r} has type {type(value).__name__}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _string(value: Any, what: str, limits: Limits) -> str:
+    if not isinstance(value, str):
+        raise MalformedPacket(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > limits.max_string:
+        raise PacketTooLarge(f"{what} is longer than {limits.max_string} characters")
+    return value
+
+
+def _params(value: Any, what: str, limits: Limits) -> Params:
+    if not isinstance(value, dict):
+        raise MalformedPacket(f"{what} must be a map, got {type(value).__name__}")
+    if len(value) > limits.max_params:
+        raise PacketTooLarge(f"{what} has more than {limits.max_params} entries")
+    for k, v in value.items():
+        _string(k, f"{what} key", limits)
+        if not isinstance(v, (int, float, str, bool)) and v is not None:
+            raise MalformedPacket(f"{what}[{k!r}] must be a scalar, got {type(v).__name__}")
+    return dict(value)
+
+
+def _shape(value: Any, name: str, limits: Limits) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > limits.max_rank:
+        raise MalformedPacket(f"tensor {name!r}: shape must be a list of at most {limits.max_rank} sizes")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise MalformedPacket(f"tensor {name!r}: shape {value!r} must hold non-negative integers")
+    if math.prod(value) > limits.max_tensor_elements:
+        raise PacketTooLarge(f"tensor {name!r}: {math.prod(value)} elements exceed the limit "
+                             f"of {limits.max_tensor_elements}")
+    return tuple(value)
+
+
+def _header(obj: Mapping[str, Any], limits: Limits) -> PacketHeader:
+    fp = _field(obj, "fp", bytes, "fingerprint")
+    if len(fp) != FINGERPRINT_BYTES:
+        raise MalformedPacket(f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fp)}")
+    ints = {k: _field(obj, k, int, k) for k in ("mv", "age", "n")}
+    if any(v < 0 for v in ints.values()):
+        raise MalformedPacket("model version, age and sample count must be non-negative")
+    return PacketHeader(
+        sender_id=_string(_field(obj, "id", str, "sender id"), "sender id", limits),
+        sender_addr=_string(_field(obj, "addr", str, "sender address"), "sender address", limits),
+        fingerprint=fp, model_version=ints["mv"], age=ints["age"], samples=ints["n"],
+        codec=_string(_field(obj, "codec", str, "codec"), "codec", limits),
+        codec_params=_params(_field(obj, "cp", dict, "codec params"), "codec params", limits),
+        format_version=FORMAT_VERSION)
+
+
+def _mismatch_detail(got: Sequence[TensorSpec], want: Sequence[TensorSpec]) -> str:
+    for g, w in zip(got, want):
+        if g != w:
+            return (f"tensor {g.name!r} {list(g.shape)} {g.dtype} where this peer has "
+                    f"{w.name!r} {list(w.shape)} {w.dtype}")
+    return f"{len(got)} tensors where this peer has {len(want)}"
+
+
+def decode_packet(data: bytes | memoryview, *, expected: Sequence[TensorSpec] | None = None,
+                  limits: Limits = Limits()) -> Packet:
+    """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong.
+
+    ``expected`` is the receiver's own model: a packet for another architecture is
+    refused with ``FingerprintMismatch`` before any payload is decoded.
+    """
+    if len(data) > limits.max_packet_bytes:
+        raise PacketTooLarge(f"packet of {len(data)} bytes exceeds the limit of {limits.max_packet_bytes}")
+    if len(data) == 0:
+        raise TruncatedPacket("empty packet")
+    obj = _unpack(data, limits)
+    if not isinstance(obj, dict):
+        raise MalformedPacket(f"packet must be a map, got {type(obj).__name__}")
+    version = obj.get("v")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise UnsupportedVersion(f"wire format version {version!r}; this peer speaks {FORMAT_VERSION}")
+    header = _header(obj, limits)
+    entries = _field(obj, "t", list, "tensors")
+    if len(entries) > limits.max_tensors:
+        raise PacketTooLarge(f"{len(entries)} tensors exceed the limit of {limits.max_tensors}")
+
+    declared: list[tuple[TensorSpec, str, Params, bytes]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, list) or len(entry) != 6:
+            raise MalformedPacket(f"tensor entry {i} must be [name, shape, dtype, codec, params, payload]")
+        name = _string(entry[0], f"tensor {i} name", limits)
+        if name in seen:
+            raise MalformedPacket(f"tensor {name!r} appears twice")
+        seen.add(name)
+        shape = _shape(entry[1], name, limits)
+        dtype = _string(entry[2], f"tensor {name!r} dtype", limits)
+        if dtype not in WIRE_DTYPES:
+            raise MalformedPacket(f"tensor {name!r}: dtype {dtype!r} is not allowed on the wire")
+        codec_name = _string(entry[3], f"tensor {name!r} codec", limits)
+        params = _params(entry[4], f"tensor {name!r} params", limits)
+        if not isinstance(entry[5], bytes):
+            raise MalformedPacket(f"tensor {name!r}: payload must be bytes")
+        declared.append((TensorSpec(name, shape, dtype), codec_name, params, entry[5]))
+
+    specs = [d[0] for d in declared]
+    if fingerprint(specs) != header.fingerprint:
+        raise MalformedPacket("header fingerprint does not match the tensors the packet carries")
+    if expected is not None and header.fingerprint != fingerprint(expected):
+        raise FingerprintMismatch("model mismatch: " + _mismatch_detail(specs, expected))
+
+    tensors: dict[str, np.ndarray] = {}
+    for spec, codec_name, params, payload in declared:
+        codec = codecs.get(codec_name)
+        dtype = np.dtype(spec.dtype)
+        if not codec.supports(dtype):
+            raise MalformedPacket(f"tensor {spec.name!r}: codec {codec_name!r} cannot carry {spec.dtype}")
+        try:
+            x = codec.decode(payload, spec.shape, dtype, params)
+        except WireError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a codec bug on hostile input must still be typed
+            raise MalformedPacket(f"tensor {spec.name!r}: {codec_name} payload: {e}") from None
+        if dtype.kind == "f" and not np.isfinite(x).all():
+            raise NonFiniteValues(f"tensor {spec.name!r} contains NaN or infinite values")
+        tensors[spec.name] = x
+    return Packet(header, tensors)
