@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.codecs import available as codec_names
+from protocol.merge import RULES
+
 ENV_PREFIX = "HEARSAY_"
+
+
+def merge_rules() -> list[str]:
+    return sorted(RULES)
 
 
 class ConfigError(ValueError):
@@ -69,8 +76,10 @@ class PeerConfig:
     # --- gossip
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
-    merge: str = _opt("weighted", "Merge rule for received models.", choices=("mean", "weighted"))
-    codec: str = _opt("fp32", "Codec for floating-point tensors on the wire.", choices=("fp32",))
+    merge: str = _opt("weighted", "Merge rule for received models (protocol.merge.RULES).",
+                      choices=tuple(merge_rules()))
+    codec: str = _opt("fp32", "Codec for floating-point tensors on the wire (protocol.codecs).",
+                      choices=tuple(c for c in codec_names() if c != "raw"))
     max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
     # --- operations
     log_level: str = _opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
