@@ -68,4 +68,4 @@ def test_every_option_has_documentation_and_the_readme_table_is_current() -> Non
     for f in dataclasses.fields(PeerConfig):
         assert len(f.metadata.get("help", "")) > 10, f"{f.name} is undocumented"
     readme = (ROOT / "README.md").read_text()
-    assert options_table() in readme, "README's option table is stale: paste peer.config.options_table()"
+    assert options_table() in readme, "README's option table is stale: run python -m peer.config README.md"
