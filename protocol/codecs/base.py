@@ -45,6 +45,19 @@ class Codec(Protocol):
         ...
 
 
+class Policy(Protocol):
+    """Chooses the codec for each tensor of a model, by name and content.
+
+    A policy has the shape of ``protocol.wire.CodecChooser``, so it can be handed to
+    ``encode_packet`` directly. Only the chosen codec's *name* travels; the receiver
+    decodes with its own registered instance of that name, so encode-side options
+    (ratio, chunk) must be recoverable from the params, never from the policy.
+    """
+
+    def __call__(self, name: str, x: np.ndarray) -> Codec:
+        ...
+
+
 _REGISTRY: dict[str, Codec] = {}
 
 

@@ -1,0 +1,311 @@
+"""Per-link replicas: keyframe + compressed deltas with error feedback (CHOCO / EF21).
+
+For every link the sender keeps ``x̂``, an exact copy of what the receiver holds of
+the sender's model. It sends ``C(x − x̂)`` and then applies to ``x̂`` the *decoded*
+message, exactly as the receiver will, so both copies stay bit-identical and the
+compression error ``(x − x̂) − C(x − x̂)`` is not lost: it is still in ``x − x̂`` and
+goes out with the next delta. That is what lets a biased compressor (top-k) converge.
+
+A link starts, and restarts after any doubt, with a keyframe: the dense model
+(through ``keyframe_policy``, e.g. fp16; the replica then holds the rounded model and
+the deltas correct the rounding). Every frame carries ``(epoch, seq)``: the epoch
+names one keyframe-started lineage of the sender's replica, ``seq`` counts frames in
+it. The receiver applies a delta only onto the same epoch at ``seq = last + 1``;
+anything else (a lost frame, a reordered one, a sender that restarted or evicted the
+link, a receiver that evicted it, a changed model architecture) answers
+``NeedKeyframe`` and the sender starts a new epoch. Both sides keep at most
+``max_links`` replicas, least recently used evicted first.
+
+Float tensors travel as deltas; non-float tensors (counters, masks) cannot be
+subtracted meaningfully, so every frame carries their value, exactly, with ``raw``.
+
+Pure and synchronous: no I/O, no clock. Callers serialise calls for the same link
+(one exchange at a time per partner); calls for different links may run in
+different threads.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol.codecs import SizeAdaptive, get, make
+from protocol.codecs.base import Encoded, Policy
+
+Model = Mapping[str, np.ndarray]
+Spec = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+def spec_of(model: Model) -> Spec:
+    """Names, shapes and dtypes in model order: what must match for a delta to apply."""
+    return tuple((name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name) for name, x in model.items())
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """What identifies a frame on its link; travels in the packet header."""
+
+    epoch: int
+    seq: int
+    keyframe: bool
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """One tensor of a frame: the codec that encoded it and its output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    codec: str
+    encoded: Encoded
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What the sender puts on the wire for one link: header + tensors in model order."""
+
+    header: FrameHeader
+    tensors: tuple[EncodedTensor, ...]
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(len(t.encoded.payload) for t in self.tensors)
+
+    def chooser(self) -> Callable[[str, np.ndarray], _Replay]:
+        """A ``protocol.wire.CodecChooser`` that frames this frame's encodings as they are:
+        ``encode_packet(header, model, frame.chooser())`` puts on the wire exactly what
+        ``prepare`` encoded (and applied to ``x̂``), without encoding anything twice."""
+        by_name = {t.name: _Replay(t) for t in self.tensors}
+        return lambda name, _x: by_name[name]
+
+
+class _Replay:
+    """Looks like a codec to ``encode_packet``; its "encoding" is the one already made."""
+
+    def __init__(self, tensor: EncodedTensor) -> None:
+        self.name = tensor.codec
+        self._encoded = tensor.encoded
+
+    def supports(self, dtype: np.dtype) -> bool:
+        return True
+
+    def encode(self, x: np.ndarray) -> Encoded:
+        return self._encoded
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The frame was applied; ``model`` is the receiver's (read-only) copy of the sender's
+    model, valid until the next frame on this link is accepted."""
+
+    model: Mapping[str, np.ndarray]
+    keyframe: bool
+
+
+@dataclass(frozen=True)
+class NeedKeyframe:
+    """The frame cannot be applied; ask the sender for a keyframe. ``reason`` is a short
+    stable label (for metrics): ``unknown_link``, ``epoch``, ``gap``, ``stale``, ``spec``."""
+
+    reason: str
+
+
+AcceptResult = Applied | NeedKeyframe
+
+
+def _decode(t: EncodedTensor) -> np.ndarray:
+    """Decode with the *registered* codec of the name, exactly as the receiver will."""
+    return get(t.codec).decode(t.encoded.payload, t.shape, np.dtype(t.dtype), t.encoded.params)
+
+
+def _own(x: np.ndarray) -> np.ndarray:
+    """A writable array that owns its memory (decoded arrays may view read-only payloads)."""
+    return np.array(x, copy=True, order="C")
+
+
+def _readonly(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    views = {}
+    for name, x in model.items():
+        v = x.view()
+        v.flags.writeable = False
+        views[name] = v
+    return views
+
+
+class _Lru:
+    """At most ``capacity`` entries, least recently used evicted; thread-safe map ops."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"max_links must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> object | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, item: object) -> None:
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def peek(self, key: str) -> object | None:
+        """Like ``get`` but without counting as a use."""
+        with self._lock:
+            return self._items.get(key)
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+
+@dataclass
+class _SenderLink:
+    epoch: int
+    seq: int
+    spec: Spec
+    replica: dict[str, np.ndarray]
+
+
+class Sender:
+    """The sending side of every link: keeps ``x̂`` per link, produces frames.
+
+    ``policy`` chooses the codec of each delta tensor, ``keyframe_policy`` that of each
+    keyframe tensor (default: fp32 for floats, raw otherwise). ``rng`` draws epochs; pass
+    a seeded one for reproducible tests.
+    """
+
+    def __init__(self, policy: Policy, *, keyframe_policy: Policy | None = None, max_links: int = 16,
+                 rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self.keyframe_policy = keyframe_policy or SizeAdaptive(make("fp32"))
+        self._links = _Lru(max_links)
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+
+    def _new_epoch(self) -> int:
+        with self._rng_lock:
+            return self._rng.getrandbits(63)
+
+    def prepare(self, link: str, model: Model) -> Frame:
+        """The frame to send on ``link`` for the current ``model``; updates ``x̂`` as if it
+        was delivered. If it may not have been, call ``invalidate(link)``."""
+        spec = spec_of(model)
+        state = self._links.get(link)
+        if not isinstance(state, _SenderLink) or state.spec != spec:
+            return self._keyframe(link, model, spec)
+        state.seq += 1
+        tensors = []
+        for name, x in model.items():
+            hat = state.replica[name]
+            if np.dtype(x.dtype).kind == "f":
+                diff = np.subtract(x, hat, dtype=hat.dtype)
+                codec = self.policy(name, diff)
+                enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(diff))
+                del diff
+                np.add(hat, _decode(enc), out=hat)
+            else:
+                codec = self.keyframe_policy(name, x)
+                enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(x))
+                hat[...] = _decode(enc)
+            tensors.append(enc)
+        return Frame(FrameHeader(state.epoch, state.seq, keyframe=False), tuple(tensors))
+
+    def _keyframe(self, link: str, model: Model, spec: Spec) -> Frame:
+        tensors = []
+        replica = {}
+        for name, x in model.items():
+            codec = self.keyframe_policy(name, x)
+            enc = EncodedTensor(name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name, codec.name,
+                                codec.encode(x))
+            replica[name] = _own(_decode(enc))
+            tensors.append(enc)
+        state = _SenderLink(epoch=self._new_epoch(), seq=0, spec=spec, replica=replica)
+        self._links.put(link, state)
+        return Frame(FrameHeader(state.epoch, 0, keyframe=True), tuple(tensors))
+
+    def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
+        """A read-only view of what this sender believes ``link``'s receiver holds."""
+        state = self._links.peek(link)
+        return _readonly(state.replica) if isinstance(state, _SenderLink) else None
+
+    def invalidate(self, link: str) -> None:
+        """Forget ``link``'s replica: the receiver asked for a keyframe, or a frame may have
+        been lost. The next ``prepare`` for it sends a keyframe with a new epoch."""
+        self._links.pop(link)
+
+    def links(self) -> list[str]:
+        """Links with a replica, least recently used first."""
+        return self._links.keys()
+
+
+@dataclass
+class _ReceiverLink:
+    epoch: int
+    seq: int
+    spec: Spec
+    replica: dict[str, np.ndarray]
+
+
+class Receiver:
+    """The receiving side of every link: its copy of each sender's model."""
+
+    def __init__(self, *, max_links: int = 16) -> None:
+        self._links = _Lru(max_links)
+
+    def accept(self, link: str, header: FrameHeader, tensors: Model) -> AcceptResult:
+        """Apply a frame whose tensors the wire layer has already decoded (deltas for float
+        tensors, values for the others). Nothing changes unless the result is ``Applied``."""
+        spec = spec_of(tensors)
+        if header.keyframe:
+            state = _ReceiverLink(header.epoch, header.seq, spec, {n: _own(x) for n, x in tensors.items()})
+            self._links.put(link, state)
+            return Applied(_readonly(state.replica), keyframe=True)
+        state = self._links.get(link)
+        if not isinstance(state, _ReceiverLink):
+            return NeedKeyframe("unknown_link")
+        if header.epoch != state.epoch:
+            return NeedKeyframe("epoch")
+        if header.seq <= state.seq:
+            return NeedKeyframe("stale")
+        if header.seq != state.seq + 1:
+            return NeedKeyframe("gap")
+        if spec != state.spec:
+            return NeedKeyframe("spec")
+        for name, x in tensors.items():
+            hat = state.replica[name]
+            if hat.dtype.kind == "f":
+                np.add(hat, x, out=hat)
+            else:
+                hat[...] = x
+        state.seq = header.seq
+        return Applied(_readonly(state.replica), keyframe=False)
+
+    def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
+        """A read-only view of this receiver's copy of ``link``'s sender's model."""
+        state = self._links.peek(link)
+        return _readonly(state.replica) if isinstance(state, _ReceiverLink) else None
+
+    def forget(self, link: str) -> None:
+        """Drop ``link``'s replica (a peer that left)."""
+        self._links.pop(link)
+
+    def links(self) -> list[str]:
+        return self._links.keys()
