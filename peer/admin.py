@@ -1,15 +1,35 @@
-"""The admin gRPC service: what an operator (or `hearsay status`) can ask a peer."""
+"""The admin gRPC service: what an operator (or the `hearsay` CLI) can ask of or tell a peer."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
+import torch
 
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
+from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
     from peer.node import Node
+
+
+def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerReport:
+    if entry is None:
+        return admin_pb2.PeerReport(accuracy=-1.0, age_seconds=-1.0)
+    tm, at = entry
+
+    def num(key: str, kind: type, default: float = 0) -> float:
+        value = tm.get(key, default)
+        return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else kind(default)
+
+    return admin_pb2.PeerReport(
+        steps=max(int(num("steps", int)), 0), accuracy=num("acc", float, -1.0),
+        exchanges=max(int(num("exch", int)), 0), bytes_sent=max(int(num("out", int)), 0),
+        bytes_received=max(int(num("in", int)), 0), compression_ratio=num("ratio", float),
+        age_seconds=now - at)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -21,6 +41,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         node = self._node
         t = node.trainer.stats()
         g = node.engine.stats
+        knobs = node.knobs()
+        resumed_from, resumed_step, resumed_digest = node.resumed or ("", 0, "")
         return admin_pb2.StatusResponse(
             peer_id=node.peer_id, gossip_address=node.address, steps=t.steps,
             accuracy=t.accuracy, loss=t.loss, known_peers=len(node.membership.live()),
@@ -28,7 +50,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             merges=g.merges, rejected=g.rejected, model_version=t.version,
             model_digest=node.trainer.digest(), uptime_seconds=node.uptime(),
             model=node.config.model, dataset=node.config.dataset, device=str(node.trainer.device),
-            training_done=t.done, samples=node.trainer.samples)
+            training_done=t.done, samples=node.trainer.samples,
+            gossip_interval=node.engine.interval, codec=knobs["codec"], merge=knobs["merge"],
+            log_level=knobs["log_level"],
+            last_checkpoint=str(node.last_checkpoint.path) if node.last_checkpoint else "",
+            last_checkpoint_step=node.last_checkpoint_step, checkpoint_age_seconds=node.checkpoint_age(),
+            resumed_from=resumed_from, resumed_step=resumed_step, resumed_digest=resumed_digest,
+            leaving=node.leaving)
 
     async def ListPeers(self, request: admin_pb2.ListPeersRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:
@@ -41,5 +69,48 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 peer_id=m.peer_id, address=m.address, state=m.state.value,
                 last_contact_seconds_ago=(now - m.last_contact) if m.last_contact is not None else -1.0,
                 exchanges=link.exchanges, merges=link.merges, bytes_sent=link.bytes_sent,
-                bytes_received=link.bytes_received, source=m.source.value, failures=link.failures))
+                bytes_received=link.bytes_received, source=m.source.value, failures=link.failures,
+                incarnation=getattr(m, "incarnation", 0),
+                rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
+                report=_report(node.engine.reports.get(m.address), now)))
         return admin_pb2.ListPeersResponse(peers=peers)
+
+    async def GetMetrics(self, request: admin_pb2.GetMetricsRequest,
+                         context: grpc.aio.ServicerContext) -> admin_pb2.GetMetricsResponse:
+        metrics = self._node.metrics
+        return admin_pb2.GetMetricsResponse(prometheus_text=metrics.text(), samples=metrics.samples())
+
+    async def SaveCheckpoint(self, request: admin_pb2.SaveCheckpointRequest,
+                             context: grpc.aio.ServicerContext) -> admin_pb2.SaveCheckpointResponse:
+        node = self._node
+        if node.data_dir is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this peer has no data directory (start it with --data-dir)")
+        try:
+            saved = await node.save_checkpoint()
+        except OSError as e:
+            await context.abort(grpc.StatusCode.INTERNAL, f"checkpoint failed: {e}")
+        return admin_pb2.SaveCheckpointResponse(path=str(saved.path), step=node.last_checkpoint_step,
+                                                size_bytes=saved.size_bytes, sha256=saved.sha256)
+
+    async def DownloadModel(self, request: admin_pb2.DownloadModelRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.ModelChunk]:
+        state = {k: torch.from_numpy(v) for k, v in self._node.trainer.state().items()}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getbuffer()
+        for start in range(0, len(data), FRAME_BYTES):
+            yield admin_pb2.ModelChunk(data=bytes(data[start:start + FRAME_BYTES]),
+                                       total_bytes=len(data) if start == 0 else 0)
+
+    async def Leave(self, request: admin_pb2.LeaveRequest,
+                    context: grpc.aio.ServicerContext) -> admin_pb2.LeaveResponse:
+        return admin_pb2.LeaveResponse(in_flight=await self._node.leave())
+
+    async def Set(self, request: admin_pb2.SetRequest,
+                  context: grpc.aio.ServicerContext) -> admin_pb2.SetResponse:
+        try:
+            previous, now = self._node.set_knob(request.key, request.value)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return admin_pb2.SetResponse(key=request.key, value=now, previous=previous)

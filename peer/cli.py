@@ -43,31 +43,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peer.node import run
 
     config = load(args)
+    if args.check_config:
+        import dataclasses
+
+        shown = {k: ("***" if k == "admin_token" and v else v) for k, v in dataclasses.asdict(config).items()}
+        print(json.dumps({"ok": True, "config": shown}))
+        return 0
     logs.setup(config.log_level, config.log_json, config.resolved_peer_id())
     return run(config)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from peer.admin_client import AdminClient
+def _client(args: argparse.Namespace):  # noqa: ANN202 - AdminClient, imported lazily
+    from peer.admin_client import AdminClient, resolve_token
 
-    with AdminClient(args.admin, args.timeout) as client:
+    return AdminClient(args.admin, args.timeout, token=resolve_token(args.token, args.token_file))
+
+
+def _as_dict(message) -> dict:  # noqa: ANN001 - a protobuf message
+    return MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
         s = client.status()
-    if args.json:
-        print(json.dumps(MessageToDict(s, always_print_fields_with_no_presence=True,
-                                       preserving_proto_field_name=True)))
-    else:
-        print("\n".join(_status_lines(s)))
+    print(json.dumps(_as_dict(s)) if args.json else "\n".join(_status_lines(s)))
     return 0
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from peer.admin_client import AdminClient
-
-    with AdminClient(args.admin, args.timeout) as client:
+    with _client(args) as client:
         peers = client.list_peers().peers
     if args.json:
-        print(json.dumps([MessageToDict(p, always_print_fields_with_no_presence=True,
-                                        preserving_proto_field_name=True) for p in peers]))
+        print(json.dumps([_as_dict(p) for p in peers]))
         return 0
     header = f"{'id':<22} {'address':<22} {'state':<8} {'source':<8} {'seen':>7} {'exch':>6} {'fail':>5} " \
              f"{'bytes in':>12} {'bytes out':>12}"
@@ -79,6 +86,79 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if not peers:
         print("(no known peers)")
     return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        m = client.metrics()
+    print(json.dumps(dict(sorted(m.samples.items()))) if args.json else m.prometheus_text, end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        c = client.save_checkpoint()
+    print(json.dumps(_as_dict(c)) if args.json else
+          f"checkpoint {c.path} (step {c.step}, {c.size_bytes} bytes, sha256 {c.sha256[:16]})")
+    return 0
+
+
+def cmd_pull_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    with _client(args) as client:
+        data = client.download_model()
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(out)  # never leave a half-written model under the requested name
+    if args.json:
+        print(json.dumps({"path": str(out), "bytes": len(data)}))
+    else:
+        print(f"wrote {len(data)} bytes to {out} (load with torch.load(path, weights_only=True))")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        r = client.leave()
+    print(json.dumps(_as_dict(r)) if args.json else
+          f"leaving: draining {r.in_flight} exchange(s) in flight, then stopping")
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    key, sep, value = args.assignment.partition("=")
+    if not sep or not key:
+        print(f"hearsay set: error: expected KEY=VALUE, got {args.assignment!r}", file=sys.stderr)
+        return EXIT_USAGE
+    with _client(args) as client:
+        r = client.set(key.strip(), value.strip())
+    print(json.dumps(_as_dict(r)) if args.json else f"{r.key} = {r.value} (was {r.previous})")
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from peer.top import poll, render
+
+    previous: dict[str, tuple[int, float]] = {}
+    with _client(args) as client:
+        if args.once or args.json:
+            rows = poll(client, previous)
+            if args.json:
+                print(json.dumps([r.as_dict() for r in rows]))
+            else:
+                Console(width=None if sys.stdout.isatty() else 140).print(render(rows, args.admin))
+            return 0
+        with Live(render(poll(client, previous), args.admin), auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(poll(client, previous), args.admin), refresh=True)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -96,6 +176,8 @@ def _add_admin_flags(p: argparse.ArgumentParser) -> None:
                    help="admin address of the peer to ask (default: 127.0.0.1:7071)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--token", default=None, help="admin bearer token (default: $HEARSAY_ADMIN_TOKEN)")
+    p.add_argument("--token-file", default=None, metavar="FILE", help="file holding the admin bearer token")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one peer (options: file < HEARSAY_* environment < flags)")
     add_flags(p)
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration from file, environment and flags, print it, and exit")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("cluster", help="run N peers on loopback with a live progress table")
@@ -130,6 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("peers", help="list the members one peer knows")
     _add_admin_flags(p)
     p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("metrics", help="print a peer's Prometheus metrics")
+    _add_admin_flags(p)
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("checkpoint", help="make a peer write a checkpoint now")
+    _add_admin_flags(p)
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("pull-model", help="download a peer's current model (torch.load-able)")
+    _add_admin_flags(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the state_dict")
+    p.set_defaults(func=cmd_pull_model)
+
+    p = sub.add_parser("leave", help="make a peer leave the swarm gracefully and stop")
+    _add_admin_flags(p)
+    p.set_defaults(func=cmd_leave)
+
+    p = sub.add_parser("set", help="change a runtime knob: gossip_interval, codec, merge, log_level")
+    _add_admin_flags(p)
+    p.add_argument("assignment", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_set)
+
+    p = sub.add_parser("top", help="live view of the whole swarm through one peer")
+    _add_admin_flags(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.set_defaults(func=cmd_top)
     return parser
 
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.codecs import available as codec_names
 from protocol.merge import RULES
 
 ENV_PREFIX = "HEARSAY_"
+# Codecs that carry a whole model. Sparse codecs (topk, randk) only make sense on deltas
+# against a per-link replica (protocol.feedback), which the exchange loop does not use yet.
+DENSE_CODECS = ("fp32", "fp16", "int8", "int4")
 
 
 def merge_rules() -> list[str]:
@@ -79,9 +81,20 @@ class PeerConfig:
     merge: str = _opt("weighted", "Merge rule for received models (protocol.merge.RULES).",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec for floating-point tensors on the wire (protocol.codecs).",
-                      choices=tuple(c for c in codec_names() if c != "raw"))
+                      choices=DENSE_CODECS)
     max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
     # --- operations
+    data_dir: str = _opt("", "Directory for checkpoints (resume from the newest valid one at start-up, "
+                             "rejoin from its member list); empty = no checkpoints.")
+    checkpoint_interval: float = _opt(60.0, "Seconds between periodic checkpoints when data_dir is set "
+                                            "(0 = only on demand).")
+    checkpoint_keep: int = _opt(3, "How many of the newest checkpoints to keep.")
+    metrics_host: str = _opt("127.0.0.1", "Address the Prometheus metrics HTTP server binds to.")
+    metrics_port: int = _opt(-1, "Prometheus metrics HTTP port (0 picks a free port, -1 = no HTTP server; "
+                                 "metrics stay available through the admin API).")
+    admin_token: str = _opt("", "Bearer token the admin API requires (prefer admin_token_file or the "
+                                "environment); required when admin_host is not a loopback address.")
+    admin_token_file: str = _opt("", "File holding the admin bearer token (first line).")
     log_level: str = _opt("info", "Lowest level of log records written to stderr.",
                           choices=("debug", "info", "warning", "error"))
     log_json: bool = _opt(False, "Write logs as one JSON object per line.")
@@ -116,6 +129,9 @@ class PeerConfig:
             (self.gossip_interval > 0, "gossip_interval must be positive"),
             (self.gossip_timeout > 0, "gossip_timeout must be positive"),
             (self.max_packet_mb > 0, "max_packet_mb must be positive"),
+            (self.checkpoint_interval >= 0, "checkpoint_interval must be >= 0"),
+            (self.checkpoint_keep >= 1, "checkpoint_keep must be at least 1"),
+            (-1 <= self.metrics_port <= 65535, "metrics_port must be in -1..65535"),
         ]
         for ok, message in checks:
             if not ok:
@@ -124,7 +140,32 @@ class PeerConfig:
             _check_address(seed, "seeds")
         if self.advertise:
             _check_address(self.advertise, "advertise")
+        if not is_loopback(self.admin_host) and not self.token():
+            raise ConfigError(f"admin_host {self.admin_host!r} is not loopback: set admin_token_file or "
+                              "HEARSAY_ADMIN_TOKEN so the admin API is not open to the network")
         return self
+
+    def token(self) -> str:
+        """The admin bearer token, from admin_token or the first line of admin_token_file."""
+        if self.admin_token:
+            return self.admin_token
+        if self.admin_token_file:
+            try:
+                return Path(self.admin_token_file).read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as e:
+                raise ConfigError(f"admin_token_file: cannot read a token from {self.admin_token_file}: {e}") from None
+        return ""
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_address(value: str, option: str) -> None:

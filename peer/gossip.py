@@ -38,16 +38,24 @@ class LinkStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     failures: int = 0
+    # Round trip of the last successful exchange we started with this peer (seconds).
+    rtt: float | None = None
 
 
 @dataclass
 class GossipStats:
     exchanges: int = 0
+    exchanges_out: int = 0  # of which this peer was the initiator
     merges: int = 0
     rejected: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
+    compression_ratio: float = 0.0
+    # Membership transitions this peer observed.
+    suspicions: int = 0
+    deaths: int = 0
 
 
 class GossipEngine:
@@ -69,6 +77,14 @@ class GossipEngine:
         self.fingerprint = fingerprint(self.specs)
         self.stats = GossipStats()
         self.links: dict[str, LinkStats] = {}
+        self.in_flight = 0
+        self.draining = False  # set by a graceful leave: start no new exchanges
+        # address -> (telemetry the peer sent about itself, when it arrived)
+        self.reports: dict[str, tuple[dict, float]] = {}
+        self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in trainer.state().values())
+        # Called with the seconds one merge took (metrics histogram).
+        self.on_merge: Callable[[float], None] | None = None
+        self.on_exchange: Callable[[float], None] | None = None
 
     # --- packets -----------------------------------------------------------------------------
     def _choose_codec(self, _name: str, x) -> Codec:  # noqa: ANN001 - numpy array
@@ -80,16 +96,30 @@ class GossipEngine:
         stats = self.trainer.stats()
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps, samples=self.trainer.samples,
-                              codec=self.codec.name)
-        return encode_packet(header, state, self._choose_codec)
+                              codec=self.codec.name, telemetry=self.telemetry())
+        packet = encode_packet(header, state, self._choose_codec)
+        self.stats.compression_ratio = self.dense_bytes / max(len(packet), 1)
+        return packet
+
+    def telemetry(self) -> dict[str, float | int]:
+        t = self.trainer.stats()
+        g = self.stats
+        return {"steps": t.steps, "acc": t.accuracy, "exch": g.exchanges, "out": g.bytes_sent,
+                "in": g.bytes_received, "ratio": g.compression_ratio}
+
+    def _remember_report(self, address: str, packet: Packet) -> None:
+        self.reports[address] = (dict(packet.header.telemetry), self.clock())
 
     def decode(self, data: bytes) -> Packet:
         return decode_packet(data, expected=self.specs, limits=self.limits)
 
     def _merge(self, packet: Packet) -> None:
+        started = time.perf_counter()
         received = Contribution(packet.tensors, samples=packet.header.samples)
         self.trainer.merge_with(
             lambda current: self.merge_rule.merge(Contribution(current, samples=self.trainer.samples), [received]))
+        if self.on_merge is not None:
+            self.on_merge(time.perf_counter() - started)
         if self.trainer.stats().done:
             self.trainer.evaluate()  # training has stopped: refresh accuracy after each merge
 
@@ -119,12 +149,20 @@ class GossipEngine:
 
         Raises ``WireError`` (the model untouched) when the packet is refused.
         """
+        self.in_flight += 1
+        try:
+            return await self._handle_inbound(data, transport_peer)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle_inbound(self, data: bytes, transport_peer: str) -> bytes:
         packet = await asyncio.to_thread(self.decode, data)
         reply = await asyncio.to_thread(self.own_packet)
         sender = packet.header.sender_addr
         if packet.header.sender_id == self.peer_id:
             return reply  # our own packet looped back through another address: nothing to learn
         self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
+        self._remember_report(sender, packet)
         await asyncio.to_thread(self._merge, packet)
         self._account(sender, len(reply), len(data), merged=True)
         log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
@@ -133,9 +171,18 @@ class GossipEngine:
     # --- the caller's side -------------------------------------------------------------------
     async def exchange_with(self, member: Member, exchange: Exchange) -> bool:
         """One push-pull with ``member``; returns whether a model was merged."""
+        self.in_flight += 1
+        try:
+            return await self._exchange_with(member, exchange)
+        finally:
+            self.in_flight -= 1
+
+    async def _exchange_with(self, member: Member, exchange: Exchange) -> bool:
         own = await asyncio.to_thread(self.own_packet)
         try:
+            started = time.perf_counter()
             reply = await exchange(member.address, own, self.timeout)
+            rtt = time.perf_counter() - started
             packet = await asyncio.to_thread(self.decode, reply)
         except WireError as e:
             self.count_rejected(e)
@@ -149,18 +196,32 @@ class GossipEngine:
             self.membership.note_failure(member.address, self.clock())
             return False
         self.membership.note_contact(member.address, packet.header.sender_id, self.clock())
+        self._remember_report(member.address, packet)
         await asyncio.to_thread(self._merge, packet)
         self._account(member.address, len(own), len(reply), merged=True)
+        self.stats.exchanges_out += 1
+        self.link(member.address).rtt = rtt
+        if self.on_exchange is not None:
+            self.on_exchange(rtt)
         return True
 
     def _fail(self, member: Member) -> None:
         self.link(member.address).failures += 1
+        before = member.state
         self.membership.note_failure(member.address, self.clock())
+        if member.state != before and member.state.value == "suspect":
+            self.stats.suspicions += 1
+        elif member.state != before and member.state.value == "dead":
+            self.stats.deaths += 1
 
     def pick_partner(self) -> Member | None:
         """A random live member; with none live, a random known one, so a lone peer keeps knocking."""
         partner = choose_partner(self.membership.live(), self.rng)
         return partner or choose_partner(self.membership.members(), self.rng)
+
+    def set_codec(self, name: str) -> None:
+        codec = codecs.get(name)  # UnknownCodec (a ValueError-like WireError) for unknown names
+        self.codec = codec
 
     async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
         """Start an exchange every ``interval`` (±20 % jitter, so peers do not fall into lockstep)."""
@@ -171,6 +232,8 @@ class GossipEngine:
                 return
             except TimeoutError:
                 pass
+            if self.draining:
+                return
             partner = self.pick_partner()
             if partner is not None:
                 await self.exchange_with(partner, exchange)

@@ -1,8 +1,9 @@
 """Composition root: wires one peer together and owns its lifecycle.
 
-start: load data and model -> start the trainer thread -> bind the gossip and admin
-servers -> start the gossip loop. stop (SIGTERM/SIGINT): stop starting exchanges,
-let the servers finish calls in flight for a grace period, stop the trainer.
+start: load data and model -> resume from the newest valid checkpoint (if a data
+directory is set) -> bind the gossip and admin servers -> start the trainer thread,
+the gossip loop and the checkpoint loop. stop (SIGTERM/SIGINT, or Leave): stop
+starting exchanges, let calls in flight finish for a grace period, stop the trainer.
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import random
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
-from hearsay.v1 import admin_pb2_grpc, gossip_pb2_grpc
-from peer import logs
+from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, gossip_pb2_grpc
+from peer import checkpoint, logs
 from peer.admin import AdminServicer
-from peer.config import PeerConfig
+from peer.auth import BearerTokenInterceptor
+from peer.config import DENSE_CODECS, PeerConfig
 from peer.data import load_dataset, partition
 from peer.gossip import GossipEngine
+from peer.metrics import NodeMetrics
 from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
 from peer.transport.grpc_transport import GossipClient, GossipServicer
@@ -34,6 +41,7 @@ from protocol.wire import Limits
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 2.0
+CHECKPOINT_FORMAT = 1
 
 
 def build_trainer(config: PeerConfig) -> Trainer:
@@ -58,11 +66,22 @@ class Node:
         self.peer_id = config.resolved_peer_id()
         self.address = config.gossip_address()
         self.admin_address = f"{config.admin_host}:{config.admin_port}"
+        self.metrics_address = ""
+        self.data_dir = Path(config.data_dir) if config.data_dir else None
         self.stopping = asyncio.Event()
+        self.leaving = False
         self.client = GossipClient(max_packet_bytes=self._max_packet_bytes())
+        self.metrics = NodeMetrics(self)
+        self.last_checkpoint: checkpoint.Saved | None = None
+        self.last_checkpoint_step = 0
+        self._last_checkpoint_at: float | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self.resumed: tuple[str, int, str] | None = None  # (file, step, model digest after restore)
+        self._saved_members: list[dict[str, str]] = []
         self._gossip_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
-        self._gossip_task: asyncio.Task[None] | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.membership: StaticMembership
         self.engine: GossipEngine
 
@@ -72,8 +91,97 @@ class Node:
     def uptime(self) -> float:
         return self.clock() - self.started_at
 
+    # --- checkpoints -------------------------------------------------------------------------
+    def _resume(self) -> None:
+        assert self.data_dir is not None
+        removed = checkpoint.remove_temporaries(self.data_dir)
+        if removed:
+            log.info("removed %d partial checkpoint file(s) left by a crash", removed)
+        found = checkpoint.load_latest(self.data_dir)
+        if found is None:
+            return
+        path, state = found
+        if state.get("format") != CHECKPOINT_FORMAT:
+            log.warning("ignoring checkpoint %s of format %r", path.name, state.get("format"))
+            return
+        self.trainer.restore(state["trainer"])
+        self._saved_members = list(state.get("members", []))
+        self.resumed = (str(path), self.trainer.stats().steps, self.trainer.digest())
+        log.info("resumed from %s at step %d (%d saved members)", path.name, self.trainer.stats().steps,
+                 len(self._saved_members))
+
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "peer_id": self.peer_id, "address": self.address,
+            "trainer": self.trainer.checkpoint_state(),
+            "members": [{"address": m.address, "peer_id": m.peer_id} for m in self.membership.members()],
+        }
+
+    async def save_checkpoint(self) -> checkpoint.Saved:
+        """Write a checkpoint now (serialised with the periodic ones)."""
+        if self.data_dir is None:
+            raise RuntimeError("no data directory configured (set data_dir / --data-dir)")
+        async with self._checkpoint_lock:
+            payload = await asyncio.to_thread(self._checkpoint_payload)
+            saved = await asyncio.to_thread(checkpoint.save, self.data_dir, payload, self.config.checkpoint_keep)
+            self.last_checkpoint = saved
+            self.last_checkpoint_step = int(payload["trainer"]["steps"])
+            self._last_checkpoint_at = self.clock()
+            log.debug("checkpoint %s at step %d", saved.path.name, self.last_checkpoint_step)
+            return saved
+
+    def checkpoint_age(self) -> float:
+        return -1.0 if self._last_checkpoint_at is None else self.clock() - self._last_checkpoint_at
+
+    async def _checkpoint_loop(self) -> None:
+        interval = self.config.checkpoint_interval
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.save_checkpoint()
+            except OSError as e:
+                log.error("checkpoint failed: %s", e)
+
+    # --- runtime knobs -----------------------------------------------------------------------
+    def knobs(self) -> dict[str, str]:
+        return {"gossip_interval": repr(self.engine.interval), "codec": self.engine.codec.name,
+                "merge": self.engine.merge_rule.name, "log_level": logging.getLevelName(logging.getLogger().level).lower()}
+
+    def set_knob(self, key: str, value: str) -> tuple[str, str]:
+        """Change one knob; returns (previous, now). ``ValueError`` with a one-line reason."""
+        previous = self.knobs().get(key)
+        if previous is None:
+            raise ValueError(f"unknown key {key!r}; settable: {', '.join(sorted(self.knobs()))}")
+        if key == "gossip_interval":
+            try:
+                interval = float(value)
+            except ValueError:
+                raise ValueError(f"gossip_interval: {value!r} is not a number") from None
+            if not interval > 0:
+                raise ValueError("gossip_interval must be positive")
+            self.engine.interval = interval
+        elif key == "codec":
+            if value not in DENSE_CODECS:
+                raise ValueError(f"codec: {value!r} is not one of {', '.join(DENSE_CODECS)}")
+            self.engine.set_codec(value)
+        elif key == "merge":
+            self.engine.merge_rule = make_rule(value)
+        elif key == "log_level":
+            if value.lower() not in ("debug", "info", "warning", "error"):
+                raise ValueError("log_level must be debug, info, warning or error")
+            logging.getLogger().setLevel(value.upper())
+        log.info("set %s = %s (was %s)", key, value, previous)
+        return previous, self.knobs()[key]
+
+    # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        if self.data_dir is not None:
+            await asyncio.to_thread(self._resume)
         self._gossip_server = grpc.aio.server()
         gossip_port = self._gossip_server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if not cfg.advertise:
@@ -84,44 +192,89 @@ class Node:
         self.membership = StaticMembership(self.address)
         for seed in cfg.seeds:
             self.membership.add_seed(seed)
+        for saved in self._saved_members:  # rejoin: everyone we knew before the restart
+            self.membership.add_seed(saved["address"])
         self.engine = GossipEngine(
             peer_id=self.peer_id, address=self.address, trainer=self.trainer, membership=self.membership,
             merge_rule=make_rule(cfg.merge), codec=cfg.codec,
             limits=Limits(max_packet_bytes=self._max_packet_bytes()), rng=random.Random(cfg.seed),
             interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock)
+        self.engine.on_merge = self.metrics.merge_seconds.observe
+        self.engine.on_exchange = self.metrics.exchange_seconds.observe
+        self.trainer.on_step = self.metrics.train_step_seconds.observe
         gossip_pb2_grpc.add_GossipServicer_to_server(
             GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected),
             self._gossip_server)
 
-        self._admin_server = grpc.aio.server()
+        token = cfg.token()
+        self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [])
         admin_port = self._admin_server.add_insecure_port(f"{cfg.admin_host}:{cfg.admin_port}")
         self.admin_address = f"{cfg.admin_host}:{admin_port}"
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), self._admin_server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._admin_server)
+        reflection.enable_server_reflection([
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME], self._admin_server)
+
+        if cfg.metrics_port >= 0:
+            port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            self.metrics_address = f"{cfg.metrics_host}:{port}"
 
         await self._gossip_server.start()
         await self._admin_server.start()
+        for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip"):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.trainer.start()
-        self._gossip_task = asyncio.create_task(self.engine.run(self.client.exchange, self.stopping))
-        log.info("peer %s up: gossip %s, admin %s, %d training samples, model %s on %s",
-                 self.peer_id, self.address, self.admin_address, self.trainer.samples, cfg.model,
-                 self.trainer.device)
+        self._tasks.append(asyncio.create_task(self.engine.run(self.client.exchange, self.stopping)))
+        if self.data_dir is not None and cfg.checkpoint_interval > 0:
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
+        log.info("peer %s up: gossip %s, admin %s, metrics %s, %d training samples, model %s on %s",
+                 self.peer_id, self.address, self.admin_address, self.metrics_address or "off",
+                 self.trainer.samples, cfg.model, self.trainer.device)
         # One machine-readable line on stdout: launchers learn the bound ports from it.
         print(json.dumps({"event": "ready", "peer_id": self.peer_id, "gossip": self.address,
-                          "admin": self.admin_address}), flush=True)
+                          "admin": self.admin_address, "metrics": self.metrics_address}), flush=True)
+
+    async def leave(self) -> int:
+        """Graceful drain: stop starting exchanges, let the ones in flight finish, then stop."""
+        in_flight = self.engine.in_flight
+        self.leaving = True
+        self.engine.draining = True  # the gossip loop starts nothing new
+
+        async def drain() -> None:
+            deadline = self.clock() + self.config.gossip_timeout
+            while self.engine.in_flight > 0 and self.clock() < deadline:
+                await asyncio.sleep(0.05)  # polling a counter with a deadline, not a timing guess
+            log.info("left the swarm (%d exchange(s) were in flight)", in_flight)
+            self.stopping.set()
+
+        self._tasks.append(asyncio.create_task(drain()))
+        return in_flight
 
     async def stop(self) -> None:
         self.stopping.set()
-        if self._gossip_task is not None:
-            await self._gossip_task
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            await task
         for server in (self._gossip_server, self._admin_server):
             if server is not None:
                 await server.stop(SHUTDOWN_GRACE_SECONDS)
         await self.client.close()
         await asyncio.to_thread(self.trainer.stop)
+        if self.data_dir is not None:
+            try:
+                await self.save_checkpoint()  # a clean stop leaves the newest state behind
+            except OSError as e:
+                log.error("final checkpoint failed: %s", e)
+        self.metrics.close()
         log.info("peer %s stopped after %d steps", self.peer_id, self.trainer.stats().steps)
 
     async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down cleanly."""
+        """Run until SIGTERM, SIGINT or Leave, then shut down cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)

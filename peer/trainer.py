@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,17 @@ from peer.data import Dataset
 log = logging.getLogger(__name__)
 
 State = dict[str, np.ndarray]
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A copy of a nested state dict with every tensor on the CPU (checkpoints are device-free)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -73,6 +85,8 @@ class Trainer:
         self._loss = float("nan")
         self._accuracy = -1.0
         self.on_evaluated: Callable[[TrainerStats], None] | None = None
+        # Called with each step's duration in seconds (metrics histogram).
+        self.on_step: Callable[[float], None] | None = None
 
     # --- the model, shared with gossip -------------------------------------------------------
     def state(self) -> State:
@@ -96,6 +110,33 @@ class Trainer:
             h.update(np.ascontiguousarray(x).tobytes())
         return h.hexdigest()
 
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training is: model, optimiser, batch order."""
+        with self._lock:
+            return {
+                "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+                "optimizer": _to_cpu(self.optimizer.state_dict()),
+                "generator": self._gen.get_state(),
+                "order": self._order.detach().cpu().clone(),
+                "cursor": self._cursor,
+                "steps": self._steps,
+                "version": self._version,
+                "accuracy": self._accuracy,
+            }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``checkpoint_state()`` output (raises on a model of another shape)."""
+        with self._lock:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self._gen.set_state(state["generator"])
+            self._order = state["order"].to(self.device)
+            self._cursor = int(state["cursor"])
+            self._steps = int(state["steps"])
+            self._version = int(state["version"])
+            self._accuracy = float(state["accuracy"])
+
     # --- training ----------------------------------------------------------------------------
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Epoch-wise reshuffling from a seeded generator: reproducible batch order.
@@ -108,6 +149,7 @@ class Trainer:
 
     def step(self) -> float:
         """One SGD step on a mini-batch of the shard; returns its loss."""
+        started = time.perf_counter()
         x, y = self._next_batch()
         with self._lock:
             self.model.train()
@@ -118,6 +160,8 @@ class Trainer:
             self._steps += 1
             self._version += 1
         value = float(loss.detach())
+        if self.on_step is not None:
+            self.on_step(time.perf_counter() - started)
         self._loss_sum += value
         self._loss_count += 1
         if self._steps % self.eval_every == 0:

@@ -5,6 +5,7 @@ A packet is one msgpack map::
     {"v": format version, "id": sender id, "addr": sender gossip address,
      "fp": model fingerprint (16 bytes), "mv": model version, "age": local steps,
      "n": sample count, "codec": codec policy name, "cp": policy parameters,
+     "tm": the sender's telemetry (optional map of scalars),
      "t": [[name, shape, dtype, codec, params, payload], ...]}
 
 ``decode_packet`` never lets a parser exception escape: every way the bytes can be
@@ -90,6 +91,8 @@ class PacketHeader:
     samples: int
     codec: str = "fp32"
     codec_params: Params = field(default_factory=dict)
+    # The sender's own figures (steps, accuracy, bytes...), so any peer can show the swarm.
+    telemetry: Params = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
 
@@ -118,7 +121,8 @@ def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
     return msgpack.packb({
         "v": header.format_version, "id": header.sender_id, "addr": header.sender_addr,
         "fp": header.fingerprint, "mv": header.model_version, "age": header.age,
-        "n": header.samples, "codec": header.codec, "cp": header.codec_params, "t": entries,
+        "n": header.samples, "codec": header.codec, "cp": header.codec_params, "tm": header.telemetry,
+        "t": entries,
     }, use_bin_type=True)
 
 
@@ -207,6 +211,7 @@ def _header(obj: Mapping[str, Any], limits: Limits) -> PacketHeader:
         fingerprint=fp, model_version=ints["mv"], age=ints["age"], samples=ints["n"],
         codec=_string(_field(obj, "codec", str, "codec"), "codec", limits),
         codec_params=_params(_field(obj, "cp", dict, "codec params"), "codec params", limits),
+        telemetry=_params(obj.get("tm", {}), "telemetry", limits),
         format_version=FORMAT_VERSION)
 
 

@@ -11,7 +11,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples")
+    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,17 @@ class StatusResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TRAINING_DONE_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
+    LOG_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_STEP_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     gossip_address: str
     steps: int
@@ -50,14 +61,43 @@ class StatusResponse(_message.Message):
     device: str
     training_done: bool
     samples: int
-    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ...) -> None: ...
+    gossip_interval: float
+    codec: str
+    merge: str
+    log_level: str
+    last_checkpoint: str
+    last_checkpoint_step: int
+    checkpoint_age_seconds: float
+    resumed_from: str
+    resumed_step: int
+    resumed_digest: str
+    leaving: bool
+    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PeerReport(_message.Message):
+    __slots__ = ("steps", "accuracy", "exchanges", "bytes_sent", "bytes_received", "compression_ratio", "age_seconds")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_RATIO_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    accuracy: float
+    exchanges: int
+    bytes_sent: int
+    bytes_received: int
+    compression_ratio: float
+    age_seconds: float
+    def __init__(self, steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., exchanges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., age_seconds: _Optional[float] = ...) -> None: ...
+
 class PeerInfo(_message.Message):
-    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures")
+    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures", "incarnation", "rtt_ms", "report")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +108,9 @@ class PeerInfo(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     address: str
     state: str
@@ -78,10 +121,88 @@ class PeerInfo(_message.Message):
     bytes_received: int
     source: str
     failures: int
-    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    rtt_ms: float
+    report: PeerReport
+    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ..., incarnation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., report: _Optional[_Union[PeerReport, _Mapping]] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
     PEERS_FIELD_NUMBER: _ClassVar[int]
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
     def __init__(self, peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("prometheus_text", "samples")
+    class SamplesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMETHEUS_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    prometheus_text: str
+    samples: _containers.ScalarMap[str, float]
+    def __init__(self, prometheus_text: _Optional[str] = ..., samples: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class SaveCheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SaveCheckpointResponse(_message.Message):
+    __slots__ = ("path", "step", "size_bytes", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    step: int
+    size_bytes: int
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., step: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DownloadModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("data", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LeaveResponse(_message.Message):
+    __slots__ = ("in_flight",)
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    in_flight: int
+    def __init__(self, in_flight: _Optional[int] = ...) -> None: ...
+
+class SetRequest(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class SetResponse(_message.Message):
+    __slots__ = ("key", "value", "previous")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: str
+    previous: str
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ..., previous: _Optional[str] = ...) -> None: ...

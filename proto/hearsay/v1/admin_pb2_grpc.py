@@ -44,6 +44,31 @@ class AdminStub:
                 request_serializer=hearsay_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
                 response_deserializer=hearsay_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/hearsay.v1.Admin/GetMetrics',
+                request_serializer=hearsay_dot_v1_dot_admin__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=hearsay_dot_v1_dot_admin__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
+        self.SaveCheckpoint = channel.unary_unary(
+                '/hearsay.v1.Admin/SaveCheckpoint',
+                request_serializer=hearsay_dot_v1_dot_admin__pb2.SaveCheckpointRequest.SerializeToString,
+                response_deserializer=hearsay_dot_v1_dot_admin__pb2.SaveCheckpointResponse.FromString,
+                _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/hearsay.v1.Admin/DownloadModel',
+                request_serializer=hearsay_dot_v1_dot_admin__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=hearsay_dot_v1_dot_admin__pb2.ModelChunk.FromString,
+                _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/hearsay.v1.Admin/Leave',
+                request_serializer=hearsay_dot_v1_dot_admin__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=hearsay_dot_v1_dot_admin__pb2.LeaveResponse.FromString,
+                _registered_method=True)
+        self.Set = channel.unary_unary(
+                '/hearsay.v1.Admin/Set',
+                request_serializer=hearsay_dot_v1_dot_admin__pb2.SetRequest.SerializeToString,
+                response_deserializer=hearsay_dot_v1_dot_admin__pb2.SetResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -61,6 +86,41 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """Prometheus metrics, through the admin channel (same values as the HTTP port).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveCheckpoint(self, request, context):
+        """Write a checkpoint now (atomically; requires a data directory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadModel(self, request, context):
+        """The current model as torch.save bytes in chunks of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leave(self, request, context):
+        """Graceful drain: finish exchanges in flight, announce the leave, stop.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Set(self, request, context):
+        """Change a runtime knob. INVALID_ARGUMENT for unknown keys or bad values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +133,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListPeers,
                     request_deserializer=hearsay_dot_v1_dot_admin__pb2.ListPeersRequest.FromString,
                     response_serializer=hearsay_dot_v1_dot_admin__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=hearsay_dot_v1_dot_admin__pb2.GetMetricsRequest.FromString,
+                    response_serializer=hearsay_dot_v1_dot_admin__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveCheckpoint,
+                    request_deserializer=hearsay_dot_v1_dot_admin__pb2.SaveCheckpointRequest.FromString,
+                    response_serializer=hearsay_dot_v1_dot_admin__pb2.SaveCheckpointResponse.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=hearsay_dot_v1_dot_admin__pb2.DownloadModelRequest.FromString,
+                    response_serializer=hearsay_dot_v1_dot_admin__pb2.ModelChunk.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=hearsay_dot_v1_dot_admin__pb2.LeaveRequest.FromString,
+                    response_serializer=hearsay_dot_v1_dot_admin__pb2.LeaveResponse.SerializeToString,
+            ),
+            'Set': grpc.unary_unary_rpc_method_handler(
+                    servicer.Set,
+                    request_deserializer=hearsay_dot_v1_dot_admin__pb2.SetRequest.FromString,
+                    response_serializer=hearsay_dot_v1_dot_admin__pb2.SetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +214,141 @@ class Admin:
             '/hearsay.v1.Admin/ListPeers',
             hearsay_dot_v1_dot_admin__pb2.ListPeersRequest.SerializeToString,
             hearsay_dot_v1_dot_admin__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearsay.v1.Admin/GetMetrics',
+            hearsay_dot_v1_dot_admin__pb2.GetMetricsRequest.SerializeToString,
+            hearsay_dot_v1_dot_admin__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearsay.v1.Admin/SaveCheckpoint',
+            hearsay_dot_v1_dot_admin__pb2.SaveCheckpointRequest.SerializeToString,
+            hearsay_dot_v1_dot_admin__pb2.SaveCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hearsay.v1.Admin/DownloadModel',
+            hearsay_dot_v1_dot_admin__pb2.DownloadModelRequest.SerializeToString,
+            hearsay_dot_v1_dot_admin__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearsay.v1.Admin/Leave',
+            hearsay_dot_v1_dot_admin__pb2.LeaveRequest.SerializeToString,
+            hearsay_dot_v1_dot_admin__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Set(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hearsay.v1.Admin/Set',
+            hearsay_dot_v1_dot_admin__pb2.SetRequest.SerializeToString,
+            hearsay_dot_v1_dot_admin__pb2.SetResponse.FromString,
             options,
             channel_credentials,
             insecure,
