@@ -105,12 +105,24 @@ class PeerProcess:
         except AdminError:
             return None
 
+    def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether the admin server's gRPC health service says SERVING (needs no token)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(self.admin_address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         def ready() -> bool:
             if not self.alive():
                 raise RuntimeError(f"peer {self.peer_id} exited with code {self.proc.returncode if self.proc else '?'}"
                                    f":\n{self.log_tail()}")
-            return self.try_status(1.0) is not None
+            return self.healthy()
         wait_for(ready, timeout, what=f"peer {self.peer_id} to answer on {self.admin_address}")
 
     def signal(self, sig: signal.Signals) -> None:
