@@ -1,0 +1,243 @@
+"""msgpack encoding of the SWIM messages, with strict validation on decode.
+
+The messages travel as the bytes payload of the membership gRPC calls (ping,
+ping-req, push-pull). Every message is one msgpack array; there are no maps, so the
+layout is compact and the decoder can check every position::
+
+    [version, kind, ...fields]
+      Ping      [1, 1, seq, source, target, updates]
+      Ack       [1, 2, seq, source, updates]
+      Nack      [1, 3, seq, source, updates]
+      PingReq   [1, 4, seq, source, target, nack_after, updates]
+      Gossip    [1, 5, source, updates]
+      PushPull  [1, 6, source, join, reply, states]
+    update      [1, address, incarnation, peer_id]     Alive
+                [2, address, incarnation, accuser]     Suspect
+                [3, address, incarnation, accuser]     Dead
+                [4, address, incarnation]              Leave
+    state       [address, peer_id, incarnation, state] state: 1 alive 2 suspect 3 dead 4 left
+
+``from_wire`` never lets a parser exception escape: every way the bytes can be wrong
+maps to a ``protocol.errors.WireError`` subclass, and sizes are bounded by the parser
+before anything proportional to them is allocated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket, UnsupportedVersion
+from protocol.membership import (
+    MAX_INCARNATION,
+    Ack,
+    Alive,
+    Dead,
+    Gossip,
+    Leave,
+    MemberEntry,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    Update,
+)
+
+WIRE_VERSION = 1
+_MAX_SEQ = 2**32 - 1
+_MAX_NACK_AFTER = 3600.0
+
+_PING, _ACK, _NACK, _PING_REQ, _GOSSIP, _PUSH_PULL = 1, 2, 3, 4, 5, 6
+_ALIVE, _SUSPECT, _DEAD, _LEAVE = 1, 2, 3, 4
+_STATE_CODES = {MemberState.ALIVE: 1, MemberState.SUSPECT: 2, MemberState.DEAD: 3, MemberState.LEFT: 4}
+_CODE_STATES = {v: k for k, v in _STATE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class MembershipLimits:
+    """Bounds checked while parsing; a message beyond any of them is refused."""
+
+    # Below gRPC's default 4 MiB message; a 10,000-member push-pull is ~0.5 MB.
+    max_message_bytes: int = 4 << 20
+    max_updates: int = 256
+    max_states: int = 100_000
+    max_string: int = 256
+
+
+# --- encoding ------------------------------------------------------------------------
+
+def _update(u: Update) -> list[Any]:
+    if isinstance(u, Alive):
+        return [_ALIVE, u.address, u.incarnation, u.peer_id]
+    if isinstance(u, Suspect):
+        return [_SUSPECT, u.address, u.incarnation, u.accuser]
+    if isinstance(u, Dead):
+        return [_DEAD, u.address, u.incarnation, u.accuser]
+    return [_LEAVE, u.address, u.incarnation]
+
+
+def to_wire(msg: Message) -> bytes:
+    """The msgpack bytes of ``msg`` (see the module docstring for the layout)."""
+    ups = [_update(u) for u in getattr(msg, "updates", ())]
+    if isinstance(msg, Ping):
+        body: list[Any] = [_PING, msg.seq, msg.source, msg.target, ups]
+    elif isinstance(msg, Ack):
+        body = [_ACK, msg.seq, msg.source, ups]
+    elif isinstance(msg, Nack):
+        body = [_NACK, msg.seq, msg.source, ups]
+    elif isinstance(msg, PingReq):
+        body = [_PING_REQ, msg.seq, msg.source, msg.target, float(msg.nack_after), ups]
+    elif isinstance(msg, Gossip):
+        body = [_GOSSIP, msg.source, ups]
+    elif isinstance(msg, PushPull):
+        states = [[e.address, e.peer_id, e.incarnation, _STATE_CODES[e.state]] for e in msg.states]
+        body = [_PUSH_PULL, msg.source, msg.join, msg.reply, states]
+    else:
+        raise TypeError(f"not a membership message: {type(msg).__name__}")
+    return msgpack.packb([WIRE_VERSION, *body], use_bin_type=True)
+
+
+# --- decoding ------------------------------------------------------------------------
+
+def _unpack(data: bytes | memoryview, limits: MembershipLimits) -> Any:
+    try:
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True,
+            max_str_len=limits.max_string, max_bin_len=0, max_map_len=0, max_ext_len=0,
+            max_array_len=max(limits.max_states, limits.max_updates, 8))
+    except msgpack.exceptions.ExtraData:
+        raise MalformedPacket("trailing bytes after the message") from None
+    except ValueError as e:
+        if "incomplete" in str(e).lower():
+            raise TruncatedPacket("message ended before its declared contents") from None
+        if any(k in str(e) for k in ("max_map_len", "max_bin_len", "max_ext_len")):
+            raise MalformedPacket(f"maps, binaries and extensions are not part of the format: {e}") from None
+        if "exceeds max" in str(e).lower():
+            raise PacketTooLarge(f"membership message field too large: {e}") from None
+        raise MalformedPacket(f"not a msgpack message: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any parser failure is malformed, by contract
+        raise MalformedPacket(f"not a msgpack message: {type(e).__name__}: {e}") from None
+
+
+def _int(v: Any, what: str, top: int) -> int:
+    if type(v) is not int or not 0 <= v <= top:
+        raise MalformedPacket(f"{what} must be an integer in 0..{top}, got {v!r:.40}")
+    return v
+
+
+def _str(v: Any, what: str, limits: MembershipLimits, empty: bool = False) -> str:
+    if type(v) is not str:
+        raise MalformedPacket(f"{what} must be a string, got {type(v).__name__}")
+    if not v and not empty:
+        raise MalformedPacket(f"{what} must not be empty")
+    if len(v) > limits.max_string:
+        raise PacketTooLarge(f"{what} is longer than {limits.max_string} characters")
+    return v
+
+
+def _bool(v: Any, what: str) -> bool:
+    if type(v) is not bool:
+        raise MalformedPacket(f"{what} must be a boolean, got {type(v).__name__}")
+    return v
+
+
+def _list(v: Any, what: str, most: int) -> list[Any]:
+    if type(v) is not list:
+        raise MalformedPacket(f"{what} must be an array, got {type(v).__name__}")
+    if len(v) > most:
+        raise PacketTooLarge(f"{what} has {len(v)} entries, more than {most}")
+    return v
+
+
+def _updates(v: Any, limits: MembershipLimits) -> tuple[Update, ...]:
+    out: list[Update] = []
+    for i, u in enumerate(_list(v, "updates", limits.max_updates)):
+        what = f"update {i}"
+        if type(u) is not list or len(u) not in (3, 4) or type(u[0]) is not int:
+            raise MalformedPacket(f"{what} must be [kind, address, incarnation, ...]")
+        kind = u[0]
+        if (kind == _LEAVE) != (len(u) == 3):
+            raise MalformedPacket(f"{what}: kind {kind} has the wrong number of fields")
+        addr = _str(u[1], f"{what} address", limits)
+        inc = _int(u[2], f"{what} incarnation", MAX_INCARNATION)
+        if kind == _ALIVE:
+            out.append(Alive(addr, _str(u[3], f"{what} peer id", limits, empty=True), inc))
+        elif kind == _SUSPECT:
+            out.append(Suspect(addr, inc, _str(u[3], f"{what} accuser", limits)))
+        elif kind == _DEAD:
+            out.append(Dead(addr, inc, _str(u[3], f"{what} accuser", limits)))
+        elif kind == _LEAVE:
+            out.append(Leave(addr, inc))
+        else:
+            raise MalformedPacket(f"{what}: unknown kind {kind}")
+    return tuple(out)
+
+
+def _states(v: Any, limits: MembershipLimits) -> tuple[MemberEntry, ...]:
+    rows = _list(v, "states", limits.max_states)
+    out: list[MemberEntry] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rows):
+        if type(r) is not list or len(r) != 4:
+            raise MalformedPacket(f"state {i} must be [address, peer_id, incarnation, state]")
+        addr = _str(r[0], f"state {i} address", limits)
+        if addr in seen:
+            raise MalformedPacket(f"state {i}: address {addr!r} listed twice")
+        seen.add(addr)
+        code = r[3]
+        if type(code) is not int or code not in _CODE_STATES:
+            raise MalformedPacket(f"state {i}: unknown state {code!r:.20}")
+        out.append(MemberEntry(addr, _str(r[1], f"state {i} peer id", limits, empty=True),
+                               _int(r[2], f"state {i} incarnation", MAX_INCARNATION), _CODE_STATES[code]))
+    return tuple(out)
+
+
+def _nack_after(v: Any) -> float:
+    if type(v) not in (float, int) or not math.isfinite(v) or not 0.0 <= v <= _MAX_NACK_AFTER:
+        raise MalformedPacket(f"nack_after must be a finite number of seconds in 0..{_MAX_NACK_AFTER:g}")
+    return float(v)
+
+
+_ARITY = {_PING: 6, _ACK: 5, _NACK: 5, _PING_REQ: 7, _GOSSIP: 4, _PUSH_PULL: 6}
+
+
+def _decode(obj: list[Any], lim: MembershipLimits) -> Message:
+    kind = obj[1]
+    if type(kind) is not int or kind not in _ARITY:
+        raise MalformedPacket(f"unknown membership message kind {kind!r:.20}")
+    if len(obj) != _ARITY[kind]:
+        raise MalformedPacket(f"message kind {kind} must have {_ARITY[kind]} fields, got {len(obj)}")
+    if kind == _PING:
+        return Ping(_int(obj[2], "seq", _MAX_SEQ), _str(obj[3], "source", lim),
+                    _str(obj[4], "target", lim), _updates(obj[5], lim))
+    if kind in (_ACK, _NACK):
+        cls: Callable[..., Message] = Ack if kind == _ACK else Nack
+        return cls(_int(obj[2], "seq", _MAX_SEQ), _str(obj[3], "source", lim), _updates(obj[4], lim))
+    if kind == _PING_REQ:
+        return PingReq(_int(obj[2], "seq", _MAX_SEQ), _str(obj[3], "source", lim),
+                       _str(obj[4], "target", lim), _nack_after(obj[5]), _updates(obj[6], lim))
+    if kind == _GOSSIP:
+        return Gossip(_str(obj[2], "source", lim), _updates(obj[3], lim))
+    return PushPull(_str(obj[2], "source", lim), _states(obj[5], lim),
+                    join=_bool(obj[3], "join"), reply=_bool(obj[4], "reply"))
+
+
+def from_wire(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits()) -> Message:
+    """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong."""
+    if len(data) > limits.max_message_bytes:
+        raise PacketTooLarge(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}")
+    if len(data) == 0:
+        raise TruncatedPacket("empty membership message")
+    obj = _unpack(data, limits)
+    if type(obj) is not list or len(obj) < 2:
+        raise MalformedPacket("a membership message must be an array [version, kind, ...]")
+    if obj[0] != WIRE_VERSION or type(obj[0]) is not int:
+        raise UnsupportedVersion(f"membership wire version {obj[0]!r:.20}; this peer speaks {WIRE_VERSION}")
+    return _decode(obj, limits)
