@@ -91,10 +91,12 @@ def save(directory: Path, state: dict[str, Any], keep: int = 3) -> Saved:
     directory.mkdir(parents=True, exist_ok=True)
     existing = checkpoints(directory)
     seq = existing[0][0] + 1 if existing else 1
-    blob = encode(state)
     final = directory / f"ckpt-{seq:08d}.hsck"
     tmp = directory / f"{TMP_PREFIX}{seq:08d}-{os.getpid()}"
+    # The temporary exists for the whole save (serialising included), so a crash at any
+    # point of it leaves a recognisable leftover and never a file under a final name.
     with open(tmp, "wb") as f:
+        blob = encode(state)
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())

@@ -63,6 +63,15 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             yield frame
 
 
+# gRPC's default reconnect backoff grows to 120 s: a partner that restarted on the same
+# address would look dead for minutes. Peers come and go; retry quickly instead.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
 class GossipClient:
     """Opens one channel per partner address and runs push-pull exchanges over it."""
 
@@ -73,7 +82,7 @@ class GossipClient:
     def _stub(self, address: str) -> gossip_pb2_grpc.GossipStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
         return gossip_pb2_grpc.GossipStub(channel)
 
@@ -83,6 +92,8 @@ class GossipClient:
         try:
             return await read_packet(call, self._max_packet_bytes)
         except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self.forget(address)  # a fresh channel next time, not one stuck in backoff
             raise ExchangeRefused(e.code(), e.details() or "") from None
         except errors.WireError:
             call.cancel()

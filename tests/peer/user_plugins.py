@@ -21,3 +21,9 @@ def wrong_type(*_args: object, **_kwargs: object) -> dict:
 
 def linear_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
+
+
+def wide_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """~4.3M parameters: checkpoints of ~35 MB take long enough to be killed mid-write."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 2048), nn.ReLU(),
+                         nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, num_classes))
