@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mlp", help="model of every peer (default: mlp)")
     p.add_argument("--partition", default="iid", choices=("iid", "dirichlet"))
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
-    p.add_argument("--merge", default="weighted", choices=merge_rules())
+    p.add_argument("--merge", default="vc", choices=merge_rules())
     p.add_argument("--gossip-interval", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")
     p.add_argument("--peer-arg", action="append", metavar="ARG",

@@ -33,7 +33,7 @@ class ClusterSpec:
     model: str = "mlp"
     partition: str = "iid"
     alpha: float = 0.5
-    merge: str = "weighted"
+    merge: str = "vc"
     gossip_interval: float = 1.0
     seed: int = 0
     extra_args: list[str] = field(default_factory=list)

@@ -78,7 +78,8 @@ class PeerConfig:
     # --- gossip
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
-    merge: str = _opt("weighted", "Merge rule for received models (protocol.merge.RULES).",
+    merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
+                            "averaging, chosen from bench/learning.py's evidence.",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec for floating-point tensors on the wire (protocol.codecs).",
                       choices=DENSE_CODECS)

@@ -19,7 +19,7 @@ from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import WireError
 from protocol.membership import Member, StaticMembership
-from protocol.merge import Contribution, MergeRule
+from protocol.merge import Contribution, MergeRule, merge_received
 from protocol.sampling import choose_partner
 from protocol.wire import Limits, Packet, PacketHeader, decode_packet, encode_packet, fingerprint, specs_of
 
@@ -117,7 +117,7 @@ class GossipEngine:
         started = time.perf_counter()
         received = Contribution(packet.tensors, samples=packet.header.samples)
         self.trainer.merge_with(
-            lambda current: self.merge_rule.merge(Contribution(current, samples=self.trainer.samples), [received]))
+            lambda current: merge_received(self.merge_rule, current, self.trainer.samples, [received]))
         if self.on_merge is not None:
             self.on_merge(time.perf_counter() - started)
         if self.trainer.stats().done:

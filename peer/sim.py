@@ -1,0 +1,410 @@
+"""Many virtual peers in one process, on a virtual clock, running the daemon's protocol code.
+
+Why: the learning-quality questions (does variance correction help? how many rounds
+to FedAvg's accuracy?) need dozens of peers and reproducible runs, which real
+processes on 2 cores cannot give. The simulator keeps everything that decides the
+*numbers* identical to the daemon and replaces only time and the network:
+
+- training: ``peer.trainer.Trainer.step()`` on shards from ``peer.data.partition``,
+  models from ``peer.models.build_model`` (the trainer's thread is never started);
+- exchanges: push-pull as in ``peer.gossip`` — both sides send the model they had
+  before merging, framed by ``protocol.wire.encode_packet`` with a ``protocol.codecs``
+  codec and validated by ``decode_packet``;
+- partners: ``protocol.sampling.choose_partner`` over the peer's neighbours in the
+  configured topology (full, ring, random k-regular);
+- merges: ``protocol.merge.merge_received``, the function the daemon calls.
+
+Time is a number. Events (a local step, the start of an exchange, a message arriving)
+sit in a heap ordered by (time, sequence), so a run is a pure function of its config
+and seed. Messages may be lost (Bernoulli) or delayed (fixed + uniform jitter); each
+peer steps at its own speed. A delayed model arrives ``age`` receiver-steps old and
+the merge rule may discount it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from peer.data import Dataset, load_dataset
+from peer.data.partition import dirichlet_partition, partition
+from peer.models import build_model
+from peer.trainer import Trainer
+from protocol import codecs
+from protocol.codecs.base import Codec
+from protocol.errors import WireError
+from protocol.merge import Contribution, MergeRule, make_rule, merge_received
+from protocol.sampling import choose_partner
+from protocol.wire import Packet, PacketHeader, TensorSpec, decode_packet, encode_packet, fingerprint, specs_of
+
+TOPOLOGIES = ("full", "ring", "random-regular")
+INITS = ("default", "xavier")
+# Trainer.step() evaluates every eval_every steps; the simulator evaluates on its own schedule.
+_NEVER = 1 << 62
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated swarm. Defaults mirror the daemon's (``peer.config.PeerConfig``)."""
+
+    peers: int = 16
+    dataset: str = "digits"
+    model: str = "mlp"
+    split: str = "iid"                  # "iid" or "dirichlet"
+    alpha: float = 0.5                  # Dirichlet concentration
+    min_shard: int = 10                 # smallest Dirichlet shard accepted (see shards_for)
+    topology: str = "full"              # who may be chosen as a partner
+    degree: int = 4                     # k of the random k-regular topology
+    merge: str = "vc"                   # protocol.merge.RULES name
+    codec: str = "fp32"                 # protocol.codecs name for float tensors
+    shared_init: bool = False           # every peer starts from the same weights
+    init: str = "default"               # "default" (PyTorch's) or "xavier" (uniform, zero bias)
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    steps_per_second: float = 1.0       # local steps per virtual second (mean over peers)
+    speed_spread: float = 0.0           # per-peer speed ~ steps_per_second * U(1 - s, 1 + s)
+    gossip_interval: float = 10.0       # virtual seconds between the exchanges a peer starts
+    jitter: float = 0.0                 # interval ~ gossip_interval * U(1 - j, 1 + j)
+    loss: float = 0.0                   # probability that one message is lost
+    delay: float = 0.0                  # one-way latency, virtual seconds
+    delay_jitter: float = 0.0           # extra latency ~ U(0, delay_jitter)
+    seed: int = 0                       # model inits, batch order, partners, loss, delays
+    data_seed: int = 0                  # test split and partition (as the daemon's data_seed)
+
+    def check(self) -> SimConfig:
+        """Raise ``ValueError`` naming the first field that cannot work."""
+        checks = [
+            (self.peers >= 2, "peers must be at least 2"),
+            (self.topology in TOPOLOGIES, f"topology must be one of {', '.join(TOPOLOGIES)}"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
+            (self.topology != "random-regular" or 1 <= self.degree < self.peers, "degree must be in 1..peers-1"),
+            (self.topology != "random-regular" or self.peers * self.degree % 2 == 0, "peers*degree must be even"),
+            (self.steps_per_second > 0 and 0 <= self.speed_spread < 1, "speeds must be positive"),
+            (self.gossip_interval > 0 and 0 <= self.jitter < 1, "gossip_interval > 0, jitter in [0, 1)"),
+            (0 <= self.loss <= 1, "loss must be in [0, 1]"),
+            (self.delay >= 0 and self.delay_jitter >= 0, "delays must be non-negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        make_rule(self.merge)
+        codecs.get(self.codec)
+        return self
+
+
+# --- topology -----------------------------------------------------------------------------------
+
+def neighbours(topology: str, peers: int, degree: int, rng: random.Random) -> list[list[int]]:
+    """Each peer's possible partners: everyone, its two ring neighbours, or a random k-regular graph."""
+    if topology == "full":
+        return [[j for j in range(peers) if j != i] for i in range(peers)]
+    if topology == "ring":
+        return [sorted({(i - 1) % peers, (i + 1) % peers} - {i}) for i in range(peers)]
+    if topology == "random-regular":
+        return random_regular(peers, degree, rng)
+    raise ValueError(f"unknown topology {topology!r}")
+
+
+def random_regular(peers: int, degree: int, rng: random.Random, max_tries: int = 1000) -> list[list[int]]:
+    """A random simple k-regular graph (Steger–Wormald pairing: join random free stubs of
+    distinct, not yet adjacent peers; start over if only unusable stubs remain)."""
+    for _ in range(max_tries):
+        graph = _try_pairing(peers, degree, rng)
+        if graph is not None:
+            return graph
+    raise ValueError(f"no simple {degree}-regular graph on {peers} peers found in {max_tries} draws")
+
+
+def _try_pairing(peers: int, degree: int, rng: random.Random) -> list[list[int]] | None:
+    stubs = [i for i in range(peers) for _ in range(degree)]
+    adj: list[set[int]] = [set() for _ in range(peers)]
+    while stubs:
+        pair = _random_pair(stubs, adj, rng)
+        if pair is None:
+            return None
+        a, b = stubs[pair[0]], stubs[pair[1]]
+        adj[a].add(b)
+        adj[b].add(a)
+        for k in sorted(pair, reverse=True):
+            stubs.pop(k)
+    return [sorted(a) for a in adj]
+
+
+def _random_pair(stubs: list[int], adj: list[set[int]], rng: random.Random,
+                 guesses: int = 64) -> tuple[int, int] | None:
+    """Two stub positions of distinct, non-adjacent peers, uniformly; ``None`` if none is left."""
+    def usable(x: int, y: int) -> bool:
+        return stubs[x] != stubs[y] and stubs[y] not in adj[stubs[x]]
+
+    if len(stubs) < 2:
+        return None
+    for _ in range(guesses):  # cheap while many stubs are free
+        x, y = rng.sample(range(len(stubs)), 2)
+        if usable(x, y):
+            return x, y
+    pairs = [(x, y) for x in range(len(stubs)) for y in range(x + 1, len(stubs)) if usable(x, y)]
+    return pairs[rng.randrange(len(pairs))] if pairs else None
+
+
+# --- building the peers -------------------------------------------------------------------------
+
+def shards_for(data: Dataset, config: SimConfig) -> list[np.ndarray]:
+    """The peers' shards, as the daemon computes them (``peer.data.partition``).
+
+    Digits has 1,437 training images; a Dirichlet split over 64 peers cannot give every
+    peer the daemon's 10 samples, so ``min_shard`` lowers that floor step by step
+    (10, 5, 3, 2, 1) until a split exists; ``shard_floor`` reports which was used.
+    """
+    if config.split != "dirichlet":
+        return partition(data.train_y, config.peers, config.split, config.alpha, config.data_seed)
+    return dirichlet_partition(data.train_y, config.peers, config.alpha, config.data_seed,
+                               min_size=shard_floor(data, config), max_tries=1000)
+
+
+def shard_floor(data: Dataset, config: SimConfig) -> int:
+    """The largest floor ≤ ``min_shard`` among (10, 5, 3, 2, 1) that admits a Dirichlet split."""
+    for floor in [f for f in (10, 5, 3, 2, 1) if f <= config.min_shard] or [1]:
+        try:
+            dirichlet_partition(data.train_y, config.peers, config.alpha, config.data_seed,
+                                min_size=floor, max_tries=1000)
+            return floor
+        except ValueError:
+            continue
+    raise ValueError(f"no Dirichlet split of {len(data.train_y)} samples over {config.peers} peers")
+
+
+def initialise(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise weights: ``default`` keeps PyTorch's (Kaiming-uniform); ``xavier``
+    sets Glorot-uniform weights and zero biases on every Linear and Conv layer (the
+    scheme the vanishing-variance paper reasons about). Uses torch's global generator,
+    which the caller seeds."""
+    if scheme == "default":
+        return model
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def make_model(config: SimConfig, data: Dataset, seed: int) -> nn.Module:
+    """A model from the zoo, initialised from ``seed`` (the daemon seeds torch the same way)."""
+    torch.manual_seed(seed)
+    return initialise(build_model(config.model, data.input_shape, data.num_classes), config.init)
+
+
+def peer_seed(config: SimConfig, index: int) -> int:
+    """Peer ``index``'s seed: distinct per peer, a function of the run's seed only."""
+    return config.seed * 100_003 + index
+
+
+# --- messages and events ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Message:
+    """A packet in flight. ``receiver_steps`` dates the snapshot in the receiver's steps."""
+
+    src: int
+    dst: int
+    data: bytes
+    reply: bool
+    receiver_steps: int
+
+
+@dataclass
+class SimStats:
+    exchanges: int = 0
+    merges: int = 0
+    messages: int = 0
+    lost: int = 0
+    rejected: int = 0
+    bytes_sent: int = 0
+    # Messages sent per (sender, receiver) pair, lost ones included.
+    links: Counter[tuple[int, int]] = field(default_factory=Counter)
+    # The largest staleness (receiver steps) a merged model had.
+    max_age: int = 0
+
+
+@dataclass
+class VirtualPeer:
+    """One simulated peer: a real Trainer plus what the gossip loop would keep."""
+
+    index: int
+    trainer: Trainer
+    neighbours: list[int]
+    speed: float
+    rng: random.Random
+    bytes_sent: int = 0
+
+    @property
+    def peer_id(self) -> str:
+        return f"sim-{self.index}"
+
+    @property
+    def address(self) -> str:
+        return f"sim:{self.index}"
+
+
+def choose_codec(codec: Codec) -> Callable[[str, np.ndarray], Codec]:
+    """The daemon's choice: the configured codec for floats it supports, ``raw`` otherwise."""
+    raw = codecs.get("raw")
+    return lambda _name, x: codec if codec.supports(x.dtype) else raw
+
+
+def own_packet(peer: VirtualPeer, fp: bytes, codec: Codec) -> bytes:
+    """The peer's current model framed as ``GossipEngine.own_packet`` frames it."""
+    stats = peer.trainer.stats()
+    header = PacketHeader(sender_id=peer.peer_id, sender_addr=peer.address, fingerprint=fp,
+                          model_version=stats.version, age=stats.steps, samples=peer.trainer.samples,
+                          codec=codec.name)
+    return encode_packet(header, peer.trainer.state(), choose_codec(codec))
+
+
+def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0) -> None:
+    """Merge a decoded packet into ``trainer`` through the daemon's merge entry point."""
+    received = Contribution(packet.tensors, samples=packet.header.samples, age=age)
+    trainer.merge_with(lambda current: merge_received(rule, current, trainer.samples, [received]))
+
+
+# --- the simulator ------------------------------------------------------------------------------
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    kind: str = field(compare=False)
+    peer: int = field(compare=False)
+    message: Message | None = field(compare=False, default=None)
+
+
+class Simulator:
+    """A swarm of ``config.peers`` virtual peers; ``run_until(t)`` advances the virtual clock."""
+
+    def __init__(self, config: SimConfig, data: Dataset | None = None, rule: MergeRule | None = None) -> None:
+        """``data`` saves reloading the data set per swarm; ``rule`` overrides ``config.merge``
+        with a rule built with non-default parameters (β, ε, ...)."""
+        self.config = config.check()
+        self.data = data if data is not None else load_dataset(config.dataset, seed=config.data_seed)
+        self.rng = random.Random(config.seed)
+        self.rule = rule if rule is not None else make_rule(config.merge)
+        self.codec = codecs.get(config.codec)
+        self.shards = shards_for(self.data, config)
+        self.peers = self._build_peers()
+        self.specs: tuple[TensorSpec, ...] = specs_of(self.peers[0].trainer.state())
+        self.fingerprint = fingerprint(self.specs)
+        self.now = 0.0
+        self.stats = SimStats()
+        self._seq = itertools.count()
+        self._events: list[_Event] = []
+        for p in self.peers:
+            self._schedule(1.0 / p.speed, "step", p.index)
+            # Random phases, as real peers have: no two start their exchanges in lockstep.
+            self._schedule(self.config.gossip_interval * self.rng.uniform(0.0, 1.0), "gossip", p.index)
+
+    def _build_peers(self) -> list[VirtualPeer]:
+        cfg = self.config
+        graph = neighbours(cfg.topology, cfg.peers, cfg.degree, self.rng)
+        shared = make_model(cfg, self.data, cfg.seed).state_dict() if cfg.shared_init else None
+        peers = []
+        for i in range(cfg.peers):
+            model = make_model(cfg, self.data, peer_seed(cfg, i))
+            if shared is not None:
+                model.load_state_dict(shared)
+            trainer = Trainer(model, self.data, self.shards[i], device=torch.device("cpu"), seed=peer_seed(cfg, i),
+                              batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER)
+            speed = cfg.steps_per_second * self.rng.uniform(1 - cfg.speed_spread, 1 + cfg.speed_spread)
+            peers.append(VirtualPeer(i, trainer, graph[i], speed, random.Random(peer_seed(cfg, i))))
+        return peers
+
+    # --- the event loop ------------------------------------------------------------------------
+    def _schedule(self, at: float, kind: str, peer: int, message: Message | None = None) -> None:
+        heapq.heappush(self._events, _Event(at, next(self._seq), kind, peer, message))
+
+    def run_until(self, t: float) -> None:
+        """Process every event due at or before virtual time ``t``; then the clock reads ``t``."""
+        while self._events and self._events[0].time <= t:
+            event = heapq.heappop(self._events)
+            self.now = event.time
+            if event.kind == "step":
+                self._step(self.peers[event.peer])
+            elif event.kind == "gossip":
+                self._start_exchange(self.peers[event.peer])
+            else:
+                assert event.message is not None
+                self._deliver(event.message)
+        self.now = t
+
+    def _step(self, peer: VirtualPeer) -> None:
+        peer.trainer.step()
+        self._schedule(self.now + 1.0 / peer.speed, "step", peer.index)
+
+    def _start_exchange(self, peer: VirtualPeer) -> None:
+        j = self.config.jitter
+        self._schedule(self.now + self.config.gossip_interval * self.rng.uniform(1 - j, 1 + j), "gossip", peer.index)
+        partner = choose_partner(peer.neighbours, peer.rng)
+        if partner is None:
+            return
+        self.stats.exchanges += 1
+        self._send(peer, self.peers[partner], reply=False)
+
+    def _send(self, src: VirtualPeer, dst: VirtualPeer, *, reply: bool) -> None:
+        data = own_packet(src, self.fingerprint, self.codec)
+        src.bytes_sent += len(data)
+        self.stats.bytes_sent += len(data)
+        self.stats.messages += 1
+        self.stats.links[(src.index, dst.index)] += 1
+        if self.config.loss > 0 and self.rng.random() < self.config.loss:
+            self.stats.lost += 1
+            return
+        latency = self.config.delay + (self.rng.uniform(0, self.config.delay_jitter) if self.config.delay_jitter else 0)
+        message = Message(src.index, dst.index, data, reply, dst.trainer.stats().steps)
+        self._schedule(self.now + latency, "deliver", dst.index, message)
+
+    def _deliver(self, message: Message) -> None:
+        dst = self.peers[message.dst]
+        try:
+            packet = decode_packet(message.data, expected=self.specs)
+        except WireError:
+            self.stats.rejected += 1  # the daemon refuses it too: no reply, no merge
+            return
+        if not message.reply:
+            # Push-pull: answer with the model we had before merging, as GossipEngine does.
+            self._send(dst, self.peers[message.src], reply=True)
+        age = dst.trainer.stats().steps - message.receiver_steps
+        apply_packet(dst.trainer, self.rule, packet, age)
+        self.stats.merges += 1
+        self.stats.max_age = max(self.stats.max_age, age)
+
+    # --- observations --------------------------------------------------------------------------
+    def accuracies(self) -> np.ndarray:
+        """Every peer's test accuracy now (the same held-out set for all)."""
+        return np.array([p.trainer.evaluate() for p in self.peers])
+
+    def states(self) -> list[dict[str, np.ndarray]]:
+        return [p.trainer.state() for p in self.peers]
+
+    def consensus_distance(self) -> float:
+        """``sqrt(mean_i ||x_i − x̄||²)`` over all float tensors: 0 when every peer agrees."""
+        return consensus_distance(self.states())
+
+
+def consensus_distance(states: Sequence[dict[str, np.ndarray]]) -> float:
+    """Root mean squared distance of the models from their average (float tensors only)."""
+    total = 0.0
+    for name, x0 in states[0].items():
+        if np.dtype(x0.dtype).kind != "f":
+            continue
+        stack = np.stack([np.asarray(s[name], dtype=np.float64) for s in states])
+        total += float(((stack - stack.mean(axis=0)) ** 2).sum())
+    return math.sqrt(total / len(states))

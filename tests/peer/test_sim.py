@@ -1,0 +1,207 @@
+"""The simulator: deterministic, runs the daemon's protocol code, and merges exactly as the daemon does."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+import peer.gossip
+from peer.data import load_dataset
+from peer.gossip import GossipEngine
+from peer.sim import (
+    SimConfig,
+    Simulator,
+    apply_packet,
+    consensus_distance,
+    make_model,
+    neighbours,
+    own_packet,
+    shard_floor,
+)
+from peer.trainer import Trainer
+from protocol import codecs
+from protocol.membership import StaticMembership
+from protocol.merge import RULES, make_rule
+from protocol.wire import Limits, decode_packet, fingerprint, specs_of
+
+
+@pytest.fixture(scope="module")
+def digits():  # noqa: ANN201 - a peer.data.Dataset
+    return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """2-core CI: one intra-op thread, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small(**kw) -> SimConfig:  # noqa: ANN003
+    """A swarm small enough for the default suite: 6 peers, 5 steps per exchange."""
+    base = dict(peers=6, gossip_interval=5.0, batch_size=16)
+    return SimConfig(**{**base, **kw})
+
+
+def digests(sim: Simulator) -> list[str]:
+    return [p.trainer.digest() for p in sim.peers]
+
+
+# --- determinism and bookkeeping ------------------------------------------------------------------
+
+def test_same_seed_same_swarm_different_seed_different_swarm(digits) -> None:  # noqa: ANN001
+    cfg = small(loss=0.2, delay=1.5, delay_jitter=1.0, speed_spread=0.3, jitter=0.2)
+    a, b, c = Simulator(cfg, digits), Simulator(cfg, digits), Simulator(small(seed=1, loss=0.2), digits)
+    for sim in (a, b, c):
+        sim.run_until(30.0)
+    assert digests(a) == digests(b)
+    assert a.stats == b.stats
+    assert digests(a) != digests(c)
+
+
+def test_every_message_is_a_wire_packet_and_push_pull_merges_both_sides(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(), digits)
+    sim.run_until(20.0)
+    packet_bytes = len(own_packet(sim.peers[0], sim.fingerprint, sim.codec))
+    assert sim.stats.exchanges >= sim.config.peers * 3
+    assert sim.stats.messages == 2 * sim.stats.exchanges == sim.stats.merges
+    assert sim.stats.bytes_sent == sim.stats.messages * packet_bytes
+    assert sum(p.bytes_sent for p in sim.peers) == sim.stats.bytes_sent
+
+
+def test_steps_follow_each_peers_speed(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(speed_spread=0.5, steps_per_second=2.0), digits)
+    sim.run_until(25.0)
+    for p in sim.peers:
+        assert p.trainer.stats().steps == int(25.0 * p.speed + 1e-9)
+    assert len({p.trainer.stats().steps for p in sim.peers}) > 1
+
+
+# --- topology, loss, delay -------------------------------------------------------------------------
+
+def test_ring_peers_only_talk_to_their_two_neighbours(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(topology="ring"), digits)
+    sim.run_until(40.0)
+    n = sim.config.peers
+    assert sim.stats.links
+    assert all((b - a) % n in (1, n - 1) for a, b in sim.stats.links)
+
+
+@pytest.mark.parametrize("peers,degree", [(8, 3), (64, 4), (16, 6)])
+def test_random_regular_graphs_are_simple_symmetric_and_k_regular(peers: int, degree: int) -> None:
+    graph = neighbours("random-regular", peers, degree, random.Random(3))
+    assert all(len(adj) == degree and i not in adj for i, adj in enumerate(graph))
+    assert all(i in graph[j] for i, adj in enumerate(graph) for j in adj)
+    assert graph != neighbours("random-regular", peers, degree, random.Random(4))
+
+
+def test_lost_messages_are_never_merged(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(loss=1.0), digits)
+    before = [p.trainer.stats().version for p in sim.peers]
+    sim.run_until(20.0)
+    assert sim.stats.exchanges > 0 and sim.stats.lost == sim.stats.messages
+    assert sim.stats.merges == 0
+    # Only local steps changed the models' versions.
+    assert [p.trainer.stats().version - b for p, b in zip(sim.peers, before)] == \
+        [p.trainer.stats().steps for p in sim.peers]
+
+
+def test_delayed_models_arrive_late_and_stale(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(delay=4.0), digits)
+    sim.run_until(3.9)
+    assert sim.stats.messages > 0 and sim.stats.merges == 0
+    sim.run_until(30.0)
+    assert sim.stats.merges > 0
+    # A push waits 4 s for delivery at 1 step/s; its reply 4 s more.
+    assert sim.stats.max_age >= 4
+
+
+def test_dirichlet_over_many_peers_lowers_the_shard_floor(digits) -> None:  # noqa: ANN001
+    assert shard_floor(digits, SimConfig(peers=16, split="dirichlet", alpha=0.5)) == 10
+    assert shard_floor(digits, SimConfig(peers=64, split="dirichlet", alpha=0.1)) < 10
+
+
+def test_shared_init_starts_every_peer_from_the_same_weights(digits) -> None:  # noqa: ANN001
+    shared = Simulator(small(shared_init=True), digits)
+    independent = Simulator(small(), digits)
+    assert consensus_distance(shared.states()) == 0.0
+    assert consensus_distance(independent.states()) > 1.0
+    assert len(set(digests(independent))) == independent.config.peers
+
+
+def test_gossip_brings_independent_peers_together_and_they_learn(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(merge="vc"), digits)
+    start_acc, start_dist = sim.accuracies().mean(), sim.consensus_distance()
+    sim.run_until(100.0)
+    assert sim.consensus_distance() < 0.5 * start_dist
+    assert sim.accuracies().mean() > max(0.6, start_acc + 0.3)
+
+
+@pytest.mark.slow
+def test_64_peers_on_digits_run_in_minutes(digits) -> None:  # noqa: ANN001
+    started = time.perf_counter()
+    sim = Simulator(SimConfig(peers=64, merge="vc", split="dirichlet", alpha=0.5), digits)
+    sim.run_until(300.0)  # 30 rounds of 10 local steps and one exchange per peer
+    assert time.perf_counter() - started < 180
+    assert sim.accuracies().mean() > 0.5
+
+
+# --- the daemon and the simulator merge the same way -------------------------------------------------
+
+def trainer(digits, seed: int) -> Trainer:  # noqa: ANN001
+    cfg = SimConfig(model="mlp")
+    shard = np.arange(40 + seed)
+    return Trainer(make_model(cfg, digits, seed), digits, shard, device=torch.device("cpu"), seed=seed,
+                   batch_size=16, lr=0.05, momentum=0.9)
+
+
+def engine(t: Trainer, rule_name: str) -> GossipEngine:
+    return GossipEngine(peer_id="daemon", address="daemon:1", trainer=t, membership=StaticMembership("daemon:1"),
+                        merge_rule=make_rule(rule_name), codec="fp32", limits=Limits(), rng=random.Random(0),
+                        interval=1.0, timeout=1.0)
+
+
+def received_packet(digits):  # noqa: ANN001, ANN201 - a protocol.wire.Packet from a third peer
+    from peer.sim import VirtualPeer
+
+    sender = VirtualPeer(9, trainer(digits, 9), [], 1.0, random.Random(9))
+    sender.trainer.train_steps(3)
+    specs = specs_of(sender.trainer.state())
+    return decode_packet(own_packet(sender, fingerprint(specs), codecs.get("fp32")), expected=specs)
+
+
+@pytest.mark.parametrize("rule_name", sorted(RULES))
+def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name: str) -> None:  # noqa: ANN001
+    packet = received_packet(digits)
+    in_daemon, in_sim = trainer(digits, 1), trainer(digits, 1)
+    in_daemon.train_steps(2)
+    in_sim.train_steps(2)
+    before = in_sim.digest()
+    engine(in_daemon, rule_name)._merge(packet)
+    apply_packet(in_sim, make_rule(rule_name), packet)
+    assert in_sim.digest() != before
+    assert in_daemon.digest() == in_sim.digest()
+
+
+def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch) -> None:  # noqa: ANN001
+    """Same code path, not a copy: GossipEngine._merge must call protocol.merge.merge_received."""
+    import protocol.merge
+
+    calls: list[int] = []
+
+    def spy(rule, local_state, local_samples, received):  # noqa: ANN001, ANN202
+        calls.append(local_samples)
+        return protocol.merge.merge_received(rule, local_state, local_samples, received)
+
+    # raising=True (the default): fails while peer.gossip does not import merge_received.
+    monkeypatch.setattr(peer.gossip, "merge_received", spy)
+    t = trainer(digits, 1)
+    engine(t, "vc")._merge(received_packet(digits))
+    assert calls == [t.samples]
