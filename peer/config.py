@@ -51,6 +51,10 @@ class PeerConfig:
     admin_port: int = _opt(7071, "Admin server port (0 picks a free port).")
     seeds: list[str] = _opt([], "Gossip addresses (host:port) of peers to contact at start; "
                                 "comma-separated in the environment.")
+    mqtt_broker: str = _opt("", "MQTT broker (host[:port], port 1883 by default) to announce this peer on and "
+                                "find others through; empty = no MQTT discovery.")
+    cluster: str = _opt("default", "Swarm name: peers only discover peers of the same cluster "
+                                   "(MQTT topic hearsay/<cluster>/peers/<peer_id>).")
     # --- data and model
     dataset: str = _opt("digits", "Data set: 'digits' (bundled with scikit-learn) or "
                                   "'module:factory' returning a peer.data.Dataset.")
@@ -141,6 +145,17 @@ class PeerConfig:
             _check_address(seed, "seeds")
         if self.advertise:
             _check_address(self.advertise, "advertise")
+        if self.mqtt_broker:
+            from peer.discovery.mqtt import check_topic_level, split_host_port
+
+            try:
+                split_host_port(self.mqtt_broker, 1883)
+                check_topic_level(self.cluster, "cluster")
+            except ValueError as e:
+                raise ConfigError(f"mqtt_broker/cluster: {e}") from None
+            if self.host in ("0.0.0.0", "::") and not self.advertise:
+                raise ConfigError("announcing a wildcard address over MQTT: set advertise to an address "
+                                  "other peers can reach")
         if not is_loopback(self.admin_host) and not self.token():
             raise ConfigError(f"admin_host {self.admin_host!r} is not loopback: set admin_token_file or "
                               "HEARSAY_ADMIN_TOKEN so the admin API is not open to the network")

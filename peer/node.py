@@ -29,6 +29,7 @@ from peer.admin import AdminServicer
 from peer.auth import BearerTokenInterceptor
 from peer.config import DENSE_CODECS, PeerConfig
 from peer.data import load_dataset, partition
+from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
 from peer.metrics import NodeMetrics
 from peer.models import build_model
@@ -82,6 +83,7 @@ class Node:
         self._admin_server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.discovery: MqttDiscovery | None = None
         self.membership: StaticMembership
         self.engine: GossipEngine
 
@@ -225,6 +227,10 @@ class Node:
 
         await self._gossip_server.start()
         await self._admin_server.start()
+        if cfg.mqtt_broker:  # only now: nobody should discover an address that is not listening yet
+            self.discovery = MqttDiscovery(cfg.mqtt_broker, cfg.cluster, self.peer_id, self.address,
+                                           on_peer=self._discovered, on_gone=self._announcement_gone)
+            self._tasks.append(asyncio.create_task(self.discovery.run(self.stopping)))
         for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.trainer.start()
@@ -237,6 +243,15 @@ class Node:
         # One machine-readable line on stdout: launchers learn the bound ports from it.
         print(json.dumps({"event": "ready", "peer_id": self.peer_id, "gossip": self.address,
                           "admin": self.admin_address, "metrics": self.metrics_address}), flush=True)
+
+    def _discovered(self, peer_id: str, address: str) -> None:
+        if address != self.address:
+            log.info("discovered %s at %s through MQTT", peer_id, address)
+            self.membership.add_seed(address)
+
+    def _announcement_gone(self, peer_id: str) -> None:
+        # Only a hint: the failure detector, not the broker, decides who is dead.
+        log.info("MQTT announcement of %s was removed", peer_id)
 
     async def leave(self) -> int:
         """Graceful drain: stop starting exchanges, let the ones in flight finish, then stop."""
