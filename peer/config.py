@@ -20,9 +20,8 @@ from typing import Any
 from protocol.merge import RULES
 
 ENV_PREFIX = "HEARSAY_"
-# Codecs that carry a whole model. Sparse codecs (topk, randk) only make sense on deltas
-# against a per-link replica (protocol.feedback), which the exchange loop does not use yet.
-DENSE_CODECS = ("fp32", "fp16", "int8", "int4")
+# Codecs for model deltas (raw is for integer tensors only).
+WIRE_CODECS = ("fp32", "fp16", "int8", "int4", "topk", "topk_int8", "randk")
 
 
 def merge_rules() -> list[str]:
@@ -85,9 +84,27 @@ class PeerConfig:
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging, chosen from bench/learning.py's evidence.",
                       choices=tuple(merge_rules()))
-    codec: str = _opt("fp32", "Codec for floating-point tensors on the wire (protocol.codecs).",
-                      choices=DENSE_CODECS)
+    codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
+                              "per-link replica of what the partner holds, with error feedback.",
+                      choices=WIRE_CODECS)
+    topk_ratio: float = _opt(0.01, "Fraction of coordinates the topk, topk_int8 and randk codecs keep.")
+    small_codec: str = _opt("fp32", "Codec of deltas of small float tensors (under 4096 elements: biases, norms, "
+                                    "first layers), which sparse codecs would not help.",
+                            choices=("fp32", "fp16", "int8"))
+    keyframe_codec: str = _opt("fp32", "Codec of keyframes (the whole model, sent when a link starts or "
+                                       "loses sequence).", choices=("fp32", "fp16"))
+    error_feedback: bool = _opt(True, "Keep the compression error and send it with later deltas (off only "
+                                      "to measure what it buys).")
+    max_links: int = _opt(64, "Per-link replicas kept (least recently used evicted; a keyframe follows).")
     max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
+    # --- membership
+    membership: str = _opt("swim", "Failure detector: swim = SWIM + Lifeguard over gRPC (probes, suspicion, "
+                                   "refutation, graceful leave); static = seeds and inbound contacts only, a member "
+                                   "is dropped after 3 failed exchanges.", choices=("swim", "static"))
+    probe_period: float = _opt(1.0, "SWIM probe period in seconds (memberlist's LAN default). The probe timeout "
+                                    "(period/2), update gossip (period/5), push-pull (30 periods), reconnect "
+                                    "(10 periods) and the suspicion timeout (4·ln(n+1) periods for n peers, shrinking to "
+                                    "4·max(1, log10 n) as other peers confirm) all scale with it.")
     # --- operations
     data_dir: str = _opt("", "Directory for checkpoints (resume from the newest valid one at start-up, "
                              "rejoin from its member list); empty = no checkpoints.")
@@ -134,6 +151,9 @@ class PeerConfig:
             (self.gossip_interval > 0, "gossip_interval must be positive"),
             (self.gossip_timeout > 0, "gossip_timeout must be positive"),
             (self.max_packet_mb > 0, "max_packet_mb must be positive"),
+            (self.probe_period > 0, "probe_period must be positive"),
+            (0 < self.topk_ratio <= 1, "topk_ratio must be in (0, 1]"),
+            (self.max_links >= 1, "max_links must be at least 1"),
             (self.checkpoint_interval >= 0, "checkpoint_interval must be >= 0"),
             (self.checkpoint_keep >= 1, "checkpoint_keep must be at least 1"),
             (-1 <= self.metrics_port <= 65535, "metrics_port must be in -1..65535"),

@@ -11,12 +11,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
 
 from peer.trainer import Trainer
 from protocol import codecs
 from protocol.codecs.base import Codec
+from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
 from protocol.errors import WireError
 from protocol.membership import Member, StaticMembership
 from protocol.merge import Contribution, MergeRule, merge_received
@@ -24,6 +28,21 @@ from protocol.sampling import choose_partner
 from protocol.wire import Limits, Packet, PacketHeader, decode_packet, encode_packet, fingerprint, specs_of
 
 log = logging.getLogger(__name__)
+
+# Codecs that keep only some coordinates: meaningful on deltas, configured with a ratio.
+SPARSE_CODECS = frozenset({"topk", "topk_int8", "randk"})
+
+
+class SelfExchange(WireError):
+    """A peer reached itself through an alias of its own address; the caller drops that member."""
+
+    reason = "self"
+
+
+class LinkBusy(WireError):
+    """An inbound exchange on a link that is already exchanging; the caller retries later."""
+
+    reason = "busy"
 
 # exchange(address, packet, timeout) -> reply packet; raises on refusal or unreachable partner.
 Exchange = Callable[[str, bytes, float], Awaitable[bytes]]
@@ -53,6 +72,9 @@ class GossipStats:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
     compression_ratio: float = 0.0
+    keyframes_sent: int = 0
+    # Frames we could not apply, by reason (protocol.feedback.NeedKeyframe).
+    keyframe_requests: dict[str, int] = field(default_factory=dict)
     # Membership transitions this peer observed.
     suspicions: int = 0
     deaths: int = 0
@@ -61,13 +83,26 @@ class GossipStats:
 class GossipEngine:
     def __init__(self, *, peer_id: str, address: str, trainer: Trainer, membership: StaticMembership,
                  merge_rule: MergeRule, codec: str, limits: Limits, rng: random.Random,
-                 interval: float, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 interval: float, timeout: float, clock: Callable[[], float] = time.monotonic,
+                 topk_ratio: float = 0.01, keyframe_codec: str = "fp32", error_feedback: bool = True,
+                 max_links: int = 64, small_codec: str = "fp32") -> None:
         self.peer_id = peer_id
         self.address = address
         self.trainer = trainer
         self.membership = membership
         self.merge_rule = merge_rule
         self.codec: Codec = codecs.get(codec)
+        self.topk_ratio = topk_ratio
+        self.small_codec = codecs.make(small_codec)
+        # Per-link replicas: what each partner holds of our model (sender) and our copy of
+        # each partner's model (receiver). Deltas against them are what travels.
+        self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
+                             max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
+        self.receiver = Receiver(max_links=max_links)
+        # One frame at a time per link, in both directions (frames must stay in sequence).
+        self._link_locks: dict[str, asyncio.Lock] = {}
+        # Partners whose last frame we could not apply: our next packet asks for a keyframe.
+        self._want_keyframe: set[str] = set()
         self.limits = limits
         self.rng = rng
         self.interval = interval
@@ -87,19 +122,43 @@ class GossipEngine:
         self.on_exchange: Callable[[float], None] | None = None
 
     # --- packets -----------------------------------------------------------------------------
-    def _choose_codec(self, _name: str, x) -> Codec:  # noqa: ANN001 - numpy array
-        return self.codec if self.codec.supports(x.dtype) else codecs.get("raw")
+    def _policy(self, codec: str) -> codecs.SizeAdaptive:
+        options = {"ratio": self.topk_ratio} if codec in SPARSE_CODECS else {}
+        return codecs.SizeAdaptive(codecs.make(codec, **options), dense=self.small_codec)
 
-    def own_packet(self) -> bytes:
-        """The current model, framed for the wire."""
+    def own_packet(self, link: str) -> bytes:
+        """Our model for the partner at ``link``: a keyframe, or a compressed delta against
+        what that partner already holds. Call with the link's lock held."""
         state = self.trainer.state()
         stats = self.trainer.stats()
+        frame = self.sender.prepare(link, state)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps, samples=self.trainer.samples,
-                              codec=self.codec.name, telemetry=self.telemetry())
-        packet = encode_packet(header, state, self._choose_codec)
+                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
+                              link_seq=frame.header.seq, keyframe=frame.header.keyframe,
+                              need_keyframe=link in self._want_keyframe)
+        packet = encode_packet(header, state, frame.chooser())
+        self._want_keyframe.discard(link)
         self.stats.compression_ratio = self.dense_bytes / max(len(packet), 1)
+        if frame.header.keyframe:
+            self.stats.keyframes_sent += 1
         return packet
+
+    def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
+        """Apply a partner's frame to our copy of its model; the model to merge, or None
+        when the frame does not fit our copy (we then ask for a keyframe)."""
+        if packet.header.need_keyframe:
+            self.sender.invalidate(link)
+        h = packet.header
+        result = self.receiver.accept(link, FrameHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors)
+        if isinstance(result, NeedKeyframe):
+            self._want_keyframe.add(link)
+            self.stats.keyframe_requests[result.reason] = self.stats.keyframe_requests.get(result.reason, 0) + 1
+            return None
+        return result.model
+
+    def _lock(self, link: str) -> asyncio.Lock:
+        return self._link_locks.setdefault(link, asyncio.Lock())
 
     def telemetry(self) -> dict[str, float | int]:
         t = self.trainer.stats()
@@ -113,9 +172,9 @@ class GossipEngine:
     def decode(self, data: bytes) -> Packet:
         return decode_packet(data, expected=self.specs, limits=self.limits)
 
-    def _merge(self, packet: Packet) -> None:
+    def _merge(self, model: Mapping[str, np.ndarray], samples: int) -> None:
         started = time.perf_counter()
-        received = Contribution(packet.tensors, samples=packet.header.samples)
+        received = Contribution(model, samples=samples)
         self.trainer.merge_with(
             lambda current: merge_received(self.merge_rule, current, self.trainer.samples, [received]))
         if self.on_merge is not None:
@@ -157,14 +216,22 @@ class GossipEngine:
 
     async def _handle_inbound(self, data: bytes, transport_peer: str) -> bytes:
         packet = await asyncio.to_thread(self.decode, data)
-        reply = await asyncio.to_thread(self.own_packet)
         sender = packet.header.sender_addr
         if packet.header.sender_id == self.peer_id:
-            return reply  # our own packet looped back through another address: nothing to learn
-        self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
-        self._remember_report(sender, packet)
-        await asyncio.to_thread(self._merge, packet)
-        self._account(sender, len(reply), len(data), merged=True)
+            raise SelfExchange("a packet from this peer itself (our own address under another name)")
+        lock = self._lock(sender)
+        if lock.locked():
+            # We are exchanging with this partner right now (it called us as we called it):
+            # frames on a link must stay in sequence, so this call is refused, not queued.
+            raise LinkBusy(f"an exchange with {sender} is already in progress")
+        async with lock:
+            model = self._accept(sender, packet)
+            reply = await asyncio.to_thread(self.own_packet, sender)
+            self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
+            self._remember_report(sender, packet)
+            if model is not None:
+                await asyncio.to_thread(self._merge, model, packet.header.samples)
+        self._account(sender, len(reply), len(data), merged=model is not None)
         log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
         return reply
 
@@ -178,27 +245,44 @@ class GossipEngine:
             self.in_flight -= 1
 
     async def _exchange_with(self, member: Member, exchange: Exchange) -> bool:
-        own = await asyncio.to_thread(self.own_packet)
+        lock = self._lock(member.address)
+        if lock.locked():
+            return False  # that partner is exchanging with us right now
+        async with lock:
+            return await self._exchange_locked(member, exchange)
+
+    async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
+        link = member.address
+        own = await asyncio.to_thread(self.own_packet, link)
         try:
             started = time.perf_counter()
-            reply = await exchange(member.address, own, self.timeout)
+            reply = await exchange(link, own, self.timeout)
             rtt = time.perf_counter() - started
             packet = await asyncio.to_thread(self.decode, reply)
         except WireError as e:
+            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
             self.count_rejected(e)
             self._fail(member)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
-            log.info("exchange with %s failed: %s", member.address, e)
+            self.sender.invalidate(link)
+            if getattr(e, "code", None) == grpc.StatusCode.ABORTED:
+                log.debug("exchange with %s skipped: %s", link, e)  # it was busy with us: no failure
+                return False
+            log.info("exchange with %s failed: %s", link, e)
             self._fail(member)
             return False
         if packet.header.sender_id == self.peer_id:
-            self.membership.note_failure(member.address, self.clock())
+            self.membership.note_failure(link, self.clock())
             return False
-        self.membership.note_contact(member.address, packet.header.sender_id, self.clock())
-        self._remember_report(member.address, packet)
-        await asyncio.to_thread(self._merge, packet)
-        self._account(member.address, len(own), len(reply), merged=True)
+        self.membership.note_contact(link, packet.header.sender_id, self.clock())
+        self._remember_report(link, packet)
+        model = self._accept(link, packet)
+        if model is not None:
+            await asyncio.to_thread(self._merge, model, packet.header.samples)
+        self._account(link, len(own), len(reply), merged=model is not None)
+        if model is None:
+            return False
         self.stats.exchanges_out += 1
         self.link(member.address).rtt = rtt
         if self.on_exchange is not None:
@@ -215,13 +299,23 @@ class GossipEngine:
             self.stats.deaths += 1
 
     def pick_partner(self) -> Member | None:
-        """A random live member; with none live, a random known one, so a lone peer keeps knocking."""
-        partner = choose_partner(self.membership.live(), self.rng)
-        return partner or choose_partner(self.membership.members(), self.rng)
+        """A random alive member; with none alive, a random one that has not left.
+
+        Suspects are skipped: an exchange costs a whole model each way, and a suspect
+        is likely gone (the failure detector, not a failed exchange, decides). The
+        fallback keeps a lone peer of the static view knocking on its seeds; under SWIM
+        it rarely matters, since SWIM rejoins through the seeds by itself.
+        """
+        from protocol.membership import MemberState
+
+        members = self.membership.members()
+        partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
+        return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
 
     def set_codec(self, name: str) -> None:
-        codec = codecs.get(name)  # UnknownCodec (a ValueError-like WireError) for unknown names
-        self.codec = codec
+        """Switch the delta codec; links keep their replicas (decoding is by name per tensor)."""
+        self.codec = codecs.get(name)
+        self.sender.policy = self._policy(name)
 
     async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
         """Start an exchange every ``interval`` (±20 % jitter, so peers do not fall into lockstep)."""

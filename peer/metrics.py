@@ -37,6 +37,13 @@ class _NodeCollector(Collector):
         c.add_metric(["in", node.engine.codec.name], g.bytes_received)
         yield c
         yield CounterMetricFamily("hearsay_merges", "Received models merged into the local model.", value=g.merges)
+        yield CounterMetricFamily("hearsay_keyframes_sent", "Packets sent as keyframes (whole model).",
+                                  value=g.keyframes_sent)
+        c = CounterMetricFamily("hearsay_keyframe_requests", "Frames we could not apply, by reason.",
+                                labels=["reason"])
+        for reason, n in sorted(g.keyframe_requests.items()):
+            c.add_metric([reason], n)
+        yield c
         c = CounterMetricFamily("hearsay_rejected_packets", "Packets refused by validation.", labels=["reason"])
         for reason, n in sorted(g.rejected_by_reason.items()):
             c.add_metric([reason], n)
@@ -54,10 +61,15 @@ class _NodeCollector(Collector):
         for state, n in counts.items():
             m.add_metric([state], n)
         yield m
-        yield CounterMetricFamily("hearsay_suspicions", "Members this peer started suspecting.",
-                                  value=g.suspicions)
-        yield CounterMetricFamily("hearsay_deaths", "Members this peer declared dead.",
-                                  value=g.deaths)
+        events = node.membership_events()  # SWIM's transitions (the static view's with membership=static)
+        yield CounterMetricFamily("hearsay_suspicions", "Times a member turned suspect in this peer's view.",
+                                  value=events.suspicions)
+        yield CounterMetricFamily("hearsay_deaths", "Times a member turned dead in this peer's view.",
+                                  value=events.deaths)
+        yield CounterMetricFamily("hearsay_recoveries",
+                                  "Times a suspect or dead member was alive again (refuted or restarted).",
+                                  value=events.recoveries)
+        yield CounterMetricFamily("hearsay_leaves", "Members seen leaving gracefully.", value=events.leaves)
         age = node.checkpoint_age()
         yield GaugeMetricFamily("hearsay_checkpoint_age_seconds",
                                 "Seconds since the last checkpoint (-1: none written).", value=age)

@@ -1,9 +1,11 @@
 """Composition root: wires one peer together and owns its lifecycle.
 
 start: load data and model -> resume from the newest valid checkpoint (if a data
-directory is set) -> bind the gossip and admin servers -> start the trainer thread,
-the gossip loop and the checkpoint loop. stop (SIGTERM/SIGINT, or Leave): stop
-starting exchanges, let calls in flight finish for a grace period, stop the trainer.
+directory is set) -> bind the gossip server (Gossip + Membership) and the admin
+server -> start SWIM, joining through the seeds and the saved member list -> start
+the trainer thread, the gossip loop and the checkpoint loop. stop (SIGTERM/SIGINT, or
+Leave): gossip a SWIM leave and keep answering until it has gone out, stop starting
+exchanges, let calls in flight finish for a grace period, stop the trainer.
 """
 
 from __future__ import annotations
@@ -23,19 +25,21 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, gossip_pb2_grpc
+from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, gossip_pb2_grpc, membership_pb2, membership_pb2_grpc
 from peer import checkpoint, logs
 from peer.admin import AdminServicer
 from peer.auth import BearerTokenInterceptor
-from peer.config import DENSE_CODECS, PeerConfig
+from peer.config import WIRE_CODECS, PeerConfig
 from peer.data import load_dataset, partition
 from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
+from peer.membership_runtime import MembershipEvents, MembershipRuntime
 from peer.metrics import NodeMetrics
 from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
 from peer.transport.grpc_transport import GossipClient, GossipServicer
-from protocol.membership import StaticMembership
+from peer.transport.membership_grpc import MembershipClient, MembershipServicer
+from protocol.membership import StaticMembership, Swim, SwimConfig
 from protocol.merge import make_rule
 from protocol.wire import Limits
 
@@ -43,6 +47,21 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 2.0
 CHECKPOINT_FORMAT = 1
+
+
+# Hidden admin knob (`hearsay set debug_loop_stall=0.3@1`): see Node._set_loop_stall.
+DEBUG_LOOP_STALL = "debug_loop_stall"
+
+
+async def _stall_loop(stall: float, every: float, stopping: asyncio.Event) -> None:
+    """Block the whole event loop for ``stall`` s every ``every`` s (a deliberately slow peer)."""
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=every)
+            return
+        except TimeoutError:
+            pass
+        time.sleep(stall)  # on purpose: a blocking call on the loop is the fault being simulated
 
 
 def build_trainer(config: PeerConfig) -> Trainer:
@@ -84,8 +103,11 @@ class Node:
         self._health: health.aio.HealthServicer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.discovery: MqttDiscovery | None = None
-        self.membership: StaticMembership
+        self.membership: StaticMembership | Swim
+        self.swim: MembershipRuntime | None = None  # None with membership=static
         self.engine: GossipEngine
+        self._stall: asyncio.Task[None] | None = None
+        self._stall_setting = "0"
 
     def _max_packet_bytes(self) -> int:
         return int(self.config.max_packet_mb * (1 << 20))
@@ -155,6 +177,8 @@ class Node:
 
     def set_knob(self, key: str, value: str) -> tuple[str, str]:
         """Change one knob; returns (previous, now). ``ValueError`` with a one-line reason."""
+        if key == DEBUG_LOOP_STALL:
+            return self._set_loop_stall(value)
         previous = self.knobs().get(key)
         if previous is None:
             raise ValueError(f"unknown key {key!r}; settable: {', '.join(sorted(self.knobs()))}")
@@ -167,8 +191,8 @@ class Node:
                 raise ValueError("gossip_interval must be positive")
             self.engine.interval = interval
         elif key == "codec":
-            if value not in DENSE_CODECS:
-                raise ValueError(f"codec: {value!r} is not one of {', '.join(DENSE_CODECS)}")
+            if value not in WIRE_CODECS:
+                raise ValueError(f"codec: {value!r} is not one of {', '.join(WIRE_CODECS)}")
             self.engine.set_codec(value)
         elif key == "merge":
             self.engine.merge_rule = make_rule(value)
@@ -178,6 +202,30 @@ class Node:
             logging.getLogger().setLevel(value.upper())
         log.info("set %s = %s (was %s)", key, value, previous)
         return previous, self.knobs()[key]
+
+    def _set_loop_stall(self, value: str) -> tuple[str, str]:
+        """Test/bench only (not listed among the knobs): block the event loop on purpose.
+
+        ``"0.3@1.0"`` blocks the loop for 0.3 s once every 1.0 s; ``"0"`` stops it. This
+        is how the no-false-positive benchmark makes one peer slow without killing it:
+        the detector of every other peer must suspect at most, never bury it.
+        """
+        stall_s, _, every_s = value.partition("@")
+        try:
+            stall, every = float(stall_s), float(every_s or "1.0")
+        except ValueError:
+            raise ValueError(f"{DEBUG_LOOP_STALL}: {value!r} is not STALL[@EVERY] in seconds") from None
+        if not (0 <= stall <= 10 and every > 0):
+            raise ValueError(f"{DEBUG_LOOP_STALL}: want 0 <= STALL <= 10 and EVERY > 0")
+        previous = self._stall_setting
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        self._stall_setting = f"{stall}@{every}" if stall > 0 else "0"
+        if stall > 0:
+            self._stall = asyncio.create_task(_stall_loop(stall, every, self.stopping))
+        log.warning("%s = %s (was %s)", DEBUG_LOOP_STALL, self._stall_setting, previous)
+        return previous, self._stall_setting
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,7 +239,7 @@ class Node:
         if not cfg.peer_id:
             self.peer_id = PeerConfig(port=gossip_port).resolved_peer_id()
         logs.set_peer_id(self.peer_id)
-        self.membership = StaticMembership(self.address)
+        self.membership = self._build_membership()
         for seed in cfg.seeds:
             self.membership.add_seed(seed)
         for saved in self._saved_members:  # rejoin: everyone we knew before the restart
@@ -200,13 +248,18 @@ class Node:
             peer_id=self.peer_id, address=self.address, trainer=self.trainer, membership=self.membership,
             merge_rule=make_rule(cfg.merge), codec=cfg.codec,
             limits=Limits(max_packet_bytes=self._max_packet_bytes()), rng=random.Random(cfg.seed),
-            interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock)
+            interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock,
+            topk_ratio=cfg.topk_ratio, keyframe_codec=cfg.keyframe_codec, error_feedback=cfg.error_feedback,
+            max_links=cfg.max_links, small_codec=cfg.small_codec)
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
         self.trainer.on_step = self.metrics.train_step_seconds.observe
         gossip_pb2_grpc.add_GossipServicer_to_server(
             GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected),
             self._gossip_server)
+        if self.swim is not None:
+            membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(self.swim.receive),
+                                                                 self._gossip_server)
 
         token = cfg.token()
         self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [])
@@ -218,6 +271,7 @@ class Node:
         reflection.enable_server_reflection([
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
+            membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME], self._admin_server)
 
@@ -227,11 +281,13 @@ class Node:
 
         await self._gossip_server.start()
         await self._admin_server.start()
+        if self.swim is not None:  # after the server: acks to our first probes need somewhere to land
+            self.swim.start()
         if cfg.mqtt_broker:  # only now: nobody should discover an address that is not listening yet
             self.discovery = MqttDiscovery(cfg.mqtt_broker, cfg.cluster, self.peer_id, self.address,
                                            on_peer=self._discovered, on_gone=self._announcement_gone)
             self._tasks.append(asyncio.create_task(self.discovery.run(self.stopping)))
-        for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip"):
+        for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip", "hearsay.v1.Membership"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.trainer.start()
         self._tasks.append(asyncio.create_task(self.engine.run(self.client.exchange, self.stopping)))
@@ -244,10 +300,34 @@ class Node:
         print(json.dumps({"event": "ready", "peer_id": self.peer_id, "gossip": self.address,
                           "admin": self.admin_address, "metrics": self.metrics_address}), flush=True)
 
+    def _build_membership(self) -> StaticMembership | Swim:
+        """SWIM driven by a runtime on this loop (default), or the static view."""
+        cfg = self.config
+        if cfg.membership == "static":
+            return StaticMembership(self.address)
+        swim_config = SwimConfig.for_period(cfg.probe_period)
+        # Seeded per peer so runs repeat, distinct per address so peers do not probe in lockstep.
+        swim = Swim(self.address, self.peer_id, rng=random.Random(f"{cfg.seed}/{self.address}"), config=swim_config)
+        # Push-pull carries the whole member table and is off the detector's critical path: more time than a ping.
+        client = MembershipClient(timeout=swim_config.probe_timeout,
+                                  push_pull_timeout=max(4 * swim_config.probe_timeout, 1.0))
+        self.swim = MembershipRuntime(swim, client, clock=self.clock)
+        return swim
+
+    def membership_events(self) -> MembershipEvents:
+        """Suspicions and deaths as the failure detector saw them (metrics read this)."""
+        if self.swim is not None:
+            return self.swim.events
+        g = self.engine.stats  # the static view counts through the exchange loop
+        return MembershipEvents(suspicions=g.suspicions, deaths=g.deaths)
+
     def _discovered(self, peer_id: str, address: str) -> None:
         if address != self.address:
             log.info("discovered %s at %s through MQTT", peer_id, address)
-            self.membership.add_seed(address)
+            if self.swim is not None:
+                self.swim.join(address)  # push-pull now, not at the next lonely push-pull round
+            else:
+                self.membership.add_seed(address)
 
     def _announcement_gone(self, peer_id: str) -> None:
         # Only a hint: the failure detector, not the broker, decides who is dead.
@@ -257,6 +337,8 @@ class Node:
         """Graceful drain: stop starting exchanges, let the ones in flight finish, then stop."""
         in_flight = self.engine.in_flight
         self.leaving = True
+        if self.swim is not None:
+            self.swim.announce_leave()  # at once: the drain below may take up to gossip_timeout
         self.engine.draining = True  # the gossip loop starts nothing new
 
         async def drain() -> None:
@@ -271,10 +353,18 @@ class Node:
 
     async def stop(self) -> None:
         self.stopping.set()
+        # Leave first and keep the server answering while the leave spreads, so nobody
+        # has to detect our absence as a failure; it overlaps the drain of the tasks.
+        leaving = asyncio.create_task(self.swim.leave()) if self.swim is not None else None
+        if self._stall is not None:
+            self._stall.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         for task in self._tasks:
             await task
+        if leaving is not None and self.swim is not None:
+            await leaving
+            await self.swim.close()
         for server in (self._gossip_server, self._admin_server):
             if server is not None:
                 await server.stop(SHUTDOWN_GRACE_SECONDS)

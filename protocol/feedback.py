@@ -193,8 +193,12 @@ class Sender:
     """
 
     def __init__(self, policy: Policy, *, keyframe_policy: Policy | None = None, max_links: int = 16,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, feedback: bool = True) -> None:
         self.policy = policy
+        # feedback=False is the baseline without error feedback (p2pfl-style): the sender
+        # assumes the receiver got its model exactly, so each compression error is dropped
+        # for good and the receiver's copy drifts. Kept to measure what feedback buys.
+        self.feedback = feedback
         self.keyframe_policy = keyframe_policy or SizeAdaptive(make("fp32"))
         self._links = _Lru(max_links)
         self._rng = rng or random.Random()
@@ -220,7 +224,10 @@ class Sender:
                 codec = self.policy(name, diff)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(diff))
                 del diff
-                np.add(hat, _decode(enc), out=hat)
+                if self.feedback:
+                    np.add(hat, _decode(enc), out=hat)
+                else:
+                    hat[...] = x
             else:
                 codec = self.keyframe_policy(name, x)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(x))

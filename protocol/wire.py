@@ -6,6 +6,7 @@ A packet is one msgpack map::
      "fp": model fingerprint (16 bytes), "mv": model version, "age": local steps,
      "n": sample count, "codec": codec policy name, "cp": policy parameters,
      "tm": the sender's telemetry (optional map of scalars),
+     "lk": [link epoch, link seq, keyframe?], "nk": need-keyframe flag (both optional),
      "t": [[name, shape, dtype, codec, params, payload], ...]}
 
 ``decode_packet`` never lets a parser exception escape: every way the bytes can be
@@ -93,6 +94,13 @@ class PacketHeader:
     codec_params: Params = field(default_factory=dict)
     # The sender's own figures (steps, accuracy, bytes...), so any peer can show the swarm.
     telemetry: Params = field(default_factory=dict)
+    # Per-link replica frame (protocol.feedback): a keyframe carries the model itself,
+    # otherwise the tensors are deltas against the receiver's copy at (epoch, seq - 1).
+    link_epoch: int = 0
+    link_seq: int = 0
+    keyframe: bool = True
+    # The sender could not apply the last frame it got from the receiver: send a keyframe.
+    need_keyframe: bool = False
     format_version: int = FORMAT_VERSION
 
 
@@ -122,6 +130,7 @@ def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
         "v": header.format_version, "id": header.sender_id, "addr": header.sender_addr,
         "fp": header.fingerprint, "mv": header.model_version, "age": header.age,
         "n": header.samples, "codec": header.codec, "cp": header.codec_params, "tm": header.telemetry,
+        "lk": [header.link_epoch, header.link_seq, header.keyframe], "nk": header.need_keyframe,
         "t": entries,
     }, use_bin_type=True)
 
@@ -212,7 +221,19 @@ def _header(obj: Mapping[str, Any], limits: Limits) -> PacketHeader:
         codec=_string(_field(obj, "codec", str, "codec"), "codec", limits),
         codec_params=_params(_field(obj, "cp", dict, "codec params"), "codec params", limits),
         telemetry=_params(obj.get("tm", {}), "telemetry", limits),
-        format_version=FORMAT_VERSION)
+        **_link_frame(obj), format_version=FORMAT_VERSION)
+
+
+def _link_frame(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional link-frame fields; a packet without them is a keyframe."""
+    frame = obj.get("lk", [0, 0, True])
+    if (not isinstance(frame, list) or len(frame) != 3 or not isinstance(frame[2], bool)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 for v in frame[:2])):
+        raise MalformedPacket("link frame must be [epoch, seq, keyframe]")
+    need = obj.get("nk", False)
+    if not isinstance(need, bool):
+        raise MalformedPacket("need-keyframe flag must be a boolean")
+    return {"link_epoch": frame[0], "link_seq": frame[1], "keyframe": frame[2], "need_keyframe": need}
 
 
 def _mismatch_detail(got: Sequence[TensorSpec], want: Sequence[TensorSpec]) -> str:

@@ -40,7 +40,13 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-ZOO = {"mlp": MLP, "cnn": SmallCNN}
+def WideCNN(input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:  # noqa: N802 - a zoo constructor
+    """The same CNN four times wider (~95k parameters): big enough that per-packet overheads
+    stop dominating compressed deltas (bench/compression_learning.py)."""
+    return SmallCNN(input_shape, num_classes, width=64)
+
+
+ZOO = {"mlp": MLP, "cnn": SmallCNN, "cnn-wide": WideCNN}
 
 
 def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -56,6 +56,9 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             packet = await read_packet(request_iterator, self._max_packet_bytes)
             reply = await self._handle(packet, context.peer())
         except errors.WireError as e:
+            if e.reason == "busy":
+                await context.abort(grpc.StatusCode.ABORTED, e.message)
+                return
             self._on_rejected(e)
             await context.abort(status_for(e), f"packet refused ({e.reason}): {e.message}")
             return
