@@ -1,0 +1,240 @@
+"""Drives one ``protocol.membership.Swim`` from the asyncio loop.
+
+The state machine is pure: it returns ``Send`` and ``Timer`` outputs and never touches
+a socket or a clock. This runtime is the only place those outputs become I/O:
+
+* every ``Timer`` becomes a ``loop.call_later`` whose callback feeds it back through
+  ``on_timer`` (never cancelled: stale timers are ignored by the machine);
+* every ``Send`` becomes a task on the gRPC client; a push-pull's reply is fed back
+  as a received message; a failed send is simply a lost message;
+* messages the servicer decoded are fed through ``receive``; the push-pull reply the
+  machine produces for the caller is returned to the servicer instead of being sent
+  as a call of its own.
+
+Time: one clock (``clock``, the node's ``time.monotonic``) for every ``now`` given to
+the machine, also by the gossip engine's ``note_contact``. A timer callback passes
+``max(clock(), timer.at)``: the loop may wake a fraction of a millisecond early, and a
+suspicion timer that fires "before" its deadline would otherwise be ignored for good.
+
+Membership events (suspect, dead, alive again, left) are counted for metrics and
+logged in one parseable form: ``member <address> <old> -> <new> incarnation <n>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from peer.transport.membership_grpc import MembershipClient
+from protocol.membership import MemberState, Message, Output, PushPull, Send, Swim, Timer
+
+log = logging.getLogger(__name__)
+
+# The machine's compact state codes (protocol.membership): 0 = not a member.
+_STATES: dict[int, MemberState | None] = {0: None, 1: MemberState.ALIVE, 2: MemberState.SUSPECT,
+                                          3: MemberState.DEAD, 4: MemberState.LEFT}
+
+
+@dataclass
+class MembershipEvents:
+    """State changes of other members as this peer saw them (for metrics and benches)."""
+
+    joins: int = 0        # a member first seen alive
+    suspicions: int = 0   # alive -> suspect
+    deaths: int = 0       # -> dead (declared here or learned)
+    recoveries: int = 0   # suspect or dead -> alive (a refutation or a restart)
+    leaves: int = 0       # -> left
+
+
+def count_event(events: MembershipEvents, old: MemberState | None, new: MemberState | None) -> None:
+    """Fold one transition into ``events``; pure so the rules can be tested alone."""
+    if new is MemberState.SUSPECT and old is not MemberState.SUSPECT:
+        events.suspicions += 1
+    elif new is MemberState.DEAD:
+        events.deaths += 1
+    elif new is MemberState.LEFT:
+        events.leaves += 1
+    elif new is MemberState.ALIVE and old in (MemberState.SUSPECT, MemberState.DEAD):
+        events.recoveries += 1
+    elif new is MemberState.ALIVE and old is None:
+        events.joins += 1
+
+
+class MembershipRuntime:
+    """Runs ``swim`` on the current event loop, sending through ``client``."""
+
+    def __init__(self, swim: Swim, client: MembershipClient,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.swim = swim
+        self.client = client
+        self.clock = clock
+        self.events = MembershipEvents()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._sends: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._left_at: float | None = None
+        swim.observer = self._observe
+
+    @property
+    def period(self) -> float:
+        return self.swim.config.probe_interval
+
+    # --- entry points ----------------------------------------------------------------
+    def start(self) -> None:
+        """Begin probing and join the seeds added so far (call on the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._carry(self.swim.start(self.clock()))
+
+    def join(self, address: str) -> None:
+        """A newly discovered address (MQTT): push-pull with it now, and keep it as a seed."""
+        if self._loop is None:
+            self.swim.add_seed(address)
+        elif not self._closed:
+            self._carry(self.swim.join([address], self.clock()))
+
+    def receive(self, message: Message) -> Message | None:
+        """Feed one received message; returns the push-pull reply owed to its sender, if any."""
+        if self._closed:
+            return None
+        outs = self.swim.on_message(message, self.clock())
+        reply = None
+        if isinstance(message, PushPull) and not message.reply:
+            reply = _take_reply(outs, message.source)
+        self._carry(outs)
+        return reply
+
+    def announce_leave(self) -> None:
+        """Gossip our leave now; probing stops, answering and forwarding go on."""
+        if self._loop is None or self._closed or self.swim.has_left:
+            return
+        self._left_at = self.clock()
+        log.info("membership: leaving (incarnation %d)", self.swim.incarnation)
+        self._carry(self.swim.leave(self.clock()))
+
+    async def leave(self, linger_periods: float = 2.0) -> None:
+        """Announce the leave and keep running until it has gone out (at most ``linger_periods``).
+
+        "Gone out" is: nothing left in the broadcast queue and no send in flight. The
+        bound keeps a stop from hanging when nobody is reachable.
+        """
+        self.announce_leave()
+        if self._left_at is None:
+            return
+        deadline = self._left_at + linger_periods * self.period
+        step = self.swim.config.gossip_interval / 4
+        while self.clock() < deadline and (self.swim.pending_broadcasts or self._sends):
+            await asyncio.sleep(step)  # polling two counters under a deadline
+
+    async def close(self) -> None:
+        """Stop every timer and send, and close the channels."""
+        self._closed = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._sends):
+            task.cancel()
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
+        await self.client.close()
+
+    # --- outputs -----------------------------------------------------------------------
+    def _carry(self, outs: Iterable[Output]) -> None:
+        assert self._loop is not None
+        for out in outs:
+            if isinstance(out, Timer):
+                self._schedule(out)
+            else:
+                task = self._loop.create_task(self._send(out))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+
+    def _schedule(self, timer: Timer) -> None:
+        assert self._loop is not None
+        if self._closed:
+            return
+        delay = max(0.0, timer.at - self.clock())
+        holder: list[asyncio.TimerHandle] = []
+        handle = self._loop.call_later(delay, self._fire, timer, holder)
+        holder.append(handle)
+        self._timers.add(handle)
+
+    def _fire(self, timer: Timer, holder: list[asyncio.TimerHandle]) -> None:
+        for handle in holder:
+            self._timers.discard(handle)
+        if self._closed:
+            return
+        self._carry(self.swim.on_timer(timer, max(self.clock(), timer.at)))
+
+    async def _send(self, send: Send) -> None:
+        reply = await self.client.send(send.to, send.message)
+        if reply is not None and not self._closed:
+            if isinstance(reply, PushPull) and reply.reply:
+                self._carry(self.swim.on_message(reply, self.clock()))
+            else:
+                log.warning("membership: %s answered a push-pull with %s", send.to, type(reply).__name__)
+
+    # --- events ------------------------------------------------------------------------
+    def _observe(self, swim: Swim, idx: int, old_code: int, new_code: int, now: float) -> None:
+        if idx == swim.book.get(swim.address):
+            return  # our own leave
+        old, new = _STATES.get(old_code), _STATES.get(new_code)
+        count_event(self.events, old, new)
+        address = swim.book.addresses[idx]
+        level = logging.DEBUG if new is MemberState.ALIVE and old is None else logging.INFO
+        if new is MemberState.DEAD:
+            level = logging.WARNING
+        log.log(level, "member %s %s -> %s incarnation %d peer %s", address,
+                old.value if old else "none", new.value if new else "none",
+                swim.incarnation_of(address) or 0, swim.book.peer_ids[idx] or "?")
+
+
+# The event line written by MembershipRuntime._observe (keep the two in step).
+_EVENT = re.compile(r"^member (\S+) (\w+) -> (\w+) incarnation (\d+) peer (\S+)$")
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One membership transition read back from a peer's JSON log (``--log-json``)."""
+
+    at: float          # wall-clock time of the log record (time.time())
+    observer: str      # peer id of the peer whose view changed
+    address: str       # gossip address of the member that changed
+    old: str
+    new: str
+    incarnation: int
+    peer_id: str
+
+
+def parse_event_line(line: str) -> LoggedEvent | None:
+    """The membership event in one JSON log line, or None for any other line.
+
+    Benchmarks and tests time detection from these records: they carry the moment the
+    view changed inside the peer, free of the delay of polling the admin API.
+    """
+    if not line.startswith("{"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("logger") != __name__:
+        return None
+    m = _EVENT.match(str(entry.get("msg", "")))
+    if m is None:
+        return None
+    return LoggedEvent(float(entry["ts"]), str(entry.get("peer", "-")), m[1], m[2], m[3], int(m[4]), m[5])
+
+
+def _take_reply(outs: list[Output], to: str) -> Message | None:
+    """Remove and return the push-pull reply addressed to ``to`` from ``outs``."""
+    for i, out in enumerate(outs):
+        if isinstance(out, Send) and out.to == to and isinstance(out.message, PushPull) and out.message.reply:
+            del outs[i]
+            return out.message
+    return None

@@ -1,0 +1,154 @@
+"""gRPC transport for SWIM: the ``Membership`` servicer and a fire-and-forget client.
+
+SWIM assumes an unreliable datagram network: a message either arrives or it does not,
+and the protocol's own timeouts turn "did not" into suspicion. This module keeps that
+contract over gRPC: every failure on the client side (unreachable peer, deadline,
+refusal, a reply that does not decode) is logged at debug level and reported as
+"nothing came back", never raised; on the server side, bytes that do not decode or a
+message of the wrong kind for the method end the call with INVALID_ARGUMENT, and no
+exception escapes the handler.
+
+The transport knows nothing of the state machine: the servicer hands decoded
+messages to a ``Receiver`` (peer/membership_runtime.py) and returns whatever reply
+it gives for a push-pull.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from hearsay.v1 import membership_pb2, membership_pb2_grpc
+from peer.transport.grpc_transport import CHANNEL_OPTIONS
+from protocol import errors
+from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
+from protocol.membership_wire import MembershipLimits, from_wire, to_wire
+
+log = logging.getLogger(__name__)
+
+# receive(message) -> the reply to send back on this call (only ever a PushPull reply), or None.
+Receiver = Callable[[Message], "Message | None"]
+
+# Which message kinds each RPC carries; anything else on that method is refused.
+PING_KINDS: tuple[type, ...] = (Ping, Ack, Nack, Gossip)
+PING_REQ_KINDS: tuple[type, ...] = (PingReq,)
+PUSH_PULL_KINDS: tuple[type, ...] = (PushPull,)
+
+
+class MembershipServicer(membership_pb2_grpc.MembershipServicer):
+    """Decodes, checks the kind against the method, and hands the message on."""
+
+    def __init__(self, receive: Receiver, limits: MembershipLimits = MembershipLimits(),
+                 on_rejected: Callable[[str], None] | None = None) -> None:
+        self._receive = receive
+        self._limits = limits
+        self._on_rejected = on_rejected
+        self.rejected = 0
+
+    async def _handle(self, request: membership_pb2.Packet, context: grpc.aio.ServicerContext,
+                      kinds: tuple[type, ...], method: str) -> Message | None:
+        """The decoded message's reply; aborts the call (INVALID_ARGUMENT) on bad input."""
+        try:
+            message = from_wire(request.data, self._limits)
+        except errors.WireError as e:
+            await self._refuse(context, f"{method}: {e.reason}: {e.message}")
+            return None  # not reached: abort raises
+        except Exception as e:  # noqa: BLE001 - a decoder gap is still the sender's bad bytes
+            await self._refuse(context, f"{method}: undecodable ({type(e).__name__})")
+            return None
+        if not isinstance(message, kinds):
+            await self._refuse(context, f"{method} does not carry {type(message).__name__}")
+            return None
+        try:
+            return self._receive(message)
+        except Exception:  # noqa: BLE001 - a bug in handling must not kill the server, but must be seen
+            log.exception("membership: handling %s from %s failed", type(message).__name__, context.peer())
+            await context.abort(grpc.StatusCode.INTERNAL, "membership handler failed")
+        return None  # unreachable: abort raises
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, why: str) -> None:
+        self.rejected += 1
+        if self._on_rejected is not None:
+            self._on_rejected(why)
+        log.warning("membership: refused a message from %s (%s)", context.peer(), why)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, why)
+
+    async def Ping(self, request: membership_pb2.Packet,
+                   context: grpc.aio.ServicerContext) -> membership_pb2.Empty:
+        await self._handle(request, context, PING_KINDS, "Ping")
+        return membership_pb2.Empty()
+
+    async def PingReq(self, request: membership_pb2.Packet,
+                      context: grpc.aio.ServicerContext) -> membership_pb2.Empty:
+        await self._handle(request, context, PING_REQ_KINDS, "PingReq")
+        return membership_pb2.Empty()
+
+    async def PushPull(self, request: membership_pb2.Packet,
+                       context: grpc.aio.ServicerContext) -> membership_pb2.Packet:
+        reply = await self._handle(request, context, PUSH_PULL_KINDS, "PushPull")
+        return membership_pb2.Packet(data=to_wire(reply) if reply is not None else b"")
+
+
+class MembershipClient:
+    """One channel per address; sends one message per call and never raises.
+
+    ``timeout`` bounds one-way messages (the probe timeout: an ack later than that is
+    useless to the prober anyway); ``push_pull_timeout`` bounds full-state syncs, which
+    are off the detector's critical path and carry more bytes.
+    """
+
+    def __init__(self, timeout: float, push_pull_timeout: float,
+                 limits: MembershipLimits = MembershipLimits()) -> None:
+        self.timeout = timeout
+        self.push_pull_timeout = push_pull_timeout
+        self._limits = limits
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.sent = 0
+        self.failed = 0
+
+    def _stub(self, address: str) -> membership_pb2_grpc.MembershipStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return membership_pb2_grpc.MembershipStub(channel)
+
+    async def send(self, to: str, message: Message) -> Message | None:
+        """Deliver ``message`` to ``to``; the decoded push-pull reply, or None (also on any failure)."""
+        self.sent += 1
+        try:
+            packet = membership_pb2.Packet(data=to_wire(message))
+            stub = self._stub(to)
+            if isinstance(message, PushPull):
+                reply = await stub.PushPull(packet, timeout=self.push_pull_timeout)
+                return from_wire(reply.data, self._limits) if reply.data else None
+            if isinstance(message, PingReq):
+                await stub.PingReq(packet, timeout=self.timeout)
+            else:
+                await stub.Ping(packet, timeout=self.timeout)
+            return None
+        except grpc.aio.AioRpcError as e:
+            self.failed += 1
+            log.debug("membership: %s to %s lost: %s", type(message).__name__, to, e.code().name)
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                await self.forget(to)  # a fresh channel next time, not one waiting out a backoff
+            return None
+        except errors.WireError as e:
+            self.failed += 1
+            log.warning("membership: push-pull reply from %s refused (%s): %s", to, e.reason, e.message)
+            return None
+        except Exception as e:  # noqa: BLE001 - e.g. a malformed address: a lost message, not a crash
+            self.failed += 1
+            log.debug("membership: %s to %s failed: %r", type(message).__name__, to, e)
+            return None
+
+    async def forget(self, address: str) -> None:
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        for address in list(self._channels):
+            await self.forget(address)
