@@ -7,6 +7,8 @@ import random
 import signal
 from pathlib import Path
 
+import pytest
+
 from peer import checkpoint
 from peer.config import PeerConfig
 from peer.node import CHECKPOINT_FORMAT, build_trainer
@@ -17,6 +19,8 @@ KILLS = 20
 MODEL = "tests.peer.user_plugins:wide_mlp"
 
 
+# 21 process starts: ≈ 2 min on 2 idle cores, much more when the machine is shared.
+@pytest.mark.timeout(900)
 def test_sigkill_during_checkpoint_writes_always_resumes_from_a_valid_checkpoint(launch, tmp_path: Path) -> None:
     rng = random.Random(2026)
     data_dir = tmp_path / "victim"
