@@ -32,15 +32,23 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 
-def run_one(name: str, flags: list[str], model: str, duration: float, seed: int, out: Path) -> dict:
+# After the last peer stops training, a few more exchanges spread the final models.
+SETTLE_SECONDS = 10.0
+
+
+def run_one(name: str, flags: list[str], model: str, steps: int, duration: float, seed: int, out: Path) -> dict:
+    # Every peer trains exactly `steps` steps (equal compute whatever the machine's load),
+    # then keeps gossiping until `duration`; only the wire differs between configurations.
     spec = ClusterSpec(peers=4, duration=duration, out=str(out / f"{name}-seed{seed}"), model=model,
-                       gossip_interval=0.5, seed=seed, extra_args=["--threads=1", *flags])
+                       gossip_interval=0.5, seed=seed, settle_after_training=SETTLE_SECONDS,
+                       extra_args=["--threads=1", f"--max-steps={steps}", *flags])
     started = time.monotonic()
     code = run_cluster(spec, console=Console(file=io.StringIO(), width=120))
     results = json.loads((Path(spec.out) / "results.json").read_text())
     peers = results["peers"]
-    if code != 0 or len(peers) != 4 or any("accuracy" not in p for p in peers):
-        raise SystemExit(f"{name}: cluster run failed (exit {code}); logs in {spec.out}/logs")
+    if code != 0 or len(peers) != 4 or any(p.get("steps") != steps for p in peers):
+        raise SystemExit(f"{name}: cluster run failed or did not finish training (exit {code}, "
+                         f"{results['outcome']}); logs in {spec.out}/logs")
     return {"accuracy": statistics.fmean(p["accuracy"] for p in peers),
             "bytes_sent": sum(p["bytes_sent"] for p in peers),
             "exchanges": sum(p["exchanges"] for p in peers) // 2,
@@ -50,17 +58,19 @@ def run_one(name: str, flags: list[str], model: str, duration: float, seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 45 s per run (default: 2 seeds, 120 s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one seed, 1000 steps per peer (default: 2 seeds, 3000 steps)")
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None, help="where cluster logs go (default: a temp dir)")
     args = parser.parse_args(argv)
-    duration, seeds = (45.0, [0]) if args.quick else (120.0, [0, 1])
+    # Each run ends SETTLE_SECONDS after every peer finished its steps; duration is a cap.
+    steps, duration, seeds = (1000, 300.0, [0]) if args.quick else (3000, 600.0, [0, 1])
     out = args.out or Path(tempfile.mkdtemp(prefix="hearsay-compression-"))
     runs = []
     for name, flags in CONFIGS.items():
-        results = [run_one(name, flags, args.model, duration, seed, out) for seed in seeds]
-        run = {"name": name, "model": args.model, "seeds": seeds, "duration_s": duration,
+        results = [run_one(name, flags, args.model, steps, duration, seed, out) for seed in seeds]
+        run = {"name": name, "model": args.model, "seeds": seeds, "duration_s": duration, "steps": steps,
                "final_accuracy": statistics.fmean(r["accuracy"] for r in results),
                "final_accuracy_per_seed": [round(r["accuracy"], 4) for r in results],
                "bytes_sent": sum(r["bytes_sent"] for r in results) // len(results),

@@ -37,6 +37,9 @@ class ClusterSpec:
     gossip_interval: float = 1.0
     seed: int = 0
     extra_args: list[str] = field(default_factory=list)
+    # Stop this many seconds after every peer has finished training (needs --max-steps in
+    # extra_args); duration stays the upper bound. Benchmarks use it for equal compute.
+    settle_after_training: float | None = None
 
 
 def peer_args(spec: ClusterSpec, i: int, seeds: list[str]) -> list[str]:
@@ -53,7 +56,7 @@ def _snapshot(p: PeerProcess) -> dict[str, Any] | None:
     return {"id": s.peer_id, "accuracy": s.accuracy, "loss": s.loss, "steps": s.steps,
             "exchanges": s.exchanges, "merges": s.merges, "rejected": s.rejected,
             "known_peers": s.known_peers, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
-            "samples": s.samples}
+            "samples": s.samples, "training_done": s.training_done}
 
 
 def _table(rows: dict[str, dict[str, Any] | None], elapsed: float, spec: ClusterSpec) -> Table:
@@ -118,6 +121,7 @@ def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
     failed: list[str] = []
     outcome = "duration"
     last_print = 0.0
+    trained_at: float | None = None
     try:
         with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _NoLive() as live:
             while True:
@@ -145,6 +149,12 @@ def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
                 if spec.target_accuracy is not None and len(reached_at) == len(peers):
                     outcome = "target reached"
                     break
+                if spec.settle_after_training is not None:
+                    if trained_at is None and all(r is not None and r["training_done"] for r in rows.values()):
+                        trained_at = elapsed
+                    if trained_at is not None and elapsed - trained_at >= spec.settle_after_training:
+                        outcome = "trained and settled"
+                        break
                 if elapsed >= spec.duration:
                     break
                 time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started - elapsed)))

@@ -126,12 +126,13 @@ class GossipEngine:
         options = {"ratio": self.topk_ratio} if codec in SPARSE_CODECS else {}
         return codecs.SizeAdaptive(codecs.make(codec, **options), dense=self.small_codec)
 
-    def own_packet(self, link: str) -> bytes:
+    def own_packet(self, link: str, commit: bool = True) -> bytes:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
-        what that partner already holds. Call with the link's lock held."""
+        what that partner already holds. Call with the link's lock held. ``commit=False``
+        leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
         state = self.trainer.state()
         stats = self.trainer.stats()
-        frame = self.sender.prepare(link, state)
+        frame = self.sender.prepare(link, state, commit=commit)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps, samples=self.trainer.samples,
                               codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
@@ -253,7 +254,7 @@ class GossipEngine:
 
     async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
         link = member.address
-        own = await asyncio.to_thread(self.own_packet, link)
+        own = await asyncio.to_thread(self.own_packet, link, False)
         try:
             started = time.perf_counter()
             reply = await exchange(link, own, self.timeout)
@@ -265,16 +266,20 @@ class GossipEngine:
             self._fail(member)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
-            self.sender.invalidate(link)
             if getattr(e, "code", None) == grpc.StatusCode.ABORTED:
-                log.debug("exchange with %s skipped: %s", link, e)  # it was busy with us: no failure
+                # It was busy exchanging with us and refused before applying our frame.
+                self.sender.discard(link)
+                log.debug("exchange with %s skipped: %s", link, e)
                 return False
+            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
             log.info("exchange with %s failed: %s", link, e)
             self._fail(member)
             return False
         if packet.header.sender_id == self.peer_id:
+            self.sender.invalidate(link)
             self.membership.note_failure(link, self.clock())
             return False
+        self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our frame
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
         model = self._accept(link, packet)

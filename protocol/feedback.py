@@ -201,6 +201,8 @@ class Sender:
         self.feedback = feedback
         self.keyframe_policy = keyframe_policy or SizeAdaptive(make("fp32"))
         self._links = _Lru(max_links)
+        # link -> the replica update of a frame sent but not yet known to be applied.
+        self._pending: dict[str, Callable[[], None]] = {}
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
 
@@ -208,14 +210,41 @@ class Sender:
         with self._rng_lock:
             return self._rng.getrandbits(63)
 
-    def prepare(self, link: str, model: Model) -> Frame:
-        """The frame to send on ``link`` for the current ``model``; updates ``x̂`` as if it
-        was delivered. If it may not have been, call ``invalidate(link)``."""
+    def prepare(self, link: str, model: Model, *, commit: bool = True) -> Frame:
+        """The frame to send on ``link`` for the current ``model``.
+
+        With ``commit=True`` ``x̂`` is updated at once, as if the frame was delivered (the
+        answering side of an exchange, which never learns the outcome). With
+        ``commit=False`` the update waits for ``commit(link)`` — the initiator calls it once
+        the partner answered — or is dropped by ``discard(link)`` when the partner is known
+        not to have applied the frame; when the outcome is unknown, ``invalidate(link)``.
+        """
         spec = spec_of(model)
         state = self._links.get(link)
         if not isinstance(state, _SenderLink) or state.spec != spec:
-            return self._keyframe(link, model, spec)
-        state.seq += 1
+            frame, apply = self._keyframe(link, model, spec)
+        else:
+            frame, apply = self._delta(state, model)
+        self._pending.pop(link, None)
+        if commit:
+            apply()
+        else:
+            self._pending[link] = apply
+        return frame
+
+    def commit(self, link: str) -> None:
+        """The partner applied the last uncommitted frame: update ``x̂`` as it did."""
+        apply = self._pending.pop(link, None)
+        if apply is not None:
+            apply()
+
+    def discard(self, link: str) -> None:
+        """The partner refused the last uncommitted frame before applying it: forget it,
+        ``x̂`` stays what the partner still holds, and the next frame reuses its sequence."""
+        self._pending.pop(link, None)
+
+    def _delta(self, state: _SenderLink, model: Model) -> tuple[Frame, Callable[[], None]]:
+        seq = state.seq + 1
         tensors = []
         for name, x in model.items():
             hat = state.replica[name]
@@ -224,29 +253,41 @@ class Sender:
                 codec = self.policy(name, diff)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(diff))
                 del diff
-                if self.feedback:
-                    np.add(hat, _decode(enc), out=hat)
-                else:
-                    hat[...] = x
             else:
                 codec = self.keyframe_policy(name, x)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(x))
-                hat[...] = _decode(enc)
             tensors.append(enc)
-        return Frame(FrameHeader(state.epoch, state.seq, keyframe=False), tuple(tensors))
+        # Without feedback the sender believes the receiver now holds x exactly.
+        exact = None if self.feedback else {n: _own(x) for n, x in model.items()}
 
-    def _keyframe(self, link: str, model: Model, spec: Spec) -> Frame:
-        tensors = []
-        replica = {}
-        for name, x in model.items():
-            codec = self.keyframe_policy(name, x)
-            enc = EncodedTensor(name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name, codec.name,
-                                codec.encode(x))
-            replica[name] = _own(_decode(enc))
-            tensors.append(enc)
-        state = _SenderLink(epoch=self._new_epoch(), seq=0, spec=spec, replica=replica)
-        self._links.put(link, state)
-        return Frame(FrameHeader(state.epoch, 0, keyframe=True), tuple(tensors))
+        def apply() -> None:
+            if state.seq != seq - 1:
+                return  # the link moved on (or restarted) in between: nothing to apply
+            for enc in tensors:
+                hat = state.replica[enc.name]
+                if hat.dtype.kind == "f":
+                    if exact is not None:
+                        hat[...] = exact[enc.name]
+                    else:
+                        np.add(hat, _decode(enc), out=hat)
+                else:
+                    hat[...] = _decode(enc)
+            state.seq = seq
+
+        return Frame(FrameHeader(state.epoch, seq, keyframe=False), tuple(tensors)), apply
+
+    def _keyframe(self, link: str, model: Model, spec: Spec) -> tuple[Frame, Callable[[], None]]:
+        tensors = tuple(
+            EncodedTensor(name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name,
+                          (codec := self.keyframe_policy(name, x)).name, codec.encode(x))
+            for name, x in model.items())
+        epoch = self._new_epoch()
+
+        def apply() -> None:
+            replica = {t.name: _own(_decode(t)) for t in tensors}
+            self._links.put(link, _SenderLink(epoch=epoch, seq=0, spec=spec, replica=replica))
+
+        return Frame(FrameHeader(epoch, 0, keyframe=True), tensors), apply
 
     def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
         """A read-only view of what this sender believes ``link``'s receiver holds."""
@@ -256,6 +297,7 @@ class Sender:
     def invalidate(self, link: str) -> None:
         """Forget ``link``'s replica: the receiver asked for a keyframe, or a frame may have
         been lost. The next ``prepare`` for it sends a keyframe with a new epoch."""
+        self._pending.pop(link, None)
         self._links.pop(link)
 
     def links(self) -> list[str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 
+import grpc
 import numpy as np
 import pytest
 
 from peer.config import PeerConfig
-from peer.gossip import GossipEngine
+from peer.gossip import GossipEngine, LinkBusy
+from peer.transport.grpc_transport import ExchangeRefused
 from peer.node import build_trainer
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
@@ -38,7 +40,10 @@ def route(*engines: GossipEngine):
     by_address = {e.address: e for e in engines}
 
     async def exchange(address: str, packet: bytes, timeout: float) -> bytes:
-        return await by_address[address].handle_inbound(packet, "in-process")
+        try:
+            return await by_address[address].handle_inbound(packet, "in-process")
+        except LinkBusy as e:  # what the gRPC transport turns it into
+            raise ExchangeRefused(grpc.StatusCode.ABORTED, e.message) from None
     return exchange
 
 
@@ -113,3 +118,19 @@ async def test_without_feedback_the_receivers_copy_drifts_from_the_senders_model
     # Measured: 0.59 with feedback vs 17.4 without after 24 rounds (the residual is resent).
     assert results[False] > 5 * results[True], results
 
+
+
+async def test_a_refusal_by_a_busy_partner_costs_no_keyframe(pair) -> None:
+    a, b = pair
+    exchange = route(a, b)
+    member = a.membership.get("b:1")
+    assert await a.exchange_with(member, exchange)
+    a.trainer.train_steps(2)
+    async with b._lock("a:1"):  # b is exchanging with a: a's call is refused before b applies it
+        assert not await a.exchange_with(member, exchange)
+    assert a.stats.keyframes_sent == 1 and a.link("b:1").failures == 0
+    assert await a.exchange_with(member, exchange)  # a delta with the sequence number b expects
+    assert a.stats.keyframes_sent == 1 and not b.stats.keyframe_requests
+    sent, held = a.sender.replica("b:1"), b.receiver.replica("a:1")
+    for name in sent:
+        np.testing.assert_array_equal(sent[name], held[name])

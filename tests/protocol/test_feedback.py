@@ -225,3 +225,27 @@ def test_receiver_eviction_leads_to_a_keyframe_request_then_recovery() -> None:
 def test_max_links_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Receiver(max_links=0)
+
+
+# --- deferred commit (the initiator of an exchange) -------------------------------------------
+
+def test_an_uncommitted_frame_changes_nothing_until_commit_and_discard_reuses_its_sequence() -> None:
+    s, r = sender("topk_int8", ratio=0.1), Receiver()
+    assert isinstance(deliver(s, r, "L", model(1)), Applied)
+    before = {k: np.array(v) for k, v in s.replica("L").items()}
+    refused = s.prepare("L", model(2), commit=False)
+    assert_same(s.replica("L"), before)  # nothing applied yet
+    s.discard("L")  # the partner refused it before applying
+    again = s.prepare("L", model(2), commit=False)
+    assert again.header.seq == refused.header.seq and not again.header.keyframe
+    assert isinstance(r.accept("L", again.header, decoded(again)), Applied)
+    s.commit("L")
+    assert_same(s.replica("L"), r.replica("L"))
+
+
+def test_an_uncommitted_keyframe_creates_the_link_only_on_commit() -> None:
+    s = sender("topk", ratio=0.1)
+    frame = s.prepare("L", model(1), commit=False)
+    assert frame.header.keyframe and s.replica("L") is None
+    s.commit("L")
+    assert s.replica("L") is not None and s.prepare("L", model(2)).header.seq == 1
