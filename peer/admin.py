@@ -32,6 +32,13 @@ def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerRepor
         age_seconds=now - at)
 
 
+def _incarnation(membership: object, address: str) -> int:
+    """SWIM's incarnation of ``address`` (0 for the static view, which has none)."""
+    incarnation_of = getattr(membership, "incarnation_of", None)
+    value = incarnation_of(address) if incarnation_of is not None else None
+    return int(value or 0)
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: Node) -> None:
         self._node = node
@@ -70,7 +77,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 last_contact_seconds_ago=(now - m.last_contact) if m.last_contact is not None else -1.0,
                 exchanges=link.exchanges, merges=link.merges, bytes_sent=link.bytes_sent,
                 bytes_received=link.bytes_received, source=m.source.value, failures=link.failures,
-                incarnation=getattr(m, "incarnation", 0),
+                incarnation=_incarnation(node.membership, m.address),
                 rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
                 report=_report(node.engine.reports.get(m.address), now)))
         return admin_pb2.ListPeersResponse(peers=peers)
