@@ -79,6 +79,10 @@ class PeerConfig:
                                          "leaves CPU for gossip when peers share a machine.")
     eval_every: int = _opt(25, "Evaluate test accuracy every this many steps.")
     # --- gossip
+    bootstrap_timeout: float = _opt(10.0, "On start without a checkpoint, seconds to spend fetching a trained "
+                                          "model from a live peer before training (0 = never).")
+    bootstrap_min_steps: int = _opt(20, "Adopt a fetched model only if its peer has trained this many steps "
+                                        "(a swarm that is just starting keeps independent initialisations).")
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
@@ -154,6 +158,8 @@ class PeerConfig:
             (self.probe_period > 0, "probe_period must be positive"),
             (0 < self.topk_ratio <= 1, "topk_ratio must be in (0, 1]"),
             (self.max_links >= 1, "max_links must be at least 1"),
+            (self.bootstrap_timeout >= 0, "bootstrap_timeout must be >= 0"),
+            (self.bootstrap_min_steps >= 0, "bootstrap_min_steps must be >= 0"),
             (self.checkpoint_interval >= 0, "checkpoint_interval must be >= 0"),
             (self.checkpoint_keep >= 1, "checkpoint_keep must be at least 1"),
             (-1 <= self.metrics_port <= 65535, "metrics_port must be in -1..65535"),

@@ -22,7 +22,7 @@ from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
 from protocol.errors import WireError
-from protocol.membership import Member, StaticMembership
+from protocol.membership import Member, MemberState, StaticMembership
 from protocol.merge import Contribution, MergeRule, merge_received
 from protocol.sampling import choose_partner
 from protocol.wire import Limits, Packet, PacketHeader, decode_packet, encode_packet, fingerprint, specs_of
@@ -114,6 +114,8 @@ class GossipEngine:
         self.links: dict[str, LinkStats] = {}
         self.in_flight = 0
         self.draining = False  # set by a graceful leave: start no new exchanges
+        # While joining, our (untrained) model is sent as backed by no data: nobody merges it.
+        self.joining = False
         # address -> (telemetry the peer sent about itself, when it arrived)
         self.reports: dict[str, tuple[dict, float]] = {}
         self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in trainer.state().values())
@@ -126,7 +128,7 @@ class GossipEngine:
         options = {"ratio": self.topk_ratio} if codec in SPARSE_CODECS else {}
         return codecs.SizeAdaptive(codecs.make(codec, **options), dense=self.small_codec)
 
-    def own_packet(self, link: str, commit: bool = True) -> bytes:
+    def own_packet(self, link: str, commit: bool = True, samples: int | None = None) -> bytes:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
         what that partner already holds. Call with the link's lock held. ``commit=False``
         leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
@@ -134,7 +136,8 @@ class GossipEngine:
         stats = self.trainer.stats()
         frame = self.sender.prepare(link, state, commit=commit)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
-                              model_version=stats.version, age=stats.steps, samples=self.trainer.samples,
+                              model_version=stats.version, age=stats.steps,
+                              samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
                               codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
                               link_seq=frame.header.seq, keyframe=frame.header.keyframe,
                               need_keyframe=link in self._want_keyframe)
@@ -230,9 +233,11 @@ class GossipEngine:
             reply = await asyncio.to_thread(self.own_packet, sender)
             self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
             self._remember_report(sender, packet)
-            if model is not None:
+            # A model backed by no data (a newcomer fetching its first model) is not merged.
+            merged = model is not None and packet.header.samples > 0
+            if merged:
                 await asyncio.to_thread(self._merge, model, packet.header.samples)
-        self._account(sender, len(reply), len(data), merged=model is not None)
+        self._account(sender, len(reply), len(data), merged=merged)
         log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
         return reply
 
@@ -303,6 +308,50 @@ class GossipEngine:
         elif member.state != before and member.state.value == "dead":
             self.stats.deaths += 1
 
+    async def bootstrap(self, candidates: Callable[[], list[str]], exchange: Exchange, deadline: float,
+                        min_partner_steps: int) -> str:
+        """Joining a running swarm: adopt a trained model from a live member before training.
+
+        Tries the candidate addresses until one answers or ``deadline`` (on ``self.clock``)
+        passes. Our packet declares zero samples, so the partner answers without merging
+        our untrained model. The partner's model is adopted only if it has trained at least
+        ``min_partner_steps`` steps; a swarm that is itself just starting keeps its
+        independent initialisations. Returns the address adopted from, or "".
+        """
+        last_try: dict[str, float] = {}
+        while self.clock() < deadline:
+            now = self.clock()
+            fresh = [a for a in candidates() if a != self.address and now - last_try.get(a, -1e9) >= 1.0]
+            if not fresh:
+                await asyncio.sleep(0.2)  # waiting for discovery or for a retry, with a deadline
+                continue
+            link = fresh[self.rng.randrange(len(fresh))]
+            last_try[link] = now
+            async with self._lock(link):
+                own = await asyncio.to_thread(self.own_packet, link, False, 0)
+                try:
+                    reply = await exchange(link, own, self.timeout)
+                    packet = await asyncio.to_thread(self.decode, reply)
+                except Exception as e:  # noqa: BLE001 - try the next candidate
+                    self.sender.invalidate(link)
+                    log.info("bootstrap from %s failed: %s", link, e)
+                    continue
+                self.sender.commit(link)
+                model = self._accept(link, packet)
+            self._remember_report(link, packet)
+            self.membership.note_contact(link, packet.header.sender_id, self.clock())
+            if model is None or packet.header.age < min_partner_steps:
+                log.info("joined a swarm that is just starting (%s has %d steps): keeping our own "
+                         "initialisation", packet.header.sender_id, packet.header.age)
+                return ""
+            snapshot = {k: np.array(v, copy=True) for k, v in model.items()}
+            await asyncio.to_thread(self.trainer.merge_with, lambda _current: snapshot)
+            log.info("adopted the model of %s (%d steps) before training", packet.header.sender_id,
+                     packet.header.age)
+            return packet.header.sender_id
+        log.info("no peer answered within the bootstrap time: training from our own initialisation")
+        return ""
+
     def pick_partner(self) -> Member | None:
         """A random alive member; with none alive, a random one that has not left.
 
@@ -311,8 +360,6 @@ class GossipEngine:
         fallback keeps a lone peer of the static view knocking on its seeds; under SWIM
         it rarely matters, since SWIM rejoins through the seeds by itself.
         """
-        from protocol.membership import MemberState
-
         members = self.membership.members()
         partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
         return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)

@@ -98,6 +98,8 @@ class Node:
         self._checkpoint_lock = asyncio.Lock()
         self.resumed: tuple[str, int, str] | None = None  # (file, step, model digest after restore)
         self._saved_members: list[dict[str, str]] = []
+        self._discovered_addresses: list[str] = []
+        self.bootstrapped_from = ""  # peer id whose model we adopted when joining
         self._gossip_server: grpc.aio.Server | None = None
         self._admin_server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -289,8 +291,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self.discovery.run(self.stopping)))
         for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip", "hearsay.v1.Membership"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self.trainer.start()
-        self._tasks.append(asyncio.create_task(self.engine.run(self.client.exchange, self.stopping)))
+        self._tasks.append(asyncio.create_task(self._join_then_train()))
         if self.data_dir is not None and cfg.checkpoint_interval > 0:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         log.info("peer %s up: gossip %s, admin %s, metrics %s, %d training samples, model %s on %s",
@@ -321,7 +322,27 @@ class Node:
         g = self.engine.stats  # the static view counts through the exchange loop
         return MembershipEvents(suspicions=g.suspicions, deaths=g.deaths)
 
+    async def _join_then_train(self) -> None:
+        """Fetch a trained model from the swarm (unless resuming), then train and gossip."""
+        cfg = self.config
+        if self.resumed is None and cfg.bootstrap_timeout > 0 and (cfg.seeds or cfg.mqtt_broker):
+            self.engine.joining = True
+
+            def candidates() -> list[str]:
+                known = [*cfg.seeds, *self._discovered_addresses,
+                         *(m.address for m in self.membership.members())]
+                return list(dict.fromkeys(known))
+
+            self.bootstrapped_from = await self.engine.bootstrap(
+                candidates, self.client.exchange, self.clock() + cfg.bootstrap_timeout, cfg.bootstrap_min_steps)
+            self.engine.joining = False
+        if self.stopping.is_set():
+            return
+        self.trainer.start()
+        await self.engine.run(self.client.exchange, self.stopping)
+
     def _discovered(self, peer_id: str, address: str) -> None:
+        self._discovered_addresses.append(address)
         if address != self.address:
             log.info("discovered %s at %s through MQTT", peer_id, address)
             if self.swim is not None:
