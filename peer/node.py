@@ -25,7 +25,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, gossip_pb2_grpc, membership_pb2, membership_pb2_grpc
+from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, membership_pb2, membership_pb2_grpc
 from peer import checkpoint, logs
 from peer.admin import AdminServicer
 from peer.auth import BearerTokenInterceptor
@@ -37,7 +37,8 @@ from peer.membership_runtime import MembershipEvents, MembershipRuntime
 from peer.metrics import NodeMetrics
 from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
-from peer.transport.grpc_transport import GossipClient, GossipServicer
+from peer.transport.grpc_transport import GossipClient, GossipServicer, server_options
+from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from protocol.membership import StaticMembership, Swim, SwimConfig
 from protocol.merge import make_rule
@@ -234,7 +235,7 @@ class Node:
         cfg = self.config
         if self.data_dir is not None:
             await asyncio.to_thread(self._resume)
-        self._gossip_server = grpc.aio.server()
+        self._gossip_server = grpc.aio.server(options=server_options())
         gossip_port = self._gossip_server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if not cfg.advertise:
             self.address = f"{cfg.host}:{gossip_port}"
@@ -256,7 +257,7 @@ class Node:
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
         self.trainer.on_step = self.metrics.train_step_seconds.observe
-        gossip_pb2_grpc.add_GossipServicer_to_server(
+        add_gossip_to_server(
             GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected),
             self._gossip_server)
         if self.swim is not None:

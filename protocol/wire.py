@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,21 +119,59 @@ class Packet:
 CodecChooser = Callable[[str, np.ndarray], Codec]
 
 
-def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
-                  choose_codec: CodecChooser) -> bytes:
-    """Frame ``tensors`` with ``header``; ``choose_codec`` picks each tensor's codec."""
-    entries = []
+def encode_packet_parts(header: PacketHeader, tensors: Mapping[str, np.ndarray],
+                        choose_codec: CodecChooser) -> list[bytes | memoryview]:
+    """The packet as a list of buffers whose concatenation is ``encode_packet``'s output.
+
+    The tensor payloads are the codecs' own buffers, not copies: a transport can send
+    the parts one after the other (``peer.transport.frames.to_frames`` accepts them)
+    without ever holding the whole packet in one more buffer.
+    """
+    packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    fields: list[tuple[str, Any]] = [
+        ("v", header.format_version), ("id", header.sender_id), ("addr", header.sender_addr),
+        ("fp", header.fingerprint), ("mv", header.model_version), ("age", header.age),
+        ("n", header.samples), ("codec", header.codec), ("cp", header.codec_params), ("tm", header.telemetry),
+        ("lk", [header.link_epoch, header.link_seq, header.keyframe]), ("nk", header.need_keyframe),
+    ]
+    head = [packer.pack_map_header(len(fields) + 1)]
+    for key, value in fields:
+        head += [packer.pack(key), packer.pack(value)]
+    head += [packer.pack("t"), packer.pack_array_header(len(tensors))]
+    parts: list[bytes | memoryview] = []
     for name, x in tensors.items():
         codec = choose_codec(name, x)
         enc = codec.encode(x)
-        entries.append([name, list(x.shape), np.dtype(x.dtype).name, codec.name, enc.params, enc.payload])
-    return msgpack.packb({
-        "v": header.format_version, "id": header.sender_id, "addr": header.sender_addr,
-        "fp": header.fingerprint, "mv": header.model_version, "age": header.age,
-        "n": header.samples, "codec": header.codec, "cp": header.codec_params, "tm": header.telemetry,
-        "lk": [header.link_epoch, header.link_seq, header.keyframe], "nk": header.need_keyframe,
-        "t": entries,
-    }, use_bin_type=True)
+        payload = memoryview(enc.payload).cast("B")
+        head += [packer.pack_array_header(6), packer.pack(name), packer.pack(list(x.shape)),
+                 packer.pack(np.dtype(x.dtype).name), packer.pack(codec.name), packer.pack(enc.params),
+                 _bin_header(payload.nbytes)]
+        parts += [b"".join(head), payload]
+        head = []
+    if head:
+        parts.append(b"".join(head))
+    return parts
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's bin8/16/32 header, exactly as ``packb(use_bin_type=True)`` writes it."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\xc6" + n.to_bytes(4, "big")
+    raise PacketTooLarge(f"payload of {n} bytes does not fit a msgpack bin")
+
+
+def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
+                  choose_codec: CodecChooser) -> bytes:
+    """Frame ``tensors`` with ``header``; ``choose_codec`` picks each tensor's codec.
+
+    The same bytes as ``msgpack.packb`` of the packet map, built with one copy of the
+    payloads (``packb`` makes two: into its buffer, then into the result).
+    """
+    return b"".join(encode_packet_parts(header, tensors, choose_codec))
 
 
 def split_frames(data: bytes, frame_bytes: int = FRAME_BYTES) -> Iterator[memoryview]:
@@ -144,22 +183,116 @@ def split_frames(data: bytes, frame_bytes: int = FRAME_BYTES) -> Iterator[memory
 
 # --- decoding ---------------------------------------------------------------------------------
 
-def _unpack(data: bytes | memoryview, limits: Limits) -> Any:
+class _Truncated(Exception):
+    pass
+
+
+_MAX_DEPTH = 32
+_FIXED = {0xca: (">f", 4), 0xcb: (">d", 8), 0xcc: (">B", 1), 0xcd: (">H", 2), 0xce: (">I", 4), 0xcf: (">Q", 8),
+          0xd0: (">b", 1), 0xd1: (">h", 2), 0xd2: (">i", 4), 0xd3: (">q", 8)}
+_LENGTH = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4, 0xdc: 2, 0xdd: 4, 0xde: 2, 0xdf: 4}
+
+
+class _Reader:
+    """A msgpack reader over one buffer whose ``bin`` values are zero-copy memoryviews.
+
+    ``msgpack.unpackb`` copies every bin into a new ``bytes``; for a model packet that
+    is a second copy of the whole model. This reader returns read-only slices of the
+    packet instead, so decoded tensors can be views of the received buffer. It accepts
+    exactly what ``unpackb(raw=False, strict_map_key=True, use_list=True)`` accepts,
+    minus ext types, within the same length limits.
+    """
+
+    def __init__(self, view: memoryview, limits: Limits) -> None:
+        self.view = view
+        self.pos = 0
+        self.max_str = max(limits.max_string, 64)
+        self.max_array = max(limits.max_tensors, limits.max_rank, 16)
+        self.max_map = max(limits.max_params, 16)
+
+    def take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if end > len(self.view):
+            raise _Truncated
+        out = self.view[self.pos:end]
+        self.pos = end
+        return out
+
+    def read(self, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise MalformedPacket(f"msgpack nested deeper than {_MAX_DEPTH}")
+        b = self.take(1)[0]
+        if b <= 0x7f:
+            return b
+        if b >= 0xe0:
+            return b - 0x100
+        if 0xa0 <= b <= 0xbf:
+            return self._str(b & 0x1f)
+        if 0x90 <= b <= 0x9f:
+            return self._array(b & 0x0f, depth)
+        if 0x80 <= b <= 0x8f:
+            return self._map(b & 0x0f, depth)
+        if b == 0xc0:
+            return None
+        if b == 0xc2:
+            return False
+        if b == 0xc3:
+            return True
+        fixed = _FIXED.get(b)
+        if fixed is not None:
+            return struct.unpack(fixed[0], self.take(fixed[1]))[0]
+        width = _LENGTH.get(b)
+        if width is None:
+            raise MalformedPacket(f"not a msgpack packet: unsupported type byte 0x{b:02x}")
+        n = int.from_bytes(self.take(width), "big")
+        if b <= 0xc6:
+            return self.take(n)  # bin: a view of the packet, no copy
+        if b <= 0xdb:
+            return self._str(n)
+        if b <= 0xdd:
+            return self._array(n, depth)
+        return self._map(n, depth)
+
+    def _str(self, n: int) -> str:
+        if n > self.max_str:
+            raise MalformedPacket(f"not a msgpack packet: string of {n} bytes exceeds {self.max_str}")
+        try:
+            return str(self.take(n), "utf-8")
+        except UnicodeDecodeError as e:
+            raise MalformedPacket(f"not a msgpack packet: {e}") from None
+
+    def _array(self, n: int, depth: int) -> list[Any]:
+        if n > self.max_array:
+            raise MalformedPacket(f"not a msgpack packet: array of {n} items exceeds {self.max_array}")
+        return [self.read(depth + 1) for _ in range(n)]
+
+    def _map(self, n: int, depth: int) -> dict[Any, Any]:
+        if n > self.max_map:
+            raise MalformedPacket(f"not a msgpack packet: map of {n} entries exceeds {self.max_map}")
+        out = {}
+        for _ in range(n):
+            key = self.read(depth + 1)
+            if isinstance(key, memoryview):
+                key = bytes(key)
+            elif not isinstance(key, str):
+                raise MalformedPacket(f"not a msgpack packet: {type(key).__name__} is not allowed for map key")
+            out[key] = self.read(depth + 1)
+        return out
+
+
+def _unpack(data: bytes | bytearray | memoryview, limits: Limits) -> Any:
+    reader = _Reader(memoryview(data).cast("B").toreadonly(), limits)
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=max(limits.max_string, 64), max_bin_len=len(data),
-            max_array_len=max(limits.max_tensors, limits.max_rank, 16),
-            max_map_len=max(limits.max_params, 16), max_ext_len=0)
-    except msgpack.exceptions.ExtraData:
-        raise MalformedPacket("trailing bytes after the packet") from None
-    except ValueError as e:
-        # msgpack reports a short buffer as "incomplete input"; everything else is garbage.
-        if "incomplete" in str(e).lower():
-            raise TruncatedPacket("packet ended before its declared contents") from None
-        raise MalformedPacket(f"not a msgpack packet: {e}") from None
+        obj = reader.read()
+    except _Truncated:
+        raise TruncatedPacket("packet ended before its declared contents") from None
+    except WireError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parser failure is a malformed packet, by contract
         raise MalformedPacket(f"not a msgpack packet: {type(e).__name__}: {e}") from None
+    if reader.pos != len(reader.view):
+        raise MalformedPacket("trailing bytes after the packet")
+    return obj
 
 
 def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -208,7 +341,8 @@ def _shape(value: Any, name: str, limits: Limits) -> tuple[int, ...]:
 
 
 def _header(obj: Mapping[str, Any], limits: Limits) -> PacketHeader:
-    fp = _field(obj, "fp", bytes, "fingerprint")
+    fp = _field(obj, "fp", (bytes, memoryview), "fingerprint")
+    fp = bytes(fp)
     if len(fp) != FINGERPRINT_BYTES:
         raise MalformedPacket(f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fp)}")
     ints = {k: _field(obj, k, int, k) for k in ("mv", "age", "n")}
@@ -244,9 +378,22 @@ def _mismatch_detail(got: Sequence[TensorSpec], want: Sequence[TensorSpec]) -> s
     return f"{len(got)} tensors where this peer has {len(want)}"
 
 
-def decode_packet(data: bytes | memoryview, *, expected: Sequence[TensorSpec] | None = None,
+_FINITE_BLOCK = 1 << 18
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()`` in blocks, so the check never allocates a mask of the
+    whole tensor (a quarter of an fp32 model for its largest layer)."""
+    flat = x.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + _FINITE_BLOCK]).all()) for i in range(0, flat.size, _FINITE_BLOCK))
+
+
+def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[TensorSpec] | None = None,
                   limits: Limits = Limits()) -> Packet:
     """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong.
+
+    Tensors that a codec can rebuild without transforming them (``fp32``, ``raw``) are
+    read-only views of ``data``, not copies: keep ``data`` unchanged while they live.
 
     ``expected`` is the receiver's own model: a packet for another architecture is
     refused with ``FingerprintMismatch`` before any payload is decoded.
@@ -266,7 +413,7 @@ def decode_packet(data: bytes | memoryview, *, expected: Sequence[TensorSpec] | 
     if len(entries) > limits.max_tensors:
         raise PacketTooLarge(f"{len(entries)} tensors exceed the limit of {limits.max_tensors}")
 
-    declared: list[tuple[TensorSpec, str, Params, bytes]] = []
+    declared: list[tuple[TensorSpec, str, Params, memoryview]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, list) or len(entry) != 6:
@@ -281,7 +428,7 @@ def decode_packet(data: bytes | memoryview, *, expected: Sequence[TensorSpec] | 
             raise MalformedPacket(f"tensor {name!r}: dtype {dtype!r} is not allowed on the wire")
         codec_name = _string(entry[3], f"tensor {name!r} codec", limits)
         params = _params(entry[4], f"tensor {name!r} params", limits)
-        if not isinstance(entry[5], bytes):
+        if not isinstance(entry[5], (bytes, memoryview)):
             raise MalformedPacket(f"tensor {name!r}: payload must be bytes")
         declared.append((TensorSpec(name, shape, dtype), codec_name, params, entry[5]))
 
@@ -303,7 +450,7 @@ def decode_packet(data: bytes | memoryview, *, expected: Sequence[TensorSpec] | 
             raise
         except Exception as e:  # noqa: BLE001 - a codec bug on hostile input must still be typed
             raise MalformedPacket(f"tensor {spec.name!r}: {codec_name} payload: {e}") from None
-        if dtype.kind == "f" and not np.isfinite(x).all():
+        if dtype.kind == "f" and not _all_finite(x):
             raise NonFiniteValues(f"tensor {spec.name!r} contains NaN or infinite values")
         tensors[spec.name] = x
     return Packet(header, tensors)

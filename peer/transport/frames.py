@@ -1,35 +1,181 @@
-"""Reassembling a packet from the frames of a gRPC stream, within a size limit."""
+"""Packets as a stream of frames: slicing, reassembly within a size limit, and the
+``Frame`` message's protobuf encoding done by hand, without copies.
+
+On the wire a frame is the ``hearsay.v1.Frame`` protobuf message (``bytes data = 1;
+bool end = 2;``) and stays exactly that: any protobuf client or server can talk to
+us. But going through the generated class costs four copies of every byte (into the
+message, out of ``SerializeToString``; into the parsed message, out of ``.data``),
+and the Python protobuf runtime refuses a ``memoryview``. ``serialize_frame`` and
+``parse_frame`` write and read the two fields directly: one copy to serialise (gRPC
+needs ``bytes``), none to parse (``data`` is a view of the received message).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from hearsay.v1 import gossip_pb2
 from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket
-from protocol.wire import FRAME_BYTES, split_frames
+from protocol.wire import FRAME_BYTES
+
+Buffer = bytes | bytearray | memoryview
 
 
-async def read_packet(frames: AsyncIterable[gossip_pb2.Frame], max_bytes: int) -> bytes:
-    """Concatenate frames up to the one marked ``end``.
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One frame without the protobuf class: ``data`` may be a view of a larger buffer.
+    ``error`` is set when the bytes received were not a well-formed ``Frame``."""
+
+    data: Buffer
+    end: bool = False
+    error: str = ""
+
+
+_DATA_TAG = b"\x0a"       # field 1, length-delimited
+_END_TRUE = b"\x10\x01"   # field 2, varint 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def serialize_frame(frame: RawFrame | gossip_pb2.Frame) -> bytes:
+    """The protobuf encoding of ``frame``, byte for byte what ``SerializeToString`` gives."""
+    if isinstance(frame, gossip_pb2.Frame):
+        return frame.SerializeToString()
+    n = len(frame.data) if not isinstance(frame.data, memoryview) else frame.data.nbytes
+    parts: list[Buffer] = [_DATA_TAG, _varint(n), frame.data] if n else []
+    if frame.end:
+        parts.append(_END_TRUE)
+    return b"".join(parts)
+
+
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError("bad varint")
+        b = view[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def parse_frame(message: bytes) -> RawFrame:
+    """A ``Frame`` message read without copying ``data``; never raises (a malformed
+    message becomes a frame whose ``error`` says why, refused by ``read_packet``)."""
+    view = memoryview(message)
+    data: Buffer = b""
+    end = False
+    pos = 0
+    try:
+        while pos < len(view):
+            key, pos = _read_varint(view, pos)
+            field, kind = key >> 3, key & 7
+            if kind == 0:
+                value, pos = _read_varint(view, pos)
+                if field == 2:
+                    end = value != 0
+            elif kind == 2:
+                length, pos = _read_varint(view, pos)
+                if pos + length > len(view):
+                    raise ValueError("length-delimited field runs past the message")
+                if field == 1:
+                    data = view[pos:pos + length]
+                pos += length
+            elif kind in (1, 5):
+                pos += 8 if kind == 1 else 4
+                if pos > len(view):
+                    raise ValueError("fixed-width field runs past the message")
+            else:
+                raise ValueError(f"wire type {kind}")
+            if field in (1, 2) and kind != (2 if field == 1 else 0):
+                raise ValueError(f"field {field} with wire type {kind}")
+    except ValueError as e:
+        return RawFrame(b"", False, f"malformed frame message: {e}")
+    return RawFrame(data, end)
+
+
+async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_bytes: int) -> bytearray:
+    """Concatenate frames up to the one marked ``end``, into one buffer.
 
     The running total is checked against ``max_bytes`` before each frame is appended,
     so a sender cannot make us buffer more than the limit. A stream that ends without
-    an ``end`` frame is a truncated packet.
+    an ``end`` frame is a truncated packet. The buffer itself is returned (no final
+    copy); ``protocol.wire.decode_packet`` reads it in place.
     """
     buf = bytearray()
     async for frame in frames:
-        if len(frame.data) > FRAME_BYTES:
-            raise MalformedPacket(f"frame of {len(frame.data)} bytes exceeds {FRAME_BYTES}")
-        if len(buf) + len(frame.data) > max_bytes:
+        error = getattr(frame, "error", "")
+        if error:
+            raise MalformedPacket(error)
+        data = frame.data
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size > FRAME_BYTES:
+            raise MalformedPacket(f"frame of {size} bytes exceeds {FRAME_BYTES}")
+        if len(buf) + size > max_bytes:
             raise PacketTooLarge(f"packet exceeds the limit of {max_bytes} bytes")
-        buf += frame.data
+        buf += data
         if frame.end:
-            return bytes(buf)
+            return buf
     raise TruncatedPacket(f"stream ended after {len(buf)} bytes without an end-of-packet frame")
 
 
-def to_frames(packet: bytes) -> Iterator[gossip_pb2.Frame]:
-    """The packet as frames of at most ``FRAME_BYTES``; the last one is marked ``end``."""
-    chunks = list(split_frames(packet))
-    for i, chunk in enumerate(chunks):
-        yield gossip_pb2.Frame(data=bytes(chunk), end=i == len(chunks) - 1)
+_SMALL = 64 << 10
+
+
+def _slices(packet: Buffer | Sequence[Buffer], frame_bytes: int) -> Iterator[Buffer]:
+    """Chunks of at most ``frame_bytes`` over one buffer or the concatenation of several
+    (``protocol.wire.encode_packet_parts``). Large parts are cut into views without
+    copying; runs of small parts (msgpack headers, small tensors) are gathered into one
+    chunk so that they do not each cost a message."""
+    parts: Iterable[Buffer] = [packet] if isinstance(packet, (bytes, bytearray, memoryview)) else packet
+    pending = bytearray()
+    empty = True
+    for part in parts:
+        view = memoryview(part).cast("B")
+        if view.nbytes < _SMALL:
+            if len(pending) + view.nbytes > frame_bytes:
+                empty = False
+                yield bytes(pending)
+                pending = bytearray()
+            pending += view
+            continue
+        if pending:
+            # Top the gathered bytes up from this part, so no frame is needlessly small.
+            fill = frame_bytes - len(pending)
+            pending += view[:fill]
+            view = view[fill:]
+            empty = False
+            yield bytes(pending)
+            pending = bytearray()
+        for start in range(0, view.nbytes, frame_bytes):
+            empty = False
+            yield view[start:start + frame_bytes]
+    if pending or empty:
+        yield bytes(pending)
+
+
+def to_raw_frames(packet: Buffer | Sequence[Buffer], frame_bytes: int = FRAME_BYTES) -> Iterator[RawFrame]:
+    """The packet as frames of at most ``frame_bytes``, views of it; the last is marked ``end``."""
+    previous: Buffer | None = None
+    for chunk in _slices(packet, frame_bytes):
+        if previous is not None:
+            yield RawFrame(previous)
+        previous = chunk
+    assert previous is not None
+    yield RawFrame(previous, end=True)
+
+
+def to_frames(packet: Buffer | Sequence[Buffer]) -> Iterator[gossip_pb2.Frame]:
+    """The packet as protobuf ``Frame`` messages (a copy each: protobuf wants ``bytes``)."""
+    for frame in to_raw_frames(packet):
+        yield gossip_pb2.Frame(data=bytes(frame.data), end=frame.end)

@@ -7,13 +7,15 @@ drive the same handler.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
-from peer.transport.frames import read_packet, to_frames
+from peer.transport.frames import Buffer, parse_frame, read_packet, serialize_frame, to_frames, to_raw_frames
 from protocol import errors
+
+EXCHANGE_METHOD = "/hearsay.v1.Gossip/Exchange"
 
 # What the callee answers for each kind of refused packet.
 STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
@@ -39,16 +41,25 @@ class ExchangeRefused(Exception):
         self.details = details
 
 
-# handler(packet bytes, caller's transport address) -> reply packet bytes. Raises WireError.
-InboundHandler = Callable[[bytes, str], Awaitable[bytes]]
+# handler(packet, caller's transport address) -> reply packet. The packet is the
+# reassembly buffer (a bytearray: bytes-like, read in place by protocol.wire); the reply
+# is bytes-like, or a sequence of buffers (protocol.wire.encode_packet_parts) sent one
+# after the other. Raises WireError.
+InboundHandler = Callable[[bytearray, str], Awaitable[Buffer | Sequence[Buffer]]]
 
 
 class GossipServicer(gossip_pb2_grpc.GossipServicer):
+    """The ``Exchange`` method. Registered with ``add_to_server`` it reads and writes
+    frames without protobuf copies; registered with the generated
+    ``gossip_pb2_grpc.add_GossipServicer_to_server`` it speaks ``gossip_pb2.Frame``
+    objects. The bytes on the wire are the same either way."""
+
     def __init__(self, handle: InboundHandler, max_packet_bytes: int,
                  on_rejected: Callable[[errors.WireError], None]) -> None:
         self._handle = handle
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
+        self.raw_frames = False  # set by add_to_server
 
     async def Exchange(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[gossip_pb2.Frame]:
@@ -62,17 +73,41 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             self._on_rejected(e)
             await context.abort(status_for(e), f"packet refused ({e.reason}): {e.message}")
             return
-        for frame in to_frames(reply):
+        for frame in (to_raw_frames(reply) if self.raw_frames else to_frames(reply)):
             yield frame
+
+
+def add_to_server(servicer: GossipServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_GossipServicer_to_server``, but with
+    the copy-free frame (de)serialisers of ``peer.transport.frames``."""
+    servicer.raw_frames = True
+    handlers = {"Exchange": grpc.stream_stream_rpc_method_handler(
+        servicer.Exchange, request_deserializer=parse_frame, response_serializer=serialize_frame)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("hearsay.v1.Gossip", handlers),))
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:
+        register("hearsay.v1.Gossip", handlers)
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Options for the ``grpc.aio.server`` that serves ``Exchange`` (the message limit
+    stays gRPC's default 4 MiB: frames are at most 1 MiB)."""
+    return list(STREAM_OPTIONS)
 
 
 # gRPC's default reconnect backoff grows to 120 s: a partner that restarted on the same
 # address would look dead for minutes. Peers come and go; retry quickly instead.
+# Frames are 1 MiB: read the socket in large chunks rather than gRPC's default 8 KiB
+# minimum, so a frame is not assembled from a hundred small reads.
+STREAM_OPTIONS = (
+    ("grpc.experimental.tcp_min_read_chunk_size", 256 << 10),
+    ("grpc.experimental.tcp_max_read_chunk_size", 4 << 20),
+)
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
-)
+) + STREAM_OPTIONS
 
 
 class GossipClient:
@@ -82,16 +117,19 @@ class GossipClient:
         self._max_packet_bytes = max_packet_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _stub(self, address: str) -> gossip_pb2_grpc.GossipStub:
+    def _exchange_method(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
-        return gossip_pb2_grpc.GossipStub(channel)
+        # The generated stub's method, with the copy-free frame (de)serialisers.
+        return channel.stream_stream(EXCHANGE_METHOD, request_serializer=serialize_frame,
+                                     response_deserializer=parse_frame)
 
-    async def exchange(self, address: str, packet: bytes, timeout: float) -> bytes:
-        """Send ``packet`` to ``address`` and return the packet it answers with."""
-        call = self._stub(address).Exchange(to_frames(packet), timeout=timeout)
+    async def exchange(self, address: str, packet: Buffer | Sequence[Buffer], timeout: float) -> bytearray:
+        """Send ``packet`` (bytes-like, or a sequence of buffers sent one after the other)
+        to ``address`` and return the packet it answers with, as one buffer."""
+        call = self._exchange_method(address)(to_raw_frames(packet), timeout=timeout)
         try:
             return await read_packet(call, self._max_packet_bytes)
         except grpc.aio.AioRpcError as e:

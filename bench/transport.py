@@ -1,0 +1,463 @@
+"""Transport throughput and memory: a raw TCP socket next to the real gRPC exchange.
+
+    python -m bench.transport [--quick] [--json FILE]
+
+Everything runs in one invocation, in separate processes (``spawn``, one torch
+thread each, everything seeded), on loopback:
+
+- ``raw``: a sender process writes a buffer the size of the model (25M fp32
+  parameters, ~100 MB; ``--quick``: ~20 MB) in 4 MiB ``sendall`` chunks; a receiver
+  process ``recv_into``s a preallocated buffer and acknowledges with one byte. The
+  sender's clock runs from its first byte to the acknowledgement.
+- ``keyframe``: two *peer processes*, each a real ``peer.trainer.Trainer`` around a
+  ~25M-parameter MLP and a real ``peer.gossip.GossipEngine`` (codec ``topk_int8``,
+  ratio 0.01, fp32 keyframes, ``vc`` merge). The answering peer serves
+  ``GossipServicer`` registered with ``grpc_transport.add_to_server`` on a server
+  with ``grpc_transport.server_options()`` (``--pb-server``: a plain
+  ``grpc.aio.server()`` and the generated ``add_GossipServicer_to_server``, as
+  ``peer.node`` registers it before it adopts those); the initiating peer calls
+  ``GossipEngine.exchange_with`` through ``GossipClient.exchange``. So the whole
+  data path is the daemon's: ``trainer.state()``, ``Sender.prepare``,
+  ``encode_packet``, ``to_frames``, gRPC, ``read_packet``, ``decode_packet``,
+  ``Receiver.accept``, the merge. A keyframe is forced each time by invalidating the
+  initiator's link and asking for a keyframe (``need_keyframe``), so both
+  directions carry a dense fp32 keyframe. Throughput counts the packet bytes of
+  both directions (they are sequential: the answer is made after the request is
+  read) over the exchange time *minus the two merges* (merging is not transfer; the
+  merges' time is reported on its own, and the end-to-end figure too).
+- ``delta``: on the same link after the keyframes, a stream of push-pull exchanges
+  of 1 %-top-k int8 deltas, end to end (encode, transfer, decode, apply, merge):
+  packet MB/s of both directions and exchanges/s.
+- ``peak RSS``: the answering peer's VmHWM (``/proc/<pid>/status``) during the
+  keyframe exchanges (the high-water mark is reset through ``clear_refs`` once the
+  peer is set up). ``peak_rss_over_model`` is (VmHWM − the process's RSS after
+  importing the interpreter, numpy, torch and grpc, before the model exists) over
+  the fp32 model size: it counts the model itself, the replicas and every buffer of
+  the exchange. The gross VmHWM over the model size is reported next to it.
+
+MB are 10^6 bytes. Times are medians over the repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+MB = 1e6
+SEED = 1234
+RAW_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Size:
+    hidden: int      # width of the MLP's hidden layers
+    layers: int      # hidden-to-hidden layers
+    raw_reps: int
+    keyframe_reps: int
+    deltas: int
+
+
+FULL = Size(hidden=2236, layers=5, raw_reps=5, keyframe_reps=3, deltas=20)   # 25.18M parameters
+QUICK = Size(hidden=1000, layers=5, raw_reps=3, keyframe_reps=2, deltas=8)   # 5.08M parameters
+
+
+# --- /proc -----------------------------------------------------------------------------------
+
+def proc_kb(field: str, pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_hwm() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _one_thread() -> None:
+    import torch
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+
+
+# --- raw socket ------------------------------------------------------------------------------
+
+def _raw_receiver(size: int, reps: int, conn: Any) -> None:
+    import numpy as np
+    buf = np.empty(size, np.uint8)  # preallocated and touched, as a receiver would hold it
+    buf[:] = 0
+    view = memoryview(buf).cast("B")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        conn.send(srv.getsockname()[1])
+        s, _ = srv.accept()
+        with s:
+            for _ in range(reps):
+                got = 0
+                while got < size:
+                    n = s.recv_into(view[got:], min(size - got, RAW_CHUNK))
+                    if n == 0:
+                        raise ConnectionError("sender closed early")
+                    got += n
+                s.sendall(b"k")
+
+
+def _raw_sender(size: int, reps: int, port: int, conn: Any) -> None:
+    import numpy as np
+    data = np.random.default_rng(SEED).integers(0, 256, size, dtype=np.uint8)
+    view = memoryview(data).cast("B")
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for _ in range(reps):
+            started = time.perf_counter()
+            for start in range(0, size, RAW_CHUNK):
+                s.sendall(view[start:start + RAW_CHUNK])
+            if s.recv(1) != b"k":
+                raise ConnectionError("no acknowledgement")
+            times.append(time.perf_counter() - started)
+    conn.send(times)
+
+
+def bench_raw(ctx: Any, size: int, reps: int) -> list[float]:
+    rx_parent, rx_child = ctx.Pipe()
+    tx_parent, tx_child = ctx.Pipe()
+    rx = ctx.Process(target=_raw_receiver, args=(size, reps, rx_child))
+    rx.start()
+    port = rx_parent.recv()
+    tx = ctx.Process(target=_raw_sender, args=(size, reps, port, tx_child))
+    tx.start()
+    times = tx_parent.recv()
+    tx.join()
+    rx.join()
+    return times
+
+
+# --- peer processes ----------------------------------------------------------------------------
+
+def _build_engine(size: Size, seed: int, address: str) -> Any:
+    import random
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from peer.data.datasets import Dataset
+    from peer.gossip import GossipEngine
+    from peer.trainer import Trainer
+    from protocol.membership import StaticMembership
+    from protocol.merge import make_rule
+    from protocol.wire import Limits
+
+    torch.manual_seed(seed)
+    h = size.hidden
+    layers: list[nn.Module] = [nn.Linear(64, h), nn.ReLU()]
+    for _ in range(size.layers):
+        layers += [nn.Linear(h, h), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(h, 10))
+    rng = np.random.default_rng(seed)
+    data = Dataset("synthetic", rng.standard_normal((64, 64)).astype(np.float32),
+                   rng.integers(0, 10, 64).astype(np.int64), rng.standard_normal((16, 64)).astype(np.float32),
+                   rng.integers(0, 10, 16).astype(np.int64), 10)
+    trainer = Trainer(model, data, np.arange(64), device=torch.device("cpu"), seed=seed, batch_size=32,
+                      lr=0.01, momentum=0.9)
+    return GossipEngine(peer_id=f"bench{seed}", address=address, trainer=trainer,
+                        membership=StaticMembership(address), merge_rule=make_rule("vc"), codec="topk_int8",
+                        limits=Limits(max_packet_bytes=1 << 30), rng=random.Random(seed), interval=1.0,
+                        timeout=120.0, topk_ratio=0.01, keyframe_codec="fp32")
+
+
+def _instrument(engine: Any, timings: dict[str, list[float]]) -> None:
+    """Time the engine's encode, decode and merge steps (wrapping the bound methods)."""
+    for name in ("own_packet", "decode", "_merge"):
+        inner = getattr(engine, name)
+
+        def timed(*args: Any, _inner: Any = inner, _name: str = name) -> Any:
+            started = time.perf_counter()
+            try:
+                return _inner(*args)
+            finally:
+                timings[_name].append(time.perf_counter() - started)
+        setattr(engine, name, timed)
+
+
+def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
+    _one_thread()
+    import asyncio
+
+    import grpc
+
+    from hearsay.v1 import gossip_pb2_grpc
+    from peer.transport import grpc_transport
+    from peer.transport.grpc_transport import GossipServicer
+
+    import peer.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
+    import peer.trainer  # noqa: F401
+
+    baseline = proc_kb("VmRSS")
+
+    async def serve() -> None:
+        server = grpc.aio.server() if pb_server else grpc.aio.server(options=grpc_transport.server_options())
+        port = server.add_insecure_port("127.0.0.1:0")
+        address = f"127.0.0.1:{port}"
+        engine = _build_engine(size, SEED + 1, address)
+        timings: dict[str, list[float]] = defaultdict(list)
+        _instrument(engine, timings)
+        inner = engine.handle_inbound
+
+        async def handle(data: Any, peer: str) -> bytes:
+            started = time.perf_counter()
+            try:
+                return await inner(data, peer)
+            finally:
+                timings["handle_inbound"].append(time.perf_counter() - started)
+
+        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected)
+        if pb_server:  # how peer.node registers it today
+            gossip_pb2_grpc.add_GossipServicer_to_server(servicer, server)
+        else:
+            grpc_transport.add_to_server(servicer, server)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        conn.send({"address": address, "baseline_rss": baseline, "setup_rss": proc_kb("VmRSS")})
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "reset":
+                timings.clear()
+                reset_hwm()
+                conn.send(proc_kb("VmRSS"))
+            elif cmd == "report":
+                conn.send({"hwm": proc_kb("VmHWM"), "rss": proc_kb("VmRSS"), "timings": dict(timings),
+                           "rejected": engine.stats.rejected})
+                timings.clear()
+            elif cmd == "stop":
+                await server.stop(None)
+                conn.send("stopped")
+                return
+
+    asyncio.run(serve())
+
+
+def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
+    _one_thread()
+    import asyncio
+
+    from peer.transport.grpc_transport import GossipClient
+
+    async def run() -> None:
+        engine = _build_engine(size, SEED + 2, "127.0.0.1:1")
+        engine.membership.add_seed(server_address)
+        member = engine.membership.get(server_address)
+        client = GossipClient(max_packet_bytes=engine.limits.max_packet_bytes)
+        timings: dict[str, list[float]] = defaultdict(list)
+        _instrument(engine, timings)
+
+        async def exchange(address: str, packet: bytes, timeout: float) -> bytes:
+            started = time.perf_counter()
+            try:
+                return await client.exchange(address, packet, timeout)
+            finally:
+                timings["exchange_call"].append(time.perf_counter() - started)
+
+        async def one() -> dict[str, Any]:
+            link = engine.link(server_address)
+            sent, received = link.bytes_sent, link.bytes_received
+            timings.clear()
+            started = time.perf_counter()
+            merged = await engine.exchange_with(member, exchange)
+            elapsed = time.perf_counter() - started
+            if not merged:
+                raise RuntimeError(f"exchange did not merge: {engine.stats}")
+            return {"seconds": elapsed, "sent": link.bytes_sent - sent, "received": link.bytes_received - received,
+                    "timings": dict(timings)}
+
+        loop = asyncio.get_running_loop()
+        conn.send("ready")
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd == "keyframe":
+                engine.sender.invalidate(server_address)
+                engine._want_keyframe.add(server_address)  # the partner answers with a keyframe too
+                before = engine.stats.keyframes_sent
+                result = await one()
+                result["keyframe"] = engine.stats.keyframes_sent == before + 1
+                conn.send(result)
+            elif cmd == "delta":
+                before = engine.stats.keyframes_sent
+                result = await one()
+                result["keyframe"] = engine.stats.keyframes_sent != before
+                conn.send(result)
+            elif cmd == "stop":
+                await client.close()
+                conn.send("stopped")
+                return
+
+    asyncio.run(run())
+
+
+def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
+    srv_parent, srv_child = ctx.Pipe()
+    cli_parent, cli_child = ctx.Pipe()
+    server = ctx.Process(target=_answering_peer, args=(size, pb_server, srv_child))
+    server.start()
+    hello = srv_parent.recv()
+    client = ctx.Process(target=_initiating_peer, args=(size, hello["address"], cli_child))
+    client.start()
+    assert cli_parent.recv() == "ready"
+    try:
+        srv_parent.send("reset")
+        reset_rss = srv_parent.recv()
+        keyframes = []
+        for _ in range(size.keyframe_reps):
+            cli_parent.send("keyframe")
+            keyframes.append(cli_parent.recv())
+            srv_parent.send("report")
+            keyframes[-1]["server"] = srv_parent.recv()
+        deltas = []
+        for _ in range(size.deltas):
+            cli_parent.send("delta")
+            deltas.append(cli_parent.recv())
+        srv_parent.send("report")
+        after_deltas = srv_parent.recv()
+    finally:
+        for parent in (cli_parent, srv_parent):
+            parent.send("stop")
+            parent.recv()
+        client.join()
+        server.join()
+    return {"hello": hello, "reset_rss": reset_rss, "keyframes": keyframes, "deltas": deltas,
+            "after_deltas": after_deltas}
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def model_bytes(size: Size) -> int:
+    h = size.hidden
+    params = 64 * h + h + size.layers * (h * h + h) + h * 10 + 10
+    return 4 * params
+
+
+def summarise(size: Size, raw_times: list[float], peers: dict[str, Any]) -> dict[str, Any]:
+    nbytes = model_bytes(size)
+    raw_mbps = nbytes / statistics.median(raw_times) / MB
+    kf = peers["keyframes"]
+    if not all(k["keyframe"] for k in kf):
+        raise RuntimeError("a keyframe exchange did not send a keyframe")
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    def t(rep: dict[str, Any], side: str, key: str) -> float:
+        timings = rep["timings"] if side == "client" else rep["server"]["timings"]
+        return sum(timings.get(key, [0.0]))
+
+    kf_bytes = med([k["sent"] + k["received"] for k in kf])
+    merges = med([t(k, "client", "_merge") + t(k, "server", "_merge") for k in kf])
+    total = med([k["seconds"] for k in kf])
+    transfer = med([k["seconds"] - t(k, "client", "_merge") - t(k, "server", "_merge") for k in kf])
+    phases = {
+        "client encode (state+prepare+encode_packet)": med([t(k, "client", "own_packet") for k in kf]),
+        "server decode_packet": med([t(k, "server", "decode") for k in kf]),
+        "server encode (state+prepare+encode_packet)": med([t(k, "server", "own_packet") for k in kf]),
+        "server merge": med([t(k, "server", "_merge") for k in kf]),
+        "client decode_packet": med([t(k, "client", "decode") for k in kf]),
+        "client merge": med([t(k, "client", "_merge") for k in kf]),
+        "gRPC both ways (+read_packet, accept)": med([t(k, "client", "exchange_call") - t(k, "server", "handle_inbound")
+                                                       for k in kf]),
+        "server handle_inbound": med([t(k, "server", "handle_inbound") for k in kf]),
+    }
+    ds = [d for d in peers["deltas"] if not d["keyframe"]]
+    delta_seconds = sum(d["seconds"] for d in ds)
+    delta_bytes = sum(d["sent"] + d["received"] for d in ds)
+    hello = peers["hello"]
+    hwm = max(k["server"]["hwm"] for k in kf)
+    baseline = hello["baseline_rss"]
+    return {
+        "raw_mbps": raw_mbps,
+        "keyframe_mbps": kf_bytes / transfer / MB,
+        "keyframe_over_raw": kf_bytes / transfer / MB / raw_mbps,
+        "delta_mbps": delta_bytes / delta_seconds / MB if delta_seconds else 0.0,
+        "peak_rss_over_model": (hwm - baseline) / nbytes,
+        # --- context ---
+        "model_bytes": nbytes,
+        "keyframe_packet_bytes": kf_bytes / 2,
+        "keyframe_exchange_seconds": total,
+        "keyframe_merge_seconds": merges,
+        "keyframe_exchange_mbps_with_merges": kf_bytes / total / MB,
+        "keyframe_phases_seconds": phases,
+        "delta_exchanges_per_second": len(ds) / delta_seconds if delta_seconds else 0.0,
+        "delta_packet_bytes": delta_bytes / max(2 * len(ds), 1),
+        "delta_exchanges": len(ds),
+        "peak_rss_gross_over_model": hwm / nbytes,
+        # What the exchanges add on top of the set-up peer (model, trainer, engine, server).
+        "peak_rss_exchange_over_model": (hwm - peers["reset_rss"]) / nbytes,
+        "peak_rss_bytes": hwm,
+        "baseline_rss_bytes": baseline,
+        "setup_rss_bytes": hello["setup_rss"],
+        "rss_after_deltas_bytes": peers["after_deltas"]["rss"],
+        "raw_seconds": raw_times,
+        "keyframe_seconds": [k["seconds"] for k in kf],
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    mib = r["model_bytes"] / MB
+    rows = [
+        ("model (fp32)", f"{mib:.1f} MB"),
+        ("raw TCP socket, 2 processes", f"{r['raw_mbps']:.0f} MB/s"),
+        ("keyframe over gRPC (transfer, no merge)", f"{r['keyframe_mbps']:.0f} MB/s"),
+        ("  keyframe / raw", f"{r['keyframe_over_raw']:.2f}   (target >= 0.70)"),
+        ("  keyframe exchange incl. both merges", f"{r['keyframe_exchange_mbps_with_merges']:.0f} MB/s "
+                                                   f"({r['keyframe_exchange_seconds']:.2f} s)"),
+        ("top-1% int8 delta stream", f"{r['delta_mbps']:.2f} MB/s, {r['delta_exchanges_per_second']:.2f} exch/s, "
+                                     f"{r['delta_packet_bytes'] / 1e3:.0f} kB/packet"),
+        ("peak RSS of answering peer - baseline", f"{r['peak_rss_over_model']:.2f} x model   (target < 3)"),
+        ("  of which the exchanges add (over the set-up peer)", f"{r['peak_rss_exchange_over_model']:.2f} x model"),
+        ("peak RSS gross (VmHWM)", f"{r['peak_rss_gross_over_model']:.2f} x model "
+                                   f"({r['peak_rss_bytes'] / MB:.0f} MB; baseline "
+                                   f"{r['baseline_rss_bytes'] / MB:.0f} MB)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print("keyframe exchange phases (s, median):")
+    for k, v in r["keyframe_phases_seconds"].items():
+        print(f"  {k:<{width}}  {v:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~20 MB model and fewer repetitions")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--pb-server", action="store_true",
+                        help="register the answering peer's servicer with the generated protobuf "
+                             "(de)serialisers, as peer.node did before grpc_transport.add_to_server")
+    args = parser.parse_args(argv)
+    size = QUICK if args.quick else FULL
+    ctx = mp.get_context("spawn")
+    raw_times = bench_raw(ctx, model_bytes(size), size.raw_reps)
+    peers = bench_peers(ctx, size, args.pb_server)
+    result = summarise(size, raw_times, peers)
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
