@@ -19,10 +19,18 @@ sit in a heap ordered by (time, sequence), so a run is a pure function of its co
 and seed. Messages may be lost (Bernoulli) or delayed (fixed + uniform jitter); each
 peer steps at its own speed. A delayed model arrives ``age`` receiver-steps old and
 the merge rule may discount it.
+
+Hostile peers (issue 7): ``SimConfig.attack`` and ``attackers`` turn chosen peers into
+attackers that follow the protocol (they train, exchange and merge) but send poisoned
+models (``ATTACKS``: sign-flip, scaled Gaussian noise, small shift) or train on
+flipped labels (label-flip). Rules that want several models per merge (``median``,
+``trimmed``: ``protocol.merge.merge_batch``) get them buffered per peer, one per
+sender, as the daemon must; ``reputation`` adds ``protocol.reputation`` per peer.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import math
@@ -42,12 +50,32 @@ from peer.trainer import Trainer
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import WireError
-from protocol.merge import Contribution, MergeRule, make_rule, merge_received
+from protocol.merge import (
+    Contribution,
+    MergeReport,
+    MergeRule,
+    make_rule,
+    merge_batch,
+    merge_received,
+    merge_received_report,
+)
+from protocol.reputation import Reputation, ReputationConfig
 from protocol.sampling import choose_partner
 from protocol.wire import Packet, PacketHeader, TensorSpec, decode_packet, encode_packet, fingerprint, specs_of
 
 TOPOLOGIES = ("full", "ring", "random-regular")
 INITS = ("default", "xavier")
+# What an attacker does (see Simulator._poisoned): none, or
+#   sign-flip    sends −k·(its own model), k = attack_scale (default 2)
+#   noise        sends its model + N(0, (s·rms(layer))²) per tensor, s = attack_scale (default 3)
+#   label-flip   trains on labels c → C−1−c and sends that model as it is
+#   small-shift  sends the victim's own model moved by 0.95 × the victim's clipping bound
+#                (clip / bristle rules: their exact current bound; other rules: 2 × the
+#                median distance between the victim and the honest peers) along the
+#                gradient *ascent* direction of the loss at the victim's weights on the
+#                attacker's shard — an omniscient attacker that stays just inside the norm
+ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift")
+DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95}
 # Trainer.step() evaluates every eval_every steps; the simulator evaluates on its own schedule.
 _NEVER = 1 << 62
 
@@ -80,6 +108,11 @@ class SimConfig:
     delay_jitter: float = 0.0           # extra latency ~ U(0, delay_jitter)
     seed: int = 0                       # model inits, batch order, partners, loss, delays
     data_seed: int = 0                  # test split and partition (as the daemon's data_seed)
+    attack: str = "none"                # one of ATTACKS
+    attackers: tuple[int, ...] = ()     # indices of the attacking peers
+    attack_scale: float = 0.0           # 0: DEFAULT_ATTACK_SCALE of the attack
+    validate: bool = False              # rules with a ``validator`` get the loss on the peer's own shard
+    reputation: bool = False            # per-peer protocol.reputation: ban, drop, skip as partner
 
     def check(self) -> SimConfig:
         """Raise ``ValueError`` naming the first field that cannot work."""
@@ -93,6 +126,10 @@ class SimConfig:
             (self.gossip_interval > 0 and 0 <= self.jitter < 1, "gossip_interval > 0, jitter in [0, 1)"),
             (0 <= self.loss <= 1, "loss must be in [0, 1]"),
             (self.delay >= 0 and self.delay_jitter >= 0, "delays must be non-negative"),
+            (self.attack in ATTACKS, f"attack must be one of {', '.join(ATTACKS)}"),
+            (all(0 <= a < self.peers for a in self.attackers), "attackers must be peer indices"),
+            (len(set(self.attackers)) == len(self.attackers), "attackers must be distinct"),
+            (self.attack_scale >= 0 and math.isfinite(self.attack_scale), "attack_scale must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -234,6 +271,11 @@ class SimStats:
     links: Counter[tuple[int, int]] = field(default_factory=Counter)
     # The largest staleness (receiver steps) a merged model had.
     max_age: int = 0
+    # Poisoned packets attackers sent; packets dropped because the sender was banned.
+    poisoned: int = 0
+    dropped: int = 0
+    # Verdicts of the merge rules (ok / clipped / outlier), by (kind, sender was an attacker).
+    verdicts: Counter[tuple[str, bool]] = field(default_factory=Counter)
 
 
 @dataclass
@@ -264,11 +306,16 @@ def choose_codec(codec: Codec) -> Callable[[str, np.ndarray], Codec]:
 
 def own_packet(peer: VirtualPeer, fp: bytes, codec: Codec) -> bytes:
     """The peer's current model framed as ``GossipEngine.own_packet`` frames it."""
+    return packet_of(peer, peer.trainer.state(), fp, codec)
+
+
+def packet_of(peer: VirtualPeer, state: dict[str, np.ndarray], fp: bytes, codec: Codec) -> bytes:
+    """``state`` framed as coming from ``peer`` (an attacker frames its poisoned model this way)."""
     stats = peer.trainer.stats()
     header = PacketHeader(sender_id=peer.peer_id, sender_addr=peer.address, fingerprint=fp,
                           model_version=stats.version, age=stats.steps, samples=peer.trainer.samples,
                           codec=codec.name)
-    return encode_packet(header, peer.trainer.state(), choose_codec(codec))
+    return encode_packet(header, state, choose_codec(codec))
 
 
 def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0) -> None:
@@ -301,6 +348,18 @@ class Simulator:
         self.codec = codecs.get(config.codec)
         self.shards = shards_for(self.data, config)
         self.peers = self._build_peers()
+        self.attackers = frozenset(config.attackers) if config.attack != "none" else frozenset()
+        self.honest = [p.index for p in self.peers if p.index not in self.attackers]
+        # One rule object per peer: robust rules keep per-peer state (norm history).
+        self.rules: list[MergeRule] = [copy.deepcopy(self.rule) for _ in self.peers]
+        self.reputations: list[Reputation] | None = (
+            [Reputation(ReputationConfig()) for _ in self.peers] if config.reputation else None)
+        # Received models waiting for a batch merge, per receiver: sender -> (model, receiver steps at send).
+        self._buffers: list[dict[int, tuple[Contribution, int]]] = [{} for _ in self.peers]
+        with torch.random.fork_rng():  # a model to evaluate others' weights in; leaves torch's RNG as it was
+            self._scratch = make_model(config, self.data, 0)
+        self._noise = np.random.default_rng(config.seed + 7)
+        self._setup_attackers()
         self.specs: tuple[TensorSpec, ...] = specs_of(self.peers[0].trainer.state())
         self.fingerprint = fingerprint(self.specs)
         self.now = 0.0
@@ -352,14 +411,22 @@ class Simulator:
     def _start_exchange(self, peer: VirtualPeer) -> None:
         j = self.config.jitter
         self._schedule(self.now + self.config.gossip_interval * self.rng.uniform(1 - j, 1 + j), "gossip", peer.index)
-        partner = choose_partner(peer.neighbours, peer.rng)
+        candidates = peer.neighbours
+        if self.reputations is not None:
+            rep = self.reputations[peer.index]
+            candidates = rep.eligible(peer.neighbours, self.now, key=lambda j: self.peers[j].peer_id)
+        partner = choose_partner(candidates, peer.rng)
         if partner is None:
             return
         self.stats.exchanges += 1
         self._send(peer, self.peers[partner], reply=False)
 
     def _send(self, src: VirtualPeer, dst: VirtualPeer, *, reply: bool) -> None:
-        data = own_packet(src, self.fingerprint, self.codec)
+        if src.index in self.attackers and self.config.attack != "label-flip":
+            data = packet_of(src, self._poisoned(src, dst), self.fingerprint, self.codec)
+            self.stats.poisoned += 1
+        else:
+            data = own_packet(src, self.fingerprint, self.codec)
         src.bytes_sent += len(data)
         self.stats.bytes_sent += len(data)
         self.stats.messages += 1
@@ -373,6 +440,10 @@ class Simulator:
 
     def _deliver(self, message: Message) -> None:
         dst = self.peers[message.dst]
+        src = self.peers[message.src]
+        if self.reputations is not None and self.reputations[dst.index].is_banned(src.peer_id, self.now):
+            self.stats.dropped += 1  # banned: dropped unread, no reply
+            return
         try:
             packet = decode_packet(message.data, expected=self.specs)
         except WireError:
@@ -381,15 +452,109 @@ class Simulator:
         if not message.reply:
             # Push-pull: answer with the model we had before merging, as GossipEngine does.
             self._send(dst, self.peers[message.src], reply=True)
-        age = dst.trainer.stats().steps - message.receiver_steps
-        apply_packet(dst.trainer, self.rule, packet, age)
+        received = Contribution(packet.tensors, samples=packet.header.samples, sender=src.peer_id)
+        batch = merge_batch(self.rules[dst.index])
+        buffer = self._buffers[dst.index]
+        buffer[src.index] = (received, message.receiver_steps)  # one per sender: the newest
+        if len(buffer) >= batch:
+            self._merge_buffer(dst)
+
+    def _merge_buffer(self, dst: VirtualPeer) -> None:
+        """Merge every buffered model into ``dst`` at once, each aged by the receiver's steps since sent."""
+        steps = dst.trainer.stats().steps
+        buffer = self._buffers[dst.index]
+        received = [Contribution(c.tensors, samples=c.samples, age=steps - sent, sender=c.sender)
+                    for _, (c, sent) in sorted(buffer.items())]
+        buffer.clear()
+        rule = self.rules[dst.index]
+        reports: list[MergeReport] = []
+
+        def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            reports.append(merge_received_report(rule, current, dst.trainer.samples, received))
+            return reports[0].tensors
+
+        dst.trainer.merge_with(merge)
         self.stats.merges += 1
-        self.stats.max_age = max(self.stats.max_age, age)
+        self.stats.max_age = max(self.stats.max_age, max(c.age for c in received))
+        by_id = {p.peer_id: p.index for p in self.peers}
+        for v in reports[0].verdicts:
+            self.stats.verdicts[(v.kind, by_id.get(v.sender, -1) in self.attackers)] += 1
+        if self.reputations is not None:
+            self.reputations[dst.index].observe(reports[0].verdicts, self.now)
+
+    # --- attackers -----------------------------------------------------------------------------
+    def _setup_attackers(self) -> None:
+        """Label-flip attackers train on ``C − 1 − label``; validators see each peer's own shard."""
+        classes = self.data.num_classes
+        for i in self.attackers:
+            if self.config.attack == "label-flip":
+                t = self.peers[i].trainer
+                t.train_y = (classes - 1) - t.train_y
+        if self.config.validate:
+            for p, rule in zip(self.peers, self.rules):
+                if hasattr(rule, "validator"):
+                    rule.validator = self._validator(p)
+
+    def _validator(self, peer: VirtualPeer) -> Callable[[dict[str, np.ndarray]], float]:
+        """Loss of a model on ``peer``'s own shard (the local validation set of a real peer)."""
+        def loss(tensors: dict[str, np.ndarray]) -> float:
+            self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()})
+            self._scratch.eval()
+            with torch.no_grad():
+                out = self._scratch(peer.trainer.train_x)
+                return float(nn.functional.cross_entropy(out, peer.trainer.train_y))
+        return loss
+
+    def _scale(self) -> float:
+        return self.config.attack_scale or DEFAULT_ATTACK_SCALE.get(self.config.attack, 1.0)
+
+    def _poisoned(self, attacker: VirtualPeer, victim: VirtualPeer) -> dict[str, np.ndarray]:
+        """The model ``attacker`` sends ``victim`` instead of its own (see ``ATTACKS``)."""
+        own = attacker.trainer.state()
+        kind, k = self.config.attack, self._scale()
+        if kind == "sign-flip":
+            return {n: (-k * x).astype(x.dtype) if x.dtype.kind == "f" else x for n, x in own.items()}
+        if kind == "noise":
+            return {n: (x + k * math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) *
+                        self._noise.standard_normal(x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x
+                    for n, x in own.items()}
+        if kind == "small-shift":
+            target = victim.trainer.state()
+            direction = self._ascent(attacker, target)
+            r = k * self._victim_bound(victim, target)
+            return {n: (x + r * direction[n]).astype(x.dtype) if n in direction else x for n, x in target.items()}
+        raise ValueError(f"attack {kind!r} sends no poisoned model")
+
+    def _victim_bound(self, victim: VirtualPeer, state: dict[str, np.ndarray]) -> float:
+        """The victim rule's current clipping/outlier bound, or 2 × its median distance to honest peers."""
+        bound = getattr(self.rules[victim.index], "bound", None)
+        if callable(bound):
+            return float(bound(state))
+        from protocol.merge import delta_norm
+
+        dists = [delta_norm(state, self.peers[j].trainer.state()) for j in self.honest if j != victim.index]
+        return 2.0 * float(np.median(dists)) if dists else 0.0
+
+    def _ascent(self, attacker: VirtualPeer, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Unit-norm gradient of the loss at ``state`` on the attacker's shard (true labels)."""
+        model = self._scratch
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        model.train()
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(attacker.trainer.train_x), attacker.trainer.train_y).backward()
+        grads = {n: p.grad.detach().numpy().astype(np.float64) for n, p in model.named_parameters()
+                 if p.grad is not None}
+        norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        return {n: g / norm for n, g in grads.items()} if norm > 0 else {}
 
     # --- observations --------------------------------------------------------------------------
     def accuracies(self) -> np.ndarray:
         """Every peer's test accuracy now (the same held-out set for all)."""
         return np.array([p.trainer.evaluate() for p in self.peers])
+
+    def honest_accuracies(self) -> np.ndarray:
+        """Test accuracy of every peer that is not an attacker."""
+        return np.array([self.peers[i].trainer.evaluate() for i in self.honest])
 
     def states(self) -> list[dict[str, np.ndarray]]:
         return [p.trainer.state() for p in self.peers]

@@ -16,6 +16,10 @@ Rules, by registry name (``make_rule(name)`` builds each with its defaults):
   rescales every weight layer of the average back to a target variance. The three
   names differ only in the target: the received models' variance ("follow others",
   the paper's choice), the local model's, or a β-blend of both.
+- ``clip``, ``clip-vc``, ``median``, ``trimmed``, ``bristle``, ``bristle-vc``: robust rules
+  for swarms with hostile peers (see "robust merging" below for what each stops and
+  what it does not). ``median`` and ``trimmed`` want several received models per merge
+  (``merge_batch(rule)``); the recommended robust default is ``RECOMMENDED_ROBUST``.
 
 Every merge — in the daemon and in the simulator — goes through ``merge_received``,
 so both produce bit-identical weights for the same inputs.
@@ -24,7 +28,7 @@ so both produce bit-identical weights for the same inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -56,6 +60,10 @@ class Contribution:
     samples: int = 1
     # How many of the receiver's local steps old the model is (0 = fresh).
     age: int = 0
+    # Who sent it (the daemon: the sender's address); robust rules name it in their verdicts.
+    sender: str = ""
+    # Extra multiplicative weight (robust rules use it to prefer close models); 1 = neutral.
+    weight: float = 1.0
 
 
 def is_mergeable(x: np.ndarray) -> bool:
@@ -131,7 +139,7 @@ def freshness(age: int, decay: float) -> float:
 
 def contribution_weights(models: Sequence[Contribution], decay: float = DEFAULT_DECAY) -> np.ndarray:
     """Normalised weights ∝ samples · decay^age: more data counts more, staleness less."""
-    return _check_weights([max(c.samples, 1) * freshness(c.age, decay) for c in models])
+    return _check_weights([max(c.samples, 1) * c.weight * freshness(c.age, decay) for c in models])
 
 
 class MeanRule:
@@ -181,7 +189,7 @@ def vc_mixing_weights(local: Contribution, received: Sequence[Contribution], bet
     """
     if not received:
         return np.ones(1)
-    samples = np.array([max(c.samples, 1) for c in received], dtype=np.float64)
+    samples = np.array([max(c.samples, 1) * c.weight for c in received], dtype=np.float64)
     fresh = np.array([freshness(c.age, decay) for c in received], dtype=np.float64)
     share = (1.0 - beta) * float((samples * fresh).sum() / samples.sum())
     inner = samples * fresh / (samples * fresh).sum()
@@ -274,12 +282,407 @@ class VarianceCorrectedBlendRule(VarianceCorrectedRule):
     target: Target = "blend"
 
 
+# --- robust merging ----------------------------------------------------------------------------
+#
+# A swarm has no server to throw out a bad peer, so each peer defends its own model. The
+# robust rules below look at the *received* models relative to the local one (the only
+# model a peer can trust) and limit what any one neighbour can do to it:
+#
+# - ``clip`` / ``clip-vc``: centred clipping. Each received delta ``x_k − x_local`` is
+#   scaled down to a norm bound ``τ = multiplier · median(recent delta norms)`` (a
+#   running median over this peer's last ``window`` observations; until ``warmup``
+#   norms are seen, ``τ = warmup_ratio · ‖x_local‖``, which two independently
+#   initialised models of equal norm, ≈ √2 · ‖x‖ apart, pass). One merge can then move
+#   the local model by at most ``(1 − β) · τ``, whatever was sent. Then the inner rule
+#   (β-mean, or variance-corrected) merges the clipped models.
+# - ``median`` / ``trimmed``: coordinate-wise median / trimmed mean over the local model
+#   and ``buffer`` received ones. These need several models at once: the caller buffers
+#   (``merge_batch``) — with one received model a median is just the mean of two.
+# - ``bristle`` / ``bristle-vc``: distance-based prioritiser (after Bristle, Chen et al.
+#   2021). A received model farther than ``outlier_factor · median(recent distances)``
+#   is an outlier and left out; the rest are weighted by closeness
+#   ``1 / (1 + (d / median)²)``; an optional ``validator`` (a callable: local validation
+#   loss of a model — protocol/ stays free of training code) also rejects a model whose
+#   loss exceeds ``max(val_factor · loss(local), loss(local) + val_margin)``.
+#
+# Every robust rule ignores the sample count a sender claims (a header field an attacker
+# sets at will: with sample weighting one packet claiming 10⁹ samples would replace our
+# model) and reports a ``Verdict`` per received model (``merge_report``), which
+# ``protocol.reputation`` turns into per-peer scores.
+#
+# State: ``clip`` and ``bristle`` keep a bounded window of observed norms (a small state
+# machine, no clock); build one rule object per peer.
+
+VerdictKind = Literal["ok", "clipped", "outlier"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a robust rule made of one received model."""
+
+    sender: str
+    kind: VerdictKind           # ok: used as sent; clipped: scaled down; outlier: left out or far off
+    distance: float             # ‖x_k − x_local‖ (median/trimmed: distance to the robust centre)
+    bound: float                # what ``distance`` was compared with (inf: nothing)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """A merge's result and one verdict per received model, in the order received."""
+
+    tensors: dict[str, np.ndarray]
+    verdicts: tuple[Verdict, ...]
+
+
+def delta_norm(local: Tensors, other: Tensors) -> float:
+    """``‖other − local‖₂`` over every floating tensor (float64 accumulation)."""
+    total = 0.0
+    for name, x0 in local.items():
+        if is_mergeable(x0):
+            d = np.asarray(other[name], dtype=np.float64) - np.asarray(x0, dtype=np.float64)
+            total += float(np.dot(d.ravel(), d.ravel()))
+    return math.sqrt(total)
+
+
+def model_norm(x: Tensors) -> float:
+    """``‖x‖₂`` over every floating tensor."""
+    return math.sqrt(sum(float(np.sum(np.asarray(v, dtype=np.float64) ** 2)) for v in x.values() if is_mergeable(v)))
+
+
+def clip_toward(local: Tensors, other: Tensors, bound: float) -> tuple[dict[str, np.ndarray], float, bool]:
+    """``local + (other − local) · min(1, bound / ‖other − local‖)``; also the norm and whether it clipped.
+
+    Non-floating tensors are taken from ``local``. Non-finite norms (which wire validation
+    should already refuse) clip to ``local`` itself.
+    """
+    norm = delta_norm(local, other)
+    if norm <= bound:
+        return {k: np.array(v, copy=True) for k, v in other.items()}, norm, False
+    scale = bound / norm if math.isfinite(norm) and norm > 0 else 0.0
+    out: dict[str, np.ndarray] = {}
+    for name, x0 in local.items():
+        if not is_mergeable(x0):
+            out[name] = np.array(x0, copy=True)
+            continue
+        x0f = np.asarray(x0, dtype=np.float64)
+        out[name] = (x0f + scale * (np.asarray(other[name], dtype=np.float64) - x0f)).astype(x0.dtype)
+    return out, norm, True
+
+
+class NormHistory:
+    """The last ``window`` observed delta norms; their median is a robust scale for "normal".
+
+    A median tolerates just under half of the window being an attacker's: with 4 of 16
+    peers attacking, about a quarter of what a peer receives is hostile.
+    """
+
+    def __init__(self, window: int = 32, warmup: int = 3) -> None:
+        if window < 1 or warmup < 1 or warmup > window:
+            raise ValueError(f"need 1 <= warmup <= window, got window={window}, warmup={warmup}")
+        self.window = window
+        self.warmup = warmup
+        self._norms: list[float] = []
+
+    def median(self) -> float | None:
+        """The median of the window, or ``None`` while fewer than ``warmup`` norms were seen."""
+        if len(self._norms) < self.warmup:
+            return None
+        return float(np.median(self._norms))
+
+    def add(self, norms: Sequence[float]) -> None:
+        """Record one merge's norms (sorted first, so the order received changes nothing)."""
+        self._norms.extend(sorted(n for n in norms if math.isfinite(n)))
+        del self._norms[:-self.window]
+
+    def __len__(self) -> int:
+        return len(self._norms)
+
+
+def _trusting_nothing(received: Sequence[Contribution]) -> list[Contribution]:
+    """Received models with their claimed sample counts replaced by 1 (see the notes above)."""
+    return [Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=c.weight) for c in received]
+
+
+def _inner_rule(inner: str, beta: float) -> MergeRule:
+    if inner == "mean":
+        return BetaMeanRule(beta)
+    if inner == "vc":
+        return VarianceCorrectedRule(beta=beta)
+    raise ValueError(f"inner rule must be 'mean' or 'vc', got {inner!r}")
+
+
+class BetaMeanRule:
+    """``β·x_local + (1 − β)·Σ w_k x_k`` without a variance correction (the robust rules' plain inner)."""
+
+    name = "beta-mean"
+
+    def __init__(self, beta: float = DEFAULT_BETA, decay: float = DEFAULT_DECAY) -> None:
+        _check_unit("beta", beta)
+        self.beta = beta
+        self.decay = decay
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        w = vc_mixing_weights(local, received, self.beta, self.decay)
+        return weighted_average([c.tensors for c in (local, *received)], w)
+
+
+class ClipRule:
+    """Centred clipping of every received delta to ``multiplier · median(recent norms)``.
+
+    Defaults: ``multiplier`` 2.0 (honest non-IID deltas spread well within 2x of their
+    median), ``window`` 32 norms, ``warmup`` 3, ``warmup_ratio`` 1.5 (× ‖x_local‖),
+    ``beta`` 0.5, inner ``mean`` (``clip``) or ``vc`` (``clip-vc``). Clipping bounds an
+    attacker's pull per merge; it does not remove it, so an attacker that stays just
+    inside the bound ("small shift") is not stopped, only slowed.
+    """
+
+    name = "clip"
+    inner = "mean"
+    buffer = 1
+
+    def __init__(self, multiplier: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
+                 beta: float = DEFAULT_BETA, inner: str | None = None) -> None:
+        if not (math.isfinite(multiplier) and multiplier > 0 and math.isfinite(warmup_ratio) and warmup_ratio > 0):
+            raise ValueError("multiplier and warmup_ratio must be positive and finite")
+        self.multiplier = multiplier
+        self.warmup_ratio = warmup_ratio
+        self.history = NormHistory(window, warmup)
+        self.inner = inner or type(self).inner
+        self._inner = _inner_rule(self.inner, beta)
+
+    def bound(self, local: Tensors) -> float:
+        """The current clipping bound for deltas against ``local``."""
+        median = self.history.median()
+        return self.multiplier * median if median is not None else self.warmup_ratio * model_norm(local)
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        bound = self.bound(local.tensors)
+        clipped, verdicts, norms = [], [], []
+        for c in received:
+            tensors, norm, was_clipped = clip_toward(local.tensors, c.tensors, bound)
+            norms.append(norm)
+            clipped.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender))
+            verdicts.append(Verdict(c.sender, "clipped" if was_clipped else "ok", norm, bound,
+                                    f"delta norm {norm:.3g} > bound {bound:.3g}" if was_clipped else ""))
+        self.history.add(norms)
+        return MergeReport(self._inner.merge(local, clipped), tuple(verdicts))
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return self.merge_report(local, received).tensors
+
+
+class ClipVCRule(ClipRule):
+    """Clipping, then the variance-corrected average of the clipped models."""
+
+    name = "clip-vc"
+    inner = "vc"
+
+
+def _stack(models: Sequence[Tensors], name: str) -> np.ndarray:
+    return np.stack([np.asarray(m[name], dtype=np.float64) for m in models])
+
+
+def _robust_vc(out: dict[str, np.ndarray], local: Contribution, received: Sequence[Contribution],
+               eps: float) -> None:
+    """Rescale each weight layer of a robust aggregate to the *median* variance of the received
+    models (the vc rule's "follow others" target, with the median in place of the mean so that
+    one noisy model cannot inflate it)."""
+    for name, x0 in local.tensors.items():
+        if received and is_variance_corrected(name, x0):
+            target = float(np.median([np.var(np.asarray(c.tensors[name], dtype=np.float64)) for c in received]))
+            out[name] = rescale_to_variance(np.asarray(out[name], dtype=np.float64), target, eps).astype(x0.dtype)
+
+
+def _centre_verdicts(out: Tensors, received: Sequence[Contribution], factor: float) -> tuple[Verdict, ...]:
+    """Outlier verdicts for coordinate-wise rules: far from the robust centre relative to the others."""
+    dists = [delta_norm(out, c.tensors) for c in received]
+    scale = float(np.median(dists)) if dists else 0.0
+    bound = factor * scale if scale > 0 else math.inf
+    return tuple(Verdict(c.sender, "outlier" if d > bound else "ok", d, bound,
+                         f"distance to the median model {d:.3g} > {bound:.3g}" if d > bound else "")
+                 for c, d in zip(received, dists))
+
+
+class CoordinateMedianRule:
+    """Coordinate-wise median of the local model and the received ones.
+
+    Robust to up to ``⌈n/2⌉ − 1`` arbitrary models among n: the caller must buffer
+    ``buffer`` (default 4) received models and merge them at once (``merge_batch``),
+    so one merge takes the median of 5 and tolerates 2 hostile models. Ignores sample
+    counts and ages. ``vc`` (default False) rescales weight layers as ``_robust_vc``.
+    Its verdicts flag models farther than ``outlier_factor`` (3.0) × the median
+    distance from the result.
+    """
+
+    name = "median"
+
+    def __init__(self, buffer: int = 4, vc: bool = False, eps: float = DEFAULT_EPS,
+                 outlier_factor: float = 3.0) -> None:
+        if buffer < 1:
+            raise ValueError(f"buffer must be at least 1, got {buffer}")
+        self.buffer = buffer
+        self.vc = vc
+        self.eps = eps
+        self.outlier_factor = outlier_factor
+
+    def _aggregate(self, stack: np.ndarray) -> np.ndarray:
+        return np.median(stack, axis=0)
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        models = [local.tensors, *(c.tensors for c in received)]
+        out: dict[str, np.ndarray] = {}
+        for name, x0 in local.tensors.items():
+            if not is_mergeable(x0):
+                out[name] = np.array(x0, copy=True)
+                continue
+            out[name] = self._aggregate(_stack(models, name)).astype(x0.dtype, copy=False)
+        if self.vc:
+            _robust_vc(out, local, received, self.eps)
+        return MergeReport(out, _centre_verdicts(out, received, self.outlier_factor))
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return self.merge_report(local, received).tensors
+
+
+def trimmed_count(n: int, trim: float) -> int:
+    """How many values a trimmed mean over ``n`` drops at *each* end: ``⌊trim·n⌋``, at most ``(n−1)//2``."""
+    return min(int(math.floor(trim * n + 1e-9)), (n - 1) // 2)
+
+
+class TrimmedMeanRule(CoordinateMedianRule):
+    """Coordinate-wise trimmed mean: per coordinate, drop the ``t`` largest and ``t`` smallest
+    of the n models (local included) and average the rest, ``t = trimmed_count(n, trim)``.
+
+    With the default ``trim`` 0.2 and ``buffer`` 4 (n = 5), ``t = 1``: any one model, however
+    extreme, changes nothing beyond what the other four allow. Closer to the mean than the
+    median is (less noise when nobody attacks), weaker when several attackers collude.
+    """
+
+    name = "trimmed"
+
+    def __init__(self, trim: float = 0.2, buffer: int = 4, vc: bool = False, eps: float = DEFAULT_EPS,
+                 outlier_factor: float = 3.0) -> None:
+        if not (0 <= trim < 0.5):
+            raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+        super().__init__(buffer=buffer, vc=vc, eps=eps, outlier_factor=outlier_factor)
+        self.trim = trim
+
+    def _aggregate(self, stack: np.ndarray) -> np.ndarray:
+        n = stack.shape[0]
+        t = trimmed_count(n, self.trim)
+        if t == 0:
+            return stack.mean(axis=0)
+        return np.sort(stack, axis=0)[t:n - t].mean(axis=0)
+
+
+Validator = Callable[[Tensors], float]
+
+
+class BristleRule:
+    """Distance-based prioritiser: leave out far models, prefer close ones, optionally validate.
+
+    Defaults: ``outlier_factor`` 2.0 × the running median of observed distances (same
+    ``window`` / ``warmup`` / ``warmup_ratio`` as ``clip``); closeness weight
+    ``1 / (1 + (d / median)²)`` among the accepted; ``validator`` None; ``val_factor`` 1.5,
+    ``val_margin`` 0.25 (nats); ``beta`` 0.5; inner ``mean`` (``bristle``) or ``vc``
+    (``bristle-vc``). A model that is close but trained to do harm (label flipping) passes
+    the distance test; only the validator can catch it.
+    """
+
+    name = "bristle"
+    inner = "mean"
+    buffer = 1
+
+    def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
+                 validator: Validator | None = None, val_factor: float = 1.5, val_margin: float = 0.25,
+                 beta: float = DEFAULT_BETA, inner: str | None = None) -> None:
+        if not (math.isfinite(outlier_factor) and outlier_factor > 0):
+            raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
+        self.outlier_factor = outlier_factor
+        self.warmup_ratio = warmup_ratio
+        self.history = NormHistory(window, warmup)
+        self.validator = validator
+        self.val_factor = val_factor
+        self.val_margin = val_margin
+        self.inner = inner or type(self).inner
+        self._inner = _inner_rule(self.inner, beta)
+
+    def bound(self, local: Tensors) -> float:
+        """The distance beyond which a received model is an outlier."""
+        median = self.history.median()
+        return self.outlier_factor * median if median is not None else self.warmup_ratio * model_norm(local)
+
+    def _scale(self, local: Tensors) -> float:
+        median = self.history.median()
+        return median if median is not None else self.warmup_ratio * model_norm(local) / self.outlier_factor
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        bound, scale = self.bound(local.tensors), self._scale(local.tensors)
+        local_loss = self.validator(local.tensors) if self.validator is not None and received else math.nan
+        limit = max(self.val_factor * local_loss, local_loss + self.val_margin)
+        accepted, verdicts, dists = [], [], []
+        for c in received:
+            d = delta_norm(local.tensors, c.tensors)
+            dists.append(d)
+            if not d <= bound:  # also catches NaN
+                verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
+                continue
+            if self.validator is not None:
+                loss = self.validator(c.tensors)
+                if not loss <= limit:
+                    verdicts.append(Verdict(c.sender, "outlier", d, bound,
+                                            f"validation loss {loss:.3g} > {limit:.3g} (ours {local_loss:.3g})"))
+                    continue
+            weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
+            accepted.append(Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=weight))
+            verdicts.append(Verdict(c.sender, "ok", d, bound))
+        self.history.add(dists)
+        return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return self.merge_report(local, received).tensors
+
+
+class BristleVCRule(BristleRule):
+    """Bristle's filter and weights, then the variance-corrected average."""
+
+    name = "bristle-vc"
+    inner = "vc"
+
+
+def merge_batch(rule: MergeRule) -> int:
+    """How many received models ``rule`` wants per merge (1: merge each as it arrives)."""
+    return max(int(getattr(rule, "buffer", 1)), 1)
+
+
+def merge_report(rule: MergeRule, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+    """``rule``'s merge with verdicts; rules without their own verdicts accept everything."""
+    report = getattr(rule, "merge_report", None)
+    if report is not None:
+        return report(local, received)
+    return MergeReport(rule.merge(local, received),
+                       tuple(Verdict(c.sender, "ok", math.nan, math.inf) for c in received))
+
+
+# The rule to pick when peers may be hostile: in bench/byzantine.py (16 peers, 4 attackers,
+# shared init) it holds sign-flip and noise best (0.878 vs 0.915 without attack); it does not
+# stop label-flip without a validator, nor the small-shift attacker (nothing here does).
+RECOMMENDED_ROBUST = "bristle"
+
+
 RULES: dict[str, type[MergeRule]] = {
     "mean": MeanRule,
     "weighted": WeightedRule,
     "vc": VarianceCorrectedRule,
     "vc-self": VarianceCorrectedSelfRule,
     "vc-blend": VarianceCorrectedBlendRule,
+    "clip": ClipRule,
+    "clip-vc": ClipVCRule,
+    "median": CoordinateMedianRule,
+    "trimmed": TrimmedMeanRule,
+    "bristle": BristleRule,
+    "bristle-vc": BristleVCRule,
 }
 
 
@@ -299,3 +702,9 @@ def merge_received(rule: MergeRule, local_state: Tensors, local_samples: int,
     test can show they produce the same weights by construction, not by copy.
     """
     return rule.merge(Contribution(local_state, samples=local_samples, age=0), received)
+
+
+def merge_received_report(rule: MergeRule, local_state: Tensors, local_samples: int,
+                          received: Sequence[Contribution]) -> MergeReport:
+    """``merge_received`` with the rule's verdict on each received model (for reputation)."""
+    return merge_report(rule, Contribution(local_state, samples=local_samples, age=0), received)

@@ -184,7 +184,7 @@ def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name:
     in_daemon.train_steps(2)
     in_sim.train_steps(2)
     before = in_sim.digest()
-    engine(in_daemon, rule_name)._merge(packet)
+    engine(in_daemon, rule_name)._merge(packet.tensors, packet.header.samples)
     apply_packet(in_sim, make_rule(rule_name), packet)
     assert in_sim.digest() != before
     assert in_daemon.digest() == in_sim.digest()
@@ -203,5 +203,6 @@ def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch
     # raising=True (the default): fails while peer.gossip does not import merge_received.
     monkeypatch.setattr(peer.gossip, "merge_received", spy)
     t = trainer(digits, 1)
-    engine(t, "vc")._merge(received_packet(digits))
+    packet = received_packet(digits)
+    engine(t, "vc")._merge(packet.tensors, packet.header.samples)
     assert calls == [t.samples]

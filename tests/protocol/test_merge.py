@@ -8,8 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.merge import (
+    RECOMMENDED_ROBUST,
     RULES,
+    BristleRule,
+    ClipRule,
     Contribution,
+    CoordinateMedianRule,
+    NormHistory,
+    TrimmedMeanRule,
+    clip_toward,
+    delta_norm,
+    merge_batch,
+    merge_received_report,
+    trimmed_count,
     VarianceCorrectedBlendRule,
     VarianceCorrectedRule,
     VarianceCorrectedSelfRule,
@@ -66,8 +77,9 @@ def test_every_registered_rule_builds_with_defaults_under_its_own_name(name: str
 
 
 def test_unknown_rule_is_refused_with_the_known_names() -> None:
-    with pytest.raises(ValueError, match="known: mean, vc, vc-blend, vc-self, weighted"):
-        make_rule("median")
+    with pytest.raises(ValueError, match="known: bristle, bristle-vc, clip, clip-vc, mean, median, trimmed, vc, "
+                                         "vc-blend, vc-self, weighted"):
+        make_rule("krum")
 
 
 @pytest.mark.parametrize("kwargs", [{"beta": 1.5}, {"beta": -0.1}, {"eps": -1.0}, {"decay": 0.0},
@@ -244,3 +256,141 @@ def test_merge_received_is_the_rule_applied_to_a_fresh_local_contribution(name: 
     want = rule.merge(Contribution(local, samples=12), [other])
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
+
+
+# --- robust rules ---------------------------------------------------------------------------------
+
+ROBUST = ("clip", "clip-vc", "median", "trimmed", "bristle", "bristle-vc")
+
+
+def shifted(m: dict[str, np.ndarray], by: float) -> dict[str, np.ndarray]:
+    return {k: (v + by).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in m.items()}
+
+
+def test_robust_rules_are_registered_and_the_recommended_one_is_among_them() -> None:
+    assert set(ROBUST) <= set(RULES)
+    assert RECOMMENDED_ROBUST in ROBUST
+    assert merge_batch(make_rule("median")) == merge_batch(make_rule("trimmed")) == 4
+    assert merge_batch(make_rule("vc")) == merge_batch(make_rule("clip")) == 1
+
+
+@PROPS
+@given(st.integers(0, 10_000), st.integers(1, 4), st.floats(0.01, 1e4))
+def test_clipping_bounds_the_delta_norm_and_keeps_small_deltas(seed: int, k: int, scale: float) -> None:
+    local, far = model(seed), model(seed + 1, scale=scale)
+    for bound in (0.5, 5.0):
+        out, norm, clipped = clip_toward(local, far, bound)
+        assert norm == pytest.approx(delta_norm(local, far))
+        assert delta_norm(local, out) <= bound * (1 + 1e-5) + 1e-6
+        assert clipped == (norm > bound)
+        if not clipped:
+            for name in far:
+                np.testing.assert_array_equal(out[name], far[name])
+    # Through the rule: one merge moves the local model by at most (1 - β)·bound.
+    rule = ClipRule()
+    bound = rule.bound(local)
+    merged = rule.merge(Contribution(local), [Contribution(far) for _ in range(k)])
+    assert delta_norm(local, merged) <= 0.5 * bound * (1 + 1e-5) + 1e-6
+
+
+def test_clip_bound_follows_the_running_median_of_observed_norms() -> None:
+    local = model(0)
+    rule = ClipRule(multiplier=2.0, warmup=3)
+    for by in (0.01, 0.02, 0.03):
+        rule.merge(Contribution(local), [Contribution(shifted(local, by))])
+    median = float(np.median([delta_norm(local, shifted(local, by)) for by in (0.01, 0.02, 0.03)]))
+    assert rule.bound(local) == pytest.approx(2.0 * median)
+    # A huge delta is clipped to that bound and reported as clipped, with its sender.
+    report = merge_received_report(rule, local, 1, [Contribution(shifted(local, 100.0), sender="evil")])
+    (v,) = report.verdicts
+    assert (v.sender, v.kind) == ("evil", "clipped") and v.distance > v.bound == pytest.approx(2.0 * median)
+
+
+def test_norm_history_is_bounded_and_needs_its_warmup() -> None:
+    h = NormHistory(window=4, warmup=2)
+    h.add([5.0])
+    assert h.median() is None
+    h.add([1.0, 2.0, 3.0, 4.0, float("nan")])
+    assert len(h) == 4 and h.median() == pytest.approx(2.5)
+
+
+@PROPS
+@given(st.integers(0, 10_000), st.integers(1, 6), st.sampled_from(["median", "trimmed"]))
+def test_median_and_trimmed_mean_of_identical_models_are_the_identity(seed: int, k: int, name: str) -> None:
+    m = model(seed)
+    out = make_rule(name).merge(Contribution(m), [Contribution(m) for _ in range(k)])
+    for key, x in m.items():  # exact for the median; the trimmed mean's float64 division may round by 1 ulp
+        assert out[key].dtype == x.dtype
+        np.testing.assert_allclose(out[key], x, rtol=1e-12, atol=0)
+
+
+@PROPS
+@given(st.integers(0, 10_000), st.integers(1, 2), st.floats(-1e6, 1e6).filter(lambda x: abs(x) > 1.0))
+def test_trimmed_mean_ignores_up_to_t_outliers(seed: int, outliers: int, magnitude: float) -> None:
+    honest = [model(seed + i) for i in range(5)]
+    bad = [shifted(honest[0], magnitude * (i + 1)) for i in range(outliers)]
+    n = 5 + outliers
+    rule = TrimmedMeanRule(trim=outliers / n + 1e-9, buffer=n - 1)
+    assert trimmed_count(n, rule.trim) == outliers
+    out = rule.merge(Contribution(honest[0]), [Contribution(m) for m in honest[1:] + bad])
+    for name in ("fc.weight", "conv.weight", "bn.running_var"):
+        stack = np.stack([np.asarray(m[name], dtype=np.float64) for m in honest])
+        # Each coordinate stays within the honest models' range, however far the outliers are.
+        got = np.asarray(out[name], dtype=np.float64)
+        assert np.all(got >= stack.min(axis=0) - 1e-5) and np.all(got <= stack.max(axis=0) + 1e-5)
+
+
+@PROPS
+@given(st.integers(0, 10_000), st.floats(1.0, 1e6))
+def test_median_of_five_ignores_two_colluding_outliers(seed: int, magnitude: float) -> None:
+    honest = [model(seed + i) for i in range(3)]
+    evil = shifted(honest[0], magnitude)
+    out = CoordinateMedianRule().merge(Contribution(honest[0]), [Contribution(m) for m in honest[1:]] +
+                                       [Contribution(evil, sender="a"), Contribution(evil, sender="b")])
+    stack = np.stack([np.asarray(m["fc.weight"], dtype=np.float64) for m in honest])
+    assert np.all(out["fc.weight"] <= stack.max(axis=0) + 1e-9)
+
+
+def test_median_flags_the_far_model_as_an_outlier() -> None:
+    honest = [model(i) for i in range(4)]
+    report = merge_received_report(make_rule("median"), honest[0], 1,
+                                   [Contribution(m, sender=f"h{i}") for i, m in enumerate(honest[1:])] +
+                                   [Contribution(shifted(honest[0], 1e3), sender="evil")])
+    assert [v.sender for v in report.verdicts if v.kind == "outlier"] == ["evil"]
+
+
+def test_bristle_leaves_out_far_models_and_keeps_close_ones() -> None:
+    local = model(0)
+    rule = BristleRule(warmup=3)
+    for by in (0.01, 0.02, 0.03):
+        rule.merge(Contribution(local), [Contribution(shifted(local, by))])
+    report = merge_received_report(rule, local, 1, [Contribution(shifted(local, 1e3), sender="evil")])
+    assert [v.kind for v in report.verdicts] == ["outlier"]
+    for name, x in local.items():  # nothing accepted: the local model stays
+        np.testing.assert_allclose(report.tensors[name], x, rtol=1e-6, atol=1e-7)
+    close = merge_received_report(rule, local, 1, [Contribution(shifted(local, 0.02), sender="friend")])
+    assert [v.kind for v in close.verdicts] == ["ok"]
+    np.testing.assert_allclose(close.tensors["fc.weight"], local["fc.weight"] + 0.01)
+
+
+def test_bristle_validator_rejects_a_close_model_with_a_bad_loss() -> None:
+    local = model(0)
+    poisoned = shifted(local, 0.001)
+    losses = {id(local): 0.5, id(poisoned): 3.0}
+    rule = BristleRule(validator=lambda m: losses[id(m)])
+    report = rule.merge_report(Contribution(local), [Contribution(poisoned, sender="liar")])
+    assert report.verdicts[0].kind == "outlier" and "validation loss" in report.verdicts[0].reason
+
+
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_rules_ignore_claimed_sample_counts(name: str) -> None:
+    local, other = model(0), shifted(model(0), 0.01)
+    few = make_rule(name).merge(Contribution(local, samples=10), [Contribution(other, samples=1)] * 4)
+    many = make_rule(name).merge(Contribution(local, samples=10), [Contribution(other, samples=10**9)] * 4)
+    for key in few:
+        np.testing.assert_array_equal(few[key], many[key])
+
+
+def test_plain_rules_report_every_model_as_ok() -> None:
+    report = merge_received_report(make_rule("vc"), model(0), 1, [Contribution(model(1), sender="x")])
+    assert [(v.sender, v.kind) for v in report.verdicts] == [("x", "ok")]

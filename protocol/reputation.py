@@ -1,0 +1,185 @@
+"""Per-peer reputation: what this peer has seen each neighbour send, as one decaying score.
+
+A swarm has no server to ban anyone, so every peer keeps its own books. Each received
+model gets a verdict from the merge rule (``protocol.merge.Verdict``: ok, clipped,
+outlier) and each refused packet a rejection (a ``WireError`` reason); each event moves
+the sender's score:
+
+    score starts at 1.0 (the maximum)
+    ok        +reward_ok       (slow earned trust, capped at 1.0)
+    clipped   −penalty_clipped (its delta was too large: suspicious, not damning)
+    outlier   −penalty_outlier (left out of the merge, or far from the robust centre)
+    rejected  −penalty_rejected (malformed or invalid packet)
+
+Between events the *deficit* ``1 − score`` decays exponentially with ``half_life``
+seconds, so an honest peer that was unlucky (non-IID data makes honest outliers) is
+forgiven, and a peer that keeps misbehaving stays down. A peer whose score falls below
+``ban_below`` is banned: it is no longer chosen as a partner and its packets are dropped
+unread. Since a banned peer produces no new evidence, the ban holds until the decay
+lifts its score above ``readmit_above`` (hysteresis: no flapping at the threshold);
+it is then on probation with a low score, and a few more bad updates ban it again.
+
+Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
+(1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas. In the long run a peer whose
+updates cost an expected penalty ``p`` each (penalties minus rewards), arriving every
+``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
+120 s and one update every 20 s, an honest peer flagged once in four updates
+(p = 0.0875) settles at score 0.2 and is never banned; one flagged every other time
+(p = 0.225) settles at −1.1 and is. Time is an argument (``now``, seconds on any
+monotonic clock): no clock of our own, so the daemon and the
+simulator's virtual clock use the same code. Memory is bounded by ``max_peers``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from protocol.merge import Verdict
+
+T = TypeVar("T")
+
+EVENTS = ("ok", "clipped", "outlier", "rejected")
+
+
+@dataclass(frozen=True)
+class ReputationConfig:
+    """How much each event counts, how fast the books are forgiven, where the ban lies."""
+
+    reward_ok: float = 0.05
+    penalty_clipped: float = 0.2
+    penalty_outlier: float = 0.5
+    penalty_rejected: float = 0.5
+    half_life: float = 120.0        # seconds for the deficit (1 − score) to halve
+    ban_below: float = -0.25
+    readmit_above: float = 0.5
+    floor: float = -5.0             # the lowest score: bounds how long a ban can last
+    max_peers: int = 4096
+
+    def check(self) -> ReputationConfig:
+        if not (self.half_life > 0 and math.isfinite(self.half_life)):
+            raise ValueError(f"half_life must be positive, got {self.half_life}")
+        if not (self.floor <= self.ban_below < self.readmit_above <= 1.0):
+            raise ValueError("need floor <= ban_below < readmit_above <= 1")
+        if min(self.reward_ok, self.penalty_clipped, self.penalty_outlier, self.penalty_rejected) < 0:
+            raise ValueError("rewards and penalties must be non-negative")
+        if self.max_peers < 1:
+            raise ValueError("max_peers must be at least 1")
+        return self
+
+    def delta(self, event: str) -> float:
+        if event not in EVENTS:
+            raise ValueError(f"unknown reputation event {event!r}; known: {', '.join(EVENTS)}")
+        return {"ok": self.reward_ok, "clipped": -self.penalty_clipped, "outlier": -self.penalty_outlier,
+                "rejected": -self.penalty_rejected}[event]
+
+
+@dataclass
+class Standing:
+    """One peer's books: score as of ``updated``, counts by event, the last bad thing seen."""
+
+    score: float = 1.0
+    updated: float = 0.0
+    banned: bool = False
+    counts: Counter[str] = field(default_factory=Counter)
+    last_bad: str = ""
+
+
+class Reputation:
+    """Scores of the peers this peer has heard from (a small state machine: events in, verdicts out)."""
+
+    def __init__(self, config: ReputationConfig | None = None) -> None:
+        self.config = (config or ReputationConfig()).check()
+        self._peers: dict[str, Standing] = {}
+
+    # --- events in ---------------------------------------------------------------------------
+    def record(self, peer: str, event: str, now: float, detail: str = "") -> Standing:
+        """Account one event from ``peer`` at time ``now``; returns its updated standing."""
+        delta = self.config.delta(event)
+        s = self._advance(peer, now)
+        s.score = min(1.0, max(self.config.floor, s.score + delta))
+        s.counts[event] += 1
+        if event != "ok":
+            s.last_bad = f"{event}: {detail}" if detail else event
+        self._update_ban(s)
+        self._evict()
+        return s
+
+    def observe(self, verdicts: Iterable[Verdict], now: float) -> None:
+        """Account a merge's verdicts (``protocol.merge.merge_report``); unnamed senders are skipped."""
+        for v in verdicts:
+            if v.sender:
+                self.record(v.sender, v.kind, now, v.reason)
+
+    # --- verdicts out ------------------------------------------------------------------------
+    def score(self, peer: str, now: float) -> float:
+        """``peer``'s score at ``now`` (1.0 for a peer never heard of)."""
+        s = self._peers.get(peer)
+        return 1.0 if s is None else self._decayed(s, now)
+
+    def is_banned(self, peer: str, now: float) -> bool:
+        """Whether ``peer``'s packets are to be dropped and it is not to be chosen as a partner."""
+        s = self._peers.get(peer)
+        if s is None:
+            return False
+        s.score, s.updated = self._decayed(s, now), max(now, s.updated)
+        self._update_ban(s)
+        return s.banned
+
+    def eligible(self, peers: Iterable[T], now: float, key: Callable[[T], str] = str) -> list[T]:
+        """The ``peers`` (members, addresses, ...) that are not banned, in their order."""
+        return [p for p in peers if not self.is_banned(key(p), now)]
+
+    def reason(self, peer: str, now: float) -> str:
+        """A line for ``ListPeers``: empty for a peer in good standing."""
+        s = self._peers.get(peer)
+        if s is None:
+            return ""
+        score = self._decayed(s, now)
+        counts = ", ".join(f"{s.counts[e]} {e}" for e in EVENTS[1:] if s.counts[e])
+        if self.is_banned(peer, now):
+            return (f"banned: score {score:.2f} < {self.config.ban_below:.2f} until > "
+                    f"{self.config.readmit_above:.2f} ({counts}; last {s.last_bad})")
+        if score < 1.0 and counts:
+            return f"score {score:.2f} ({counts}; last {s.last_bad})"
+        return ""
+
+    def snapshot(self, now: float) -> dict[str, tuple[float, bool, str]]:
+        """Every known peer: (score, banned, reason) at ``now``."""
+        return {p: (self.score(p, now), self.is_banned(p, now), self.reason(p, now)) for p in list(self._peers)}
+
+    def forget(self, peer: str) -> None:
+        """Drop ``peer``'s books (an operator's pardon)."""
+        self._peers.pop(peer, None)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _decayed(self, s: Standing, now: float) -> float:
+        elapsed = max(0.0, now - s.updated)
+        return 1.0 - (1.0 - s.score) * 0.5 ** (elapsed / self.config.half_life)
+
+    def _advance(self, peer: str, now: float) -> Standing:
+        s = self._peers.get(peer)
+        if s is None:
+            s = self._peers[peer] = Standing(updated=now)
+        s.score, s.updated = self._decayed(s, now), max(now, s.updated)
+        return s
+
+    def _update_ban(self, s: Standing) -> None:
+        if s.banned and s.score > self.config.readmit_above:
+            s.banned = False
+        elif not s.banned and s.score < self.config.ban_below:
+            s.banned = True
+
+    def _evict(self) -> None:
+        """Over ``max_peers``: forget the best-standing unbanned peer (least to lose), else the oldest."""
+        while len(self._peers) > self.config.max_peers:
+            unbanned = [p for p, s in self._peers.items() if not s.banned]
+            pool = unbanned or list(self._peers)
+            victim = max(pool, key=lambda p: (self._peers[p].score, -self._peers[p].updated))
+            del self._peers[victim]

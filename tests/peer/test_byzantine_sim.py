@@ -1,0 +1,89 @@
+"""Attackers in the simulator, and a robust rule holding where plain averaging does not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from peer.data import load_dataset
+from peer.sim import SimConfig, Simulator
+
+
+@pytest.fixture(scope="module")
+def digits():  # noqa: ANN201 - a peer.data.Dataset
+    return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small(**kw) -> SimConfig:  # noqa: ANN003
+    base = dict(peers=6, gossip_interval=5.0, batch_size=16, shared_init=True)
+    return SimConfig(**{**base, **kw})
+
+
+def test_no_attack_configuration_changes_nothing(digits) -> None:  # noqa: ANN001
+    a = Simulator(small(), digits)
+    b = Simulator(small(attack="none", attackers=(5,)), digits)
+    for sim in (a, b):
+        sim.run_until(15.0)
+    assert [p.trainer.digest() for p in a.peers] == [p.trainer.digest() for p in b.peers]
+    assert b.honest == list(range(6)) and b.stats.poisoned == 0
+
+
+def test_a_sign_flip_attacker_sends_poison_that_plain_averaging_takes_and_bristle_leaves_out(digits) -> None:  # noqa: ANN001
+    results = {}
+    for merge in ("vc", "bristle"):
+        sim = Simulator(small(merge=merge, attack="sign-flip", attackers=(5,)), digits)
+        sim.run_until(60.0)
+        assert sim.stats.poisoned > 0 and sim.honest == [0, 1, 2, 3, 4]
+        results[merge] = (sim.honest_accuracies().mean(), sim.stats.verdicts)
+    assert results["bristle"][0] > results["vc"][0] + 0.2
+    bristle_verdicts = results["bristle"][1]
+    assert bristle_verdicts[("outlier", True)] > bristle_verdicts[("ok", True)]
+
+
+def test_label_flip_attackers_train_on_flipped_labels(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(attack="label-flip", attackers=(2,)), digits)
+    shard_labels = digits.train_y[sim.shards[2]]
+    assert np.array_equal(sim.peers[2].trainer.train_y.numpy(), digits.num_classes - 1 - shard_labels)
+    assert np.array_equal(sim.peers[1].trainer.train_y.numpy(), digits.train_y[sim.shards[1]])
+
+
+def test_small_shift_stays_just_inside_the_victims_clipping_bound(digits) -> None:  # noqa: ANN001
+    from protocol.merge import delta_norm
+
+    sim = Simulator(small(merge="clip", attack="small-shift", attackers=(0,)), digits)
+    sim.run_until(12.0)
+    victim = sim.peers[1]
+    state = victim.trainer.state()
+    sent = sim._poisoned(sim.peers[0], victim)
+    bound = sim.rules[1].bound(state)
+    assert 0.9 * bound < delta_norm(state, sent) < bound
+
+
+def test_median_buffers_several_models_per_merge_one_per_sender(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(merge="median"), digits)
+    sim.run_until(40.0)
+    assert sim.stats.messages > 0
+    # Each merge takes 4 buffered models: far fewer merges than messages.
+    assert 0 < sim.stats.merges <= sim.stats.messages // 4
+    assert all(len(b) < 4 for b in sim._buffers)
+
+
+def test_reputation_bans_a_noisy_attacker_and_drops_its_packets(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(merge="bristle", attack="noise", attackers=(5,), reputation=True), digits)
+    sim.run_until(150.0)
+    assert sim.reputations is not None
+    banned_by = [i for i in sim.honest if sim.reputations[i].is_banned("sim-5", sim.now)]
+    assert len(banned_by) >= 3
+    assert sim.stats.dropped > 0
+    assert "banned" in sim.reputations[banned_by[0]].reason("sim-5", sim.now)

@@ -1,0 +1,93 @@
+"""Per-peer reputation: penalties, decay, bans with hysteresis, bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from protocol.merge import Verdict
+from protocol.reputation import Reputation, ReputationConfig
+
+
+def test_a_stranger_has_full_score_and_is_not_banned() -> None:
+    rep = Reputation()
+    assert rep.score("x", 0.0) == 1.0 and not rep.is_banned("x", 0.0) and rep.reason("x", 0.0) == ""
+
+
+def test_three_outliers_in_a_row_ban_a_peer_with_a_reason() -> None:
+    rep = Reputation()
+    for t in range(2):
+        rep.record("evil", "outlier", float(t), "distance 9 > 2")
+    assert not rep.is_banned("evil", 2.0)
+    rep.record("evil", "outlier", 2.0, "distance 9 > 2")
+    assert rep.is_banned("evil", 2.0)
+    reason = rep.reason("evil", 2.0)
+    assert reason.startswith("banned:") and "3 outlier" in reason and "distance 9 > 2" in reason
+    assert rep.eligible(["good", "evil"], 2.0) == ["good"]
+
+
+def test_the_deficit_halves_every_half_life() -> None:
+    rep = Reputation(ReputationConfig(half_life=100.0))
+    rep.record("p", "outlier", 0.0)
+    assert rep.score("p", 0.0) == pytest.approx(0.5)
+    assert rep.score("p", 100.0) == pytest.approx(0.75)
+    assert rep.score("p", 200.0) == pytest.approx(0.875)
+
+
+def test_a_ban_holds_until_the_score_recovers_past_readmit() -> None:
+    cfg = ReputationConfig(half_life=10.0, ban_below=-0.25, readmit_above=0.5)
+    rep = Reputation(cfg)
+    for _ in range(4):
+        rep.record("p", "outlier", 0.0)  # score -1.0, deficit 2.0
+    assert rep.is_banned("p", 0.0)
+    # Deficit 2 -> 1.0 after one half-life: score 0.0, above ban_below but not readmitted yet.
+    assert rep.score("p", 10.0) == pytest.approx(0.0) and rep.is_banned("p", 10.0)
+    # After ~2.1 half-lives the deficit is below 0.5: readmitted.
+    t = 10.0 * math.log2(2.0 / 0.49)
+    assert not rep.is_banned("p", t)
+
+
+def test_occasional_honest_outliers_are_forgiven_but_steady_ones_are_not() -> None:
+    cfg = ReputationConfig()
+    honest, attacker = Reputation(cfg), Reputation(cfg)
+    for i in range(200):  # one update every 20 s
+        t = 20.0 * i
+        honest.record("h", "outlier" if i % 4 == 0 else "ok", t)
+        attacker.record("a", "outlier" if i % 2 == 0 else "ok", t)
+    assert not honest.is_banned("h", 4000.0) and honest.score("h", 4000.0) > cfg.ban_below
+    assert attacker.is_banned("a", 4000.0)
+
+
+def test_verdicts_feed_the_scores_and_unnamed_senders_are_skipped() -> None:
+    rep = Reputation()
+    rep.observe([Verdict("a", "clipped", 5.0, 2.0, "delta norm 5 > bound 2"), Verdict("", "outlier", 9.0, 2.0),
+                 Verdict("b", "ok", 1.0, 2.0)], 0.0)
+    assert rep.score("a", 0.0) == pytest.approx(0.8)
+    assert rep.score("b", 0.0) == 1.0  # capped
+    assert len(rep) == 2
+    assert "clipped" in rep.reason("a", 0.0) and rep.reason("b", 0.0) == ""
+
+
+def test_rejected_packets_count_and_unknown_events_are_refused() -> None:
+    rep = Reputation()
+    rep.record("p", "rejected", 0.0, "non-finite values")
+    assert rep.score("p", 0.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="unknown reputation event"):
+        rep.record("p", "weird", 0.0)
+
+
+def test_memory_is_bounded_and_banned_peers_are_kept() -> None:
+    rep = Reputation(ReputationConfig(max_peers=3))
+    for _ in range(3):
+        rep.record("evil", "outlier", 0.0)
+    for i in range(10):
+        rep.record(f"p{i}", "ok", float(i))
+    assert len(rep) == 3 and rep.is_banned("evil", 10.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"half_life": 0.0}, {"ban_below": 0.6}, {"penalty_outlier": -1.0},
+                                    {"max_peers": 0}])
+def test_bad_configs_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        Reputation(ReputationConfig(**kwargs))
