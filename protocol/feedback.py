@@ -111,7 +111,8 @@ class Applied:
 @dataclass(frozen=True)
 class NeedKeyframe:
     """The frame cannot be applied; ask the sender for a keyframe. ``reason`` is a short
-    stable label (for metrics): ``unknown_link``, ``epoch``, ``gap``, ``stale``, ``spec``."""
+    stable label (for metrics): ``unknown_link``, ``epoch``, ``gap``, ``stale``, ``spec``,
+    ``non_finite`` (the delta would overflow the copy)."""
 
     reason: str
 
@@ -127,6 +128,24 @@ def _decode(t: EncodedTensor) -> np.ndarray:
 def _own(x: np.ndarray) -> np.ndarray:
     """A writable array that owns its memory (decoded arrays may view read-only payloads)."""
     return np.array(x, copy=True, order="C")
+
+
+def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
+    """Whether ``replica + delta`` is finite everywhere, checked before anything is changed.
+
+    Finite values can still overflow when added (3e38 + 3e38 in float32). The cheap bound
+    ``max|x̂| + max|Δ|`` clears almost every frame; only near the edge is the sum computed.
+    """
+    for name, d in deltas.items():
+        hat = replica[name]
+        if hat.dtype.kind != "f" or d.size == 0:
+            continue
+        limit = float(np.finfo(hat.dtype).max)
+        if float(np.max(np.abs(hat))) + float(np.max(np.abs(d))) < limit:
+            continue
+        if not np.isfinite(np.add(hat, d, dtype=hat.dtype)).all():
+            return False
+    return True
 
 
 def _readonly(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -338,6 +357,8 @@ class Receiver:
             return NeedKeyframe("gap")
         if spec != state.spec:
             return NeedKeyframe("spec")
+        if not _sums_stay_finite(state.replica, tensors):
+            return NeedKeyframe("non_finite")
         for name, x in tensors.items():
             hat = state.replica[name]
             if hat.dtype.kind == "f":

@@ -76,6 +76,9 @@ class Limits:
     max_packet_bytes: int = 1 << 30
     max_tensors: int = 4096
     max_tensor_elements: int = 1 << 28
+    # All tensors together: what a packet may make us allocate, whatever its codecs expand
+    # (None: as many as one maximal tensor).
+    max_total_elements: int | None = None
     max_rank: int = 8
     max_string: int = 256
     max_params: int = 16
@@ -326,6 +329,11 @@ def _params(value: Any, what: str, limits: Limits) -> Params:
         _string(k, f"{what} key", limits)
         if not isinstance(v, (int, float, str, bool)) and v is not None:
             raise MalformedPacket(f"{what}[{k!r}] must be a scalar, got {type(v).__name__}")
+        # Numbers in headers end up in counters, gauges and int() conversions: keep them sane.
+        if isinstance(v, float) and not math.isfinite(v):
+            raise MalformedPacket(f"{what}[{k!r}] is not a finite number")
+        if isinstance(v, int) and not isinstance(v, bool) and not -(1 << 63) <= v < 1 << 64:
+            raise MalformedPacket(f"{what}[{k!r}] is out of the 64-bit range")
     return dict(value)
 
 
@@ -433,6 +441,10 @@ def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[Te
         declared.append((TensorSpec(name, shape, dtype), codec_name, params, entry[5]))
 
     specs = [d[0] for d in declared]
+    total = sum(math.prod(spec.shape) for spec in specs)
+    total_limit = limits.max_total_elements or limits.max_tensor_elements
+    if total > total_limit:
+        raise PacketTooLarge(f"{total} elements in all exceed the limit of {total_limit}")
     if fingerprint(specs) != header.fingerprint:
         raise MalformedPacket("header fingerprint does not match the tensors the packet carries")
     if expected is not None and header.fingerprint != fingerprint(expected):

@@ -47,7 +47,16 @@ def expect_length(codec: str, payload: bytes | memoryview, expected: int, shape:
                            f"needs {expected} payload bytes, got {len(payload)}")
 
 
+# No real tensor has a dimension or a non-zero extent beyond this; numpy itself refuses
+# shapes whose non-zero dimensions overflow its index type, even when one dimension is 0.
+MAX_EXTENT = 1 << 48
+
+
 def numel(shape: tuple[int, ...]) -> int:
+    """Element count of ``shape``; ``MalformedPacket`` for a shape no array can have."""
+    extent = math.prod(d for d in shape if d)
+    if any(d < 0 for d in shape) or extent > MAX_EXTENT:
+        raise MalformedPacket(f"shape {list(shape)} cannot be allocated")
     return math.prod(shape)
 
 

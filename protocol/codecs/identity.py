@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from protocol.codecs.base import Encoded, Params
-from protocol.errors import SizeMismatch, UnknownCodec
+from protocol.codecs.checks import numel
+from protocol.errors import MalformedPacket, SizeMismatch, UnknownCodec
 
 
 def _expect_no_params(name: str, params: Params) -> None:
@@ -22,7 +23,7 @@ def _expect_no_params(name: str, params: Params) -> None:
 
 def _from_bytes(payload: bytes | memoryview, shape: tuple[int, ...], wire_dtype: np.dtype,
                 name: str) -> np.ndarray:
-    count = math.prod(shape)
+    count = numel(shape)
     expected = count * wire_dtype.itemsize
     if len(payload) != expected:
         raise SizeMismatch(
@@ -46,7 +47,11 @@ class RawCodec:
                params: Params) -> np.ndarray:
         _expect_no_params(self.name, params)
         dtype = np.dtype(dtype)
-        return _from_bytes(payload, shape, dtype.newbyteorder("<"), self.name).astype(dtype, copy=False)
+        x = _from_bytes(payload, shape, dtype.newbyteorder("<"), self.name)
+        if dtype.kind == "b" and x.size and x.view(np.uint8).max() > 1:
+            # numpy would keep the byte as is: a bool that is neither 0 nor 1 behaves oddly downstream.
+            raise MalformedPacket("bool tensor holds bytes other than 0 and 1")
+        return x.astype(dtype, copy=False)
 
 
 class Fp32Codec:

@@ -162,9 +162,6 @@ def test_thousands_of_links_keep_at_most_max_links_replicas() -> None:
 
 # --- known findings (strict xfail: the mark comes off with the fix) ---------------------------
 
-@pytest.mark.xfail(strict=True, reason="Receiver.accept adds a finite delta to a finite replica without "
-                   "checking the sum: two wire-valid frames (keyframe 3e38, delta 3e38) yield Applied with an "
-                   "infinite model, which then goes to the merge")
 def test_receiver_never_hands_out_a_non_finite_model() -> None:
     receiver = Receiver()
     big = {"w": np.full(4, 3e38, np.float32)}
