@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
+from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.frames import Buffer, parse_frame, read_packet, serialize_frame, to_frames, to_raw_frames
 from protocol import errors
 
@@ -95,19 +96,6 @@ def server_options() -> list[tuple[str, int]]:
     return list(STREAM_OPTIONS)
 
 
-# gRPC's default reconnect backoff grows to 120 s: a partner that restarted on the same
-# address would look dead for minutes. Peers come and go; retry quickly instead.
-# Frames are 1 MiB: read the socket in large chunks rather than gRPC's default 8 KiB
-# minimum, so a frame is not assembled from a hundred small reads.
-STREAM_OPTIONS = (
-    ("grpc.experimental.tcp_min_read_chunk_size", 256 << 10),
-    ("grpc.experimental.tcp_max_read_chunk_size", 4 << 20),
-)
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-) + STREAM_OPTIONS
 
 
 class GossipClient:
@@ -115,13 +103,10 @@ class GossipClient:
 
     def __init__(self, max_packet_bytes: int) -> None:
         self._max_packet_bytes = max_packet_bytes
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._pool = ChannelPool()
 
     def _exchange_method(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = channel
+        channel = self._pool.get(address)
         # The generated stub's method, with the copy-free frame (de)serialisers.
         return channel.stream_stream(EXCHANGE_METHOD, request_serializer=serialize_frame,
                                      response_deserializer=parse_frame)
@@ -141,10 +126,7 @@ class GossipClient:
             raise
 
     async def forget(self, address: str) -> None:
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            await channel.close()
+        await self._pool.forget(address)
 
     async def close(self) -> None:
-        for address in list(self._channels):
-            await self.forget(address)
+        await self._pool.close()

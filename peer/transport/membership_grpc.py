@@ -21,7 +21,7 @@ from collections.abc import Callable
 import grpc
 
 from hearsay.v1 import membership_pb2, membership_pb2_grpc
-from peer.transport.grpc_transport import CHANNEL_OPTIONS
+from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
 from protocol.membership_wire import MembershipLimits, from_wire, to_wire
@@ -104,16 +104,12 @@ class MembershipClient:
         self.timeout = timeout
         self.push_pull_timeout = push_pull_timeout
         self._limits = limits
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._pool = ChannelPool()
         self.sent = 0
         self.failed = 0
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipStub:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = channel
-        return membership_pb2_grpc.MembershipStub(channel)
+        return membership_pb2_grpc.MembershipStub(self._pool.get(address))
 
     async def send(self, to: str, message: Message) -> Message | None:
         """Deliver ``message`` to ``to``; the decoded push-pull reply, or None (also on any failure)."""
@@ -145,10 +141,7 @@ class MembershipClient:
             return None
 
     async def forget(self, address: str) -> None:
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            await channel.close()
+        await self._pool.forget(address)
 
     async def close(self) -> None:
-        for address in list(self._channels):
-            await self.forget(address)
+        await self._pool.close()
