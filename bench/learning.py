@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
-from peer.sim import SimConfig, Simulator, consensus_distance, make_model, own_packet
+from peer.sim import SimConfig, Simulator, make_model, own_packet
 from peer.trainer import Trainer
-from protocol.merge import MergeRule, VarianceCorrectedRule, make_rule, weighted_average
+from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
 METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared")
 LABELS = {

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-import pytest
 from hypothesis import strategies as st
 
 from protocol.feedback import Applied, FrameHeader, NeedKeyframe, Receiver, spec_of

@@ -31,8 +31,6 @@ def test_sigkill_during_checkpoint_writes_always_resumes_from_a_valid_checkpoint
     gossip_port, admin_port = free_ports(2)
     reference = build_trainer(PeerConfig(model=MODEL, seed=7))  # same architecture, to check restored models
 
-    last_seen_step = 0
-    killed_mid_write = 0
     victims: list[PeerProcess] = []
     try:
         killed_mid_write = _kill_and_restart(rng, data_dir, victim_args, anchor, gossip_port, admin_port, reference,
