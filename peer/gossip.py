@@ -303,9 +303,9 @@ class GossipEngine:
         self.link(member.address).failures += 1
         before = member.state
         self.membership.note_failure(member.address, self.clock())
-        if member.state != before and member.state.value == "suspect":
+        if member.state != before and member.state is MemberState.SUSPECT:
             self.stats.suspicions += 1
-        elif member.state != before and member.state.value == "dead":
+        elif member.state != before and member.state is MemberState.DEAD:
             self.stats.deaths += 1
 
     async def bootstrap(self, candidates: Callable[[], list[str]], exchange: Exchange, deadline: float,
