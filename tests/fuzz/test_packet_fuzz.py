@@ -205,7 +205,8 @@ def _mutate_entry(draw: st.DrawFn, obj: dict[str, Any], seed: Seed) -> None:
     elif what == "payload_nan":
         _poison_payload(draw, entry)
     elif what == "payload_len":
-        payload = entry[5]
+        # An earlier mutation may have made the payload something other than bytes.
+        payload = entry[5] if isinstance(entry[5], bytes) else b""
         cut = draw(st.integers(-8, 8))
         entry[5] = payload[:cut] if cut < 0 else payload + draw(st.binary(min_size=cut, max_size=cut))
     elif what == "payload_type":
