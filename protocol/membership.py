@@ -187,6 +187,10 @@ class SwimConfig:
     max_piggyback: int = 16
     # Bound of the broadcast queue; beyond it the most-transmitted updates go first.
     max_queue: int = 1024
+    # Most members learned from the network (not memberlist: it trusts its cluster). A
+    # peer (or a forged push-pull) announcing more addresses cannot grow our tables past
+    # this; seeds given by the operator are always taken.
+    max_members: int = 1 << 16
     # Full-state sync with one random member (PushPullInterval 30 s), stretched for
     # clusters above 32 nodes as memberlist's pushPullScale does.
     push_pull_interval: float = 30.0
@@ -503,6 +507,10 @@ class AddressBook:
         key = (idx, incarnation, code, self.peer_ids[idx])
         row = self._entries.get(key)
         if row is None:
+            if len(self._entries) >= 4 * len(self.addresses) + 1024:
+                # Rows of old incarnations pile up under churn; the cache only shares
+                # objects, so dropping it is always safe.
+                self._entries.clear()
             row = MemberEntry(self.addresses[idx], key[3], incarnation, _TO_STATE[code])
             self._entries[key] = row
         return row
@@ -596,6 +604,7 @@ class Swim:
         self._ensure(self._me)
         self._state[self._me] = _ALIVE
         self._live = 1               # members alive or suspect, this node included
+        self.refused_members = 0     # new members ignored because of config.max_members
         self._dead: set[int] = set()  # DEAD (not LEFT) members: reconnect candidates
         self._suspicions: dict[int, _Suspicion] = {}
         self._queue = BroadcastQueue(config.max_queue)
@@ -655,6 +664,10 @@ class Swim:
         self._live = size
         self._dead.clear()
         self._version += 1
+
+    def _known_members(self) -> int:
+        """Members in this node's table, itself excluded (C-speed count; new members are rare)."""
+        return len(self._state) - self._state.count(_NONE) - 1
 
     def _set(self, idx: int, code: int, incarnation: int, now: float) -> None:
         """The one place a member's state changes (counts, suspicions, observer)."""
@@ -1052,6 +1065,9 @@ class Swim:
         code = _NONE if idx is None else self._code(idx)
         if code != _NONE and a.incarnation <= self._inc[idx]:
             return  # SWIM: alive overrides only a strictly higher incarnation
+        if code == _NONE and self._known_members() >= self.config.max_members:
+            self.refused_members += 1
+            return
         if idx is None:
             idx = self.book.intern(a.address)
             self._sources.setdefault(idx, Source.GOSSIP)

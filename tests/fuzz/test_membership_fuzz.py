@@ -303,9 +303,6 @@ def test_update_flood_keeps_the_broadcast_queue_bounded() -> None:
 
 # --- known findings (strict xfail: the mark comes off with the fix) ---------------------------
 
-@pytest.mark.xfail(strict=True, reason="Swim has no bound on members learned from the network: one "
-                   "push-pull of wire-valid fake entries (up to MembershipLimits.max_states = 100,000) or "
-                   "Alive updates add that many members, and the AddressBook never forgets an address")
 def test_fake_members_are_bounded_by_a_configured_limit() -> None:
     assert hasattr(SwimConfig(), "max_members"), "SwimConfig has no max_members (no bound at all)"
     config = dataclasses.replace(SwimConfig(), max_members=256)  # type: ignore[call-arg]
@@ -319,9 +316,6 @@ def test_fake_members_are_bounded_by_a_configured_limit() -> None:
     assert len(swim.book) <= 256 + 1
 
 
-@pytest.mark.xfail(strict=True, reason="AddressBook.entry caches a MemberEntry per (member, incarnation, "
-                   "state, peer id) forever: a peer that bumps a member's incarnation and asks for a "
-                   "push-pull grows the cache by one row per round, with the member count fixed")
 def test_swim_memory_is_flat_under_incarnation_churn_with_fixed_members() -> None:
     swim = Swim(ME, "me", rng=random.Random(0))
     swim.preload(KNOWN)
