@@ -223,6 +223,8 @@ class GossipEngine:
         sender = packet.header.sender_addr
         if packet.header.sender_id == self.peer_id:
             raise SelfExchange("a packet from this peer itself (our own address under another name)")
+        if packet.header.samples == 0:
+            return await self._answer_newcomer(sender, packet, data)
         lock = self._lock(sender)
         if lock.locked():
             # We are exchanging with this partner right now (it called us as we called it):
@@ -239,6 +241,24 @@ class GossipEngine:
                 await asyncio.to_thread(self._merge, model, packet.header.samples)
         self._account(sender, len(reply), len(data), merged=merged)
         log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
+        return reply
+
+    async def _answer_newcomer(self, sender: str, packet: Packet, data: bytes) -> bytes:
+        """A peer fetching its first model (its own is backed by no data): answer with a
+        one-off keyframe of ours. Nothing of the link changes on either side, so no link
+        lock is needed — two newcomers asking each other at once cannot refuse each other."""
+        def keyframe() -> bytes:
+            key = f"newcomer:{sender}"
+            self.sender.invalidate(key)
+            try:
+                return self.own_packet(key, commit=False)  # a keyframe, kept nowhere
+            finally:
+                self.sender.discard(key)
+
+        reply = await asyncio.to_thread(keyframe)
+        self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
+        self._remember_report(sender, packet)
+        self._account(sender, len(reply), len(data), merged=False)
         return reply
 
     # --- the caller's side -------------------------------------------------------------------
@@ -336,7 +356,7 @@ class GossipEngine:
                     self.sender.invalidate(link)
                     log.info("bootstrap from %s failed: %s", link, e)
                     continue
-                self.sender.commit(link)
+                self.sender.discard(link)  # the partner answers newcomers without applying their frame
                 model = self._accept(link, packet)
             self._remember_report(link, packet)
             self.membership.note_contact(link, packet.header.sender_id, self.clock())

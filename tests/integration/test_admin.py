@@ -38,7 +38,8 @@ def cluster(launch, tmp_path: Path) -> list[PeerProcess]:
     peers = launch(3, lambda i, seeds: ["--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3",
                                         "--data-dir", str(tmp_path / f"data-{i}"), "--checkpoint-interval", "0",
                                         "--metrics-port", "0", "--shard-index", str(i), "--shard-count", "3"])
-    wait_for(lambda: all(p.status().merges >= 2 for p in peers), timeout=60, what="exchanges in the cluster")
+    wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
+             what="training and exchanges in the cluster")
     return peers
 
 
