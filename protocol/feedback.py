@@ -130,6 +130,22 @@ def _own(x: np.ndarray) -> np.ndarray:
     return np.array(x, copy=True, order="C")
 
 
+# Codecs whose payload is exactly the tensor's little-endian bytes, by the dtypes they keep exact.
+_EXACT_CODECS = {"fp32": ("float32",), "raw": None}
+
+
+def _lendable(codec: str, x: np.ndarray) -> bool:
+    """Whether ``codec``'s payload for ``x`` is ``x``'s own memory, byte for byte (so a
+    keyframe can send the array itself, and the array is exactly what is decoded)."""
+    if codec not in _EXACT_CODECS or not isinstance(x, np.ndarray):
+        return False
+    dtypes = _EXACT_CODECS[codec]
+    if dtypes is not None and x.dtype.name not in dtypes:
+        return False
+    return (x.flags.c_contiguous and x.flags.writeable and x.dtype.byteorder in "=<|"
+            and np.little_endian and x.dtype.kind in "fiub")
+
+
 def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
     """Whether ``replica + delta`` is finite everywhere, checked before anything is changed.
 
@@ -146,6 +162,12 @@ def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
         if not np.isfinite(np.add(hat, d, dtype=hat.dtype)).all():
             return False
     return True
+
+
+def _adoptable(x: np.ndarray) -> bool:
+    """A writable, contiguous array that can be kept as a replica as it is (it may be
+    unaligned inside a packet buffer; numpy handles that)."""
+    return isinstance(x, np.ndarray) and x.flags.writeable and x.flags.c_contiguous
 
 
 def _readonly(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -229,8 +251,13 @@ class Sender:
         with self._rng_lock:
             return self._rng.getrandbits(63)
 
-    def prepare(self, link: str, model: Model, *, commit: bool = True) -> Frame:
+    def prepare(self, link: str, model: Model, *, commit: bool = True, adopt: bool = False) -> Frame:
         """The frame to send on ``link`` for the current ``model``.
+
+        ``adopt=True`` hands ``model``'s arrays over (the caller made them for this call
+        and never touches them again): a keyframe then lends them to the frame as its
+        payload and keeps them as ``x̂`` wherever the keyframe codec is exact, instead of
+        two copies of the whole model.
 
         With ``commit=True`` ``x̂`` is updated at once, as if the frame was delivered (the
         answering side of an exchange, which never learns the outcome). With
@@ -241,7 +268,7 @@ class Sender:
         spec = spec_of(model)
         state = self._links.get(link)
         if not isinstance(state, _SenderLink) or state.spec != spec:
-            frame, apply = self._keyframe(link, model, spec)
+            frame, apply = self._keyframe(link, model, spec, adopt)
         else:
             frame, apply = self._delta(state, model)
         self._pending.pop(link, None)
@@ -295,18 +322,27 @@ class Sender:
 
         return Frame(FrameHeader(state.epoch, seq, keyframe=False), tuple(tensors)), apply
 
-    def _keyframe(self, link: str, model: Model, spec: Spec) -> tuple[Frame, Callable[[], None]]:
-        tensors = tuple(
-            EncodedTensor(name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name,
-                          (codec := self.keyframe_policy(name, x)).name, codec.encode(x))
-            for name, x in model.items())
+    def _keyframe(self, link: str, model: Model, spec: Spec, adopt: bool = False
+                  ) -> tuple[Frame, Callable[[], None]]:
+        tensors: list[EncodedTensor] = []
+        adopted: dict[str, np.ndarray] = {}
+        for name, x in model.items():
+            codec = self.keyframe_policy(name, x)
+            shape, dtype = tuple(int(d) for d in x.shape), np.dtype(x.dtype).name
+            if adopt and _lendable(codec.name, x):
+                # The wire bytes of an exact codec are the array's own bytes: send them from
+                # the array and keep the array itself as x̂ (what the receiver will decode).
+                tensors.append(EncodedTensor(name, shape, dtype, codec.name, Encoded(memoryview(x).cast("B"))))
+                adopted[name] = x
+            else:
+                tensors.append(EncodedTensor(name, shape, dtype, codec.name, codec.encode(x)))
         epoch = self._new_epoch()
 
         def apply() -> None:
-            replica = {t.name: _own(_decode(t)) for t in tensors}
+            replica = {t.name: adopted[t.name] if t.name in adopted else _own(_decode(t)) for t in tensors}
             self._links.put(link, _SenderLink(epoch=epoch, seq=0, spec=spec, replica=replica))
 
-        return Frame(FrameHeader(epoch, 0, keyframe=True), tensors), apply
+        return Frame(FrameHeader(epoch, 0, keyframe=True), tuple(tensors)), apply
 
     def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
         """A read-only view of what this sender believes ``link``'s receiver holds."""
@@ -338,12 +374,17 @@ class Receiver:
     def __init__(self, *, max_links: int = 16) -> None:
         self._links = _Lru(max_links)
 
-    def accept(self, link: str, header: FrameHeader, tensors: Model) -> AcceptResult:
+    def accept(self, link: str, header: FrameHeader, tensors: Model, *, adopt: bool = False) -> AcceptResult:
         """Apply a frame whose tensors the wire layer has already decoded (deltas for float
-        tensors, values for the others). Nothing changes unless the result is ``Applied``."""
+        tensors, values for the others). Nothing changes unless the result is ``Applied``.
+
+        ``adopt=True`` hands the tensors over (e.g. views of a received buffer nobody else
+        holds, ``protocol.wire.decode_packet(owned=True)``): a keyframe's writable arrays
+        become the copy itself instead of being copied."""
         spec = spec_of(tensors)
         if header.keyframe:
-            state = _ReceiverLink(header.epoch, header.seq, spec, {n: _own(x) for n, x in tensors.items()})
+            replica = {n: x if adopt and _adoptable(x) else _own(x) for n, x in tensors.items()}
+            state = _ReceiverLink(header.epoch, header.seq, spec, replica)
             self._links.put(link, state)
             return Applied(_readonly(state.replica), keyframe=True)
         state = self._links.get(link)

@@ -167,6 +167,16 @@ def _bin_header(n: int) -> bytes:
     raise PacketTooLarge(f"payload of {n} bytes does not fit a msgpack bin")
 
 
+Buffer = bytes | bytearray | memoryview
+
+
+def packet_size(packet: Buffer | Sequence[Buffer]) -> int:
+    """Bytes in a packet given as one buffer or as ``encode_packet_parts``' buffers."""
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        return memoryview(packet).nbytes
+    return sum(memoryview(part).nbytes for part in packet)
+
+
 def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
                   choose_codec: CodecChooser) -> bytes:
     """Frame ``tensors`` with ``header``; ``choose_codec`` picks each tensor's codec.
@@ -283,8 +293,9 @@ class _Reader:
         return out
 
 
-def _unpack(data: bytes | bytearray | memoryview, limits: Limits) -> Any:
-    reader = _Reader(memoryview(data).cast("B").toreadonly(), limits)
+def _unpack(data: bytes | bytearray | memoryview, limits: Limits, writable: bool = False) -> Any:
+    view = memoryview(data).cast("B")
+    reader = _Reader(view if writable and not view.readonly else view.toreadonly(), limits)
     try:
         obj = reader.read()
     except _Truncated:
@@ -397,11 +408,14 @@ def _all_finite(x: np.ndarray) -> bool:
 
 
 def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[TensorSpec] | None = None,
-                  limits: Limits = Limits()) -> Packet:
+                  limits: Limits = Limits(), owned: bool = False) -> Packet:
     """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong.
 
     Tensors that a codec can rebuild without transforming them (``fp32``, ``raw``) are
     read-only views of ``data``, not copies: keep ``data`` unchanged while they live.
+    ``owned=True`` says the caller hands ``data`` (a writable buffer) over to the result:
+    those views are then writable, so a receiver can keep them as its own copy of the
+    sender's model instead of copying a whole keyframe (``protocol.feedback.Receiver``).
 
     ``expected`` is the receiver's own model: a packet for another architecture is
     refused with ``FingerprintMismatch`` before any payload is decoded.
@@ -410,7 +424,7 @@ def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[Te
         raise PacketTooLarge(f"packet of {len(data)} bytes exceeds the limit of {limits.max_packet_bytes}")
     if len(data) == 0:
         raise TruncatedPacket("empty packet")
-    obj = _unpack(data, limits)
+    obj = _unpack(data, limits, writable=owned)
     if not isinstance(obj, dict):
         raise MalformedPacket(f"packet must be a map, got {type(obj).__name__}")
     version = obj.get("v")

@@ -15,9 +15,12 @@ Params = dict[str, Any]
 
 @dataclass(frozen=True)
 class Encoded:
-    """One encoded tensor: the payload bytes and the parameters needed to decode them."""
+    """One encoded tensor: the payload bytes and the parameters needed to decode them.
 
-    payload: bytes
+    ``payload`` is a ``memoryview`` only where a sender lends a tensor's own memory
+    (``protocol.feedback.Sender`` keyframes of an adopted model); codecs return bytes."""
+
+    payload: bytes | memoryview
     params: Params = field(default_factory=dict)
 
 

@@ -135,6 +135,52 @@ def test_frames_travel_through_the_wire_unchanged() -> None:
     assert_same(s.replica("peer"), r.replica("peer"))
 
 
+@pytest.mark.parametrize("codec", ["topk_int8", "fp16", "int8"])
+def test_adopted_keyframes_share_memory_and_replicas_stay_identical(codec: str) -> None:
+    """The zero-copy path: the sender keeps the arrays it was handed as x̂ and sends their
+    own bytes; the receiver keeps the writable views of the packet buffer as its copy.
+    Later deltas update both in place and they stay bit-identical."""
+    from protocol.wire import encode_packet_parts
+    s, r = sender(codec), Receiver()
+    specs = None
+    for seed in range(4):
+        m = model(seed)
+        fresh = {n: x.copy() for n, x in m.items()}  # what trainer.state() hands over
+        frame = s.prepare("peer", fresh, adopt=True)
+        specs = specs_of(m)
+        header = PacketHeader(sender_id="a", sender_addr="a:1", fingerprint=fingerprint(specs),
+                              model_version=seed, age=0, samples=1, codec=codec)
+        buffer = bytearray().join(encode_packet_parts(header, fresh, frame.chooser()))
+        packet = decode_packet(buffer, expected=specs, owned=True)
+        if seed == 0:
+            assert frame.header.keyframe
+            # The sender's replica is the very array it was handed; its payload lends its bytes.
+            assert np.shares_memory(s.replica("peer")["fc.weight"], fresh["fc.weight"])
+            assert packet.tensors["fc.weight"].flags.writeable
+        assert isinstance(r.accept("peer", frame.header, packet.tensors, adopt=True), Applied)
+        if seed == 0:
+            # The receiver keeps the views of the packet buffer: no copy of the keyframe.
+            held = np.frombuffer(buffer, np.uint8)
+            assert np.shares_memory(r.replica("peer")["fc.weight"], held)
+        assert_same(s.replica("peer"), r.replica("peer"))
+
+
+def test_a_read_only_keyframe_is_copied_even_when_adopted() -> None:
+    """Bytes the caller does not own (an immutable ``bytes`` packet) are never written to."""
+    s, r = sender("fp32"), Receiver()
+    m = model(0)
+    frame = s.prepare("peer", m)
+    specs = specs_of(m)
+    header = PacketHeader(sender_id="a", sender_addr="a:1", fingerprint=fingerprint(specs),
+                          model_version=0, age=0, samples=1, codec="fp32")
+    data = encode_packet(header, m, frame.chooser())
+    packet = decode_packet(data, expected=specs, owned=True)
+    assert not packet.tensors["fc.weight"].flags.writeable
+    assert isinstance(r.accept("peer", frame.header, packet.tensors, adopt=True), Applied)
+    assert not np.shares_memory(r.replica("peer")["fc.weight"], packet.tensors["fc.weight"])
+    assert_same(s.replica("peer"), r.replica("peer"))
+
+
 def test_the_receivers_model_view_is_read_only() -> None:
     s, r = sender(), Receiver()
     result = deliver(s, r, "peer", model(0))
