@@ -4,13 +4,24 @@
 non-IID (Dirichlet α = 0.5), every peer starting one exchange per round of
 ``local_steps`` local steps. For each merge rule and each attack of ``peer.sim.ATTACKS``
 it runs 0, 2 and 4 attackers and reports the honest peers' mean test accuracy at the end.
+A control run per rule, attack ``absent`` with 4 "attackers", leaves those 4 peers out
+of the swarm altogether: the honest peers' accuracy without the attackers' data and
+without any attack, which separates the data the swarm loses from the damage done.
 
     python -m bench.byzantine [--quick] --json FILE
 
 The JSON holds ``{"runs": [{"rule", "attack", "attackers", "honest_accuracy_mean", ...}]}``;
-attack ``none`` (0 attackers) is each rule's no-attack baseline. A table follows on stdout,
-with, per rule, the attacks it does not stop at 4 attackers (honest accuracy more than
-``TOLERANCE`` below the *plain* rule's no-attack accuracy).
+attack ``none`` (0 attackers) is each rule's no-attack baseline, ``absent`` the control.
+A table follows on stdout, with, per rule, the attacks it does not stop at 4 attackers
+(honest accuracy more than ``TOLERANCE`` below the higher of the rule's own and the plain
+rule's no-attack accuracy).
+
+``--attacks`` and ``--no-baselines`` add attacks to an earlier run.
+
+``--quick`` runs the plain rule, ``bristle`` and the recommended robust rule at 4
+attackers only, 40 rounds (under 10 minutes on 2 cores); at 20 rounds the swarm is
+still learning and the ranking of close results was not stable (measured: a
+perfect defence then ended 3.6 points under no attack, at 40 rounds 0.9).
 
 Setting notes. All peers start from a shared initialisation (the same ``--seed`` on
 every daemon): with independent initialisations every honest model is, in the first
@@ -20,6 +31,9 @@ independent inits). Attackers are the last peers (their shards are lost to the s
 in every run with attackers, which costs the honest peers a little even when the
 defence is perfect). ``bristle+rep`` is ``bristle`` with per-peer reputation
 (``protocol.reputation``): banned peers are dropped and no longer chosen.
+``bristle+loss+rep`` adds the loss check (``protocol.merge.LossCheck``) against each
+peer's local validation loss on its training shard; ``bristle+loss10+rep`` holds 10 %
+of the shard out for it instead (``peer.validation.split_validation``).
 Runs go to ``--jobs`` worker processes (default 2, one torch thread each).
 """
 
@@ -27,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,18 +53,31 @@ import torch
 from peer.data import load_dataset
 from peer.sim import ATTACKS, SimConfig, Simulator
 
-# label -> (protocol.merge rule, reputation on)
-RULES: dict[str, tuple[str, bool]] = {
-    "vc": ("vc", False),
-    "clip": ("clip", False),
-    "clip-vc": ("clip-vc", False),
-    "median": ("median", False),
-    "trimmed": ("trimmed", False),
-    "bristle": ("bristle", False),
-    "bristle+rep": ("bristle", True),
+
+@dataclass(frozen=True)
+class RuleSpec:
+    merge: str                   # protocol.merge rule
+    reputation: bool = False     # protocol.reputation: ban, drop, skip as partner
+    validate: bool = False       # the rule's loss check on each peer's validation split
+    validation_split: float = 0.0  # shard fraction held out for it (0: the training shard)
+
+
+RULES: dict[str, RuleSpec] = {
+    "vc": RuleSpec("vc"),
+    "clip": RuleSpec("clip"),
+    "clip-vc": RuleSpec("clip-vc"),
+    "median": RuleSpec("median"),
+    "trimmed": RuleSpec("trimmed"),
+    "bristle": RuleSpec("bristle"),
+    "bristle+rep": RuleSpec("bristle", reputation=True),
+    "bristle+loss+rep": RuleSpec("bristle", reputation=True, validate=True),
+    "bristle+loss10+rep": RuleSpec("bristle", reputation=True, validate=True, validation_split=0.1),
 }
-QUICK_RULES = ("vc", "clip", "median", "trimmed", "bristle", "bristle+rep")
+ROBUST = "bristle+loss+rep"  # the rule the must-hold is about
+QUICK_RULES = ("vc", "bristle", ROBUST)
 ATTACKER_COUNTS = (2, 4)
+QUICK_ATTACKER_COUNTS = (4,)
+CONTROL = "absent"           # the attackers' peers left out: no attack, and none of their data
 TOLERANCE = 0.03  # the issue's "within 3 points of the no-attack accuracy"
 PEERS = 16
 
@@ -66,47 +94,74 @@ class Job:
 
 def run(job: Job) -> dict:
     torch.set_num_threads(1)
-    merge, reputation = RULES[job.rule]
-    attackers = tuple(range(PEERS - job.attackers, PEERS))
-    cfg = SimConfig(peers=PEERS, split="dirichlet", alpha=0.5, merge=merge, shared_init=True,
-                    gossip_interval=float(job.local_steps), seed=job.seed, attack=job.attack,
-                    attackers=attackers, reputation=reputation)
+    spec = RULES[job.rule]
+    chosen = tuple(range(PEERS - job.attackers, PEERS))
+    control = job.attack == CONTROL
+    cfg = SimConfig(peers=PEERS, split="dirichlet", alpha=0.5, merge=spec.merge, shared_init=True,
+                    gossip_interval=float(job.local_steps), seed=job.seed,
+                    attack="none" if control else job.attack, attackers=() if control else chosen,
+                    absent=chosen if control else (), reputation=spec.reputation, validate=spec.validate,
+                    validation_split=spec.validation_split)
     started = time.perf_counter()
     sim = Simulator(cfg, _data())
     sim.run_until(float(job.rounds * job.local_steps))
     acc = sim.honest_accuracies()
     verdicts = {f"{kind}/{'attacker' if bad else 'honest'}": n for (kind, bad), n in sorted(sim.stats.verdicts.items())}
+    # Refusals by test: "validation/honest" counts the loss check's false rejections.
+    refused = {f"{test}/{'attacker' if bad else 'honest'}": n for (test, bad), n in sorted(sim.stats.refused_by.items())}
     return {"rule": job.rule, "attack": job.attack, "attackers": job.attackers,
             "honest_accuracy_mean": float(acc.mean()), "honest_accuracy_min": float(acc.min()),
             "merges": sim.stats.merges, "rejected": sim.stats.rejected, "dropped": sim.stats.dropped,
-            "verdicts": verdicts, "wall_s": round(time.perf_counter() - started, 1)}
+            "verdicts": verdicts, "refused_by": refused, "bans": _bans(sim),
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _bans(sim: Simulator) -> dict[str, int]:
+    """(honest peer, other peer) pairs where the honest one bans the other at the end, by the other's kind."""
+    out = {"of_attackers": 0, "of_honest": 0}
+    if sim.reputations is None:
+        return out
+    for i in sim.honest:
+        for p in sim.peers:
+            if p.index != i and p.index not in sim.absent and sim.reputations[i].is_banned(p.peer_id, sim.now):
+                out["of_attackers" if p.index in sim.attackers else "of_honest"] += 1
+    return out
 
 
 _DATA = None
 
 
-def _data():  # noqa: ANN202 - a peer.data.Dataset, loaded once per worker
+def _data():
     global _DATA
     if _DATA is None:
         _DATA = load_dataset("digits")
     return _DATA
 
 
-def jobs(rules: tuple[str, ...], rounds: int, local_steps: int, seed: int) -> list[Job]:
+def jobs(rules: tuple[str, ...], rounds: int, local_steps: int, seed: int,
+         counts: tuple[int, ...] = ATTACKER_COUNTS, controls: tuple[str, ...] = (),
+         attacks: tuple[str, ...] = ATTACKS[1:], baselines: bool = True) -> list[Job]:
+    """Every rule × (no attack, each attack × each count), and the control for ``controls``.
+    The slowest jobs (loss check, reputation) go first so the two workers end together."""
     out = []
     for rule in rules:
-        out.append(Job(rule, "none", 0, rounds, local_steps, seed))
-        for attack in ATTACKS[1:]:
-            for n in ATTACKER_COUNTS:
+        if baselines:
+            out.append(Job(rule, "none", 0, rounds, local_steps, seed))
+        if baselines and rule in controls:
+            out.append(Job(rule, CONTROL, max(counts), rounds, local_steps, seed))
+        for attack in attacks:
+            for n in counts:
                 out.append(Job(rule, attack, n, rounds, local_steps, seed))
-    return out
+    return sorted(out, key=lambda j: (not RULES[j.rule].validate, not RULES[j.rule].reputation))
 
 
-def table(runs: list[dict], rules: tuple[str, ...]) -> str:
-    """Rows: rule; columns: no attack, then each attack at 2 and 4 attackers."""
+def table(runs: list[dict], rules: tuple[str, ...], counts: tuple[int, ...] = ATTACKER_COUNTS) -> str:
+    """Rows: rule; columns: no attack, the control, then each attack at each attacker count."""
     cell = {(r["rule"], r["attack"], r["attackers"]): r["honest_accuracy_mean"] for r in runs}
-    cols = [("none", 0)] + [(a, n) for a in ATTACKS[1:] for n in ATTACKER_COUNTS]
-    head = "| rule | " + " | ".join("no attack" if a == "none" else f"{a} ×{n}" for a, n in cols) + " |"
+    present = {r["attack"] for r in runs}
+    cols = [("none", 0), (CONTROL, max(counts))] + [(a, n) for a in ATTACKS[1:] if a in present for n in counts]
+    names = {"none": "no attack", CONTROL: f"{PEERS - max(counts)} peers, no attack"}
+    head = "| rule | " + " | ".join(names.get(a, f"{a} ×{n}") for a, n in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for rule in rules:
         lines.append(f"| {rule} | " + " | ".join(f"{cell[(rule, a, n)]:.3f}" if (rule, a, n) in cell else "-"
@@ -115,34 +170,45 @@ def table(runs: list[dict], rules: tuple[str, ...]) -> str:
 
 
 def not_stopped(runs: list[dict], rules: tuple[str, ...], baseline_rule: str = "vc") -> dict[str, list[str]]:
-    """Per rule, the attacks whose 4-attacker run ends more than TOLERANCE below the baseline
-    rule's no-attack accuracy (the accuracy the swarm would have had without attackers)."""
+    """Per rule, the attacks whose 4-attacker run ends more than TOLERANCE below the no-attack
+    accuracy: the higher of the rule's own and the baseline rule's (16 peers, nobody attacking)."""
     cell = {(r["rule"], r["attack"], r["attackers"]): r["honest_accuracy_mean"] for r in runs}
-    ref = cell.get((baseline_rule, "none", 0))
+    ref = cell.get((baseline_rule, "none", 0), 0.0)
     out = {}
     for rule in rules:
-        base = ref if ref is not None else cell[(rule, "none", 0)]
-        out[rule] = [a for a in ATTACKS[1:] if cell.get((rule, a, max(ATTACKER_COUNTS)), 1.0) < base - TOLERANCE]
+        base = max(ref, cell.get((rule, "none", 0), 0.0))
+        out[rule] = [a for a in ATTACKS[1:] if cell.get((rule, a, 4), 1.0) < base - TOLERANCE]
+        if not base:  # no baseline in these runs: nothing to compare with
+            out[rule] = []
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.byzantine", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 rounds, the brief's rules (under 10 minutes)")
+    parser.add_argument("--quick", action="store_true",
+                        help="vc, bristle and the robust rule at 4 attackers (under 10 minutes)")
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--rules", default="", help="comma-separated labels of bench RULES")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attacks", default="", help="comma-separated attacks of peer.sim.ATTACKS (default: all)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="leave out the no-attack and control runs (to add attacks to an earlier run)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     rules = tuple(args.rules.split(",")) if args.rules else (QUICK_RULES if args.quick else tuple(RULES))
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise SystemExit(f"unknown rules {unknown}; known: {', '.join(RULES)}")
-    rounds = args.rounds or (20 if args.quick else 40)
+    rounds = args.rounds or 40
     local_steps = 10
+    counts = QUICK_ATTACKER_COUNTS if args.quick else ATTACKER_COUNTS
     started = time.perf_counter()
-    todo = jobs(rules, rounds, local_steps, args.seed)
+    attacks = tuple(args.attacks.split(",")) if args.attacks else ATTACKS[1:]
+    if any(a not in ATTACKS[1:] for a in attacks):
+        raise SystemExit(f"unknown attacks {attacks}; known: {', '.join(ATTACKS[1:])}")
+    todo = jobs(rules, rounds, local_steps, args.seed, counts, controls=("vc", ROBUST), attacks=attacks,
+                baselines=not args.no_baselines)
     runs: list[dict] = []
     with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
         for r in pool.map(run, todo):
@@ -151,16 +217,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"  ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
     wall = round(time.perf_counter() - started, 1)
     gaps = not_stopped(runs, rules)
+    load = os.getloadavg()
     result = {"peers": PEERS, "split": "dirichlet", "alpha": 0.5, "model": "mlp", "shared_init": True,
+              "load_average_at_end": [round(x, 2) for x in load],
               "rounds": rounds, "local_steps": local_steps, "seed": args.seed, "quick": args.quick,
               "tolerance": TOLERANCE, "not_stopped_at_4": gaps, "wall_s": wall, "runs": runs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\n{PEERS} peers, digits, MLP, Dirichlet α=0.5, shared init, {rounds} rounds of {local_steps} local "
-          f"steps; honest peers' mean test accuracy at the end; wall time {wall:.0f} s\n")
-    print(table(runs, rules))
+          f"steps; honest peers' mean test accuracy at the end; wall time {wall:.0f} s "
+          f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)\n")
+    print(table(runs, rules, counts))
     print(f"\nAttacks not stopped with 4 of {PEERS} attacking (honest accuracy more than {TOLERANCE:.0%} "
-          "below vc's no-attack accuracy):")
+          "below the higher of the rule's own and vc's no-attack accuracy):")
     for rule, attacks in gaps.items():
         print(f"- {rule}: {', '.join(attacks) if attacks else 'none (all stopped)'}")
     print(f"\nwrote {args.json}")

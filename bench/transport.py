@@ -9,6 +9,9 @@ thread each, everything seeded), on loopback:
   parameters, ~100 MB; ``--quick``: ~20 MB) in 4 MiB ``sendall`` chunks; a receiver
   process ``recv_into``s a preallocated buffer and acknowledges with one byte. The
   sender's clock runs from its first byte to the acknowledgement.
+- ``grpc``: the same bytes through a bare ``grpc.aio`` stream between two processes
+  (ready-made 1 MiB ``bytes`` messages, identity serialisers, the daemon's server and
+  channel options): what the library itself can move, the ceiling of any gRPC transport.
 - ``keyframe``: two *peer processes*, each a real ``peer.trainer.Trainer`` around a
   ~25M-parameter MLP and a real ``peer.gossip.GossipEngine`` (codec ``topk_int8``,
   ratio 0.01, fp32 keyframes, ``vc`` merge). The answering peer serves
@@ -33,7 +36,8 @@ thread each, everything seeded), on loopback:
   peer is set up). ``peak_rss_over_model`` is (VmHWM − the process's RSS after
   importing the interpreter, numpy, torch and grpc, before the model exists) over
   the fp32 model size: it counts the model itself, the replicas and every buffer of
-  the exchange. The gross VmHWM over the model size is reported next to it.
+  the exchange (the baseline process has also run one SGD step of a tiny model, so the
+  code torch loads on first use is in it). The gross VmHWM over the model size is reported next to it.
 
 MB are 10^6 bytes. Times are medians over the repetitions.
 """
@@ -134,18 +138,90 @@ def _raw_sender(size: int, reps: int, port: int, conn: Any) -> None:
     conn.send(times)
 
 
-def bench_raw(ctx: Any, size: int, reps: int) -> list[float]:
+def _sender_receiver(ctx: Any, receiver: Any, receiver_args: tuple, sender: Any, sender_args: tuple,
+                     stop_receiver: bool = False) -> list[float]:
+    """Run ``receiver`` (which sends back its port) and ``sender`` (which sends back its
+    times) in two processes; the sender's times are the result."""
     rx_parent, rx_child = ctx.Pipe()
     tx_parent, tx_child = ctx.Pipe()
-    rx = ctx.Process(target=_raw_receiver, args=(size, reps, rx_child))
+    rx = ctx.Process(target=receiver, args=(*receiver_args, rx_child))
     rx.start()
     port = rx_parent.recv()
-    tx = ctx.Process(target=_raw_sender, args=(size, reps, port, tx_child))
+    tx = ctx.Process(target=sender, args=(*sender_args, port, tx_child))
     tx.start()
     times = tx_parent.recv()
     tx.join()
+    if stop_receiver:
+        rx_parent.send("stop")
     rx.join()
     return times
+
+
+def bench_raw(ctx: Any, size: int, reps: int) -> list[float]:
+    return _sender_receiver(ctx, _raw_receiver, (size, reps), _raw_sender, (size, reps))
+
+
+# --- bare gRPC: the ceiling of the library itself --------------------------------------------
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def _grpc_receiver(conn: Any) -> None:
+    """A grpc.aio server whose one streaming method counts what arrives and answers once."""
+    import asyncio
+
+    import grpc
+    import uvloop
+
+    from peer.transport.grpc_transport import server_options
+
+    async def serve() -> None:
+        async def sink(frames: Any, context: Any) -> Any:
+            async for _ in frames:
+                pass
+            yield b"k"
+
+        server = grpc.aio.server(options=server_options())
+        handlers = {"Sink": grpc.stream_stream_rpc_method_handler(sink, request_deserializer=_identity,
+                                                                  response_serializer=_identity)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Bare", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        conn.send(port)
+        await asyncio.to_thread(conn.recv)  # "stop", waited for off the event loop
+        await server.stop(None)
+
+    uvloop.run(serve())
+
+
+def _grpc_sender(size: int, reps: int, port: int, conn: Any) -> None:
+    """Streams ``size`` bytes as ready-made 1 MiB messages (no serialisation work at all)."""
+    import grpc
+    import uvloop
+
+    from peer.transport.channels import CHANNEL_OPTIONS
+    from protocol.wire import FRAME_BYTES
+
+    async def send() -> list[float]:
+        chunk = bytes(FRAME_BYTES)
+        count = -(-size // FRAME_BYTES)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+            sink = channel.stream_stream("/bench.Bare/Sink", request_serializer=_identity,
+                                         response_deserializer=_identity)
+            times = []
+            for _ in range(reps + 1):  # the first repetition also opens the connection: not counted
+                started = time.perf_counter()
+                async for _ in sink(iter([chunk] * count)):
+                    pass
+                times.append(time.perf_counter() - started)
+            return times[1:]
+
+    conn.send(uvloop.run(send()))
+
+
+def bench_grpc(ctx: Any, size: int, reps: int) -> list[float]:
+    return _sender_receiver(ctx, _grpc_receiver, (), _grpc_sender, (size, reps), stop_receiver=True)
 
 
 # --- peer processes ----------------------------------------------------------------------------
@@ -182,9 +258,22 @@ def _build_engine(size: Size, seed: int, address: str) -> Any:
                         timeout=120.0, topk_ratio=0.01, keyframe_codec="fp32")
 
 
+def _load_training_code() -> None:
+    """Run one SGD step of a tiny model, so the baseline includes the code torch loads on
+    first use (the optimiser pulls in ~70 MB of modules), not only what imports load:
+    what is left above the baseline is then memory that grows with the model."""
+    import torch
+    from torch import nn
+
+    tiny = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(tiny.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(tiny(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long)).backward()
+    optimizer.step()
+
+
 def _instrument(engine: Any, timings: dict[str, list[float]]) -> None:
     """Time the engine's encode, decode and merge steps (wrapping the bound methods)."""
-    for name in ("own_packet", "decode", "_merge"):
+    for name in ("own_packet_parts", "decode", "_merge"):
         inner = getattr(engine, name)
 
         def timed(*args: Any, _inner: Any = inner, _name: str = name) -> Any:
@@ -209,6 +298,10 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
     import peer.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
     import peer.trainer  # noqa: F401
 
+    from peer.memory import return_large_blocks
+
+    return_large_blocks()  # as ``hearsay run`` does
+    _load_training_code()
     baseline = proc_kb("VmRSS")
 
     async def serve() -> None:
@@ -255,6 +348,9 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
 
 def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     _one_thread()
+    from peer.memory import return_large_blocks
+
+    return_large_blocks()  # as ``hearsay run`` does
     import asyncio
 
     from peer.transport.grpc_transport import GossipClient
@@ -352,9 +448,10 @@ def model_bytes(size: Size) -> int:
     return 4 * params
 
 
-def summarise(size: Size, raw_times: list[float], peers: dict[str, Any]) -> dict[str, Any]:
+def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers: dict[str, Any]) -> dict[str, Any]:
     nbytes = model_bytes(size)
     raw_mbps = nbytes / statistics.median(raw_times) / MB
+    grpc_mbps = (-(-nbytes // (1 << 20)) << 20) / statistics.median(grpc_times) / MB
     kf = peers["keyframes"]
     if not all(k["keyframe"] for k in kf):
         raise RuntimeError("a keyframe exchange did not send a keyframe")
@@ -371,9 +468,9 @@ def summarise(size: Size, raw_times: list[float], peers: dict[str, Any]) -> dict
     total = med([k["seconds"] for k in kf])
     transfer = med([k["seconds"] - t(k, "client", "_merge") - t(k, "server", "_merge") for k in kf])
     phases = {
-        "client encode (state+prepare+encode_packet)": med([t(k, "client", "own_packet") for k in kf]),
+        "client encode (state+prepare+encode_packet_parts)": med([t(k, "client", "own_packet_parts") for k in kf]),
         "server decode_packet": med([t(k, "server", "decode") for k in kf]),
-        "server encode (state+prepare+encode_packet)": med([t(k, "server", "own_packet") for k in kf]),
+        "server encode (state+prepare+encode_packet_parts)": med([t(k, "server", "own_packet_parts") for k in kf]),
         "server merge": med([t(k, "server", "_merge") for k in kf]),
         "client decode_packet": med([t(k, "client", "decode") for k in kf]),
         "client merge": med([t(k, "client", "_merge") for k in kf]),
@@ -391,6 +488,10 @@ def summarise(size: Size, raw_times: list[float], peers: dict[str, Any]) -> dict
         "raw_mbps": raw_mbps,
         "keyframe_mbps": kf_bytes / transfer / MB,
         "keyframe_over_raw": kf_bytes / transfer / MB / raw_mbps,
+        # The library's own ceiling: ready-made 1 MiB messages through grpc.aio, no work.
+        "grpc_mbps": grpc_mbps,
+        "grpc_over_raw": grpc_mbps / raw_mbps,
+        "keyframe_over_grpc": kf_bytes / transfer / MB / grpc_mbps,
         "delta_mbps": delta_bytes / delta_seconds / MB if delta_seconds else 0.0,
         "peak_rss_over_model": (hwm - baseline) / nbytes,
         # --- context ---
@@ -411,6 +512,7 @@ def summarise(size: Size, raw_times: list[float], peers: dict[str, Any]) -> dict
         "setup_rss_bytes": hello["setup_rss"],
         "rss_after_deltas_bytes": peers["after_deltas"]["rss"],
         "raw_seconds": raw_times,
+        "grpc_seconds": grpc_times,
         "keyframe_seconds": [k["seconds"] for k in kf],
     }
 
@@ -420,8 +522,11 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("model (fp32)", f"{mib:.1f} MB"),
         ("raw TCP socket, 2 processes", f"{r['raw_mbps']:.0f} MB/s"),
+        ("bare grpc.aio stream, ready-made 1 MiB messages", f"{r['grpc_mbps']:.0f} MB/s "
+                                                             f"({r['grpc_over_raw']:.2f} x raw)"),
         ("keyframe over gRPC (transfer, no merge)", f"{r['keyframe_mbps']:.0f} MB/s"),
         ("  keyframe / raw", f"{r['keyframe_over_raw']:.2f}   (target >= 0.70)"),
+        ("  keyframe / bare gRPC", f"{r['keyframe_over_grpc']:.2f}"),
         ("  keyframe exchange incl. both merges", f"{r['keyframe_exchange_mbps_with_merges']:.0f} MB/s "
                                                    f"({r['keyframe_exchange_seconds']:.2f} s)"),
         ("top-1% int8 delta stream", f"{r['delta_mbps']:.2f} MB/s, {r['delta_exchanges_per_second']:.2f} exch/s, "
@@ -451,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     ctx = mp.get_context("spawn")
     raw_times = bench_raw(ctx, model_bytes(size), size.raw_reps)
+    grpc_times = bench_grpc(ctx, model_bytes(size), size.raw_reps)
     peers = bench_peers(ctx, size, args.pb_server)
-    result = summarise(size, raw_times, peers)
+    result = summarise(size, raw_times, grpc_times, peers)
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -72,6 +72,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         peers = []
         for m in node.membership.members():
             link = node.engine.link(m.address)
+            score, banned, reason = node.engine.defence.standing(m.address)
             peers.append(admin_pb2.PeerInfo(
                 peer_id=m.peer_id, address=m.address, state=m.state.value,
                 last_contact_seconds_ago=(now - m.last_contact) if m.last_contact is not None else -1.0,
@@ -79,7 +80,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 bytes_received=link.bytes_received, source=m.source.value, failures=link.failures,
                 incarnation=_incarnation(node.membership, m.address),
                 rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
-                report=_report(node.engine.reports.get(m.address), now)))
+                report=_report(node.engine.reports.get(m.address), now),
+                reputation=score, banned=banned, reputation_reason=reason))
         return admin_pb2.ListPeersResponse(peers=peers)
 
     async def GetMetrics(self, request: admin_pb2.GetMetricsRequest,

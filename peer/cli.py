@@ -77,12 +77,15 @@ def cmd_peers(args: argparse.Namespace) -> int:
         print(json.dumps([_as_dict(p) for p in peers]))
         return 0
     header = f"{'id':<22} {'address':<22} {'state':<8} {'source':<8} {'seen':>7} {'exch':>6} {'fail':>5} " \
-             f"{'bytes in':>12} {'bytes out':>12}"
+             f"{'bytes in':>12} {'bytes out':>12} {'rep':>6}"
     print(header)
     for p in peers:
         seen = f"{p.last_contact_seconds_ago:.1f}s" if p.last_contact_seconds_ago >= 0 else "never"
         print(f"{(p.peer_id or '?'):<22} {p.address:<22} {p.state:<8} {p.source:<8} {seen:>7} {p.exchanges:>6} "
-              f"{p.failures:>5} {p.bytes_received:>12} {p.bytes_sent:>12}")
+              f"{p.failures:>5} {p.bytes_received:>12} {p.bytes_sent:>12} {p.reputation:>6.2f}"
+              f"{' BANNED' if p.banned else ''}")
+        if p.reputation_reason:  # why its score is down (or why it is banned), under its row
+            print(f"    {p.reputation_reason}")
     if not peers:
         print("(no known peers)")
     return 0
@@ -167,8 +170,36 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
                        out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
                        merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed,
-                       extra_args=args.peer_arg or [])
-    return run_cluster(spec)
+                       extra_args=args.peer_arg or [], tls=args.tls)
+    from peer.certs import CertError
+
+    try:
+        return run_cluster(spec)
+    except CertError as e:  # an unusable CA left in <out>/tls by an earlier run
+        print(f"hearsay cluster: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from peer.certs import CertError, make_certs
+
+    try:
+        issued = make_certs(args.out, args.names, dns=args.dns, ips=args.ip, days=args.days)
+    except CertError as e:
+        print(f"hearsay certs: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"hearsay certs: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILURE
+    if issued.ca_created:
+        print(f"CA      {issued.ca_cert} (new); its key {issued.ca_key} signs peers: keep it off them")
+    else:
+        print(f"CA      {issued.ca_cert} (existing, reused)")
+    for peer in issued.peers:
+        print(f"{peer.name:<7} {peer.cert}  key {peer.key}")
+    print(f"each peer needs the CA certificate and its own pair: hearsay run --tls-ca {issued.ca_cert} "
+          f"--tls-cert {args.out}/<name>.pem --tls-key {args.out}/<name>.key --require-tls")
+    return 0
 
 
 def _add_admin_flags(p: argparse.ArgumentParser) -> None:
@@ -205,7 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")
     p.add_argument("--peer-arg", action="append", metavar="ARG",
                    help="extra flag passed to every `hearsay run` (repeatable), e.g. --peer-arg=--lr=0.1")
+    p.add_argument("--tls", action="store_true",
+                   help="make a cluster CA and a certificate per peer in DIR/tls and run every peer with mutual TLS")
     p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("certs", help="make a cluster CA (or reuse the one in --out) and a certificate per peer")
+    p.add_argument("names", nargs="+", metavar="NAME", help="peer names (each gets NAME.pem and NAME.key)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for ca.pem, ca.key and the peer files")
+    p.add_argument("--dns", action="append", default=[], metavar="NAME",
+                   help="extra DNS name for every certificate (repeatable)")
+    p.add_argument("--ip", action="append", default=[], metavar="ADDR",
+                   help="IP address for every certificate (repeatable)")
+    p.add_argument("--days", type=int, default=825, help="validity of the peer certificates (default: 825)")
+    p.set_defaults(func=cmd_certs)
 
     p = sub.add_parser("status", help="show one peer's status")
     _add_admin_flags(p)

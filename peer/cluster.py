@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from peer.certs import CA_CERT_FILE, make_certs
 from peer.procs import PeerProcess, launch_peers
 
 POLL_SECONDS = 1.0
@@ -40,13 +41,22 @@ class ClusterSpec:
     # Stop this many seconds after every peer has finished training (needs --max-steps in
     # extra_args); duration stays the upper bound. Benchmarks use it for equal compute.
     settle_after_training: float | None = None
+    # Mutual TLS between the peers: a CA and one certificate per peer in <out>/tls.
+    tls: bool = False
+
+
+def tls_args(directory: Path, name: str) -> list[str]:
+    """The `hearsay run` flags of peer ``name`` whose files `hearsay certs` wrote to ``directory``."""
+    return ["--tls-ca", str(directory / CA_CERT_FILE), "--tls-cert", str(directory / f"{name}.pem"),
+            "--tls-key", str(directory / f"{name}.key"), "--require-tls"]
 
 
 def peer_args(spec: ClusterSpec, i: int, seeds: list[str]) -> list[str]:
+    tls = tls_args(Path(spec.out) / "tls", f"peer-{i}") if spec.tls else []
     return ["--seeds", ",".join(seeds), "--shard-index", str(i), "--shard-count", str(spec.peers),
             "--partition", spec.partition, "--alpha", str(spec.alpha), "--model", spec.model,
             "--merge", spec.merge, "--gossip-interval", str(spec.gossip_interval),
-            "--seed", str(spec.seed + i), "--data-seed", str(spec.seed), *spec.extra_args]
+            "--seed", str(spec.seed + i), "--data-seed", str(spec.seed), *tls, *spec.extra_args]
 
 
 def _snapshot(p: PeerProcess) -> dict[str, Any] | None:
@@ -113,6 +123,9 @@ def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
     console = console or Console(width=None if sys.stdout.isatty() else 110)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
+    if spec.tls:  # peer ids are peer-<i> (procs.launch_peers); a CA already in <out>/tls is reused
+        issued = make_certs(out / "tls", [f"peer-{i}" for i in range(spec.peers)], ips=["127.0.0.1"])
+        console.print(f"mutual TLS: CA {issued.ca_cert}, {len(issued.peers)} peer certificates")
     started = time.monotonic()
     peers = launch_peers(spec.peers, out / "logs", lambda i, seeds: peer_args(spec, i, seeds))
     history: list[dict[str, Any]] = []

@@ -15,9 +15,12 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.merge import RULES
+
+if TYPE_CHECKING:
+    from peer.certs import TlsIdentity
 
 ENV_PREFIX = "HEARSAY_"
 # Codecs for model deltas (raw is for integer tensors only).
@@ -101,6 +104,28 @@ class PeerConfig:
                                       "to measure what it buys).")
     max_links: int = _opt(64, "Per-link replicas kept (least recently used evicted; a keyframe follows).")
     max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
+    # --- inbound limits (peer/admission.py): what a peer's inbound exchanges may cost it
+    stream_idle_timeout: float = _opt(5.0, "Longest pause, in seconds, between two frames of an inbound packet "
+                                           "(and before its first); longer ends the exchange as stalled.")
+    stream_min_rate_kb: float = _opt(256.0, "Slowest average rate, in KiB/s, an inbound packet may arrive at after "
+                                            "an allowance of stream_idle_timeout seconds (0 = no minimum); slower "
+                                            "ends the exchange as too slow.")
+    max_inbound_streams: int = _opt(128, "Inbound exchanges receiving at once; beyond it the longest-idle one is "
+                                         "shed, or the new one refused (overloaded).")
+    max_streams_per_connection: int = _opt(8, "Inbound exchanges receiving at once over one connection (IP:port); "
+                                              "beyond it they are refused (too_many_from_peer).")
+    inbound_buffer_mb: float = _opt(512.0, "MiB all incomplete inbound packets together may hold; beyond it the "
+                                           "longest-idle one is shed, or the new frame refused (buffer_budget).")
+    max_inbound_processing: int = _opt(4, "Received packets decoded and merged at once (streams still receiving "
+                                          "never hold these slots).")
+    # --- hostile peers (issue 7; bench/byzantine.py measures what each setting stops)
+    reputation: bool = _opt(True, "Score every peer from the merge rule's verdicts and its refused replies "
+                                  "(protocol/reputation.py); a peer below the ban threshold is not chosen as a "
+                                  "partner and its packets are refused (PERMISSION_DENIED) until the score recovers.")
+    loss_check: bool = _opt(True, "With merge=bristle or bristle-vc: refuse a received model whose merge would "
+                                  "raise the local validation loss more than usual (protocol.merge.LossCheck).")
+    validation_split: float = _opt(0.0, "Fraction of this peer's shard held out of training for the loss check; "
+                                         "0 = check on the training shard (measured no worse on non-IID shards).")
     # --- membership
     membership: str = _opt("swim", "Failure detector: swim = SWIM + Lifeguard over gRPC (probes, suspicion, "
                                    "refutation, graceful leave); static = seeds and inbound contacts only, a member "
@@ -109,6 +134,13 @@ class PeerConfig:
                                     "(period/2), update gossip (period/5), push-pull (30 periods), reconnect "
                                     "(10 periods) and the suspicion timeout (4·ln(n+1) periods for n peers, shrinking to "
                                     "4·max(1, log10 n) as other peers confirm) all scale with it.")
+    # --- mutual TLS between peers (files made by `hearsay certs`)
+    tls_ca: str = _opt("", "Cluster CA certificate (PEM); with tls_cert and tls_key the gossip port serves and "
+                           "dials only mutual TLS, and admits only peers whose certificate this CA signed.")
+    tls_cert: str = _opt("", "This peer's certificate (PEM), signed by tls_ca.")
+    tls_key: str = _opt("", "This peer's private key (PEM, unencrypted; keep it 0600).")
+    require_tls: bool = _opt(False, "Refuse to start unless tls_ca, tls_cert and tls_key are set, so a peer "
+                                    "meant for a TLS cluster never runs in plaintext by mistake.")
     # --- operations
     data_dir: str = _opt("", "Directory for checkpoints (resume from the newest valid one at start-up, "
                              "rejoin from its member list); empty = no checkpoints.")
@@ -155,6 +187,14 @@ class PeerConfig:
             (self.gossip_interval > 0, "gossip_interval must be positive"),
             (self.gossip_timeout > 0, "gossip_timeout must be positive"),
             (self.max_packet_mb > 0, "max_packet_mb must be positive"),
+            (self.stream_idle_timeout > 0, "stream_idle_timeout must be positive"),
+            (self.stream_min_rate_kb >= 0, "stream_min_rate_kb must be >= 0"),
+            (self.max_inbound_streams >= 1, "max_inbound_streams must be at least 1"),
+            (self.max_streams_per_connection >= 1, "max_streams_per_connection must be at least 1"),
+            (self.inbound_buffer_mb >= self.max_packet_mb,
+             "inbound_buffer_mb must be at least max_packet_mb (else the largest packet could never arrive)"),
+            (self.max_inbound_processing >= 1, "max_inbound_processing must be at least 1"),
+            (0 <= self.validation_split < 1, "validation_split must be in [0, 1)"),
             (self.probe_period > 0, "probe_period must be positive"),
             (0 < self.topk_ratio <= 1, "topk_ratio must be in (0, 1]"),
             (self.max_links >= 1, "max_links must be at least 1"),
@@ -182,10 +222,29 @@ class PeerConfig:
             if self.host in ("0.0.0.0", "::") and not self.advertise:
                 raise ConfigError("announcing a wildcard address over MQTT: set advertise to an address "
                                   "other peers can reach")
+        self.tls_identity()
         if not is_loopback(self.admin_host) and not self.token():
             raise ConfigError(f"admin_host {self.admin_host!r} is not loopback: set admin_token_file or "
                               "HEARSAY_ADMIN_TOKEN so the admin API is not open to the network")
         return self
+
+    def tls_identity(self) -> TlsIdentity | None:
+        """The checked TLS files (``None``: plaintext); ``ConfigError`` naming what is wrong."""
+        paths = {"tls_ca": self.tls_ca, "tls_cert": self.tls_cert, "tls_key": self.tls_key}
+        if not any(paths.values()):
+            if self.require_tls:
+                raise ConfigError("require_tls is set but tls_ca, tls_cert and tls_key are not "
+                                  "(make them with `hearsay certs`)")
+            return None
+        missing = [name for name, value in paths.items() if not value]
+        if missing:
+            raise ConfigError(f"tls_ca, tls_cert and tls_key go together: {', '.join(missing)} not set")
+        from peer.certs import CertError, load_identity
+
+        try:
+            return load_identity(self.tls_ca, self.tls_cert, self.tls_key)
+        except CertError as e:
+            raise ConfigError(str(e)) from None
 
     def token(self) -> str:
         """The admin bearer token, from admin_token or the first line of admin_token_file."""

@@ -11,26 +11,37 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
+from peer.defence import Defence
 from peer.trainer import Trainer
 from protocol import codecs
 from protocol.codecs.base import Codec
+from protocol.errors import Banned, WireError
 from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
-from protocol.errors import WireError
+from protocol.freshness import Freshness
 from protocol.membership import Member, MemberState, StaticMembership
-from protocol.merge import Contribution, MergeRule, merge_received
+from protocol.merge import Contribution, MergeRule
 from protocol.sampling import choose_partner
-from protocol.wire import Limits, Packet, PacketHeader, decode_packet, encode_packet, fingerprint, specs_of
+from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts, fingerprint,
+                           packet_size, specs_of)
 
 log = logging.getLogger(__name__)
 
 # Codecs that keep only some coordinates: meaningful on deltas, configured with a ratio.
 SPARSE_CODECS = frozenset({"topk", "topk_int8", "randk"})
+
+
+def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
+    """One buffer for a packet given as one or as parts (handed over in-process, as in
+    tests and simulations; the gRPC transport reassembles into one ``bytearray``)."""
+    if isinstance(packet, (bytes, bytearray, memoryview)):
+        return packet
+    return bytearray().join(packet)
 
 
 class SelfExchange(WireError):
@@ -45,7 +56,8 @@ class LinkBusy(WireError):
     reason = "busy"
 
 # exchange(address, packet, timeout) -> reply packet; raises on refusal or unreachable partner.
-Exchange = Callable[[str, bytes, float], Awaitable[bytes]]
+# The packet is one buffer or a sequence of buffers to send one after the other.
+Exchange = Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[Buffer]]
 
 
 @dataclass
@@ -99,6 +111,8 @@ class GossipEngine:
         self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
                              max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
         self.receiver = Receiver(max_links=max_links)
+        # Link frames taken per partner: replayed or stale packets are refused (protocol/freshness.py).
+        self.freshness = Freshness(max_senders=4 * max_links)
         # One frame at a time per link, in both directions (frames must stay in sequence).
         self._link_locks: dict[str, asyncio.Lock] = {}
         # Partners whose last frame we could not apply: our next packet asks for a keyframe.
@@ -122,6 +136,8 @@ class GossipEngine:
         # Called with the seconds one merge took (metrics histogram).
         self.on_merge: Callable[[float], None] | None = None
         self.on_exchange: Callable[[float], None] | None = None
+        # Reputation and batched merges (issue 7); the node gives it a protocol.reputation.Reputation.
+        self.defence = Defence(clock=clock)
 
     # --- packets -----------------------------------------------------------------------------
     def _policy(self, codec: str) -> codecs.SizeAdaptive:
@@ -129,24 +145,30 @@ class GossipEngine:
         return codecs.SizeAdaptive(codecs.make(codec, **options), dense=self.small_codec)
 
     def own_packet(self, link: str, commit: bool = True, samples: int | None = None) -> bytes:
+        """``own_packet_parts`` joined into one buffer."""
+        return b"".join(self.own_packet_parts(link, commit, samples))
+
+    def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None) -> list[Buffer]:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
-        what that partner already holds. Call with the link's lock held. ``commit=False``
+        what that partner already holds, as buffers to send one after the other (a dense
+        keyframe's payloads are the link's replica itself, not copies: send them before
+        the next frame on this link). Call with the link's lock held. ``commit=False``
         leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
-        state = self.trainer.state()
+        state = self.trainer.state()  # a fresh copy, handed over to the sender
         stats = self.trainer.stats()
-        frame = self.sender.prepare(link, state, commit=commit)
+        frame = self.sender.prepare(link, state, commit=commit, adopt=True)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps,
                               samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
                               codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
                               link_seq=frame.header.seq, keyframe=frame.header.keyframe,
                               need_keyframe=link in self._want_keyframe)
-        packet = encode_packet(header, state, frame.chooser())
+        parts = encode_packet_parts(header, state, frame.chooser())
         self._want_keyframe.discard(link)
-        self.stats.compression_ratio = self.dense_bytes / max(len(packet), 1)
+        self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
         if frame.header.keyframe:
             self.stats.keyframes_sent += 1
-        return packet
+        return parts
 
     def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
         """Apply a partner's frame to our copy of its model; the model to merge, or None
@@ -154,7 +176,10 @@ class GossipEngine:
         if packet.header.need_keyframe:
             self.sender.invalidate(link)
         h = packet.header
-        result = self.receiver.accept(link, FrameHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors)
+        # Our packets are decoded from buffers nobody else holds (``decode``): a keyframe's
+        # tensors become our copy of the partner's model without another copy.
+        result = self.receiver.accept(link, FrameHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors,
+                                      adopt=True)
         if isinstance(result, NeedKeyframe):
             self._want_keyframe.add(link)
             self.stats.keyframe_requests[result.reason] = self.stats.keyframe_requests.get(result.reason, 0) + 1
@@ -173,14 +198,19 @@ class GossipEngine:
     def _remember_report(self, address: str, packet: Packet) -> None:
         self.reports[address] = (dict(packet.header.telemetry), self.clock())
 
-    def decode(self, data: bytes) -> Packet:
-        return decode_packet(data, expected=self.specs, limits=self.limits)
+    def decode(self, data: Buffer | Sequence[Buffer]) -> Packet:
+        """Decode a received packet. A ``bytearray`` (what the transport reassembles) is
+        taken over: its dense tensors are decoded as writable views of it."""
+        data = as_buffer(data)
+        return decode_packet(data, expected=self.specs, limits=self.limits, owned=isinstance(data, bytearray))
 
-    def _merge(self, model: Mapping[str, np.ndarray], samples: int) -> None:
+    def _merge(self, model: Mapping[str, np.ndarray], samples: int, sender: str = "") -> None:
         started = time.perf_counter()
-        received = Contribution(model, samples=samples)
-        self.trainer.merge_with(
-            lambda current: merge_received(self.merge_rule, current, self.trainer.samples, [received]))
+        # Through the defence: verdicts feed the sender's reputation; batch rules (median,
+        # trimmed) buffer models until merge_batch(rule) senders have sent one.
+        report = self.defence.merge(self.trainer, self.merge_rule, Contribution(model, samples=samples, sender=sender))
+        if report is None:
+            return  # buffered for a batch merge
         if self.on_merge is not None:
             self.on_merge(time.perf_counter() - started)
         if self.trainer.stats().done:
@@ -207,22 +237,25 @@ class GossipEngine:
             self.stats.merges += 1
 
     # --- the callee's side -------------------------------------------------------------------
-    async def handle_inbound(self, data: bytes, transport_peer: str) -> bytes:
+    async def handle_inbound(self, data: Buffer | Sequence[Buffer], transport_peer: str) -> list[Buffer]:
         """Validate a partner's packet, merge it, answer with our pre-merge model.
 
         Raises ``WireError`` (the model untouched) when the packet is refused.
         """
+        data = as_buffer(data)
         self.in_flight += 1
         try:
             return await self._handle_inbound(data, transport_peer)
         finally:
             self.in_flight -= 1
 
-    async def _handle_inbound(self, data: bytes, transport_peer: str) -> bytes:
+    async def _handle_inbound(self, data: Buffer, transport_peer: str) -> list[Buffer]:
         packet = await asyncio.to_thread(self.decode, data)
         sender = packet.header.sender_addr
         if packet.header.sender_id == self.peer_id:
             raise SelfExchange("a packet from this peer itself (our own address under another name)")
+        if self.defence.is_banned(sender):  # its reputation fell below the threshold: dropped unmerged, unanswered
+            raise Banned(f"{sender} is banned ({self.defence.standing(sender)[2]})")
         if packet.header.samples == 0:
             return await self._answer_newcomer(sender, packet, data)
         lock = self._lock(sender)
@@ -231,34 +264,36 @@ class GossipEngine:
             # frames on a link must stay in sequence, so this call is refused, not queued.
             raise LinkBusy(f"an exchange with {sender} is already in progress")
         async with lock:
+            h = packet.header  # a replayed or stale frame is refused before the link or model moves
+            self.freshness.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
-            reply = await asyncio.to_thread(self.own_packet, sender)
+            reply = await asyncio.to_thread(self.own_packet_parts, sender)
             self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
             self._remember_report(sender, packet)
             # A model backed by no data (a newcomer fetching its first model) is not merged.
             merged = model is not None and packet.header.samples > 0
             if merged:
-                await asyncio.to_thread(self._merge, model, packet.header.samples)
-        self._account(sender, len(reply), len(data), merged=merged)
+                await asyncio.to_thread(self._merge, model, packet.header.samples, sender)
+        self._account(sender, packet_size(reply), len(data), merged=merged)
         log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
         return reply
 
-    async def _answer_newcomer(self, sender: str, packet: Packet, data: bytes) -> bytes:
+    async def _answer_newcomer(self, sender: str, packet: Packet, data: Buffer) -> list[Buffer]:
         """A peer fetching its first model (its own is backed by no data): answer with a
         one-off keyframe of ours. Nothing of the link changes on either side, so no link
         lock is needed — two newcomers asking each other at once cannot refuse each other."""
-        def keyframe() -> bytes:
+        def keyframe() -> list[Buffer]:
             key = f"newcomer:{sender}"
             self.sender.invalidate(key)
             try:
-                return self.own_packet(key, commit=False)  # a keyframe, kept nowhere
+                return self.own_packet_parts(key, commit=False)  # a keyframe, kept nowhere
             finally:
                 self.sender.discard(key)
 
         reply = await asyncio.to_thread(keyframe)
         self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
         self._remember_report(sender, packet)
-        self._account(sender, len(reply), len(data), merged=False)
+        self._account(sender, packet_size(reply), len(data), merged=False)
         return reply
 
     # --- the caller's side -------------------------------------------------------------------
@@ -279,7 +314,9 @@ class GossipEngine:
 
     async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
         link = member.address
-        own = await asyncio.to_thread(self.own_packet, link, False)
+        if self.defence.is_banned(link):  # pick_partner skips banned peers; this covers other callers
+            return False
+        own = await asyncio.to_thread(self.own_packet_parts, link, False)
         try:
             started = time.perf_counter()
             reply = await exchange(link, own, self.timeout)
@@ -288,6 +325,7 @@ class GossipEngine:
         except WireError as e:
             self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
             self.count_rejected(e)
+            self.defence.record(link, "rejected", e.reason)  # its reply was invalid: its reputation pays
             self._fail(member)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
@@ -307,10 +345,11 @@ class GossipEngine:
         self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our frame
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
+        self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
         model = self._accept(link, packet)
         if model is not None:
-            await asyncio.to_thread(self._merge, model, packet.header.samples)
-        self._account(link, len(own), len(reply), merged=model is not None)
+            await asyncio.to_thread(self._merge, model, packet.header.samples, link)
+        self._account(link, packet_size(own), len(reply), merged=model is not None)
         if model is None:
             return False
         self.stats.exchanges_out += 1
@@ -357,6 +396,8 @@ class GossipEngine:
                     log.info("bootstrap from %s failed: %s", link, e)
                     continue
                 self.sender.discard(link)  # the partner answers newcomers without applying their frame
+                self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq,
+                                    packet.header.model_version)
                 model = self._accept(link, packet)
             self._remember_report(link, packet)
             self.membership.note_contact(link, packet.header.sender_id, self.clock())
@@ -378,9 +419,10 @@ class GossipEngine:
         Suspects are skipped: an exchange costs a whole model each way, and a suspect
         is likely gone (the failure detector, not a failed exchange, decides). The
         fallback keeps a lone peer of the static view knocking on its seeds; under SWIM
-        it rarely matters, since SWIM rejoins through the seeds by itself.
+        it rarely matters, since SWIM rejoins through the seeds by itself. Banned peers
+        (``protocol.reputation``) are never chosen.
         """
-        members = self.membership.members()
+        members = [m for m in self.membership.members() if not self.defence.is_banned(m.address)]
         partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
         return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
 

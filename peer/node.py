@@ -11,6 +11,7 @@ exchanges, let calls in flight finish for a grace period, stop the trainer.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
@@ -28,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, membership_pb2, membership_pb2_grpc
 from peer import checkpoint, logs
 from peer.admin import AdminServicer
+from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
 from peer.config import WIRE_CODECS, PeerConfig
 from peer.data import load_dataset, partition
@@ -37,11 +39,15 @@ from peer.membership_runtime import MembershipEvents, MembershipRuntime
 from peer.metrics import NodeMetrics
 from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
+from peer.transport.channels import channel_credentials
 from peer.transport.grpc_transport import GossipClient, GossipServicer, server_options
 from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
+from peer.transport.tls_front import TlsFront, TlsRefused, server_context
+from peer.validation import Validator, make_validator, split_validation
 from protocol.membership import StaticMembership, Swim, SwimConfig
-from protocol.merge import make_rule
+from protocol.merge import BristleRule, MergeRule, make_rule
+from protocol.reputation import Reputation
 from protocol.wire import Limits
 
 log = logging.getLogger(__name__)
@@ -67,15 +73,26 @@ async def _stall_loop(stall: float, every: float, stopping: asyncio.Event) -> No
 
 def build_trainer(config: PeerConfig) -> Trainer:
     """Data shard, model and optimiser for this peer, all seeded from the config."""
+    return build_trainer_and_validation(config)[0]
+
+
+def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[torch.Tensor, torch.Tensor]]:
+    """``build_trainer``, and the samples the loss check scores models on: the
+    ``validation_split`` held out of the shard, or the training shard itself when 0."""
     torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, seed=config.data_seed)
     shards = partition(data.train_y, config.shard_count, config.partition, config.alpha, config.data_seed)
+    shard, held = split_validation(shards[config.shard_index], config.validation_split, config.seed)
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes)
-    return Trainer(model, data, shards[config.shard_index], device=resolve_device(config.device),
-                   seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-                   max_steps=config.max_steps, steps_per_second=config.steps_per_second,
-                   eval_every=config.eval_every)
+    trainer = Trainer(model, data, shard, device=resolve_device(config.device),
+                      seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
+                      max_steps=config.max_steps, steps_per_second=config.steps_per_second,
+                      eval_every=config.eval_every)
+    if not len(held):
+        return trainer, (trainer.train_x, trainer.train_y)
+    return trainer, (torch.as_tensor(data.train_x[held], device=trainer.device),
+                     torch.as_tensor(data.train_y[held], device=trainer.device))
 
 
 class Node:
@@ -83,7 +100,8 @@ class Node:
         self.config = config
         self.clock = time.monotonic
         self.started_at = self.clock()
-        self.trainer = build_trainer(config)
+        self.trainer, self._validation_data = build_trainer_and_validation(config)
+        self._validator: Validator | None = None  # built on first need (a scratch copy of the model)
         self.peer_id = config.resolved_peer_id()
         self.address = config.gossip_address()
         self.admin_address = f"{config.admin_host}:{config.admin_port}"
@@ -91,7 +109,12 @@ class Node:
         self.data_dir = Path(config.data_dir) if config.data_dir else None
         self.stopping = asyncio.Event()
         self.leaving = False
-        self.client = GossipClient(max_packet_bytes=self._max_packet_bytes())
+        # Mutual TLS on every peer link when tls_* are set (both ends: the server behind a
+        # TlsFront, the clients with the same certificate); plaintext otherwise.
+        self.tls = config.tls_identity()
+        self._credentials = channel_credentials(self.tls) if self.tls is not None else None
+        self._tls_front: TlsFront | None = None
+        self.client = GossipClient(max_packet_bytes=self._max_packet_bytes(), credentials=self._credentials)
         self.metrics = NodeMetrics(self)
         self.last_checkpoint: checkpoint.Saved | None = None
         self.last_checkpoint_step = 0
@@ -173,6 +196,17 @@ class Node:
             except OSError as e:
                 log.error("checkpoint failed: %s", e)
 
+    # --- merge rule --------------------------------------------------------------------------
+    def _make_rule(self, name: str) -> MergeRule:
+        """``make_rule(name)``; a rule with a loss check gets this peer's validator (config loss_check)."""
+        rule = make_rule(name)
+        if self.config.loss_check and isinstance(rule, BristleRule):
+            if self._validator is None:
+                x, y = self._validation_data
+                self._validator = make_validator(copy.deepcopy(self.trainer.model), x, y)
+            rule.validator = self._validator
+        return rule
+
     # --- runtime knobs -----------------------------------------------------------------------
     def knobs(self) -> dict[str, str]:
         return {"gossip_interval": repr(self.engine.interval), "codec": self.engine.codec.name,
@@ -198,7 +232,7 @@ class Node:
                 raise ValueError(f"codec: {value!r} is not one of {', '.join(WIRE_CODECS)}")
             self.engine.set_codec(value)
         elif key == "merge":
-            self.engine.merge_rule = make_rule(value)
+            self.engine.merge_rule = self._make_rule(value)
         elif key == "log_level":
             if value.lower() not in ("debug", "info", "warning", "error"):
                 raise ValueError("log_level must be debug, info, warning or error")
@@ -236,7 +270,12 @@ class Node:
         if self.data_dir is not None:
             await asyncio.to_thread(self._resume)
         self._gossip_server = grpc.aio.server(options=server_options())
-        gossip_port = self._gossip_server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.tls is not None:  # gRPC listens privately; the public port is the front's, TLS only
+            self._tls_front = TlsFront(server_context(self.tls), on_refused=self._tls_refused)
+            self._gossip_server.add_insecure_port(self._tls_front.backend_target)
+            gossip_port = await self._tls_front.bind(cfg.host, cfg.port)
+        else:
+            gossip_port = self._gossip_server.add_insecure_port(f"{cfg.host}:{cfg.port}")
         if not cfg.advertise:
             self.address = f"{cfg.host}:{gossip_port}"
         if not cfg.peer_id:
@@ -249,16 +288,18 @@ class Node:
             self.membership.add_seed(saved["address"])
         self.engine = GossipEngine(
             peer_id=self.peer_id, address=self.address, trainer=self.trainer, membership=self.membership,
-            merge_rule=make_rule(cfg.merge), codec=cfg.codec,
+            merge_rule=self._make_rule(cfg.merge), codec=cfg.codec,
             limits=Limits(max_packet_bytes=self._max_packet_bytes()), rng=random.Random(cfg.seed),
             interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock,
             topk_ratio=cfg.topk_ratio, keyframe_codec=cfg.keyframe_codec, error_feedback=cfg.error_feedback,
             max_links=cfg.max_links, small_codec=cfg.small_codec)
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
+        self.engine.defence.reputation = Reputation() if cfg.reputation else None
         self.trainer.on_step = self.metrics.train_step_seconds.observe
         add_gossip_to_server(
-            GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected),
+            GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected,
+                           Gate(limits_from_config(cfg))),
             self._gossip_server)
         if self.swim is not None:
             membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(self.swim.receive),
@@ -283,6 +324,10 @@ class Node:
             self.metrics_address = f"{cfg.metrics_host}:{port}"
 
         await self._gossip_server.start()
+        if self._tls_front is not None and self.tls is not None:
+            self._tls_front.start()
+            log.info("gossip port %s serves mutual TLS only (certificate %s, valid until %s)", gossip_port,
+                     self.tls.subject, f"{self.tls.not_after:%Y-%m-%d}")
         await self._admin_server.start()
         if self.swim is not None:  # after the server: acks to our first probes need somewhere to land
             self.swim.start()
@@ -302,6 +347,11 @@ class Node:
         print(json.dumps({"event": "ready", "peer_id": self.peer_id, "gossip": self.address,
                           "admin": self.admin_address, "metrics": self.metrics_address}), flush=True)
 
+    def _tls_refused(self, refused: TlsRefused) -> None:
+        """A caller failed our TLS handshake: counted and logged (with its address) with the
+        other refusals, so Status ``rejected`` and the metrics show it by reason."""
+        self.engine.count_rejected(refused)
+
     def _build_membership(self) -> StaticMembership | Swim:
         """SWIM driven by a runtime on this loop (default), or the static view."""
         cfg = self.config
@@ -312,7 +362,8 @@ class Node:
         swim = Swim(self.address, self.peer_id, rng=random.Random(f"{cfg.seed}/{self.address}"), config=swim_config)
         # Push-pull carries the whole member table and is off the detector's critical path: more time than a ping.
         client = MembershipClient(timeout=swim_config.probe_timeout,
-                                  push_pull_timeout=max(4 * swim_config.probe_timeout, 1.0))
+                                  push_pull_timeout=max(4 * swim_config.probe_timeout, 1.0),
+                                  credentials=self._credentials)
         self.swim = MembershipRuntime(swim, client, clock=self.clock)
         return swim
 
@@ -387,9 +438,13 @@ class Node:
         if leaving is not None and self.swim is not None:
             await leaving
             await self.swim.close()
+        if self._tls_front is not None:
+            self._tls_front.stop_listening()  # calls in flight still run through it during the grace
         for server in (self._gossip_server, self._admin_server):
             if server is not None:
                 await server.stop(SHUTDOWN_GRACE_SECONDS)
+        if self._tls_front is not None:
+            await self._tls_front.close()
         await self.client.close()
         await asyncio.to_thread(self.trainer.stop)
         if self.data_dir is not None:
@@ -413,6 +468,10 @@ class Node:
 def run(config: PeerConfig) -> int:
     """Entry point of `hearsay run`: one peer under uvloop."""
     import uvloop
+
+    from peer.memory import return_large_blocks
+
+    return_large_blocks()  # before the model exists: model-sized buffers are freed for real
 
     async def main() -> None:
         node = Node(config)

@@ -22,15 +22,20 @@ the merge rule may discount it.
 
 Hostile peers (issue 7): ``SimConfig.attack`` and ``attackers`` turn chosen peers into
 attackers that follow the protocol (they train, exchange and merge) but send poisoned
-models (``ATTACKS``: sign-flip, scaled Gaussian noise, small shift) or train on
-flipped labels (label-flip). Rules that want several models per merge (``median``,
+models (``ATTACKS``: sign-flip, scaled Gaussian noise, small shift, loss shift) or train
+on flipped labels (label-flip). Rules that want several models per merge (``median``,
 ``trimmed``: ``protocol.merge.merge_batch``) get them buffered per peer, one per
-sender, as the daemon must; ``reputation`` adds ``protocol.reputation`` per peer.
+sender, as the daemon must; ``reputation`` adds ``protocol.reputation`` per peer (its
+half-life in gossip intervals, as the daemon's); ``validate`` gives rules with a loss
+check each peer's validator (``peer.validation``, as the daemon builds it), on its
+training shard or on a ``validation_split`` held out of it. ``absent`` leaves peers out
+altogether: the control that tells lost data from damage done.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import itertools
 import math
@@ -47,21 +52,30 @@ from peer.data import Dataset, load_dataset
 from peer.data.partition import dirichlet_partition, partition
 from peer.models import build_model
 from peer.trainer import Trainer
+from peer.validation import Validator, make_validator, split_validation
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import WireError
 from protocol.merge import (
     Contribution,
+    LossCheck,
     MergeReport,
     MergeRule,
     make_rule,
     merge_batch,
-    merge_received,
     merge_received_report,
 )
 from protocol.reputation import Reputation, ReputationConfig
 from protocol.sampling import choose_partner
-from protocol.wire import Packet, PacketHeader, TensorSpec, decode_packet, encode_packet, fingerprint, specs_of
+from protocol.wire import (
+    Packet,
+    PacketHeader,
+    TensorSpec,
+    decode_packet,
+    encode_packet,
+    fingerprint,
+    specs_of,
+)
 
 TOPOLOGIES = ("full", "ring", "random-regular")
 INITS = ("default", "xavier")
@@ -74,8 +88,12 @@ INITS = ("default", "xavier")
 #                median distance between the victim and the honest peers) along the
 #                gradient *ascent* direction of the loss at the victim's weights on the
 #                attacker's shard — an omniscient attacker that stays just inside the norm
-ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift")
-DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95}
+#   loss-shift   small-shift that also games the victim's loss check (protocol.merge.LossCheck):
+#                of the steps 0.95·bound·2^−i (i = 0..12) it sends the one whose rise in the
+#                victim's validation loss lets the most through (trust × step), knowing the
+#                victim's validation data and current limit — what the loss check cannot stop
+ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift", "loss-shift")
+DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95, "loss-shift": 0.95}
 # Trainer.step() evaluates every eval_every steps; the simulator evaluates on its own schedule.
 _NEVER = 1 << 62
 
@@ -111,8 +129,13 @@ class SimConfig:
     attack: str = "none"                # one of ATTACKS
     attackers: tuple[int, ...] = ()     # indices of the attacking peers
     attack_scale: float = 0.0           # 0: DEFAULT_ATTACK_SCALE of the attack
-    validate: bool = False              # rules with a ``validator`` get the loss on the peer's own shard
+    validate: bool = False              # rules with a ``validator`` get the peer's local validation loss
+    validation_split: float = 0.0       # with validate: shard fraction held out for it (0: the training shard)
     reputation: bool = False            # per-peer protocol.reputation: ban, drop, skip as partner
+    # Reputation's forgiveness half-life in virtual seconds; 0: the daemon's default measured in
+    # exchanges (ReputationConfig.half_life s at 1 s per exchange -> that many gossip intervals).
+    reputation_half_life: float = 0.0
+    absent: tuple[int, ...] = ()        # peers left out of the swarm (a control: their shards unused)
 
     def check(self) -> SimConfig:
         """Raise ``ValueError`` naming the first field that cannot work."""
@@ -130,6 +153,11 @@ class SimConfig:
             (all(0 <= a < self.peers for a in self.attackers), "attackers must be peer indices"),
             (len(set(self.attackers)) == len(self.attackers), "attackers must be distinct"),
             (self.attack_scale >= 0 and math.isfinite(self.attack_scale), "attack_scale must be >= 0"),
+            (0 <= self.validation_split < 1, "validation_split must be in [0, 1)"),
+            (self.reputation_half_life >= 0, "reputation_half_life must be >= 0"),
+            (all(0 <= a < self.peers for a in self.absent), "absent must be peer indices"),
+            (len(set(self.absent)) + 2 <= self.peers, "at least 2 peers must be present"),
+            (not set(self.absent) & set(self.attackers), "a peer cannot be both absent and attacking"),
         ]
         for ok, message in checks:
             if not ok:
@@ -276,6 +304,8 @@ class SimStats:
     dropped: int = 0
     # Verdicts of the merge rules (ok / clipped / outlier), by (kind, sender was an attacker).
     verdicts: Counter[tuple[str, bool]] = field(default_factory=Counter)
+    # Refusals by test ("distance", "validation": the first word of the verdict's reason) and attacker.
+    refused_by: Counter[tuple[str, bool]] = field(default_factory=Counter)
 
 
 @dataclass
@@ -318,10 +348,23 @@ def packet_of(peer: VirtualPeer, state: dict[str, np.ndarray], fp: bytes, codec:
     return encode_packet(header, state, choose_codec(codec))
 
 
-def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0) -> None:
+def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0, sender: str = "") -> MergeReport:
     """Merge a decoded packet into ``trainer`` through the daemon's merge entry point."""
-    received = Contribution(packet.tensors, samples=packet.header.samples, age=age)
-    trainer.merge_with(lambda current: merge_received(rule, current, trainer.samples, [received]))
+    return apply_models(trainer, rule, [Contribution(packet.tensors, samples=packet.header.samples, age=age,
+                                                     sender=sender)])
+
+
+def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution]) -> MergeReport:
+    """Merge ``received`` into ``trainer`` at once with ``merge_received_report``, the function the
+    daemon's ``peer.defence.Defence.merge`` calls; returns the report (verdicts for reputation)."""
+    reports: list[MergeReport] = []
+
+    def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reports.append(merge_received_report(rule, current, trainer.samples, received))
+        return reports[-1].tensors
+
+    trainer.merge_with(merge)
+    return reports[-1]
 
 
 # --- the simulator ------------------------------------------------------------------------------
@@ -347,13 +390,16 @@ class Simulator:
         self.rule = rule if rule is not None else make_rule(config.merge)
         self.codec = codecs.get(config.codec)
         self.shards = shards_for(self.data, config)
+        # Per peer: the indices its validator scores on (held out of training when validation_split > 0).
+        self.validation: list[np.ndarray] = []
         self.peers = self._build_peers()
         self.attackers = frozenset(config.attackers) if config.attack != "none" else frozenset()
-        self.honest = [p.index for p in self.peers if p.index not in self.attackers]
+        self.absent = frozenset(config.absent)
+        self.honest = [p.index for p in self.peers if p.index not in self.attackers | self.absent]
         # One rule object per peer: robust rules keep per-peer state (norm history).
         self.rules: list[MergeRule] = [copy.deepcopy(self.rule) for _ in self.peers]
         self.reputations: list[Reputation] | None = (
-            [Reputation(ReputationConfig()) for _ in self.peers] if config.reputation else None)
+            [Reputation(self._reputation_config()) for _ in self.peers] if config.reputation else None)
         # Received models waiting for a batch merge, per receiver: sender -> (model, receiver steps at send).
         self._buffers: list[dict[int, tuple[Contribution, int]]] = [{} for _ in self.peers]
         with torch.random.fork_rng():  # a model to evaluate others' weights in; leaves torch's RNG as it was
@@ -367,20 +413,31 @@ class Simulator:
         self._seq = itertools.count()
         self._events: list[_Event] = []
         for p in self.peers:
+            if p.index in self.absent:
+                continue
             self._schedule(1.0 / p.speed, "step", p.index)
             # Random phases, as real peers have: no two start their exchanges in lockstep.
             self._schedule(self.config.gossip_interval * self.rng.uniform(0.0, 1.0), "gossip", p.index)
 
+    def _reputation_config(self) -> ReputationConfig:
+        default = ReputationConfig()
+        half_life = self.config.reputation_half_life or default.half_life * self.config.gossip_interval
+        return dataclasses.replace(default, half_life=half_life)
+
     def _build_peers(self) -> list[VirtualPeer]:
         cfg = self.config
         graph = neighbours(cfg.topology, cfg.peers, cfg.degree, self.rng)
+        graph = [[j for j in g if j not in cfg.absent] for g in graph]
         shared = make_model(cfg, self.data, cfg.seed).state_dict() if cfg.shared_init else None
         peers = []
         for i in range(cfg.peers):
             model = make_model(cfg, self.data, peer_seed(cfg, i))
             if shared is not None:
                 model.load_state_dict(shared)
-            trainer = Trainer(model, self.data, self.shards[i], device=torch.device("cpu"), seed=peer_seed(cfg, i),
+            train, held = split_validation(self.shards[i], cfg.validation_split if cfg.validate else 0.0,
+                                           peer_seed(cfg, i))
+            self.validation.append(held if len(held) else train)
+            trainer = Trainer(model, self.data, train, device=torch.device("cpu"), seed=peer_seed(cfg, i),
                               batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER)
             speed = cfg.steps_per_second * self.rng.uniform(1 - cfg.speed_spread, 1 + cfg.speed_spread)
             peers.append(VirtualPeer(i, trainer, graph[i], speed, random.Random(peer_seed(cfg, i))))
@@ -466,25 +523,21 @@ class Simulator:
         received = [Contribution(c.tensors, samples=c.samples, age=steps - sent, sender=c.sender)
                     for _, (c, sent) in sorted(buffer.items())]
         buffer.clear()
-        rule = self.rules[dst.index]
-        reports: list[MergeReport] = []
-
-        def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            reports.append(merge_received_report(rule, current, dst.trainer.samples, received))
-            return reports[0].tensors
-
-        dst.trainer.merge_with(merge)
+        report = apply_models(dst.trainer, self.rules[dst.index], received)
         self.stats.merges += 1
         self.stats.max_age = max(self.stats.max_age, max(c.age for c in received))
         by_id = {p.peer_id: p.index for p in self.peers}
-        for v in reports[0].verdicts:
-            self.stats.verdicts[(v.kind, by_id.get(v.sender, -1) in self.attackers)] += 1
+        for v in report.verdicts:
+            bad = by_id.get(v.sender, -1) in self.attackers
+            self.stats.verdicts[(v.kind, bad)] += 1
+            if v.kind == "outlier" and v.reason:
+                self.stats.refused_by[(v.reason.split(" ", 1)[0], bad)] += 1
         if self.reputations is not None:
-            self.reputations[dst.index].observe(reports[0].verdicts, self.now)
+            self.reputations[dst.index].observe(report.verdicts, self.now)
 
     # --- attackers -----------------------------------------------------------------------------
     def _setup_attackers(self) -> None:
-        """Label-flip attackers train on ``C − 1 − label``; validators see each peer's own shard."""
+        """Label-flip attackers train on ``C − 1 − label``; validators see each peer's validation split."""
         classes = self.data.num_classes
         for i in self.attackers:
             if self.config.attack == "label-flip":
@@ -495,15 +548,12 @@ class Simulator:
                 if hasattr(rule, "validator"):
                     rule.validator = self._validator(p)
 
-    def _validator(self, peer: VirtualPeer) -> Callable[[dict[str, np.ndarray]], float]:
-        """Loss of a model on ``peer``'s own shard (the local validation set of a real peer)."""
-        def loss(tensors: dict[str, np.ndarray]) -> float:
-            self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()})
-            self._scratch.eval()
-            with torch.no_grad():
-                out = self._scratch(peer.trainer.train_x)
-                return float(nn.functional.cross_entropy(out, peer.trainer.train_y))
-        return loss
+    def _validator(self, peer: VirtualPeer) -> Validator:
+        """Loss of a model on ``peer``'s validation split (its held-out samples, true labels;
+        its training shard when nothing is held out), as the daemon's ``peer.validation``."""
+        idx = self.validation[peer.index]
+        return make_validator(self._scratch, torch.as_tensor(self.data.train_x[idx]),
+                              torch.as_tensor(self.data.train_y[idx]))
 
     def _scale(self) -> float:
         return self.config.attack_scale or DEFAULT_ATTACK_SCALE.get(self.config.attack, 1.0)
@@ -518,12 +568,29 @@ class Simulator:
             return {n: (x + k * math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) *
                         self._noise.standard_normal(x.shape)).astype(x.dtype) if x.dtype.kind == "f" else x
                     for n, x in own.items()}
-        if kind == "small-shift":
+        if kind in ("small-shift", "loss-shift"):
             target = victim.trainer.state()
             direction = self._ascent(attacker, target)
             r = k * self._victim_bound(victim, target)
-            return {n: (x + r * direction[n]).astype(x.dtype) if n in direction else x for n, x in target.items()}
+            if kind == "loss-shift":
+                r = self._most_taken(victim, target, direction, r)
+            return _moved(target, direction, r)
         raise ValueError(f"attack {kind!r} sends no poisoned model")
+
+    def _most_taken(self, victim: VirtualPeer, state: dict[str, np.ndarray], direction: dict[str, np.ndarray],
+                    r_max: float) -> float:
+        """The step along ``direction`` (of ``r_max · 2^−i``, i = 0..12) of which the victim's loss
+        check takes the most (``trust × step``); ``r_max`` when the victim has no loss check, 0 when
+        no step passes (the attacker then sends the victim's own model and keeps its reputation)."""
+        check = getattr(self.rules[victim.index], "loss_check", None)
+        if not isinstance(check, LossCheck):
+            return r_max
+        limit = check.limit()
+        steps = [r_max * 0.5 ** i for i in range(13)]
+        rises = check.rises(state, [_moved(state, direction, r) for r in steps])
+        taken = [(check.trust(rise, limit) * r if rise <= limit else 0.0, r) for rise, r in zip(rises, steps)]
+        best, r = max(taken)
+        return r if best > 0 else 0.0
 
     def _victim_bound(self, victim: VirtualPeer, state: dict[str, np.ndarray]) -> float:
         """The victim rule's current clipping/outlier bound, or 2 × its median distance to honest peers."""
@@ -562,6 +629,11 @@ class Simulator:
     def consensus_distance(self) -> float:
         """``sqrt(mean_i ||x_i − x̄||²)`` over all float tensors: 0 when every peer agrees."""
         return consensus_distance(self.states())
+
+
+def _moved(state: dict[str, np.ndarray], direction: dict[str, np.ndarray], r: float) -> dict[str, np.ndarray]:
+    """``state + r · direction`` on the tensors ``direction`` has (the parameters)."""
+    return {n: (x + r * direction[n]).astype(x.dtype) if n in direction else x for n, x in state.items()}
 
 
 def consensus_distance(states: Sequence[dict[str, np.ndarray]]) -> float:

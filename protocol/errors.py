@@ -63,3 +63,10 @@ class UnknownCodec(WireError):
     """A codec name (or parameters) this peer does not know."""
 
     reason = "codec"
+
+
+class Banned(WireError):
+    """A packet from a peer whose reputation fell below the ban threshold (``protocol.reputation``):
+    dropped without merging or answering until the ban lifts."""
+
+    reason = "banned"

@@ -21,8 +21,9 @@ Rules, by registry name (``make_rule(name)`` builds each with its defaults):
   what it does not). ``median`` and ``trimmed`` want several received models per merge
   (``merge_batch(rule)``); the recommended robust default is ``RECOMMENDED_ROBUST``.
 
-Every merge — in the daemon and in the simulator — goes through ``merge_received``,
-so both produce bit-identical weights for the same inputs.
+Every merge — in the daemon (``peer.defence``) and in the simulator — goes through
+``merge_received_report`` (``merge_received`` with the rule's verdicts), so both produce
+bit-identical weights for the same inputs.
 """
 
 from __future__ import annotations
@@ -301,17 +302,22 @@ class VarianceCorrectedBlendRule(VarianceCorrectedRule):
 # - ``bristle`` / ``bristle-vc``: distance-based prioritiser (after Bristle, Chen et al.
 #   2021). A received model farther than ``outlier_factor · median(recent distances)``
 #   is an outlier and left out; the rest are weighted by closeness
-#   ``1 / (1 + (d / median)²)``; an optional ``validator`` (a callable: local validation
-#   loss of a model — protocol/ stays free of training code) also rejects a model whose
-#   loss exceeds ``max(val_factor · loss(local), loss(local) + val_margin)``.
+#   ``1 / (1 + (d / median)²)``; an optional ``validator`` (a callable: the loss of a
+#   model on the peer's held-out local validation split — protocol/ stays free of
+#   training code) adds a loss check (``LossCheck``): the merge a received model would
+#   cause, ``x_local + (1 − β)(x_k − x_local)``, may not raise the validation loss by
+#   more than is usual for this peer (running median + k · MAD of the rises it has
+#   seen). Distance cannot see a model that is close but trained to do harm (label
+#   flipping) or pushed uphill on the loss (small shift); the loss check sees both.
 #
 # Every robust rule ignores the sample count a sender claims (a header field an attacker
 # sets at will: with sample weighting one packet claiming 10⁹ samples would replace our
 # model) and reports a ``Verdict`` per received model (``merge_report``), which
 # ``protocol.reputation`` turns into per-peer scores.
 #
-# State: ``clip`` and ``bristle`` keep a bounded window of observed norms (a small state
-# machine, no clock); build one rule object per peer.
+# State: ``clip`` and ``bristle`` keep a bounded window of observed norms, and the loss
+# check one of observed loss rises (small state machines, no clock); build one rule object
+# per peer.
 
 VerdictKind = Literal["ok", "clipped", "outlier"]
 
@@ -360,18 +366,11 @@ def clip_toward(local: Tensors, other: Tensors, bound: float) -> tuple[dict[str,
     if norm <= bound:
         return {k: np.array(v, copy=True) for k, v in other.items()}, norm, False
     scale = bound / norm if math.isfinite(norm) and norm > 0 else 0.0
-    out: dict[str, np.ndarray] = {}
-    for name, x0 in local.items():
-        if not is_mergeable(x0):
-            out[name] = np.array(x0, copy=True)
-            continue
-        x0f = np.asarray(x0, dtype=np.float64)
-        out[name] = (x0f + scale * (np.asarray(other[name], dtype=np.float64) - x0f)).astype(x0.dtype)
-    return out, norm, True
+    return toward(local, other, scale), norm, True
 
 
 class NormHistory:
-    """The last ``window`` observed delta norms; their median is a robust scale for "normal".
+    """The last ``window`` observed delta norms (or loss rises); their median is a robust scale for "normal".
 
     A median tolerates just under half of the window being an attacker's: with 4 of 16
     peers attacking, about a quarter of what a peer receives is hostile.
@@ -389,6 +388,13 @@ class NormHistory:
         if len(self._norms) < self.warmup:
             return None
         return float(np.median(self._norms))
+
+    def mad(self) -> float | None:
+        """Median absolute deviation from the median (a spread that < half the window cannot inflate)."""
+        median = self.median()
+        if median is None:
+            return None
+        return float(np.median(np.abs(np.asarray(self._norms) - median)))
 
     def add(self, norms: Sequence[float]) -> None:
         """Record one merge's norms (sorted first, so the order received changes nothing)."""
@@ -579,15 +585,86 @@ class TrimmedMeanRule(CoordinateMedianRule):
 Validator = Callable[[Tensors], float]
 
 
+def toward(local: Tensors, other: Tensors, share: float) -> dict[str, np.ndarray]:
+    """``local + share · (other − local)`` on floating tensors; the rest stays local."""
+    out: dict[str, np.ndarray] = {}
+    for name, x0 in local.items():
+        if not is_mergeable(x0):
+            out[name] = np.array(x0, copy=True)
+            continue
+        x0f = np.asarray(x0, dtype=np.float64)
+        out[name] = (x0f + share * (np.asarray(other[name], dtype=np.float64) - x0f)).astype(x0.dtype)
+    return out
+
+
+class LossCheck:
+    """Would merging this model raise our validation loss more than usual? (Bristle's loss test.)
+
+    For each received model ``x_k`` the check scores the merge it would cause on its own,
+    ``x_local + share · (x_k − x_local)`` (``share`` = 1 − β), and takes the rise
+    ``Δ = loss(candidate) − loss(x_local)`` on the peer's validation split. Scoring the
+    candidate rather than ``x_k`` itself matters on non-IID data: an honest neighbour
+    trained on other classes scores badly on our classes alone, while averaging with it
+    costs us little (measured in bench/byzantine.py's setting, 16 peers, Dirichlet 0.5,
+    rounds 10-20, 20 % held out: honest models' median rise +0.31 nats, 90th percentile +1.0; their
+    candidates' −0.03 and +0.14).
+
+    The limit is relative to what this peer has seen: ``median + max(floor, k · MAD)`` of
+    the last ``window`` rises (every model scored, honest or not: a median and a MAD are
+    moved little while under half the window is hostile, and recording only accepted
+    rises would ratchet the limit down). Until ``warmup`` rises are seen the limit is
+    ``warmup_margin``. An accepted model is taken in part (``trust``) when its rise is
+    above the median. Defaults: ``k`` 3, ``floor`` 0.05 nats (the spread of honest rises
+    shrinks as the swarm converges; the floor keeps rounding-level rises from counting),
+    ``window`` 32, ``warmup`` 5, ``warmup_margin`` 0.5 nats.
+    """
+
+    def __init__(self, validator: Validator, share: float = 1.0 - DEFAULT_BETA, k: float = 3.0,
+                 floor: float = 0.05, window: int = 32, warmup: int = 5, warmup_margin: float = 0.5) -> None:
+        if not all(math.isfinite(v) and v >= 0 for v in (k, floor, warmup_margin)):
+            raise ValueError("k, floor and warmup_margin must be finite and non-negative")
+        _check_unit("share", share, open_low=True)
+        self.validator = validator
+        self.share = share
+        self.k = k
+        self.floor = floor
+        self.warmup_margin = warmup_margin
+        self.history = NormHistory(window, warmup)
+
+    def limit(self) -> float:
+        """The largest rise in validation loss accepted now (nats)."""
+        median, mad = self.history.median(), self.history.mad()
+        if median is None or mad is None:
+            return self.warmup_margin
+        return median + max(self.floor, self.k * mad)
+
+    def trust(self, rise: float, limit: float) -> float:
+        """How much of an accepted model to take, in [0, 1]: all of it up to the usual rise
+        (the median), then linearly less, to nothing at ``limit``. A model just inside the
+        limit (an attacker tuned to pass) moves us little; the typical honest one fully."""
+        median = self.history.median()
+        if median is None or not rise > median:
+            return 1.0
+        return float(min(1.0, max(0.0, (limit - rise) / (limit - median)))) if limit > median else 0.0
+
+    def rises(self, local: Tensors, received: Sequence[Tensors]) -> list[float]:
+        """The rise in validation loss that merging each of ``received`` alone would cause."""
+        base = self.validator(local)
+        return [self.validator(toward(local, x, self.share)) - base for x in received]
+
+    def record(self, rises: Sequence[float]) -> None:
+        self.history.add(rises)
+
+
 class BristleRule:
     """Distance-based prioritiser: leave out far models, prefer close ones, optionally validate.
 
     Defaults: ``outlier_factor`` 2.0 × the running median of observed distances (same
     ``window`` / ``warmup`` / ``warmup_ratio`` as ``clip``); closeness weight
-    ``1 / (1 + (d / median)²)`` among the accepted; ``validator`` None; ``val_factor`` 1.5,
-    ``val_margin`` 0.25 (nats); ``beta`` 0.5; inner ``mean`` (``bristle``) or ``vc``
-    (``bristle-vc``). A model that is close but trained to do harm (label flipping) passes
-    the distance test; only the validator can catch it.
+    ``1 / (1 + (d / median)²)`` among the accepted; ``validator`` None (set it, or pass
+    one, to add the ``LossCheck`` with ``loss_k`` / ``loss_floor``); ``beta`` 0.5; inner
+    ``mean`` (``bristle``) or ``vc`` (``bristle-vc``). Without a validator a model that is
+    close but trained to do harm (label flipping, a small uphill shift) passes.
     """
 
     name = "bristle"
@@ -595,18 +672,31 @@ class BristleRule:
     buffer = 1
 
     def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
-                 validator: Validator | None = None, val_factor: float = 1.5, val_margin: float = 0.25,
+                 validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
                  beta: float = DEFAULT_BETA, inner: str | None = None) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
         self.outlier_factor = outlier_factor
         self.warmup_ratio = warmup_ratio
         self.history = NormHistory(window, warmup)
+        self.beta = beta
+        self.loss_k = loss_k
+        self.loss_floor = loss_floor
+        self.loss_check: LossCheck | None = None
         self.validator = validator
-        self.val_factor = val_factor
-        self.val_margin = val_margin
         self.inner = inner or type(self).inner
         self._inner = _inner_rule(self.inner, beta)
+
+    @property
+    def validator(self) -> Validator | None:
+        """The local validation loss of a model; setting it (re)starts the loss check's history."""
+        return self.loss_check.validator if self.loss_check is not None else None
+
+    @validator.setter
+    def validator(self, validator: Validator | None) -> None:
+        # β = 1 takes nothing from received models; any positive share then only scales the rises.
+        self.loss_check = None if validator is None else LossCheck(
+            validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor)
 
     def bound(self, local: Tensors) -> float:
         """The distance beyond which a received model is an outlier."""
@@ -619,25 +709,33 @@ class BristleRule:
 
     def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
         bound, scale = self.bound(local.tensors), self._scale(local.tensors)
-        local_loss = self.validator(local.tensors) if self.validator is not None and received else math.nan
-        limit = max(self.val_factor * local_loss, local_loss + self.val_margin)
-        accepted, verdicts, dists = [], [], []
-        for c in received:
-            d = delta_norm(local.tensors, c.tensors)
-            dists.append(d)
-            if not d <= bound:  # also catches NaN
+        dists = [delta_norm(local.tensors, c.tensors) for c in received]
+        near = [i for i, d in enumerate(dists) if d <= bound]  # `not d > bound` would let NaN through
+        rises: dict[int, float] = {}
+        limit = math.inf
+        if self.loss_check is not None and near:
+            limit = self.loss_check.limit()  # before this merge's rises are recorded: they are judged by the past
+            rises = dict(zip(near, self.loss_check.rises(local.tensors, [received[i].tensors for i in near])))
+        accepted, verdicts = [], []
+        for i, (c, d) in enumerate(zip(received, dists)):
+            if i not in near:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
                 continue
-            if self.validator is not None:
-                loss = self.validator(c.tensors)
-                if not loss <= limit:
-                    verdicts.append(Verdict(c.sender, "outlier", d, bound,
-                                            f"validation loss {loss:.3g} > {limit:.3g} (ours {local_loss:.3g})"))
-                    continue
+            rise = rises.get(i, -math.inf)
+            if not rise <= limit:  # also catches NaN
+                verdicts.append(Verdict(c.sender, "outlier", d, bound,
+                                        f"validation loss +{rise:.3g} > +{limit:.3g} if merged"))
+                continue
             weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
-            accepted.append(Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=weight))
+            tensors = c.tensors
+            if self.loss_check is not None and i in rises:
+                trust = self.loss_check.trust(rise, limit)
+                tensors = tensors if trust >= 1.0 else toward(local.tensors, c.tensors, trust)
+            accepted.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, weight=weight))
             verdicts.append(Verdict(c.sender, "ok", d, bound))
         self.history.add(dists)
+        if self.loss_check is not None:
+            self.loss_check.record(list(rises.values()))
         return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
 
     def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
@@ -665,9 +763,12 @@ def merge_report(rule: MergeRule, local: Contribution, received: Sequence[Contri
                        tuple(Verdict(c.sender, "ok", math.nan, math.inf) for c in received))
 
 
-# The rule to pick when peers may be hostile: in bench/byzantine.py (16 peers, 4 attackers,
-# shared init) it holds sign-flip and noise best (0.878 vs 0.915 without attack); it does not
-# stop label-flip without a validator, nor the small-shift attacker (nothing here does).
+# The rule to pick when peers may be hostile, with its loss check (a validator) and
+# protocol.reputation: in bench/byzantine.py (16 peers, 4 attackers, non-IID, shared init,
+# 40 rounds) it keeps honest peers within 1.1 points of no attack under sign-flip, noise,
+# label-flip and small-shift; without the validator it stops neither label-flip nor small
+# shift. Not stopped: an omniscient attacker that stays inside both the distance bound and
+# the loss limit ("loss-shift": 0.884 vs 0.940) — see bench/RESULTS.md.
 RECOMMENDED_ROBUST = "bristle"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from peer.certs import PEER_DNS_NAME, TlsIdentity
+
 # Frames are 1 MiB: read the socket in large chunks rather than gRPC's default 8 KiB
 # minimum, so a frame is not assembled from a hundred small reads.
 STREAM_OPTIONS = (
@@ -19,16 +21,36 @@ CHANNEL_OPTIONS = (
 ) + STREAM_OPTIONS
 
 
-class ChannelPool:
-    """Channels created on first use; ``forget`` drops one so the next call starts afresh."""
+# Peers are dialled by whatever address they were seeded or discovered with (often an IP):
+# the name checked against the partner's certificate is the one every peer certificate
+# carries, and the cluster CA's signature is what admits it (peer/certs.py).
+TLS_CHANNEL_OPTIONS = CHANNEL_OPTIONS + (("grpc.ssl_target_name_override", PEER_DNS_NAME),)
 
-    def __init__(self) -> None:
+
+def channel_credentials(identity: TlsIdentity) -> grpc.ChannelCredentials:
+    """Mutual TLS as a client: trust only the cluster CA, present this peer's certificate."""
+    return grpc.ssl_channel_credentials(root_certificates=identity.ca_pem, private_key=identity.key_pem,
+                                        certificate_chain=identity.cert_pem)
+
+
+class ChannelPool:
+    """Channels created on first use; ``forget`` drops one so the next call starts afresh.
+
+    With ``credentials`` (``channel_credentials``) every channel is mutual TLS; without,
+    plaintext.
+    """
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._credentials = credentials
 
     def get(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=TLS_CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 

@@ -16,8 +16,12 @@ from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from hearsay.v1 import gossip_pb2
-from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket
+from protocol.errors import MalformedPacket, PacketTooLarge, SizeMismatch, TruncatedPacket
 from protocol.wire import FRAME_BYTES
+
+# Invocation metadata in which a caller declares the size of the packet it streams: the
+# callee refuses an oversize packet before reading it, and one that sends more or fewer.
+PACKET_BYTES_KEY = "hearsay-packet-bytes"
 
 Buffer = bytes | bytearray | memoryview
 
@@ -104,14 +108,21 @@ def parse_frame(message: bytes) -> RawFrame:
     return RawFrame(data, end)
 
 
-async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_bytes: int) -> bytearray:
+async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_bytes: int,
+                      declared: int | None = None) -> bytearray:
     """Concatenate frames up to the one marked ``end``, into one buffer.
 
-    The running total is checked against ``max_bytes`` before each frame is appended,
-    so a sender cannot make us buffer more than the limit. A stream that ends without
-    an ``end`` frame is a truncated packet. The buffer itself is returned (no final
-    copy); ``protocol.wire.decode_packet`` reads it in place.
+    Every size is checked before the bytes it covers are kept: a ``declared`` packet
+    size (``PACKET_BYTES_KEY`` metadata) against ``max_bytes`` before any frame is read,
+    each frame against ``FRAME_BYTES``, and the running total against ``max_bytes`` and
+    against the declared size before the frame is appended. The buffer grows as data
+    arrives, never to the declared size up front: a stream that declares a large packet
+    and then stalls costs only what it sent. A stream that ends without an ``end``
+    frame, or with fewer bytes than it declared, is a truncated packet. The buffer
+    itself is returned (no final copy); ``protocol.wire.decode_packet`` reads it in place.
     """
+    if declared is not None and declared > max_bytes:
+        raise PacketTooLarge(f"declared packet of {declared} bytes exceeds the limit of {max_bytes} bytes")
     buf = bytearray()
     async for frame in frames:
         error = getattr(frame, "error", "")
@@ -123,10 +134,33 @@ async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_by
             raise MalformedPacket(f"frame of {size} bytes exceeds {FRAME_BYTES}")
         if len(buf) + size > max_bytes:
             raise PacketTooLarge(f"packet exceeds the limit of {max_bytes} bytes")
+        if declared is not None and len(buf) + size > declared:
+            raise SizeMismatch(f"more than the {declared} bytes declared arrived")
         buf += data
         if frame.end:
+            if declared is not None and len(buf) < declared:
+                raise TruncatedPacket(f"packet ended after {len(buf)} of the {declared} bytes declared")
             return buf
+        # Drop the received message now that its bytes are in ``buf``: held across the wait
+        # for the next frame, it would double what a stalled stream costs.
+        del frame, data
     raise TruncatedPacket(f"stream ended after {len(buf)} bytes without an end-of-packet frame")
+
+
+def parse_declared(value: str | bytes | None) -> int | None:
+    """The packet size a caller declared in ``PACKET_BYTES_KEY`` metadata (None: none)."""
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    if not (0 < len(text) <= 19 and text.isdigit()):
+        raise MalformedPacket(f"declared packet size {text[:32]!r} is not a byte count")
+    return int(text)
+
+
+def packet_size(packet: Buffer | Sequence[Buffer]) -> int:
+    """The bytes of ``packet`` (one buffer, or the concatenation of several)."""
+    parts: Iterable[Buffer] = [packet] if isinstance(packet, (bytes, bytearray, memoryview)) else packet
+    return sum(memoryview(p).nbytes for p in parts)
 
 
 _SMALL = 64 << 10

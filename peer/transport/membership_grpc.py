@@ -100,11 +100,12 @@ class MembershipClient:
     """
 
     def __init__(self, timeout: float, push_pull_timeout: float,
-                 limits: MembershipLimits = MembershipLimits()) -> None:
+                 limits: MembershipLimits = MembershipLimits(),
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.timeout = timeout
         self.push_pull_timeout = push_pull_timeout
         self._limits = limits
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(credentials)  # None: plaintext; channels.channel_credentials: mutual TLS
         self.sent = 0
         self.failed = 0
 

@@ -125,6 +125,8 @@ class Tally:
     selected: set[str] = field(default_factory=set)
     # Resident memory at the start of the first fuzz test (after imports and corpus).
     rss_start: int | None = None
+    # Peak growth over the fuzz tests, as test_zz_session measured it (None: not measured).
+    rss_growth_checked: int | None = None
 
     @property
     def total(self) -> int:

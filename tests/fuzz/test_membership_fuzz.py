@@ -24,7 +24,6 @@ import tracemalloc
 from typing import Any
 
 import msgpack
-import pytest
 from hypothesis import strategies as st
 
 from protocol.errors import WireError
@@ -164,6 +163,10 @@ def _replace_somewhere(draw: st.DrawFn, obj: Any, depth: int = 0) -> Any:
 @st.composite
 def membership_mutants(draw: st.DrawFn) -> bytes:
     data = to_wire(draw(messages))
+    if draw(st.integers(0, 15)) == 0:
+        # Now and then the message as it is: every kind must also be seen decoding cleanly
+        # (test_zz_session), which edits that happen to stay valid reach only by luck.
+        return data
     if draw(st.booleans()):
         obj = msgpack.unpackb(data, raw=False)
         for _ in range(draw(st.integers(1, 3))):

@@ -78,6 +78,7 @@ def test_peak_memory_grew_less_than_the_bound_over_the_session() -> None:
     _whole_suite()
     assert TALLY.rss_start is not None
     growth = peak_rss_bytes() - TALLY.rss_start
+    TALLY.rss_growth_checked = growth  # the summary reports this, not the whole session's peak
     bound = rss_growth_bound()
     assert growth < bound, f"peak RSS grew {growth / 2**20:.1f} MiB (bound {bound >> 20} MiB)"
 

@@ -87,3 +87,59 @@ def test_reputation_bans_a_noisy_attacker_and_drops_its_packets(digits) -> None:
     assert len(banned_by) >= 3
     assert sim.stats.dropped > 0
     assert "banned" in sim.reputations[banned_by[0]].reason("sim-5", sim.now)
+
+
+def robust(**kw) -> SimConfig:  # noqa: ANN003
+    """The recommended defence: bristle with the loss check and reputation."""
+    return small(merge="bristle", validate=True, reputation=True, **kw)
+
+
+def test_the_loss_check_keeps_honest_peers_near_the_no_attack_accuracy(digits) -> None:  # noqa: ANN001
+    """Tiny scale (6 peers, 1 attacker, 12 rounds): uphill and label-flipping attackers pass the
+    distance test but not the loss check; plain averaging collapses under the uphill one."""
+    baseline = Simulator(robust(), digits)
+    baseline.run_until(60.0)
+    reference = baseline.honest_accuracies().mean()
+    for attack in ("small-shift", "label-flip"):
+        sim = Simulator(robust(attack=attack, attackers=(5,)), digits)
+        sim.run_until(60.0)
+        v = sim.stats.verdicts
+        assert sim.honest_accuracies().mean() > reference - 0.05, attack
+        # Attackers' models are mostly refused; the loss check refuses almost no honest one
+        # (at this scale the honest refusals are the distance test's, as without attackers).
+        assert v[("outlier", True)] > v[("ok", True)], (attack, v)
+        assert sim.stats.refused_by[("validation", False)] <= 0.05 * v[("ok", False)], sim.stats.refused_by
+    plain = Simulator(small(merge="vc", attack="small-shift", attackers=(5,)), digits)
+    plain.run_until(60.0)
+    assert plain.honest_accuracies().mean() < reference - 0.3
+
+
+def test_a_held_out_validation_split_is_kept_out_of_training(digits) -> None:  # noqa: ANN001
+    sim = Simulator(robust(validation_split=0.2), digits)
+    for p in sim.peers:
+        shard, held = set(sim.shards[p.index].tolist()), set(sim.validation[p.index].tolist())
+        assert held and held < shard
+        assert p.trainer.samples == len(shard) - len(held)
+
+
+def test_absent_peers_take_no_part(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(absent=(4, 5)), digits)
+    sim.run_until(20.0)
+    assert sim.honest == [0, 1, 2, 3]
+    assert all(a not in (4, 5) and b not in (4, 5) for a, b in sim.stats.links)
+    assert sim.peers[4].trainer.stats().steps == 0
+
+
+def test_loss_shift_stays_inside_both_the_distance_bound_and_the_loss_limit(digits) -> None:  # noqa: ANN001
+    from protocol.merge import delta_norm
+
+    sim = Simulator(robust(attack="loss-shift", attackers=(0,)), digits)
+    sim.run_until(30.0)
+    victim = sim.peers[1]
+    state = victim.trainer.state()
+    sent = sim._poisoned(sim.peers[0], victim)
+    check = sim.rules[1].loss_check
+    assert check is not None
+    (rise,) = check.rises(state, [sent])
+    assert delta_norm(state, sent) < sim.rules[1].bound(state)
+    assert rise <= check.limit()

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import peer.gossip
 from peer.data import load_dataset
 from peer.gossip import GossipEngine
 from peer.sim import (
     SimConfig,
     Simulator,
-    apply_packet,
+    apply_models,
     consensus_distance,
     make_model,
     neighbours,
@@ -26,7 +25,7 @@ from peer.sim import (
 from peer.trainer import Trainer
 from protocol import codecs
 from protocol.membership import StaticMembership
-from protocol.merge import RULES, make_rule
+from protocol.merge import RULES, Contribution, make_rule, merge_batch
 from protocol.wire import Limits, decode_packet, fingerprint, specs_of
 
 
@@ -168,10 +167,10 @@ def engine(t: Trainer, rule_name: str) -> GossipEngine:
                         interval=1.0, timeout=1.0)
 
 
-def received_packet(digits):  # noqa: ANN001, ANN201 - a protocol.wire.Packet from a third peer
+def received_packet(digits, index: int = 9):  # noqa: ANN001, ANN201 - a protocol.wire.Packet from a third peer
     from peer.sim import VirtualPeer
 
-    sender = VirtualPeer(9, trainer(digits, 9), [], 1.0, random.Random(9))
+    sender = VirtualPeer(index, trainer(digits, index), [], 1.0, random.Random(index))
     sender.trainer.train_steps(3)
     specs = specs_of(sender.trainer.state())
     return decode_packet(own_packet(sender, fingerprint(specs), codecs.get("fp32")), expected=specs)
@@ -179,29 +178,37 @@ def received_packet(digits):  # noqa: ANN001, ANN201 - a protocol.wire.Packet fr
 
 @pytest.mark.parametrize("rule_name", sorted(RULES))
 def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name: str) -> None:  # noqa: ANN001
-    packet = received_packet(digits)
+    """Batch rules (median, trimmed) merge once merge_batch(rule) senders have sent a model, in both."""
+    batch = merge_batch(make_rule(rule_name))
+    packets = [received_packet(digits, 9 + i) for i in range(batch)]
+    senders = [f"sim:{9 + i}" for i in range(batch)]
     in_daemon, in_sim = trainer(digits, 1), trainer(digits, 1)
     in_daemon.train_steps(2)
     in_sim.train_steps(2)
     before = in_sim.digest()
-    engine(in_daemon, rule_name)._merge(packet.tensors, packet.header.samples)
-    apply_packet(in_sim, make_rule(rule_name), packet)
+    daemon = engine(in_daemon, rule_name)
+    for i, (packet, sender) in enumerate(zip(packets, senders)):
+        daemon._merge(packet.tensors, packet.header.samples, sender)
+        assert (in_daemon.digest() == before) == (i < batch - 1)  # buffered until the batch is full
+    apply_models(in_sim, make_rule(rule_name),
+                 [Contribution(p.tensors, samples=p.header.samples, sender=s) for p, s in zip(packets, senders)])
     assert in_sim.digest() != before
     assert in_daemon.digest() == in_sim.digest()
 
 
 def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch) -> None:  # noqa: ANN001
-    """Same code path, not a copy: GossipEngine._merge must call protocol.merge.merge_received."""
+    """Same code path, not a copy: the daemon's merge must call protocol.merge.merge_received_report."""
+    import peer.defence
     import protocol.merge
 
     calls: list[int] = []
 
     def spy(rule, local_state, local_samples, received):  # noqa: ANN001, ANN202
         calls.append(local_samples)
-        return protocol.merge.merge_received(rule, local_state, local_samples, received)
+        return protocol.merge.merge_received_report(rule, local_state, local_samples, received)
 
-    # raising=True (the default): fails while peer.gossip does not import merge_received.
-    monkeypatch.setattr(peer.gossip, "merge_received", spy)
+    # raising=True (the default): fails while peer.defence does not import merge_received_report.
+    monkeypatch.setattr(peer.defence, "merge_received_report", spy)
     t = trainer(digits, 1)
     packet = received_packet(digits)
     engine(t, "vc")._merge(packet.tensors, packet.header.samples)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from protocol.merge import (
     ClipRule,
     Contribution,
     CoordinateMedianRule,
+    LossCheck,
     NormHistory,
     TrimmedMeanRule,
     clip_toward,
@@ -373,13 +376,69 @@ def test_bristle_leaves_out_far_models_and_keeps_close_ones() -> None:
     np.testing.assert_allclose(close.tensors["fc.weight"], local["fc.weight"] + 0.01)
 
 
-def test_bristle_validator_rejects_a_close_model_with_a_bad_loss() -> None:
+def bowl(centre: dict[str, np.ndarray]) -> Callable[[Mapping[str, np.ndarray]], float]:
+    """A validation loss that is a pure function of the weights: squared distance of fc.weight to ``centre``'s."""
+    target = np.asarray(centre["fc.weight"], dtype=np.float64)
+    return lambda m: float(np.sum((np.asarray(m["fc.weight"], dtype=np.float64) - target) ** 2))
+
+
+def test_bristle_loss_check_refuses_a_close_model_whose_merge_raises_the_validation_loss() -> None:
     local = model(0)
-    poisoned = shifted(local, 0.001)
-    losses = {id(local): 0.5, id(poisoned): 3.0}
-    rule = BristleRule(validator=lambda m: losses[id(m)])
-    report = rule.merge_report(Contribution(local), [Contribution(poisoned, sender="liar")])
-    assert report.verdicts[0].kind == "outlier" and "validation loss" in report.verdicts[0].reason
+    rule = BristleRule(validator=bowl(local))  # the local model sits at the bottom of the bowl
+    # Merged half-way, a shift of 0.5 on fc.weight's 48 entries raises the loss by 48 · 0.25² = 3.0 nats,
+    # far over the warm-up margin (0.5), though it is as close as a model moved by 0.05 (rise 0.03).
+    report = rule.merge_report(Contribution(local), [Contribution(shifted(local, 0.5), sender="liar"),
+                                                     Contribution(shifted(local, 0.05), sender="friend")])
+    assert [(v.sender, v.kind) for v in report.verdicts] == [("liar", "outlier"), ("friend", "ok")]
+    assert "validation loss" in report.verdicts[0].reason and report.verdicts[1].reason == ""
+    assert rule.loss_check is not None and len(rule.loss_check.history) == 2  # both rises are on the books
+
+
+def test_loss_check_limit_is_the_median_rise_plus_a_floored_multiple_of_the_spread() -> None:
+    check = LossCheck(lambda m: 0.0, k=3.0, floor=0.05, warmup=5, warmup_margin=0.5)
+    assert check.limit() == 0.5  # warm-up
+    check.record([0.10, 0.12, 0.08, 0.11, 0.09])  # median 0.10, MAD 0.01: 3·MAD is under the floor
+    assert check.limit() == pytest.approx(0.15)
+    check.record([0.0, 0.3, -0.2, 0.4, -0.1])  # wider spread: median 0.095, MAD 0.06 -> 0.095 + 0.18
+    assert check.limit() == pytest.approx(0.275)
+
+
+@given(st.lists(st.floats(-1.0, 1.0), min_size=5, max_size=20), st.data())
+@PROPS
+def test_fewer_than_half_hostile_rises_cannot_lift_the_limit_past_the_honest_spread(
+        honest: list[float], data: st.DataObject) -> None:
+    hostile = data.draw(st.lists(st.floats(-1e6, 1e6), max_size=len(honest) - 1))
+    check = LossCheck(lambda m: 0.0, k=3.0, floor=0.05, window=64, warmup=1)
+    check.record(honest + hostile)
+    lo, hi = min(honest), max(honest)
+    assert lo <= check.limit() <= hi + max(0.05, 3.0 * (hi - lo)) + 1e-9
+
+
+def test_loss_check_trust_is_full_up_to_the_median_and_none_at_the_limit() -> None:
+    check = LossCheck(lambda m: 0.0, warmup=1)
+    check.record([0.1, 0.1, 0.1])
+    limit = check.limit()  # 0.1 + floor 0.05
+    assert check.trust(0.0, limit) == 1.0 and check.trust(0.1, limit) == 1.0
+    assert check.trust(0.125, limit) == pytest.approx(0.5)
+    assert check.trust(limit, limit) == 0.0
+
+
+def test_an_accepted_model_above_the_usual_rise_is_taken_in_part() -> None:
+    local = model(0)
+    rule = BristleRule(validator=bowl(local))
+    assert rule.loss_check is not None
+    rule.loss_check.record([0.0] * 5)  # rises so far: all 0 -> limit = the floor, 0.05
+    # fc.weight + 0.05 merged half-way: rise 48 · 0.025² = 0.03 -> trust (0.05 − 0.03) / 0.05 = 0.4
+    report = rule.merge_report(Contribution(local), [Contribution(shifted(local, 0.05), sender="x")])
+    assert report.verdicts[0].kind == "ok"
+    np.testing.assert_allclose(report.tensors["fc.weight"], local["fc.weight"] + 0.5 * 0.4 * 0.05, rtol=1e-6)
+
+
+def test_norm_history_mad_is_the_median_absolute_deviation() -> None:
+    h = NormHistory(window=8, warmup=3)
+    assert h.mad() is None
+    h.add([1.0, 2.0, 4.0, 10.0])  # median 3.0, deviations 2, 1, 1, 7 -> 1.5
+    assert h.mad() == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("name", ROBUST)

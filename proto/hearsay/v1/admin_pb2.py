@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hearsay/v1/admin.proto\x12\nhearsay.v1\"\x0f\n\rStatusRequest\"\x8c\x05\n\x0eStatusResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x16\n\x0egossip_address\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x01\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0bknown_peers\x18\x06 \x01(\r\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x11\n\texchanges\x18\t \x01(\x04\x12\x0e\n\x06merges\x18\n \x01(\x04\x12\x10\n\x08rejected\x18\x0b \x01(\x04\x12\x15\n\rmodel_version\x18\x0c \x01(\x04\x12\x14\n\x0cmodel_digest\x18\r \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0e \x01(\x01\x12\r\n\x05model\x18\x0f \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x10 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x11 \x01(\t\x12\x15\n\rtraining_done\x18\x12 \x01(\x08\x12\x0f\n\x07samples\x18\x13 \x01(\x04\x12\x17\n\x0fgossip_interval\x18\x14 \x01(\x01\x12\r\n\x05\x63odec\x18\x15 \x01(\t\x12\r\n\x05merge\x18\x16 \x01(\t\x12\x11\n\tlog_level\x18\x17 \x01(\t\x12\x17\n\x0flast_checkpoint\x18\x18 \x01(\t\x12\x1c\n\x14last_checkpoint_step\x18\x19 \x01(\x04\x12\x1e\n\x16\x63heckpoint_age_seconds\x18\x1a \x01(\x01\x12\x14\n\x0cresumed_from\x18\x1b \x01(\t\x12\x14\n\x0cresumed_step\x18\x1c \x01(\x04\x12\x16\n\x0eresumed_digest\x18\x1d \x01(\t\x12\x0f\n\x07leaving\x18\x1e \x01(\x08\x12\x19\n\x11\x62ootstrapped_from\x18\x1f \x01(\t\"\x12\n\x10ListPeersRequest\"\x9c\x01\n\nPeerReport\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x11\n\texchanges\x18\x03 \x01(\x04\x12\x12\n\nbytes_sent\x18\x04 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompression_ratio\x18\x06 \x01(\x01\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"\x9b\x02\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12 \n\x18last_contact_seconds_ago\x18\x04 \x01(\x01\x12\x11\n\texchanges\x18\x05 \x01(\x04\x12\x0e\n\x06merges\x18\x06 \x01(\x04\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x0e\n\x06source\x18\t \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\n \x01(\x04\x12\x13\n\x0bincarnation\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\x01\x12&\n\x06report\x18\r \x01(\x0b\x32\x16.hearsay.v1.PeerReport\"8\n\x11ListPeersResponse\x12#\n\x05peers\x18\x01 \x03(\x0b\x32\x14.hearsay.v1.PeerInfo\"\x13\n\x11GetMetricsRequest\"\x9b\x01\n\x12GetMetricsResponse\x12\x17\n\x0fprometheus_text\x18\x01 \x01(\t\x12<\n\x07samples\x18\x02 \x03(\x0b\x32+.hearsay.v1.GetMetricsResponse.SamplesEntry\x1a.\n\x0cSamplesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15SaveCheckpointRequest\"X\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x16\n\x14\x44ownloadModelRequest\"/\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"\x0e\n\x0cLeaveRequest\"\"\n\rLeaveResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"(\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\";\n\x0bSetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t2\xfb\x03\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.hearsay.v1.StatusRequest\x1a\x1a.hearsay.v1.StatusResponse\x12H\n\tListPeers\x12\x1c.hearsay.v1.ListPeersRequest\x1a\x1d.hearsay.v1.ListPeersResponse\x12K\n\nGetMetrics\x12\x1d.hearsay.v1.GetMetricsRequest\x1a\x1e.hearsay.v1.GetMetricsResponse\x12W\n\x0eSaveCheckpoint\x12!.hearsay.v1.SaveCheckpointRequest\x1a\".hearsay.v1.SaveCheckpointResponse\x12K\n\rDownloadModel\x12 .hearsay.v1.DownloadModelRequest\x1a\x16.hearsay.v1.ModelChunk0\x01\x12<\n\x05Leave\x12\x18.hearsay.v1.LeaveRequest\x1a\x19.hearsay.v1.LeaveResponse\x12\x36\n\x03Set\x12\x16.hearsay.v1.SetRequest\x1a\x17.hearsay.v1.SetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hearsay/v1/admin.proto\x12\nhearsay.v1\"\x0f\n\rStatusRequest\"\x8c\x05\n\x0eStatusResponse\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x16\n\x0egossip_address\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x01\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0bknown_peers\x18\x06 \x01(\r\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x11\n\texchanges\x18\t \x01(\x04\x12\x0e\n\x06merges\x18\n \x01(\x04\x12\x10\n\x08rejected\x18\x0b \x01(\x04\x12\x15\n\rmodel_version\x18\x0c \x01(\x04\x12\x14\n\x0cmodel_digest\x18\r \x01(\t\x12\x16\n\x0euptime_seconds\x18\x0e \x01(\x01\x12\r\n\x05model\x18\x0f \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x10 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x11 \x01(\t\x12\x15\n\rtraining_done\x18\x12 \x01(\x08\x12\x0f\n\x07samples\x18\x13 \x01(\x04\x12\x17\n\x0fgossip_interval\x18\x14 \x01(\x01\x12\r\n\x05\x63odec\x18\x15 \x01(\t\x12\r\n\x05merge\x18\x16 \x01(\t\x12\x11\n\tlog_level\x18\x17 \x01(\t\x12\x17\n\x0flast_checkpoint\x18\x18 \x01(\t\x12\x1c\n\x14last_checkpoint_step\x18\x19 \x01(\x04\x12\x1e\n\x16\x63heckpoint_age_seconds\x18\x1a \x01(\x01\x12\x14\n\x0cresumed_from\x18\x1b \x01(\t\x12\x14\n\x0cresumed_step\x18\x1c \x01(\x04\x12\x16\n\x0eresumed_digest\x18\x1d \x01(\t\x12\x0f\n\x07leaving\x18\x1e \x01(\x08\x12\x19\n\x11\x62ootstrapped_from\x18\x1f \x01(\t\"\x12\n\x10ListPeersRequest\"\x9c\x01\n\nPeerReport\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x11\n\texchanges\x18\x03 \x01(\x04\x12\x12\n\nbytes_sent\x18\x04 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompression_ratio\x18\x06 \x01(\x01\x12\x13\n\x0b\x61ge_seconds\x18\x07 \x01(\x01\"\xda\x02\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12 \n\x18last_contact_seconds_ago\x18\x04 \x01(\x01\x12\x11\n\texchanges\x18\x05 \x01(\x04\x12\x0e\n\x06merges\x18\x06 \x01(\x04\x12\x12\n\nbytes_sent\x18\x07 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x08 \x01(\x04\x12\x0e\n\x06source\x18\t \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\n \x01(\x04\x12\x13\n\x0bincarnation\x18\x0b \x01(\x04\x12\x0e\n\x06rtt_ms\x18\x0c \x01(\x01\x12&\n\x06report\x18\r \x01(\x0b\x32\x16.hearsay.v1.PeerReport\x12\x12\n\nreputation\x18\x0e \x01(\x01\x12\x0e\n\x06\x62\x61nned\x18\x0f \x01(\x08\x12\x19\n\x11reputation_reason\x18\x10 \x01(\t\"8\n\x11ListPeersResponse\x12#\n\x05peers\x18\x01 \x03(\x0b\x32\x14.hearsay.v1.PeerInfo\"\x13\n\x11GetMetricsRequest\"\x9b\x01\n\x12GetMetricsResponse\x12\x17\n\x0fprometheus_text\x18\x01 \x01(\t\x12<\n\x07samples\x18\x02 \x03(\x0b\x32+.hearsay.v1.GetMetricsResponse.SamplesEntry\x1a.\n\x0cSamplesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15SaveCheckpointRequest\"X\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"\x16\n\x14\x44ownloadModelRequest\"/\n\nModelChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"\x0e\n\x0cLeaveRequest\"\"\n\rLeaveResponse\x12\x11\n\tin_flight\x18\x01 \x01(\r\"(\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\";\n\x0bSetResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x10\n\x08previous\x18\x03 \x01(\t2\xfb\x03\n\x05\x41\x64min\x12?\n\x06Status\x12\x19.hearsay.v1.StatusRequest\x1a\x1a.hearsay.v1.StatusResponse\x12H\n\tListPeers\x12\x1c.hearsay.v1.ListPeersRequest\x1a\x1d.hearsay.v1.ListPeersResponse\x12K\n\nGetMetrics\x12\x1d.hearsay.v1.GetMetricsRequest\x1a\x1e.hearsay.v1.GetMetricsResponse\x12W\n\x0eSaveCheckpoint\x12!.hearsay.v1.SaveCheckpointRequest\x1a\".hearsay.v1.SaveCheckpointResponse\x12K\n\rDownloadModel\x12 .hearsay.v1.DownloadModelRequest\x1a\x16.hearsay.v1.ModelChunk0\x01\x12<\n\x05Leave\x12\x18.hearsay.v1.LeaveRequest\x1a\x19.hearsay.v1.LeaveResponse\x12\x36\n\x03Set\x12\x16.hearsay.v1.SetRequest\x1a\x17.hearsay.v1.SetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,31 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PEERREPORT']._serialized_start=731
   _globals['_PEERREPORT']._serialized_end=887
   _globals['_PEERINFO']._serialized_start=890
-  _globals['_PEERINFO']._serialized_end=1173
-  _globals['_LISTPEERSRESPONSE']._serialized_start=1175
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1231
-  _globals['_GETMETRICSREQUEST']._serialized_start=1233
-  _globals['_GETMETRICSREQUEST']._serialized_end=1252
-  _globals['_GETMETRICSRESPONSE']._serialized_start=1255
-  _globals['_GETMETRICSRESPONSE']._serialized_end=1410
-  _globals['_GETMETRICSRESPONSE_SAMPLESENTRY']._serialized_start=1364
-  _globals['_GETMETRICSRESPONSE_SAMPLESENTRY']._serialized_end=1410
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=1412
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=1435
-  _globals['_SAVECHECKPOINTRESPONSE']._serialized_start=1437
-  _globals['_SAVECHECKPOINTRESPONSE']._serialized_end=1525
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1527
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1549
-  _globals['_MODELCHUNK']._serialized_start=1551
-  _globals['_MODELCHUNK']._serialized_end=1598
-  _globals['_LEAVEREQUEST']._serialized_start=1600
-  _globals['_LEAVEREQUEST']._serialized_end=1614
-  _globals['_LEAVERESPONSE']._serialized_start=1616
-  _globals['_LEAVERESPONSE']._serialized_end=1650
-  _globals['_SETREQUEST']._serialized_start=1652
-  _globals['_SETREQUEST']._serialized_end=1692
-  _globals['_SETRESPONSE']._serialized_start=1694
-  _globals['_SETRESPONSE']._serialized_end=1753
-  _globals['_ADMIN']._serialized_start=1756
-  _globals['_ADMIN']._serialized_end=2263
+  _globals['_PEERINFO']._serialized_end=1236
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1238
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1294
+  _globals['_GETMETRICSREQUEST']._serialized_start=1296
+  _globals['_GETMETRICSREQUEST']._serialized_end=1315
+  _globals['_GETMETRICSRESPONSE']._serialized_start=1318
+  _globals['_GETMETRICSRESPONSE']._serialized_end=1473
+  _globals['_GETMETRICSRESPONSE_SAMPLESENTRY']._serialized_start=1427
+  _globals['_GETMETRICSRESPONSE_SAMPLESENTRY']._serialized_end=1473
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=1475
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=1498
+  _globals['_SAVECHECKPOINTRESPONSE']._serialized_start=1500
+  _globals['_SAVECHECKPOINTRESPONSE']._serialized_end=1588
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1590
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1612
+  _globals['_MODELCHUNK']._serialized_start=1614
+  _globals['_MODELCHUNK']._serialized_end=1661
+  _globals['_LEAVEREQUEST']._serialized_start=1663
+  _globals['_LEAVEREQUEST']._serialized_end=1677
+  _globals['_LEAVERESPONSE']._serialized_start=1679
+  _globals['_LEAVERESPONSE']._serialized_end=1713
+  _globals['_SETREQUEST']._serialized_start=1715
+  _globals['_SETREQUEST']._serialized_end=1755
+  _globals['_SETRESPONSE']._serialized_start=1757
+  _globals['_SETRESPONSE']._serialized_end=1816
+  _globals['_ADMIN']._serialized_start=1819
+  _globals['_ADMIN']._serialized_end=2326
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,7 @@ class PeerReport(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., exchanges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., age_seconds: _Optional[float] = ...) -> None: ...
 
 class PeerInfo(_message.Message):
-    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures", "incarnation", "rtt_ms", "report")
+    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures", "incarnation", "rtt_ms", "report", "reputation", "banned", "reputation_reason")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,9 @@ class PeerInfo(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     RTT_MS_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    BANNED_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_REASON_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     address: str
     state: str
@@ -126,7 +129,10 @@ class PeerInfo(_message.Message):
     incarnation: int
     rtt_ms: float
     report: PeerReport
-    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ..., incarnation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., report: _Optional[_Union[PeerReport, _Mapping]] = ...) -> None: ...
+    reputation: float
+    banned: bool
+    reputation_reason: str
+    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ..., incarnation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., report: _Optional[_Union[PeerReport, _Mapping]] = ..., reputation: _Optional[float] = ..., banned: _Optional[bool] = ..., reputation_reason: _Optional[str] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)

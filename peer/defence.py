@@ -1,0 +1,103 @@
+"""A daemon's defence against hostile peers: per-peer reputation and batched robust merges.
+
+``GossipEngine`` asks this object three things: is a peer banned (drop its packets,
+do not choose it), merge this received model (through the rule, buffering models for
+rules that want several at once), and what a peer's standing is (``ListPeers``). The
+decisions themselves are pure code in ``protocol.merge`` (verdicts) and
+``protocol.reputation`` (scores, bans); this module adds what a daemon needs around
+them: a clock, a lock (merges run in worker threads while the event loop asks about
+bans) and the per-sender buffer of ``protocol.merge.merge_batch`` rules.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from peer.trainer import Trainer
+from protocol.merge import (
+    Contribution,
+    MergeReport,
+    MergeRule,
+    merge_batch,
+    merge_received_report,
+)
+from protocol.reputation import Reputation
+
+
+class Defence:
+    """Thread-safe books of one peer. ``reputation`` None: nobody is ever banned (verdicts are dropped)."""
+
+    def __init__(self, reputation: Reputation | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reputation = reputation
+        self.clock = clock
+        self._lock = threading.Lock()
+        # Received models waiting for a batch merge: sender -> (model, receiver's steps when it arrived).
+        self._pending: dict[str, tuple[Contribution, int]] = {}
+
+    # --- reputation ----------------------------------------------------------------------------
+    def is_banned(self, address: str) -> bool:
+        if self.reputation is None:
+            return False
+        with self._lock:
+            return self.reputation.is_banned(address, self.clock())
+
+    def record(self, address: str, event: str, detail: str = "") -> None:
+        """One event (``protocol.reputation.EVENTS``) about ``address``, e.g. a refused reply."""
+        if self.reputation is not None and address:
+            with self._lock:
+                self.reputation.record(address, event, self.clock(), detail)
+
+    def standing(self, address: str) -> tuple[float, bool, str]:
+        """(score, banned, reason) for ``ListPeers``; (1.0, False, "") for a peer never judged."""
+        if self.reputation is None:
+            return 1.0, False, ""
+        with self._lock:
+            now = self.clock()
+            return (self.reputation.score(address, now), self.reputation.is_banned(address, now),
+                    self.reputation.reason(address, now))
+
+    # --- merging ---------------------------------------------------------------------------------
+    def merge(self, trainer: Trainer, rule: MergeRule, received: Contribution) -> MergeReport | None:
+        """Merge ``received`` into ``trainer``'s model with ``rule``, or buffer it.
+
+        Rules that want ``merge_batch(rule) > 1`` models per merge (median, trimmed mean)
+        get them one per sender (a newer model replaces the sender's older one: one peer
+        cannot fill the batch); the batch is merged when it is full, each model aged by
+        the local steps since it arrived. Returns the report of the merge done, or None
+        when the model was only buffered. Verdicts go to the reputation books.
+        """
+        steps = trainer.stats().steps
+        if merge_batch(rule) > 1:
+            # A received model is a view of our copy of the sender's model, which the next
+            # frame on that link updates in place (another thread, under that link's lock):
+            # a model kept for later must be a snapshot of its own.
+            received = Contribution({k: np.array(v, copy=True) for k, v in received.tensors.items()},
+                                    samples=received.samples, age=received.age, sender=received.sender,
+                                    weight=received.weight)
+        with self._lock:
+            self._pending[received.sender] = (received, steps)
+            if len(self._pending) < merge_batch(rule):
+                return None
+            batch = [Contribution(c.tensors, samples=c.samples, age=steps - at, sender=c.sender)
+                     for _, (c, at) in sorted(self._pending.items())]
+            self._pending.clear()
+        reports: list[MergeReport] = []
+
+        def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            reports.append(merge_received_report(rule, current, trainer.samples, batch))
+            return reports[-1].tensors
+
+        trainer.merge_with(merge)
+        if self.reputation is not None:
+            with self._lock:
+                self.reputation.observe(reports[-1].verdicts, self.clock())
+        return reports[-1]
+
+    def pending(self) -> int:
+        """Models buffered for the next batch merge."""
+        with self._lock:
+            return len(self._pending)

@@ -1,0 +1,48 @@
+"""A peer's local validation split and the loss a robust merge rule checks models against.
+
+The daemon (``peer.node``) and the simulator (``peer.sim``) both build their validator
+here, so the loss check (``protocol.merge.LossCheck``) sees the same numbers in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+Validator = Callable[[Mapping[str, np.ndarray]], float]
+
+
+def split_validation(shard: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` indices: a seeded ``fraction`` of ``shard`` held out.
+
+    At least one sample is held out when ``fraction > 0`` and at least one is left to
+    train on; ``fraction`` 0 holds out nothing (the validator then uses the training
+    shard). Both parts keep the shard's order, so batches stay a function of the seed.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    shard = np.asarray(shard)
+    if fraction == 0 or len(shard) < 2:
+        return shard, shard[:0]
+    held = min(max(round(fraction * len(shard)), 1), len(shard) - 1)
+    chosen = np.zeros(len(shard), dtype=bool)
+    chosen[np.random.default_rng(seed).choice(len(shard), size=held, replace=False)] = True
+    return shard[~chosen], shard[chosen]
+
+
+def make_validator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Validator:
+    """Cross-entropy of a model's weights on ``(x, y)``, evaluated in ``model`` (a scratch
+    copy of the architecture that nothing else uses: the loss check loads every candidate
+    into it). Callers serialise calls (the daemon calls it inside ``Trainer.merge_with``)."""
+    device = next(model.parameters()).device
+
+    def loss(tensors: Mapping[str, np.ndarray]) -> float:
+        model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in tensors.items()})
+        model.eval()
+        with torch.no_grad():
+            return float(nn.functional.cross_entropy(model(x), y))
+
+    return loss

@@ -1,0 +1,98 @@
+"""The daemon's defence: batched merges one per sender, verdicts into reputation, the local validator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from peer.config import PeerConfig
+from peer.defence import Defence
+from peer.node import Node, build_trainer, build_trainer_and_validation
+from peer.validation import split_validation
+from protocol.merge import BristleRule, Contribution, make_rule
+from protocol.reputation import Reputation
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shifted(state: dict[str, np.ndarray], by: float) -> dict[str, np.ndarray]:
+    return {k: (v + by).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def trainer():  # noqa: ANN201 - a peer.trainer.Trainer
+    torch.set_num_threads(1)
+    return build_trainer(PeerConfig(seed=3, steps_per_second=0))
+
+
+def test_a_batch_rule_merges_once_it_has_one_model_from_each_of_enough_senders(trainer) -> None:  # noqa: ANN001
+    defence = Defence(Reputation(), clock=Clock())
+    rule = make_rule("median")  # merge_batch 4
+    state = trainer.state()
+    before = trainer.digest()
+    # The same sender twice: its newer model replaces the older one, it cannot fill the batch alone.
+    for sender in ("a", "a", "b", "c"):
+        assert defence.merge(trainer, rule, Contribution(shifted(state, 0.01), sender=sender)) is None
+    assert defence.pending() == 3 and trainer.digest() == before
+    report = defence.merge(trainer, rule, Contribution(shifted(state, 0.01), sender="d"))
+    assert report is not None and [v.sender for v in report.verdicts] == ["a", "b", "c", "d"]
+    assert defence.pending() == 0 and trainer.digest() != before
+
+
+def test_outlier_verdicts_ban_the_sender_and_the_ban_lifts_with_time(trainer) -> None:  # noqa: ANN001
+    clock = Clock()
+    defence = Defence(Reputation(), clock=clock)
+    rule = BristleRule()
+    far = shifted(trainer.state(), 1e3)
+    for _ in range(3):
+        report = defence.merge(trainer, rule, Contribution(far, sender="evil"))
+        assert report is not None and report.verdicts[0].kind == "outlier"
+    score, banned, reason = defence.standing("evil")
+    assert banned and score < -0.25 and reason.startswith("banned") and "3 outlier" in reason
+    assert defence.is_banned("evil") and not defence.is_banned("friend")
+    assert defence.standing("friend") == (1.0, False, "")
+    clock.now += 10 * 120.0  # ten half-lives: the deficit shrinks 1024-fold, past readmit_above
+    assert not defence.is_banned("evil")
+
+
+def test_without_reputation_nobody_is_banned(trainer) -> None:  # noqa: ANN001
+    defence = Defence(None)
+    for _ in range(5):
+        defence.merge(trainer, BristleRule(), Contribution(shifted(trainer.state(), 1e3), sender="evil"))
+    assert not defence.is_banned("evil") and defence.standing("evil") == (1.0, False, "")
+
+
+def test_the_validation_split_is_seeded_disjoint_and_never_empties_a_side() -> None:
+    shard = np.arange(100, 150)
+    train, held = split_validation(shard, 0.2, seed=7)
+    assert len(held) == 10 and len(train) == 40
+    assert set(train).isdisjoint(held) and set(train) | set(held) == set(shard)
+    assert np.array_equal(split_validation(shard, 0.2, seed=7)[1], held)
+    assert len(split_validation(np.arange(2), 0.9, seed=0)[0]) == 1  # at least one sample left to train on
+    assert len(split_validation(shard, 0.0, seed=0)[1]) == 0
+    with pytest.raises(ValueError):
+        split_validation(shard, 1.0, seed=0)
+
+
+def test_the_daemon_holds_out_its_validation_split_and_gives_bristle_a_loss_check() -> None:
+    config = PeerConfig(seed=3, steps_per_second=0, merge="bristle", validation_split=0.25)
+    trainer, (_x, y) = build_trainer_and_validation(config)
+    assert trainer.samples + len(y) == 1437 and len(y) == round(0.25 * 1437)
+    node = Node(config)
+    rule = node._make_rule("bristle")
+    assert isinstance(rule, BristleRule) and rule.validator is not None
+    loss = rule.validator(node.trainer.state())
+    assert math.isfinite(loss) and loss > 0
+    assert node._make_rule("vc").name == "vc"
+    off = Node(PeerConfig(seed=3, steps_per_second=0, merge="bristle", loss_check=False))
+    rule_off = off._make_rule("bristle")
+    assert isinstance(rule_off, BristleRule) and rule_off.validator is None
