@@ -471,7 +471,7 @@ def run(config: PeerConfig) -> int:
 
     from peer.memory import return_large_blocks
 
-    return_large_blocks()  # before the model exists: model-sized buffers are freed for real
+    return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/memory.py)
 
     async def main() -> None:
         node = Node(config)

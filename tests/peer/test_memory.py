@@ -1,4 +1,5 @@
-"""The memory policy of ``hearsay run``: model-sized blocks are returned when freed."""
+"""The memory knob of ``hearsay run`` (HEARSAY_MMAP_THRESHOLD): pinned, model-sized blocks
+are returned when freed; by default glibc keeps them for reuse."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ PROBE = textwrap.dedent("""
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
 
     if sys.argv[1] == "pinned":
-        assert return_large_blocks()
+        assert return_large_blocks(256 << 10)
+    else:
+        assert not return_large_blocks()  # the default: glibc's own policy
     block = 8 << 20  # below glibc's dynamic ceiling (32 MiB): the case the pin is for
     np.ones(block // 8)  # allocated and freed: raises the dynamic threshold, if any
     before = rss()
