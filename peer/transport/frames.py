@@ -17,13 +17,12 @@ from dataclasses import dataclass
 
 from hearsay.v1 import gossip_pb2
 from protocol.errors import MalformedPacket, PacketTooLarge, SizeMismatch, TruncatedPacket
-from protocol.wire import FRAME_BYTES
+from protocol.wire import FRAME_BYTES, Buffer, packet_size  # noqa: F401 - the last two re-exported
 
 # Invocation metadata in which a caller declares the size of the packet it streams: the
 # callee refuses an oversize packet before reading it, and one that sends more or fewer.
 PACKET_BYTES_KEY = "hearsay-packet-bytes"
 
-Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,12 +154,6 @@ def parse_declared(value: str | bytes | None) -> int | None:
     if not (0 < len(text) <= 19 and text.isdigit()):
         raise MalformedPacket(f"declared packet size {text[:32]!r} is not a byte count")
     return int(text)
-
-
-def packet_size(packet: Buffer | Sequence[Buffer]) -> int:
-    """The bytes of ``packet`` (one buffer, or the concatenation of several)."""
-    parts: Iterable[Buffer] = [packet] if isinstance(packet, (bytes, bytearray, memoryview)) else packet
-    return sum(memoryview(p).nbytes for p in parts)
 
 
 _SMALL = 64 << 10
