@@ -44,6 +44,12 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
     return bytearray().join(packet)
 
 
+# Status codes with which a partner refuses an exchange before applying our frame:
+# ABORTED (busy: it is exchanging with us right now) and RESOURCE_EXHAUSTED (full or
+# shedding load, or our packet is over its limits; peer/transport/grpc_transport.py).
+REFUSED_BEFORE_APPLYING = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
 class SelfExchange(WireError):
     """A peer reached itself through an alias of its own address; the caller drops that member."""
 
@@ -329,8 +335,10 @@ class GossipEngine:
             self._fail(member)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
-            if getattr(e, "code", None) == grpc.StatusCode.ABORTED:
-                # It was busy exchanging with us and refused before applying our frame.
+            if getattr(e, "code", None) in REFUSED_BEFORE_APPLYING:
+                # It was busy exchanging with us, or full (peer/admission.py), and refused
+                # before applying our frame: the link stays as it is, and a partner that is
+                # merely busy is not a failing one (the failure detector judges liveness).
                 self.sender.discard(link)
                 log.debug("exchange with %s skipped: %s", link, e)
                 return False

@@ -134,3 +134,23 @@ async def test_a_refusal_by_a_busy_partner_costs_no_keyframe(pair) -> None:
     sent, held = a.sender.replica("b:1"), b.receiver.replica("a:1")
     for name in sent:
         np.testing.assert_array_equal(sent[name], held[name])
+
+
+async def test_an_overloaded_partner_is_not_a_failing_one(pair) -> None:
+    """RESOURCE_EXHAUSTED (a full partner shedding load) refuses before applying our frame:
+    no failure is counted, the link keeps its replica, and the next frame is the delta the
+    partner expects."""
+    a, b = pair
+    exchange = route(a, b)
+    member = a.membership.get("b:1")
+    assert await a.exchange_with(member, exchange)
+    a.trainer.train_steps(2)
+
+    async def overloaded(address: str, packet: bytes, timeout: float) -> bytes:
+        raise ExchangeRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, "packet refused (overloaded): full")
+
+    assert not await a.exchange_with(member, overloaded)
+    assert a.link("b:1").failures == 0 and member.state.value == "alive"
+    assert await a.exchange_with(member, exchange)
+    assert a.stats.keyframes_sent == 1 and not b.stats.keyframe_requests
+
