@@ -230,6 +230,12 @@ class GossipEngine:
         self.stats.rejected_by_reason[error.reason] = self.stats.rejected_by_reason.get(error.reason, 0) + 1
         log.warning("refused a packet (%s): %s", error.reason, error.message)
 
+    def count_membership_refusal(self, why: str) -> None:
+        """A membership message refused (the servicer logged it): counted with the packets,
+        under reason ``membership``, so Status and the metrics show every refusal."""
+        self.stats.rejected += 1
+        self.stats.rejected_by_reason["membership"] = self.stats.rejected_by_reason.get("membership", 0) + 1
+
     def _account(self, address: str, sent: int, received: int, merged: bool) -> None:
         link = self.link(address)
         link.exchanges += 1

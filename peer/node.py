@@ -302,8 +302,9 @@ class Node:
                            Gate(limits_from_config(cfg))),
             self._gossip_server)
         if self.swim is not None:
-            membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(self.swim.receive),
-                                                                 self._gossip_server)
+            membership_pb2_grpc.add_MembershipServicer_to_server(
+                MembershipServicer(self.swim.receive, on_rejected=self.engine.count_membership_refusal),
+                self._gossip_server)
 
         token = cfg.token()
         self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [])

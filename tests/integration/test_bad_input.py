@@ -143,6 +143,12 @@ def test_sizes_and_stalls_are_refused_with_a_counted_reason_and_the_model_untouc
         with pytest.raises(grpc.RpcError) as err:
             membership_pb2_grpc.MembershipStub(channel).Ping(membership_pb2.Packet(data=bytes(5 << 20)), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A membership message that decodes to nothing is refused and counted like a packet.
+    with grpc.insecure_channel(idle_peer.gossip_address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            membership_pb2_grpc.MembershipStub(channel).Ping(membership_pb2.Packet(data=b"\xc1garbage"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rejected(idle_peer, "membership") == 1
     assert idle_peer.alive()
     after = idle_peer.status()
     assert after.model_digest == before.model_digest and after.merges == before.merges
