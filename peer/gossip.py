@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,6 +44,9 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
         return packet
     return bytearray().join(packet)
 
+
+# Refusals of one kind are logged at most once per this many seconds (all are counted).
+REFUSAL_LOG_SECONDS = 10.0
 
 # Status codes with which a partner refuses an exchange before applying our frame:
 # ABORTED (busy: it is exchanging with us right now) and RESOURCE_EXHAUSTED (full or
@@ -131,6 +135,8 @@ class GossipEngine:
         self.specs = specs_of(trainer.state())
         self.fingerprint = fingerprint(self.specs)
         self.stats = GossipStats()
+        # reason -> (when a refusal of that kind was last logged, refusals not logged since)
+        self._refusal_log: dict[str, tuple[float, int]] = {}
         self.links: dict[str, LinkStats] = {}
         self.in_flight = 0
         self.draining = False  # set by a graceful leave: start no new exchanges
@@ -228,7 +234,16 @@ class GossipEngine:
     def count_rejected(self, error: WireError) -> None:
         self.stats.rejected += 1
         self.stats.rejected_by_reason[error.reason] = self.stats.rejected_by_reason.get(error.reason, 0) + 1
-        log.warning("refused a packet (%s): %s", error.reason, error.message)
+        # Every refusal is counted; the log gets one line per reason per REFUSAL_LOG_SECONDS,
+        # so an intruder retrying every second (or a flood) cannot fill the disk.
+        now = self.clock()
+        last, quiet = self._refusal_log.get(error.reason, (-math.inf, 0))
+        if now - last < REFUSAL_LOG_SECONDS:
+            self._refusal_log[error.reason] = (last, quiet + 1)
+            return
+        self._refusal_log[error.reason] = (now, 0)
+        more = f" ({quiet} more of this kind in the last {now - last:.0f} s, not logged)" if quiet else ""
+        log.warning("refused a packet (%s): %s%s", error.reason, error.message, more)
 
     def count_membership_refusal(self, why: str) -> None:
         """A membership message refused (the servicer logged it): counted with the packets,

@@ -154,3 +154,21 @@ async def test_an_overloaded_partner_is_not_a_failing_one(pair) -> None:
     assert await a.exchange_with(member, exchange)
     assert a.stats.keyframes_sent == 1 and not b.stats.keyframe_requests
 
+
+
+def test_refusals_are_all_counted_but_logged_once_per_reason_per_interval(pair, caplog) -> None:
+    from peer.gossip import REFUSAL_LOG_SECONDS
+    from protocol.errors import MalformedPacket
+
+    a, _ = pair
+    now = [100.0]
+    a.clock = lambda: now[0]
+    with caplog.at_level("WARNING", logger="peer.gossip"):
+        for _ in range(50):  # an intruder retrying: 50 refusals within one interval
+            a.count_rejected(MalformedPacket("junk"))
+        now[0] += REFUSAL_LOG_SECONDS
+        a.count_rejected(MalformedPacket("junk"))
+    assert a.stats.rejected == 51 and a.stats.rejected_by_reason["malformed"] == 51
+    lines = [r.getMessage() for r in caplog.records if "refused a packet" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "49 more of this kind" in lines[1]
