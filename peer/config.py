@@ -58,8 +58,18 @@ class PeerConfig:
     cluster: str = _opt("default", "Swarm name: peers only discover peers of the same cluster "
                                    "(MQTT topic hearsay/<cluster>/peers/<peer_id>).")
     # --- data and model
-    dataset: str = _opt("digits", "Data set: 'digits' (bundled with scikit-learn) or "
-                                  "'module:factory' returning a peer.data.Dataset.")
+    dataset: str = _opt("digits", "Data set: 'digits' (bundled with scikit-learn), 'fashion-mnist' (Debian's "
+                                  "dataset-fashion-mnist, or data_path), 'idx:DIR' (MNIST-style IDX files), "
+                                  "'npz:FILE' (x_train, y_train, x_test, y_test) or 'module:factory' returning a "
+                                  "peer.data.Dataset.")
+    data_path: str = _opt("", "Directory of the fashion-mnist files (default /usr/share/datasets/fashion-mnist); "
+                              "passed to a module:factory data set as path=.")
+    dataset_arg: list[str] = _opt([], "KEY=VALUE option for the data set (repeatable flag; comma-separated in "
+                                      "the environment): passed to a module:factory as keyword arguments "
+                                      "(strings); built-in sets take limit=N (a seeded subset of N training samples).")
+    data_cache: str = _opt("", "Directory where decoded data files are cached, memory-mapped and shared by the "
+                               "peers of a machine; default $XDG_CACHE_HOME/hearsay/datasets or "
+                               "~/.cache/hearsay/datasets.")
     model: str = _opt("mlp", "Model: 'mlp', 'cnn' or 'module:factory(input_shape, num_classes)' "
                              "returning a torch.nn.Module.")
     partition: str = _opt("iid", "How the training data is split across peers.",
@@ -354,6 +364,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
                                 help=help_text)
+        elif isinstance(default, list):  # repeatable, and each occurrence may hold a comma-separated list
+            parser.add_argument(flag, dest=name, default=None, action="append", metavar=name.upper(),
+                                help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text,
                                 choices=f.metadata.get("choices"))
@@ -362,7 +375,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: _convert(name, getattr(args, name), from_text=True)
+    def raw(name: str) -> Any:
+        value = getattr(args, name)
+        return ",".join(value) if isinstance(value, list) else value  # repeated list flags join up
+    return {name: _convert(name, raw(name), from_text=True)
             for name in _fields() if getattr(args, name, None) is not None}
 
 

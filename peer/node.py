@@ -32,7 +32,7 @@ from peer.admin import AdminServicer
 from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
 from peer.config import WIRE_CODECS, PeerConfig
-from peer.data import load_dataset, partition
+from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
 from peer.membership_runtime import MembershipEvents, MembershipRuntime
@@ -80,7 +80,7 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
     """``build_trainer``, and the samples the loss check scores models on: the
     ``validation_split`` held out of the shard, or the training shard itself when 0."""
     torch.set_num_threads(config.threads)
-    data = load_dataset(config.dataset, seed=config.data_seed)
+    data = dataset_from_config(config)
     shards = partition(data.train_y, config.shard_count, config.partition, config.alpha, config.data_seed)
     shard, held = split_validation(shards[config.shard_index], config.validation_split, config.seed)
     torch.manual_seed(config.seed)

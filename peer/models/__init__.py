@@ -1,4 +1,4 @@
-"""The model zoo (an MLP and a small CNN) and user models by import path."""
+"""The model zoo (an MLP and small CNNs) and user models by import path."""
 
 from __future__ import annotations
 
@@ -40,13 +40,48 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class PooledCNN(nn.Module):
+    """For 28x28 images (MNIST, Fashion-MNIST): two 3x3 conv layers, each followed by 2x2
+    max-pooling, and a linear head (~21k parameters for 28x28x1).
+
+    Pooling after the first layer quarters the second layer's work: a step costs about a
+    third of SmallCNN's on 28x28, which matters when several peers share a CPU, and it
+    reaches ~0.88 on Fashion-MNIST within a few hundred steps per peer.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> None:
+        super().__init__()
+        if len(input_shape) != 3 or min(input_shape[1:]) < 4:
+            raise PluginError(f"cnn needs (channels, height, width) inputs of at least 4x4, got {input_shape}")
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * (h // 4) * (w // 4), num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# Images at least this many pixels on each side get the pooled CNN under the name 'cnn'.
+POOLED_CNN_MIN_SIDE = 16
+
+
+def CNN(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:  # noqa: N802 - a zoo constructor
+    """'cnn': SmallCNN for small images (8x8 digits: every figure measured on digits stays as
+    it was), PooledCNN for images of 16 pixels a side and more (28x28 MNIST, Fashion-MNIST)."""
+    if len(input_shape) == 3 and min(input_shape[1:]) >= POOLED_CNN_MIN_SIDE:
+        return PooledCNN(input_shape, num_classes)
+    return SmallCNN(input_shape, num_classes)
+
+
 def WideCNN(input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:  # noqa: N802 - a zoo constructor
     """The same CNN four times wider (~95k parameters): big enough that per-packet overheads
     stop dominating compressed deltas (bench/compression_learning.py)."""
     return SmallCNN(input_shape, num_classes, width=64)
 
 
-ZOO = {"mlp": MLP, "cnn": SmallCNN, "cnn-wide": WideCNN}
+ZOO = {"mlp": MLP, "cnn": CNN, "cnn-small": SmallCNN, "cnn-pooled": PooledCNN, "cnn-wide": WideCNN}
 
 
 def build_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

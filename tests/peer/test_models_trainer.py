@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from peer.config import PeerConfig
+from peer.data.datasets import FASHION_MNIST_DIR
 from peer.models import build_model
 from peer.node import build_trainer
 from peer.plugins import PluginError
@@ -18,6 +19,21 @@ def test_zoo_models_train_on_digits(name: str) -> None:
     t.train_steps(150)
     assert t.evaluate() > max(0.8, before + 0.3)
     assert t.stats().steps == 150 and t.stats().version == 150
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_cnn_on_28x28_is_the_pooled_cnn_and_learns_fashion_mnist(tmp_path) -> None:  # noqa: ANN001
+    from peer.models import PooledCNN, SmallCNN
+
+    assert isinstance(build_model("cnn", (1, 28, 28), 10), PooledCNN)
+    assert isinstance(build_model("cnn", (1, 8, 8), 10), SmallCNN)  # digits keep the measured model
+    pooled = sum(p.numel() for p in build_model("cnn", (1, 28, 28), 10).parameters())
+    small = sum(p.numel() for p in build_model("cnn-small", (1, 28, 28), 10).parameters())
+    assert pooled < small / 2
+    t = build_trainer(PeerConfig(dataset="fashion-mnist", dataset_arg=["limit=3000"], data_cache=str(tmp_path),
+                                 model="cnn", seed=1, steps_per_second=0, eval_every=10**9))
+    t.train_steps(200)
+    assert t.evaluate() > 0.7  # 200 steps of batch 32 on 3000 real images; random guessing is 0.10
 
 
 def test_training_is_reproducible_from_the_seed() -> None:

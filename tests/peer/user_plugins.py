@@ -27,3 +27,11 @@ def wide_mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """~4.3M parameters: checkpoints of ~35 MB take long enough to be killed mid-write."""
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 2048), nn.ReLU(),
                          nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, num_classes))
+
+
+def sized_dataset(seed: int = 0, n: str = "90", path: str = "") -> Dataset:
+    """A factory that takes the user's --dataset-arg options (as strings) besides seed."""
+    base = tiny_dataset(seed)
+    keep = int(n)
+    name = f"sized:{path}" if path else "sized"
+    return Dataset(name, base.train_x[:keep], base.train_y[:keep], base.test_x, base.test_y, num_classes=3)
