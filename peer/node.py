@@ -33,6 +33,7 @@ from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
 from peer.config import WIRE_CODECS, PeerConfig
 from peer.data import dataset_from_config, partition
+from peer.evaluation import policy_from_config
 from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
 from peer.membership_runtime import MembershipEvents, MembershipRuntime
@@ -88,7 +89,7 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
     trainer = Trainer(model, data, shard, device=resolve_device(config.device),
                       seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                       max_steps=config.max_steps, steps_per_second=config.steps_per_second,
-                      eval_every=config.eval_every)
+                      eval_policy=policy_from_config(config))
     if not len(held):
         return trainer, (trainer.train_x, trainer.train_y)
     return trainer, (torch.as_tensor(data.train_x[held], device=trainer.device),

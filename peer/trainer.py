@@ -2,11 +2,15 @@
 
 The model is shared between the training thread and the gossip loop; one lock
 guards it. Gossip reads a snapshot (``state``) and applies merges (``merge_with``)
-under that lock, so a merge never interleaves with an optimiser step.
+under that lock, so a merge never interleaves with an optimiser step. Evaluation
+copies the weights under the lock and runs outside it (``peer.evaluation``): the
+lock is only ever held for one step, one merge or one copy, because the event loop
+takes it too (status digests, gossip snapshots).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 
 from peer.data import Dataset
+from peer.evaluation import EvalPolicy, accuracy
 
 log = logging.getLogger(__name__)
 
@@ -58,24 +63,32 @@ class TrainerStats:
 class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, shard: np.ndarray, *, device: torch.device,
                  seed: int, batch_size: int, lr: float, momentum: float, max_steps: int = 0,
-                 steps_per_second: float = 0.0, eval_every: int = 25) -> None:
+                 steps_per_second: float = 0.0, eval_every: int = 25, eval_policy: EvalPolicy | None = None) -> None:
         self.device = device
         self.model = model.to(device)
         self.samples = int(len(shard))
-        self.train_x = torch.as_tensor(data.train_x[shard], device=device)
-        self.train_y = torch.as_tensor(data.train_y[shard], device=device)
-        self.test_x = torch.as_tensor(data.test_x, device=device)
-        self.test_y = torch.as_tensor(data.test_y, device=device)
+        # Fancy indexing copies, so memory-mapped data sets leave only this shard in memory.
+        self.train_x = torch.from_numpy(np.asarray(data.train_x[shard])).to(device)
+        self.train_y = torch.from_numpy(np.asarray(data.train_y[shard])).to(device)
+        self.eval_policy = eval_policy or EvalPolicy(every=eval_every)
+        subset = self.eval_policy.subset(len(data.test_y))
+        self.test_total = int(len(data.test_y))
+        self.test_x = torch.from_numpy(np.asarray(data.test_x[subset])).to(device)
+        self.test_y = torch.from_numpy(np.asarray(data.test_y[subset])).to(device)
+        self._eval_model: nn.Module | None = None  # a copy the weights are evaluated in, off the lock
+        self._next_eval_at = 0.0  # monotonic time before which the budget forbids another evaluation
+        self._last_eval_step = 0
+        self.eval_seconds = 0.0   # total time spent evaluating (how much the budget allowed)
         self.batch_size = min(batch_size, self.samples)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
         self.loss_fn = nn.CrossEntropyLoss()
         self.max_steps = max_steps
         self.min_step_seconds = 1.0 / steps_per_second if steps_per_second > 0 else 0.0
-        self.eval_every = eval_every
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
         self._lock = threading.Lock()
+        self._eval_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._steps = 0
@@ -164,7 +177,7 @@ class Trainer:
             self.on_step(time.perf_counter() - started)
         self._loss_sum += value
         self._loss_count += 1
-        if self._steps % self.eval_every == 0:
+        if self._steps - self._last_eval_step >= self.eval_policy.every and time.monotonic() >= self._next_eval_at:
             self.evaluate()
         return value
 
@@ -173,11 +186,26 @@ class Trainer:
             self.step()
 
     def evaluate(self) -> float:
-        """Test accuracy of the current model; also closes the loss window."""
-        with self._lock, torch.no_grad():
-            self.model.eval()
-            predicted = self.model(self.test_x).argmax(dim=1)
-            self._accuracy = float((predicted == self.test_y).float().mean())
+        """Test accuracy of the current model on the evaluation subset; also closes the loss window.
+
+        The weights are copied under the lock (as long as a merge) and evaluated outside
+        it, so gossip and the event loop never wait for an evaluation.
+        """
+        with self._eval_lock:  # gossip threads evaluate too once training is done
+            return self._evaluate()
+
+    def _evaluate(self) -> float:
+        started = time.monotonic()
+        with self._lock:
+            if self._eval_model is None:
+                self._eval_model = copy.deepcopy(self.model)
+            else:
+                self._eval_model.load_state_dict(self.model.state_dict())
+            self._last_eval_step = self._steps
+        self._accuracy = accuracy(self._eval_model, self.test_x, self.test_y, self.device)
+        took = time.monotonic() - started
+        self.eval_seconds += took
+        self._next_eval_at = time.monotonic() + self.eval_policy.wait_after(took)
         if self._loss_count:
             self._loss = self._loss_sum / self._loss_count
             self._loss_sum, self._loss_count = 0.0, 0
@@ -191,12 +219,12 @@ class Trainer:
 
     # --- the worker thread -------------------------------------------------------------------
     def start(self) -> None:
-        self.evaluate()
         self._thread = threading.Thread(target=self._run, name="hearsay-trainer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
+            self.evaluate()  # the starting accuracy, in this thread: start() is called on the event loop
             while not self._stop.is_set() and not self.stats().done:
                 started = time.monotonic()
                 self.step()

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from peer.config import PeerConfig
 from peer.data.datasets import FASHION_MNIST_DIR
+from peer.evaluation import EvalPolicy
 from peer.models import build_model
 from peer.node import build_trainer
 from peer.plugins import PluginError
-from peer.trainer import resolve_device
+from peer.trainer import Trainer, resolve_device
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -73,3 +77,105 @@ def test_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+# --- evaluation: bounded, seeded, off the model lock, within its share of time ---------------
+
+class _Gates:
+    """Events shared by a model and its copies (evaluation runs in a deep copy)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def __deepcopy__(self, memo: dict) -> _Gates:
+        return self
+
+
+class _GatedModel(torch.nn.Module):
+    """A linear model whose evaluation (eval mode) waits at a gate, so a test can act while
+    an evaluation is in progress; ``slow_eval`` instead makes every evaluation take that long."""
+
+    def __init__(self, slow_eval: float = 0.0) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.gates = _Gates()
+        self.slow_eval = slow_eval
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            if self.slow_eval:
+                time.sleep(self.slow_eval)  # the fault injected: an expensive evaluation
+            else:
+                self.gates.entered.set()
+                self.gates.gate.wait(60)
+        return self.linear(x)
+
+
+def _tiny_trainer(model: torch.nn.Module, policy: EvalPolicy) -> Trainer:
+    from tests.peer.user_plugins import tiny_dataset
+
+    data = tiny_dataset()
+    return Trainer(model, data, np.arange(len(data.train_y)), device=torch.device("cpu"), seed=0, batch_size=8,
+                   lr=0.1, momentum=0.0, eval_policy=policy)
+
+
+def test_evaluation_leaves_the_model_lock_free_for_gossip_and_status() -> None:
+    model = _GatedModel()
+    t = _tiny_trainer(model, EvalPolicy())
+    evaluating = threading.Thread(target=t.evaluate)
+    evaluating.start()
+    try:
+        assert model.gates.entered.wait(60), "evaluation never started"
+        others = threading.Thread(target=lambda: (t.state(), t.digest(), t.merge_with(lambda s: s), t.step()))
+        others.start()
+        others.join(30)
+        assert not others.is_alive(), "state/merge/step waited for an evaluation in progress"
+        assert t.stats().version == 2  # the merge and the step went through
+    finally:
+        model.gates.gate.set()
+        evaluating.join(30)
+    assert 0.0 <= t.stats().accuracy <= 1.0
+
+
+def test_evaluation_keeps_to_its_share_of_the_trainers_time() -> None:
+    t = _tiny_trainer(_GatedModel(slow_eval=0.02), EvalPolicy(every=1, budget=0.2))
+    started = time.monotonic()
+    evaluations = 0
+    t.on_evaluated = lambda _stats: None
+    while time.monotonic() - started < 1.5:
+        before = t.eval_seconds
+        t.step()
+        evaluations += t.eval_seconds > before
+    total = time.monotonic() - started
+    single = t.eval_seconds / max(1, evaluations)
+    assert evaluations >= 2  # it does evaluate, every=1 notwithstanding only as the budget allows
+    assert t.eval_seconds <= 0.2 * total + 2 * single, (t.eval_seconds, total, evaluations)
+
+
+def test_eval_policy_subset_is_seeded_bounded_and_the_same_for_every_peer() -> None:
+    a, b = EvalPolicy(samples=500, seed=3), EvalPolicy(samples=500, seed=3)
+    assert np.array_equal(a.subset(10000), b.subset(10000)) and len(a.subset(10000)) == 500
+    assert not np.array_equal(a.subset(10000), EvalPolicy(samples=500, seed=4).subset(10000))
+    assert len(set(a.subset(10000).tolist())) == 500 and np.all(np.diff(a.subset(10000)) > 0)
+    assert len(EvalPolicy(samples=0).subset(360)) == 360 and len(EvalPolicy(samples=2000).subset(360)) == 360
+    assert EvalPolicy(budget=0.1).wait_after(1.0) == pytest.approx(9.0)
+    for bad in ({"samples": -1}, {"every": 0}, {"budget": 0.0}, {"budget": 1.5}):
+        with pytest.raises(ValueError):
+            EvalPolicy(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_peers_evaluate_on_the_same_bounded_subset_and_accuracy_matches_the_full_set_helper(tmp_path) -> None:  # noqa: ANN001
+    from peer.data import load_dataset
+    from peer.evaluation import accuracy
+
+    common = {"dataset": "fashion-mnist", "dataset_arg": ["limit=500"], "data_cache": str(tmp_path),
+              "steps_per_second": 0, "data_seed": 2}
+    a = build_trainer(PeerConfig(seed=1, eval_samples=700, **common))
+    b = build_trainer(PeerConfig(seed=2, eval_samples=700, **common))
+    assert len(a.test_y) == 700 and a.test_total == 10000 and torch.equal(a.test_y, b.test_y)
+    full = build_trainer(PeerConfig(seed=1, eval_samples=0, **common))
+    assert len(full.test_y) == 10000
+    data = load_dataset("fashion-mnist", cache_dir=str(tmp_path))
+    assert full.evaluate() == pytest.approx(accuracy(full.model, data.test_x, data.test_y))
