@@ -165,17 +165,21 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from peer.cluster import ClusterSpec, run_cluster
+    from peer.certs import CertError
+    from peer.cluster import ClusterSpec, check_spec, preflight, run_cluster
 
     spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
                        out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
                        merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed,
-                       extra_args=args.peer_arg or [], tls=args.tls)
-    from peer.certs import CertError
-
+                       extra_args=args.peer_arg or [], tls=args.tls, dataset=args.dataset,
+                       data_path=args.data_path, dataset_args=args.dataset_arg or [], shard_count=args.shard_count,
+                       eval_samples=args.eval_samples, eval_every=args.eval_every, eval_budget=args.eval_budget,
+                       final_eval=args.final_eval)
     try:
+        check_spec(spec)
+        preflight(spec)  # a bad data set or model is one line here, not N peers dying at start-up
         return run_cluster(spec)
-    except CertError as e:  # an unusable CA left in <out>/tls by an earlier run
+    except (ValueError, CertError) as e:  # PluginError and ConfigError are ValueErrors too
         print(f"hearsay cluster: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -229,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop as soon as every peer reaches test accuracy A")
     p.add_argument("--out", default="results", metavar="DIR", help="where results.json and accuracy.png go")
     p.add_argument("--model", default="mlp", help="model of every peer (default: mlp)")
+    p.add_argument("--dataset", default="digits",
+                   help="data set of every peer: digits, fashion-mnist, idx:DIR, npz:FILE or module:factory "
+                        "(default: digits)")
+    p.add_argument("--data-path", default="", metavar="DIR", help="directory of the fashion-mnist files")
+    p.add_argument("--dataset-arg", action="append", metavar="KEY=VALUE",
+                   help="data set option passed to every peer (repeatable), e.g. limit=12000")
+    p.add_argument("--shard-count", type=int, default=None, metavar="K",
+                   help="split the training data into K shards (default: -n); peer i trains on shard i, "
+                        "so -n 1 --shard-count 8 is one peer alone on the first of 8 shards")
+    p.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                   help="live evaluation on a seeded subset of N test samples (0 = all; default: the peers' 2000)")
+    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                   help="evaluate at most every STEPS steps (default: the peers' 25)")
+    p.add_argument("--eval-budget", type=float, default=None, metavar="SHARE",
+                   help="largest share of a peer's training time evaluation may take (default: the peers' 0.1)")
+    p.add_argument("--final-eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="download every model at the end and evaluate it on the full test set (default: on)")
     p.add_argument("--partition", default="iid", choices=("iid", "dirichlet"))
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
     p.add_argument("--merge", default="vc", choices=merge_rules())

@@ -1,8 +1,13 @@
 """`hearsay cluster`: N real peer processes on loopback, watched through their admin API.
 
-Ends after ``duration`` seconds or as soon as every peer reaches ``target_accuracy``;
-writes ``results.json`` (per peer: id, accuracy, steps, exchanges, bytes) and
-``accuracy.png`` (test accuracy over time, one line per peer) into ``out``.
+Ends after ``duration`` seconds (counted from launch, start-up included) or as soon as
+every peer is at or above ``target_accuracy`` in the same poll. At the end it downloads
+every peer's model, stops the peers, and evaluates each model on the whole test set:
+the live accuracy comes from the peers (on their bounded evaluation subset), the final
+one from the full set, and results.json says which is which.
+
+Exit code 1 when a peer exited, a peer did not answer at the end, or a target was set
+and not reached by all peers together.
 """
 
 from __future__ import annotations
@@ -11,18 +16,25 @@ import json
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from peer.admin_client import AdminError
 from peer.certs import CA_CERT_FILE, make_certs
+from peer.config import PeerConfig
+from peer.cluster_report import (EXITED, STARTING, UNREACHABLE, UP, DataOptions, evaluate_full, membership_events,
+                                 plot_accuracy, table)
 from peer.procs import PeerProcess, launch_peers
 
 POLL_SECONDS = 1.0
+STATUS_TIMEOUT = 2.0      # a peer slower than this to answer status counts as unreachable in that poll
+FINAL_TIMEOUT = 5.0       # the last status and model download, all peers at once
+STOP_GRACE = 10.0         # SIGTERM to SIGKILL, all peers together
 
 
 @dataclass
@@ -43,6 +55,21 @@ class ClusterSpec:
     settle_after_training: float | None = None
     # Mutual TLS between the peers: a CA and one certificate per peer in <out>/tls.
     tls: bool = False
+    dataset: str = "digits"
+    data_path: str = ""
+    dataset_args: list[str] = field(default_factory=list)
+    # Split the training data into this many shards (default: one per peer); peer i trains
+    # on shard i. `-n 1 --shard-count 8` is one peer alone on the first of 8 shards.
+    shard_count: int | None = None
+    # Evaluation settings passed to every peer (None: the peer's default).
+    eval_samples: int | None = None
+    eval_every: int | None = None
+    eval_budget: float | None = None
+    # Download every model at the end and evaluate it on the full test set.
+    final_eval: bool = True
+
+    def shards(self) -> int:
+        return self.shard_count or self.peers
 
 
 def tls_args(directory: Path, name: str) -> list[str]:
@@ -53,74 +80,114 @@ def tls_args(directory: Path, name: str) -> list[str]:
 
 def peer_args(spec: ClusterSpec, i: int, seeds: list[str]) -> list[str]:
     tls = tls_args(Path(spec.out) / "tls", f"peer-{i}") if spec.tls else []
-    return ["--seeds", ",".join(seeds), "--shard-index", str(i), "--shard-count", str(spec.peers),
-            "--partition", spec.partition, "--alpha", str(spec.alpha), "--model", spec.model,
-            "--merge", spec.merge, "--gossip-interval", str(spec.gossip_interval),
-            "--seed", str(spec.seed + i), "--data-seed", str(spec.seed), *tls, *spec.extra_args]
+    data = ["--dataset", spec.dataset, *(["--data-path", spec.data_path] if spec.data_path else []),
+            *(a for arg in spec.dataset_args for a in ("--dataset-arg", arg))]
+    evaluation = [a for flag, value in (("--eval-samples", spec.eval_samples), ("--eval-every", spec.eval_every),
+                                        ("--eval-budget", spec.eval_budget)) if value is not None
+                  for a in (flag, str(value))]
+    return [*(["--seeds", ",".join(seeds)] if seeds else []), "--shard-index", str(i),
+            "--shard-count", str(spec.shards()), "--partition", spec.partition, "--alpha", str(spec.alpha),
+            *data, "--model", spec.model, *evaluation, "--merge", spec.merge,
+            "--gossip-interval", str(spec.gossip_interval), "--seed", str(spec.seed + i),
+            "--data-seed", str(spec.seed), *tls, *spec.extra_args]
 
 
-def _snapshot(p: PeerProcess) -> dict[str, Any] | None:
-    s = p.try_status(2.0)
+def check_spec(spec: ClusterSpec) -> None:
+    """``ValueError`` for a spec that cannot run, before any process starts."""
+    if spec.peers < 1:
+        raise ValueError("-n must be at least 1")
+    if spec.duration <= 0:
+        raise ValueError("--duration must be positive")
+    if spec.shard_count is not None and spec.shard_count < spec.peers:
+        raise ValueError(f"--shard-count {spec.shard_count} is smaller than -n {spec.peers}: "
+                         "every peer needs a shard of its own")
+
+
+def preflight(spec: ClusterSpec) -> None:
+    """Load the data set and build the model once here, before any peer starts: a bad spec
+    is one error line, and the decoded data lands in the shared cache for the peers."""
+    from peer.data import dataset_from_config, partition
+    from peer.evaluation import policy_from_config
+
+    config = PeerConfig(dataset=spec.dataset, data_path=spec.data_path, dataset_arg=list(spec.dataset_args),
+                        data_seed=spec.seed, model=spec.model)
+    for name in ("eval_samples", "eval_every", "eval_budget"):
+        if getattr(spec, name) is not None:
+            setattr(config, name, getattr(spec, name))
+    policy_from_config(config)
+    data = dataset_from_config(config)
+    partition(data.train_y, spec.shards(), spec.partition, spec.alpha, spec.seed)
+    from peer.models import build_model  # torch: seconds to import, so after the cheap checks
+
+    build_model(spec.model, data.input_shape, data.num_classes)
+
+
+def _status(p: PeerProcess, timeout: float) -> dict[str, Any] | None:
+    s = p.try_status(timeout)
     if s is None:
         return None
-    return {"id": s.peer_id, "accuracy": s.accuracy, "loss": s.loss, "steps": s.steps,
+    return {"id": s.peer_id, "dataset": s.dataset, "model": s.model, "accuracy": s.accuracy, "loss": s.loss, "steps": s.steps,
             "exchanges": s.exchanges, "merges": s.merges, "rejected": s.rejected,
             "known_peers": s.known_peers, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
             "samples": s.samples, "training_done": s.training_done}
 
 
-def _table(rows: dict[str, dict[str, Any] | None], elapsed: float, spec: ClusterSpec) -> Table:
-    target = f", target {spec.target_accuracy:.2f}" if spec.target_accuracy is not None else ""
-    table = Table(title=f"hearsay cluster: {spec.peers} peers, {elapsed:5.1f} / {spec.duration:.0f} s{target}")
-    for col in ("peer", "steps", "loss", "accuracy", "peers", "exchanges", "bytes in", "bytes out"):
-        table.add_column(col, justify="left" if col == "peer" else "right")
-    for pid, r in rows.items():
-        if r is None:
-            table.add_row(pid, "-", "-", "starting" if elapsed < 30 else "unreachable", "-", "-", "-", "-")
-            continue
-        acc = f"{r['accuracy']:.4f}" if r["accuracy"] >= 0 else "-"
-        table.add_row(pid, str(r["steps"]), f"{r['loss']:.3f}", acc, str(r["known_peers"]), str(r["exchanges"]),
-                      _human(r["bytes_received"]), _human(r["bytes_sent"]))
-    return table
+def _download(p: PeerProcess, timeout: float) -> bytes | None:
+    try:
+        with p.admin(timeout) as client:
+            return client.download_model(timeout=timeout)
+    except AdminError:
+        return None
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+class Watch:
+    """What the cluster knows of each peer: its last status, its state, when it first answered."""
+
+    def __init__(self, peers: list[PeerProcess], pool: ThreadPoolExecutor) -> None:
+        self.peers = peers
+        self.pool = pool
+        self.rows: dict[str, dict[str, Any]] = {p.peer_id: {"state": STARTING} for p in peers}
+        self.first_answer: dict[str, float] = {}
+        self.last_answer: dict[str, float] = {}
+
+    def poll(self, elapsed: float, timeout: float) -> list[str]:
+        """Ask every live peer for its status at once; returns the ids that exited since last poll."""
+        answers = list(self.pool.map(lambda p: _status(p, timeout) if p.alive() else None, self.peers))
+        exited = []
+        for p, answer in zip(self.peers, answers):
+            row = self.rows[p.peer_id]
+            if answer is not None:
+                self.rows[p.peer_id] = {**answer, "state": UP}
+                self.first_answer.setdefault(p.peer_id, elapsed)
+                self.last_answer[p.peer_id] = elapsed
+            elif not p.alive():
+                if row["state"] != EXITED:
+                    exited.append(p.peer_id)
+                row["state"] = EXITED
+            else:
+                row["state"] = UNREACHABLE if p.peer_id in self.first_answer else STARTING
+        return exited
+
+    def all_up(self) -> bool:
+        return all(r["state"] == UP for r in self.rows.values())
+
+    def all_at_least(self, target: float) -> bool:
+        return self.all_up() and all(r["accuracy"] >= target for r in self.rows.values())
 
 
-def plot_accuracy(history: list[dict[str, Any]], path: Path, target: float | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ids = sorted({pid for h in history for pid in h["accuracy"]})
-    for pid in ids:
-        pts = [(h["t"], h["accuracy"][pid]) for h in history if h["accuracy"].get(pid, -1) >= 0]
-        if pts:
-            ax.plot([t for t, _ in pts], [a for _, a in pts], label=pid, linewidth=1.5)
-    if target is not None:
-        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
-    ax.set_xlabel("wall time since launch (s)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_xlim(left=0)  # start-up time is part of the story: peers answer only once torch is loaded
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("hearsay cluster: test accuracy per peer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _stop_all(peers: list[PeerProcess]) -> None:
+    """SIGTERM every peer, then SIGKILL those still running STOP_GRACE s later (one shared deadline)."""
+    for p in peers:
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for p in peers:
+        p.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
 def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
+    check_spec(spec)
     # Off a terminal (CI logs, pipes) rich would wrap the table at 80 columns.
-    console = console or Console(width=None if sys.stdout.isatty() else 110)
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     if spec.tls:  # peer ids are peer-<i> (procs.launch_peers); a CA already in <out>/tls is reused
@@ -128,86 +195,189 @@ def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
         console.print(f"mutual TLS: CA {issued.ca_cert}, {len(issued.peers)} peer certificates")
     started = time.monotonic()
     peers = launch_peers(spec.peers, out / "logs", lambda i, seeds: peer_args(spec, i, seeds))
+    pool = ThreadPoolExecutor(max_workers=len(peers), thread_name_prefix="cluster-poll")
+    watch = Watch(peers, pool)
     history: list[dict[str, Any]] = []
-    reached_at: dict[str, float] = {}
-    rows: dict[str, dict[str, Any] | None] = {p.peer_id: None for p in peers}
     failed: list[str] = []
+    first_crossed: dict[str, float] = {}
+    reached_at: float | None = None
     outcome = "duration"
-    last_print = 0.0
+    last_print = -1e9
     trained_at: float | None = None
+
+    def title(elapsed: float) -> str:
+        target = f", target {spec.target_accuracy:.2f}" if spec.target_accuracy is not None else ""
+        return f"hearsay cluster: {spec.peers} peers, {elapsed:5.1f} / {spec.duration:.0f} s{target}"
+
+    final: dict[str, dict[str, Any] | None] = {}
+    models: dict[str, bytes | None] = {}
     try:
-        with Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else _NoLive() as live:
+        live_view = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
+        with live_view or _NoLive() as live:
             while True:
                 elapsed = time.monotonic() - started
-                for p in peers:
-                    rows[p.peer_id] = _snapshot(p) if p.alive() else None
-                    if not p.alive() and p.peer_id not in failed:
-                        failed.append(p.peer_id)
-                        console.print(f"[red]peer {p.peer_id} exited[/red] (code {p.proc.returncode if p.proc else '?'})"
-                                      f"; log: {p.log_path}\n{p.log_tail(8)}")
-                acc = {pid: r["accuracy"] for pid, r in rows.items() if r is not None}
-                history.append({"t": round(elapsed, 2), "accuracy": acc,
-                                "steps": {pid: r["steps"] for pid, r in rows.items() if r is not None}})
-                for pid, a in acc.items():
-                    if spec.target_accuracy is not None and a >= spec.target_accuracy and pid not in reached_at:
-                        reached_at[pid] = elapsed
+                remaining = spec.duration - elapsed
+                for pid in watch.poll(elapsed, max(0.2, min(STATUS_TIMEOUT, remaining))):
+                    p = next(q for q in peers if q.peer_id == pid)
+                    failed.append(pid)
+                    console.print(f"[red]peer {pid} exited[/red] (code {p.proc.returncode if p.proc else '?'})"
+                                  f"; log: {p.log_path}\n{p.log_tail(8)}")
+                elapsed = time.monotonic() - started
+                up = {pid: r for pid, r in watch.rows.items() if r["state"] == UP}
+                history.append({"t": round(elapsed, 2), "accuracy": {pid: r["accuracy"] for pid, r in up.items()},
+                                "steps": {pid: r["steps"] for pid, r in up.items()},
+                                "state": {pid: r["state"] for pid, r in watch.rows.items()}})
+                if spec.target_accuracy is not None:
+                    for pid, r in up.items():
+                        if r["accuracy"] >= spec.target_accuracy:
+                            first_crossed.setdefault(pid, elapsed)
                 if console.is_terminal:
-                    live.update(_table(rows, elapsed, spec), refresh=True)
-                elif elapsed - last_print >= 10 or not history[:-1]:
-                    console.print(_table(rows, elapsed, spec))
+                    live.update(table(title(elapsed), watch.rows), refresh=True)
+                elif elapsed - last_print >= 10:
+                    console.print(table(title(elapsed), watch.rows))
                     last_print = elapsed
-                if failed and len(failed) == len(peers):
+                if len(failed) == len(peers):
                     outcome = "all peers exited"
                     break
-                if spec.target_accuracy is not None and len(reached_at) == len(peers):
+                if spec.target_accuracy is not None and watch.all_at_least(spec.target_accuracy):
+                    reached_at = elapsed
                     outcome = "target reached"
                     break
                 if spec.settle_after_training is not None:
-                    if trained_at is None and all(r is not None and r["training_done"] for r in rows.values()):
+                    if trained_at is None and watch.all_up() and all(r["training_done"] for r in watch.rows.values()):
                         trained_at = elapsed
                     if trained_at is not None and elapsed - trained_at >= spec.settle_after_training:
                         outcome = "trained and settled"
                         break
                 if elapsed >= spec.duration:
                     break
-                time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - started - elapsed)))
-        final = {p.peer_id: _snapshot(p) for p in peers}
+                now = time.monotonic() - started
+                time.sleep(max(0.0, min(POLL_SECONDS - (now - elapsed), spec.duration - now)))
     except KeyboardInterrupt:
         outcome = "interrupted"
-        final = {p.peer_id: _snapshot(p) for p in peers}
     finally:
-        for p in peers:
-            p.signal(signal.SIGTERM)
-        for p in peers:
-            p.stop(timeout=15)
-    elapsed = time.monotonic() - started
-    console.print(_table({k: v or rows.get(k) for k, v in final.items()}, elapsed, spec))
+        try:
+            final, models = _final_state(peers, pool, spec.final_eval)
+        finally:
+            stopped_at = time.monotonic() - started
+            _stop_all(peers)
+            pool.shutdown(wait=False)
+    return _report(spec, console, peers, watch, history, failed, final, models, outcome, reached_at,
+                   first_crossed, stopped_at, started)
 
+
+def _final_state(peers: list[PeerProcess], pool: ThreadPoolExecutor,
+                 download: bool) -> tuple[dict[str, dict[str, Any] | None], dict[str, bytes | None]]:
+    """Every peer's last status and (with ``download``) model, asked of all peers at once and
+    all within FINAL_TIMEOUT s, so the end of a run is not stretched by a peer that hangs."""
+    deadline = time.monotonic() + FINAL_TIMEOUT
+
+    def ask(p: PeerProcess) -> tuple[dict[str, Any] | None, bytes | None]:
+        if not p.alive():
+            return None, None
+        status = _status(p, max(0.2, min(STATUS_TIMEOUT + 1, deadline - time.monotonic())))
+        if status is None or not download:
+            return status, None
+        return status, _download(p, max(0.2, deadline - time.monotonic()))
+
+    answers = list(pool.map(ask, peers))
+    return ({p.peer_id: a[0] for p, a in zip(peers, answers)}, {p.peer_id: a[1] for p, a in zip(peers, answers)})
+
+
+def _unreachable_reason(p: PeerProcess, watch: Watch) -> str:
+    if p.proc is not None and p.proc.poll() is not None and p.peer_id in watch.rows \
+            and watch.rows[p.peer_id]["state"] == EXITED:
+        return f"exited with code {p.proc.returncode} before the end; see {p.log_path}"
+    if p.peer_id not in watch.first_answer:
+        return f"never answered its admin API (still starting?); see {p.log_path}"
+    return (f"did not answer status within {FINAL_TIMEOUT:.0f} s at the end (last answer at "
+            f"{watch.last_answer[p.peer_id]:.1f} s); see {p.log_path}")
+
+
+def _report(spec: ClusterSpec, console: Console, peers: list[PeerProcess], watch: Watch,
+            history: list[dict[str, Any]], failed: list[str], final: dict[str, dict[str, Any] | None],
+            models: dict[str, bytes | None], outcome: str, reached_at: float | None,
+            first_crossed: dict[str, float], stopped_at: float, started: float) -> int:
+    stop_seconds = time.monotonic() - started - stopped_at
+    full: dict[str, float] = {}
+    test_total, eval_seconds, eval_error = 0, 0.0, ""
+    blobs = {pid: b for pid, b in models.items() if b is not None}
+    if blobs:
+        options = DataOptions(spec.dataset, spec.data_path, tuple(spec.dataset_args), spec.seed, spec.model)
+        try:
+            full, test_total, eval_seconds = evaluate_full(blobs, options)
+        except Exception as e:  # noqa: BLE001 - the run's results still get written
+            eval_error = f"{type(e).__name__}: {e}"
+            console.print(f"[red]final evaluation failed: {eval_error}[/red]")
+    unreachable = {p.peer_id: _unreachable_reason(p, watch) for p in peers if final.get(p.peer_id) is None}
+    rows = {}
+    for p in peers:
+        status = final.get(p.peer_id)
+        rows[p.peer_id] = {**status, "state": UP} if status else {"state": UNREACHABLE
+                                                                  if p.peer_id not in failed else EXITED}
+    console.print(table(f"hearsay cluster: {spec.peers} peers, final (live accuracy on the evaluation subset; "
+                        f"full test = all {test_total or '?'} test samples)", rows, full if spec.final_eval else None))
+    live_label = ("all test samples" if spec.eval_samples == 0 else
+                  f"a seeded subset of up to {spec.eval_samples or PeerConfig.eval_samples} test samples")
+    peer_results = []
+    for p in peers:
+        status = final.get(p.peer_id)
+        entry: dict[str, Any] = {"id": p.peer_id, "state": rows[p.peer_id]["state"]}
+        if status is not None:
+            entry.update(status)
+        if p.peer_id in unreachable:
+            entry["reason"] = unreachable[p.peer_id]
+        entry["final_accuracy"] = round(full[p.peer_id], 4) if p.peer_id in full else None
+        entry["first_crossed_target_s"] = round(first_crossed[p.peer_id], 2) if p.peer_id in first_crossed else None
+        entry["started_answering_s"] = watch.first_answer.get(p.peer_id)
+        entry.update(membership_events(p.log_path))
+        entry["log"] = str(p.log_path)
+        peer_results.append(entry)
+    all_up_at = max(watch.first_answer.values()) if len(watch.first_answer) == len(peers) else None
     results = {
-        "spec": asdict(spec), "outcome": outcome, "wall_seconds": round(elapsed, 2),
+        "spec": asdict(spec), "outcome": outcome,
+        "run_seconds": round(stopped_at, 2),  # launch to the stop signal: what --duration bounds
+        "stop_seconds": round(stop_seconds, 2),
+        "final_eval_seconds": round(eval_seconds, 2),
+        "wall_seconds": round(time.monotonic() - started, 2),
+        "all_up_at_s": all_up_at,
         "target_accuracy": spec.target_accuracy,
-        "all_reached_target": spec.target_accuracy is not None and len(reached_at) == len(peers),
-        "peers": [dict((final.get(p.peer_id) or rows.get(p.peer_id) or {"id": p.peer_id}),
-                       id=p.peer_id, time_to_target_s=(round(reached_at[p.peer_id], 2)
-                                                       if p.peer_id in reached_at else None),
-                       log=str(p.log_path))
-                  for p in peers],
+        # Every peer at or above the target in the same poll, and when that happened.
+        "all_reached_target": reached_at is not None,
+        "reached_target_at_s": round(reached_at, 2) if reached_at is not None else None,
+        "evaluation": {
+            "accuracy": f"live, as each peer last reported it: {live_label}",
+            "final_accuracy": (f"all {test_total} test samples, evaluated by hearsay cluster on each peer's "
+                               f"model downloaded at the end" if full else
+                               ("not computed: " + (eval_error or "no model could be downloaded")
+                                if spec.final_eval else "not computed (--no-final-eval)")),
+        },
+        "unreachable": unreachable,
+        "peers": peer_results,
         "history": history,
     }
-    results_path = out / "results.json"
-    results_path.write_text(json.dumps(results, indent=2))
+    out = Path(spec.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_path = out / "accuracy.png"
-    plot_accuracy(history, plot_path, spec.target_accuracy)
-    console.print(f"{outcome} after {elapsed:.1f} s")
-    console.print(f"results: {results_path.resolve()}")
+    plot_accuracy(history, plot_path, spec.target_accuracy, all_up_at, live_label)
+    when = f" at {reached_at:.1f} s (every peer >= {spec.target_accuracy:.2f} together)" if reached_at else ""
+    console.print(f"{outcome}{when}; peers ran {stopped_at:.1f} s, stopping took {stop_seconds:.1f} s"
+                  + (f", full-test evaluation {eval_seconds:.1f} s" if full else ""))
+    console.print(f"results: {(out / 'results.json').resolve()}")
     console.print(f"plot:    {plot_path.resolve()}")
+    code = 0
     if failed:
         console.print(f"[red]{len(failed)} peer(s) exited early: {', '.join(failed)}[/red]")
-        return 1
-    if spec.target_accuracy is not None and len(reached_at) < len(peers):
-        console.print(f"[yellow]not every peer reached {spec.target_accuracy:.2f}[/yellow]")
-        return 1
-    return 0
+        code = 1
+    for pid, reason in unreachable.items():
+        console.print(f"[red]peer {pid} unreachable at the end: {reason}[/red]")
+        code = 1
+    if spec.target_accuracy is not None and reached_at is None:
+        console.print(f"[yellow]the peers were never all at or above {spec.target_accuracy:.2f} together[/yellow]")
+        code = 1
+    if spec.final_eval and eval_error:
+        code = 1
+    return code
 
 
 class _NoLive:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads only when a model is evaluated: option checks stay fast
+    import torch
+    from torch import nn
+
     from peer.config import PeerConfig
 
 # Inputs per forward pass: bounds evaluation's extra memory whatever the test set's size.
@@ -68,6 +69,8 @@ def policy_from_config(config: PeerConfig) -> EvalPolicy:
 def accuracy(model: nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
              device: torch.device | None = None) -> float:
     """Share of ``x`` that ``model`` (in eval mode) labels as ``y``, in chunks of EVAL_CHUNK."""
+    import torch
+
     device = device or next(model.parameters()).device
     correct = 0
     model.eval()
@@ -79,6 +82,8 @@ def accuracy(model: nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | n
 
 
 def _chunk(a: torch.Tensor | np.ndarray, start: int, device: torch.device) -> torch.Tensor:
+    import torch
+
     part = a[start:start + EVAL_CHUNK]
     if isinstance(part, np.ndarray):  # a read-only memory map: copy the chunk out of it
         return torch.from_numpy(np.array(part)).to(device)

@@ -223,6 +223,10 @@ class Trainer:
         self._thread.start()
 
     def _run(self) -> None:
+        policy = self.eval_policy
+        log.info("evaluating on %d of %d test samples (%s), at most every %d steps and %.0f%% of the training "
+                 "time", len(self.test_y), self.test_total, "all" if len(self.test_y) == self.test_total else
+                 f"seeded subset, seed {policy.seed}", policy.every, 100 * policy.budget)
         try:
             self.evaluate()  # the starting accuracy, in this thread: start() is called on the event loop
             while not self._stop.is_set() and not self.stats().done:

@@ -1,0 +1,182 @@
+"""`hearsay cluster` tells the truth: real peer processes, small scale.
+
+- "target reached" means every peer at or above it in the same poll, with that time;
+- a peer that does not answer at the end is an error (exit 1, reason in results.json);
+- peers not yet answering show as "starting", never as "unreachable";
+- data set, model and evaluation options reach every peer; --duration is kept;
+- the final accuracy is on the full test set, the live one on the evaluation subset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peer.cluster import FINAL_TIMEOUT, STATUS_TIMEOUT, STOP_GRACE
+from peer.data.datasets import FASHION_MNIST_DIR
+from peer.procs import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+# Peers under test train with one thread; --peer-arg adds it to every `hearsay run`.
+PEER_ARGS = ["--peer-arg=--threads=1"]
+
+
+def cluster(out: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "peer.cli", "cluster", "--out", str(out), *PEER_ARGS, *args],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"hearsay cluster still running after {timeout} s:\n{output[-3000:]}")
+    return proc.returncode, output
+
+
+def results(out: Path) -> dict[str, Any]:
+    return json.loads((out / "results.json").read_text())
+
+
+def assert_starting_until_first_answer(r: dict[str, Any]) -> None:
+    """Before a peer first answers, it is "starting" in every poll, never "unreachable"."""
+    for peer in r["peers"]:
+        first = peer["started_answering_s"]
+        assert first is not None, peer
+        before = [h["state"][peer["id"]] for h in r["history"] if h["t"] < first]
+        assert set(before) <= {"starting"}, (peer["id"], before)
+        assert r["history"][0]["state"][peer["id"]] in ("starting", "up")
+
+
+def test_reached_means_every_peer_at_the_target_together_and_final_accuracy_is_on_the_full_set(
+        tmp_path: Path) -> None:
+    target = 0.85
+    code, output = finish(cluster(tmp_path, "-n", "2", "--duration", "240", "--target-accuracy", str(target),
+                                  "--eval-samples", "200", "--gossip-interval", "0.5"), timeout=400)
+    assert code == 0, output[-3000:]
+    r = results(tmp_path)
+    assert r["outcome"] == "target reached" and r["all_reached_target"] is True
+    at = r["reached_target_at_s"]
+    moment = next(h for h in r["history"] if h["t"] == at)
+    assert len(moment["accuracy"]) == 2 and min(moment["accuracy"].values()) >= target
+    earlier = [h for h in r["history"] if h["t"] < at]
+    assert all(len(h["accuracy"]) < 2 or min(h["accuracy"].values()) < target for h in earlier)
+    assert_starting_until_first_answer(r)
+    # Live accuracy on 200 of the 360 digits test images; the final one on all 360.
+    assert "200" in r["evaluation"]["accuracy"] and "all 360 test samples" in r["evaluation"]["final_accuracy"]
+    for peer in r["peers"]:
+        assert peer["state"] == "up" and peer["dataset"] == "digits" and 0.5 < peer["final_accuracy"] <= 1.0
+        assert "evaluating on 200 of 360 test samples" in Path(peer["log"]).read_text()
+        assert peer["deaths"] == 0, peer  # nobody was killed: a death would be a false one
+    assert "full test" in output
+
+
+def _child_peer(cluster_pid: int, peer_id: str) -> int | None:
+    """The pid of the `hearsay run --peer-id peer_id` child of ``cluster_pid``, once it exists."""
+    try:
+        children = Path(f"/proc/{cluster_pid}/task/{cluster_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for pid in children:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--peer-id" in argv and argv[argv.index(b"--peer-id") + 1] == peer_id.encode():
+            return int(pid)
+    return None
+
+
+def test_a_peer_that_does_not_answer_at_the_end_fails_the_run_with_its_reason(tmp_path: Path) -> None:
+    proc = cluster(tmp_path, "-n", "2", "--duration", "600", "--no-final-eval")
+    logs = [tmp_path / "logs" / f"peer-{i}.log" for i in range(2)]
+    try:
+        wait_for(lambda: all(log.exists() and '"event": "ready"' in log.read_text() for log in logs), timeout=240,
+                 what="both peers to come up")
+        pid = wait_for(lambda: _child_peer(proc.pid, "peer-1"), timeout=30, what="peer-1's pid")
+        os.kill(pid, signal.SIGSTOP)  # alive, holding its ports, answering nothing
+        proc.send_signal(signal.SIGINT)  # end the run now (Ctrl-C): the final status finds peer-1 silent
+    except BaseException:
+        proc.kill()
+        raise
+    code, output = finish(proc, timeout=120)
+    assert code == 1, output[-3000:]
+    r = results(tmp_path)
+    assert r["outcome"] == "interrupted"
+    stopped = next(p for p in r["peers"] if p["id"] == "peer-1")
+    assert stopped["state"] == "unreachable" and "did not answer status" in stopped["reason"], stopped
+    assert r["unreachable"] == {"peer-1": stopped["reason"]}
+    assert "peer peer-1 unreachable at the end" in output
+    healthy = next(p for p in r["peers"] if p["id"] == "peer-0")
+    assert healthy["state"] == "up" and "reason" not in healthy
+    assert healthy["final_accuracy"] is None and "--no-final-eval" in r["evaluation"]["final_accuracy"]
+    assert r["stop_seconds"] <= STOP_GRACE + 5  # the stopped peer is killed after the grace period
+
+
+def test_duration_is_kept_from_launch_and_start_up_shows_as_starting(tmp_path: Path) -> None:
+    duration = 20.0
+    code, output = finish(cluster(tmp_path, "-n", "2", "--duration", str(duration)), timeout=300)
+    r = results(tmp_path)
+    # The stop signal goes out at the duration, plus at most the final status window.
+    assert duration <= r["run_seconds"] <= duration + FINAL_TIMEOUT + 1, r["run_seconds"]
+    assert r["history"][-1]["t"] <= duration + STATUS_TIMEOUT + 1
+    for peer in r["peers"]:
+        first = peer["started_answering_s"]
+        states = [h["state"][peer["id"]] for h in r["history"]]
+        if first is None:  # a loaded machine: it never answered, and that is the reason given
+            assert set(states) == {"starting"} and code == 1 and "never answered" in peer["reason"], peer
+        else:
+            assert set(states[:[h["t"] for h in r["history"]].index(first)]) <= {"starting"}, states
+
+
+def test_one_peer_alone_on_its_shard_with_a_plugin_data_set_and_eval_options(tmp_path: Path) -> None:
+    # Target 0: the run ends at the first poll where the peer answers with an evaluation.
+    code, output = finish(cluster(tmp_path, "-n", "1", "--shard-count", "3", "--duration", "300",
+                                  "--target-accuracy", "0", "--dataset", "tests.peer.user_plugins:sized_dataset",
+                                  "--dataset-arg", "n=60", "--model", "tests.peer.user_plugins:linear_model",
+                                  "--eval-samples", "10", "--eval-every", "5", "--eval-budget", "0.5"), timeout=400)
+    assert code == 0, output[-3000:]
+    r = results(tmp_path)
+    (peer,) = r["peers"]
+    assert peer["samples"] == 20  # the first of 3 shards of the plug-in's 60 training samples
+    assert peer["dataset"] == "tests.peer.user_plugins:sized_dataset"
+    assert "evaluating on 10 of 30 test samples (seeded subset, seed 0), at most every 5 steps and 50%" \
+        in Path(peer["log"]).read_text()
+    assert 0.0 <= peer["final_accuracy"] <= 1.0 and "all 30 test samples" in r["evaluation"]["final_accuracy"]
+
+
+def test_bad_cluster_options_are_one_line_errors_before_any_peer_starts(tmp_path: Path) -> None:
+    for args, message in ((["-n", "4", "--shard-count", "2"], "smaller than -n 4"),
+                          (["--dataset", "idx:/nonexistent"], "is not a directory"),
+                          (["--model", "resnet"], "resnet"),
+                          (["--eval-budget", "0"], "eval_budget must be in (0, 1]")):
+        code, output = finish(cluster(tmp_path / "bad", *args), timeout=120)
+        assert code == 2, (args, output)
+        assert len(output.strip().splitlines()) == 1 and message in output, (args, output)
+        assert not (tmp_path / "bad" / "logs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_four_peers_learn_fashion_mnist_with_default_settings_and_no_false_deaths(tmp_path: Path) -> None:
+    """A smaller variant of issue 15's check (4 peers, the CNN, 180 s, every peer >= 0.85):
+    default evaluation settings, 120 s, every peer >= 0.8 on the full test set at the end."""
+    code, output = finish(cluster(tmp_path, "-n", "4", "--dataset", "fashion-mnist", "--model", "cnn",
+                                  "--duration", "120"), timeout=400)
+    assert code == 0, output[-3000:]
+    r = results(tmp_path)
+    assert not r["unreachable"] and r["run_seconds"] <= 120 + FINAL_TIMEOUT + 1
+    for peer in r["peers"]:
+        assert peer["state"] == "up", peer
+        assert peer["final_accuracy"] >= 0.8, peer
+        assert peer["deaths"] == 0, peer
