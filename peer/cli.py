@@ -9,6 +9,7 @@ mistake is reported at once.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -376,8 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """One parser per process: parsing leaves it unchanged, and building it is most of a
+    mistyped command's cost (argparse formats every help text as it is added)."""
+    return build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, which knows its options' names
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
