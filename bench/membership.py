@@ -14,9 +14,9 @@ to 10,000 periods to count false deaths (a running node declared dead by anyone)
 ``real`` runs 8 real peers on loopback (probe period 0.5 s): 10 times a random peer is
 SIGKILLed, the time until every other peer holds it dead is taken from the peers' own
 JSON logs, and it is restarted on the same ports; then 120 s with the CPU saturated by
-2 busy loops while one peer's event loop blocks 300 ms every second (the hidden
-``debug_loop_stall`` admin knob). ``false_deaths`` / ``suspicions`` count transitions,
-in any peer's view, about a peer that was running at that moment.
+2 busy loops while one peer's event loop blocks 300 ms every second (the debug setting
+``HEARSAY_DEBUG_LOOP_STALL``, toggled with SIGUSR1). ``false_deaths`` / ``suspicions`` count
+transitions, in any peer's view, about a peer that was running at that moment.
 
 Each section is a function returning JSON-ready data, listed in ``SECTIONS``.
 """
@@ -171,8 +171,7 @@ def _slow_peer_run(peers: list[PeerProcess], seconds: float) -> tuple[float, flo
     """``seconds`` with the CPU saturated and one peer's loop stalling; (start, end, polls off)."""
     slow = peers[0]
     hogs = _busy_loops(HOG_PROCESSES)
-    with slow.admin() as client:
-        client.set("debug_loop_stall", STALL)
+    slow.signal(signal.SIGUSR1)  # starts the stall set by HEARSAY_DEBUG_LOOP_STALL (peer/node.py)
     started = time.time()
     not_alive = 0
     try:
@@ -184,9 +183,7 @@ def _slow_peer_run(peers: list[PeerProcess], seconds: float) -> tuple[float, flo
         for h in hogs:
             h.kill()
             h.wait()
-        if slow.alive():
-            with slow.admin() as client:
-                client.set("debug_loop_stall", "0")
+        slow.signal(signal.SIGUSR1)  # and stops it
     exited = [p.peer_id for p in peers if not p.alive()]
     if exited:
         print(f"  peers that exited during the slow-peer run: {exited}", file=sys.stderr, flush=True)
@@ -201,7 +198,7 @@ def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
     down: list[tuple[str, float, float]] = []
     logs = Path(tempfile.mkdtemp(prefix="hearsay-bench-membership-"))  # kept: the logs are the evidence
     print(f"  real: peer logs in {logs}", file=sys.stderr, flush=True)
-    peers = launch_peers(REAL_PEERS, logs, _real_args)
+    peers = launch_peers(REAL_PEERS, logs, _real_args, env={"HEARSAY_DEBUG_LOOP_STALL": STALL})
     try:
         for p in peers:
             p.wait_ready(120)

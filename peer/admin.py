@@ -69,6 +69,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:
         node = self._node
         now = node.clock()
+        seeds = set(node.config.seeds)  # SWIM learns a seed through gossip; the operator named it
         peers = []
         for m in node.membership.members():
             link = node.engine.link(m.address)
@@ -77,7 +78,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 peer_id=m.peer_id, address=m.address, state=m.state.value,
                 last_contact_seconds_ago=(now - m.last_contact) if m.last_contact is not None else -1.0,
                 exchanges=link.exchanges, merges=link.merges, bytes_sent=link.bytes_sent,
-                bytes_received=link.bytes_received, source=m.source.value, failures=link.failures,
+                bytes_received=link.bytes_received, failures=link.failures,
+                source="seed" if m.address in seeds else m.source.value,
                 incarnation=_incarnation(node.membership, m.address),
                 rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
                 report=_report(node.engine.reports.get(m.address), now),

@@ -27,6 +27,9 @@ def _one_line(e: grpc.RpcError, address: str) -> str:
         return f"cannot reach peer admin at {address} ({details or 'unavailable'})"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"peer admin at {address} did not answer in time"
+    if code == grpc.StatusCode.UNIMPLEMENTED:  # a gRPC server, but not the admin API: a gossip port?
+        return (f"{address} answers gRPC but not the admin API: is it a peer's gossip port? Use its admin port "
+                "(--admin-port of `hearsay run`, 7071 by default; the peer's ready line names it)")
     return f"peer admin at {address}: {code.name if code else 'error'}: {details}"
 
 

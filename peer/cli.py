@@ -1,24 +1,84 @@
-"""`hearsay` command line: run | cluster | status | peers.
+"""`hearsay` command line: run | cluster | status | peers | top | ...
 
 Every failure the user can cause (bad option, unreachable peer, bad plug-in) ends
-with one line on stderr and a non-zero exit code, never a traceback.
+with one line on stderr and a non-zero exit code, never a traceback. Flags and the
+configuration are checked before anything heavy (torch, grpc) is imported, so a
+mistake is reported at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
-
-from google.protobuf.json_format import MessageToDict
+from typing import Any, NoReturn
 
 from peer import __version__
-from peer.config import ConfigError, add_flags, load, merge_rules
+from peer.config import ConfigError, add_flags, did_you_mean, load, merge_rules
 from peer.plugins import PluginError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+# The admin port a peer listens on by default (PeerConfig.admin_port): what `--admin HOST` dials.
+DEFAULT_ADMIN_PORT = 7071
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: the problem, then the nearest option or the valid values."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self._hint(message)}\n")
+
+    def _hint(self, message: str) -> str:
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown and unknown.group(1).startswith("-"):
+            flag = unknown.group(1).partition("=")[0]
+            return did_you_mean(flag, [o for o in self._option_string_actions if o.startswith("--")])
+        if message.startswith("the following arguments are required: COMMAND"):
+            return f" (one of {', '.join(self._commands())})"
+        return ""
+
+    def _commands(self) -> list[str]:
+        return [name for a in self._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices]
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite, positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 86400 seconds")
+    return value
+
+
+def admin_address(text: str) -> str:
+    """An argparse type: ``HOST[:PORT]`` (``[v6]:PORT`` for IPv6), the port 7071 when left out."""
+    host, port = text, ""
+    if text.startswith("["):  # [::1]:7071
+        end = text.find("]")
+        if end < 0 or (text[end + 1:] and not text[end + 1:].startswith(":")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [IPv6]:PORT")
+        host, port = text[:end + 1], text[end + 2:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    elif text.count(":") > 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT")
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r} has no host")
+    if not port:
+        return f"{host}:{DEFAULT_ADMIN_PORT}"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number in 1..65535")
+    return f"{host}:{int(port)}"
 
 
 def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
@@ -31,6 +91,7 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"accuracy      {acc}",
         f"loss          {s.loss:.4f}",
         f"known peers   {s.known_peers}",
+        f"gossip        every {s.gossip_interval:g} s, codec {s.codec}, merge {s.merge}, log level {s.log_level}",
         f"exchanges     {s.exchanges} ({s.merges} merged, {s.rejected} refused)",
         f"bytes in/out  {s.bytes_received} / {s.bytes_sent}",
         f"model         version {s.model_version}, digest {s.model_digest[:16]}",
@@ -40,7 +101,6 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peer import logs
-    from peer.node import run
 
     config = load(args)
     if args.check_config:
@@ -50,7 +110,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "config": shown}))
         return 0
     logs.setup(config.log_level, config.log_json, config.resolved_peer_id())
-    return run(config)
+    from peer.ports import StartError, check_ports
+
+    try:
+        check_ports(config)  # at once, not after loading torch, the data and the model
+        from peer.node import run
+
+        return run(config)
+    except StartError as e:  # a port taken, an address that cannot be bound: one line, no traceback
+        print(f"hearsay run: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _client(args: argparse.Namespace):  # noqa: ANN202 - AdminClient, imported lazily
@@ -59,8 +128,30 @@ def _client(args: argparse.Namespace):  # noqa: ANN202 - AdminClient, imported l
     return AdminClient(args.admin, args.timeout, token=resolve_token(args.token, args.token_file))
 
 
-def _as_dict(message) -> dict:  # noqa: ANN001 - a protobuf message
-    return MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+def _as_dict(message) -> dict[str, Any]:  # noqa: ANN001 - a protobuf message
+    """The message as JSON-ready data, 64-bit integers as numbers (protobuf's JSON mapping
+    writes them as strings, which a ``jq '.steps > 10'`` would silently compare as text)."""
+    from google.protobuf.descriptor import FieldDescriptor
+    from google.protobuf.json_format import MessageToDict
+
+    wide = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+    def numbers(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
+        for f in descriptor.fields:
+            if f.name not in data:
+                continue
+            if f.type == FieldDescriptor.TYPE_MESSAGE and not f.message_type.GetOptions().map_entry:
+                items = data[f.name] if isinstance(data[f.name], list) else [data[f.name]]
+                for item in items:
+                    numbers(f.message_type, item)
+            elif f.type in wide:
+                value = data[f.name]
+                data[f.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        return data
+
+    as_json = MessageToDict(message, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+    return numbers(message.DESCRIPTOR, as_json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -107,18 +198,25 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_pull_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from peer.model_files import SUFFIXES, ModelFileError, convert, target_path, write_atomically
 
-    with _client(args) as client:
-        data = client.download_model()
-    out = Path(args.output)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(out)  # never leave a half-written model under the requested name
+    try:
+        out = target_path(args.output, args.format)  # checked before the download, not after
+        with _client(args) as client:
+            if out.is_dir():  # a directory: the file inside it is named after the peer
+                name = re.sub(r"[^A-Za-z0-9._-]", "_", client.status().peer_id).lstrip(".") or "model"
+                out = out / f"{name}{SUFFIXES[args.format]}"
+            data = client.download_model()
+        data = convert(data, args.format)
+        write_atomically(out, data)
+    except ModelFileError as e:
+        print(f"hearsay pull-model: error: {e}", file=sys.stderr)
+        return e.exit_code
     if args.json:
-        print(json.dumps({"path": str(out), "bytes": len(data)}))
+        print(json.dumps({"path": str(out), "bytes": len(data), "format": args.format}))
     else:
-        print(f"wrote {len(data)} bytes to {out} (load with torch.load(path, weights_only=True))")
+        how = "torch.load(path, weights_only=True)" if args.format == "torch" else "safetensors.torch.load_file(path)"
+        print(f"wrote {len(data)} bytes to {out} (load with {how})")
     return 0
 
 
@@ -142,26 +240,10 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    import time
+    from peer.top import run_top
 
-    from rich.console import Console
-    from rich.live import Live
-
-    from peer.top import poll, render
-
-    previous: dict[str, tuple[int, float]] = {}
     with _client(args) as client:
-        if args.once or args.json:
-            rows = poll(client, previous)
-            if args.json:
-                print(json.dumps([r.as_dict() for r in rows]))
-            else:
-                Console(width=None if sys.stdout.isatty() else 140).print(render(rows, args.admin))
-            return 0
-        with Live(render(poll(client, previous), args.admin), auto_refresh=False) as live:
-            while True:
-                time.sleep(args.interval)
-                live.update(render(poll(client, previous), args.admin), refresh=True)
+        return run_top(client, args.admin, interval=args.interval, once=args.once, as_json=args.json)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
@@ -207,16 +289,17 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _add_admin_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--admin", default="127.0.0.1:7071", metavar="HOST:PORT",
-                   help="admin address of the peer to ask (default: 127.0.0.1:7071)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)")
+    p.add_argument("--admin", default=f"127.0.0.1:{DEFAULT_ADMIN_PORT}", type=admin_address, metavar="HOST[:PORT]",
+                   help=f"admin address of the peer to ask; the port defaults to {DEFAULT_ADMIN_PORT} "
+                        f"(default: 127.0.0.1:{DEFAULT_ADMIN_PORT})")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for an answer (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--token", default=None, help="admin bearer token (default: $HEARSAY_ADMIN_TOKEN)")
     p.add_argument("--token-file", default=None, metavar="FILE", help="file holding the admin bearer token")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hearsay", description="Gossip-learning peer daemon.")
+    parser = Parser(prog="hearsay", description="Gossip-learning peer daemon.")
     parser.add_argument("--version", action="version", version=f"hearsay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -287,9 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_admin_flags(p)
     p.set_defaults(func=cmd_checkpoint)
 
-    p = sub.add_parser("pull-model", help="download a peer's current model (torch.load-able)")
+    p = sub.add_parser("pull-model", help="download a peer's current model (torch.load-able or safetensors)")
     _add_admin_flags(p)
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the state_dict")
+    p.add_argument("-o", "--output", required=True, metavar="PATH",
+                   help="file to write the state_dict to (replaced atomically), or an existing directory "
+                        "(the file is then named after the peer: <peer_id>.pt or .safetensors)")
+    p.add_argument("--format", choices=("torch", "safetensors"), default="torch",
+                   help="torch: torch.save of the state_dict; safetensors: the safetensors format (default: torch)")
     p.set_defaults(func=cmd_pull_model)
 
     p = sub.add_parser("leave", help="make a peer leave the swarm gracefully and stop")
@@ -303,27 +390,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("top", help="live view of the whole swarm through one peer")
     _add_admin_flags(p)
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default: 1)")
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--interval", type=seconds, default=1.0,
+                   help="seconds between refreshes, and between the two samples of --once (default: 1)")
+    p.add_argument("--once", action="store_true",
+                   help="print one snapshot (exchange rates from two samples --interval apart) and exit")
     p.set_defaults(func=cmd_top)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from peer.admin_client import AdminError
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """One parser per process: parsing leaves it unchanged, and building it is most of a
+    mistyped command's cost (argparse formats every help text as it is added)."""
+    return build_parser()
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, which knows its options' names
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, PluginError) as e:
         print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except AdminError as e:
-        print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        admin_client = sys.modules.get("peer.admin_client")  # loaded if it could have raised
+        if admin_client is not None and isinstance(e, admin_client.AdminError):
+            print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_FAILURE
+        raise
 
 
 if __name__ == "__main__":

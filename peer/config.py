@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import socket
 import tomllib
@@ -17,26 +18,54 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocol.merge import RULES
-
 if TYPE_CHECKING:
     from peer.certs import TlsIdentity
 
 ENV_PREFIX = "HEARSAY_"
 # Codecs for model deltas (raw is for integer tensors only).
 WIRE_CODECS = ("fp32", "fp16", "int8", "int4", "topk", "topk_int8", "randk")
+# The model zoo's names (peer.models.ZOO; a test keeps them equal), known here so a bad
+# --model is refused before torch is imported.
+ZOO_MODELS = ("mlp", "cnn", "cnn-small", "cnn-pooled", "cnn-wide")
+
+
+# protocol.merge.RULES by name (a test keeps them equal): that module needs numpy, and a
+# mistyped flag must be refused before anything heavy is imported.
+MERGE_RULES = ("bristle", "bristle-vc", "clip", "clip-vc", "mean", "median", "trimmed", "vc", "vc-blend",
+               "vc-self", "weighted")
 
 
 def merge_rules() -> list[str]:
-    return sorted(RULES)
+    return sorted(MERGE_RULES)
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the option."""
 
 
-def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **kw: Any) -> Any:
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
+# Bounds of a number option: (low, high, low_exclusive). Every number is also finite.
+# Options that declare none get these, so no value can reach the peer unbounded (a test
+# asks every number option to declare its own).
+DEFAULT_FLOAT_RANGE = (0.0, 1e6, False)
+DEFAULT_INT_RANGE = (0, 2**31 - 1, False)
+# Text options (ids, hosts, paths, tokens): printable UTF-8 of at most this many characters.
+MAX_TEXT_CHARS = 4096
+MAX_LIST_ITEMS = 1024
+SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
+
+
+def _opt(default: Any, help: str, choices: Sequence[str] | None = None, *, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, seconds: bool = False, secret: bool = False,
+         **kw: Any) -> Any:
+    """One option: its default, its documentation and what values it accepts.
+
+    ``lo``/``hi`` bound a number (``lo_open``: ``lo`` itself excluded); ``seconds`` marks a
+    duration (the stop test runs a peer with every duration at its largest value);
+    ``secret`` keeps the value out of every message and printout.
+    """
+    bounds = None if lo is None and hi is None else (lo, hi, lo_open)
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "range": bounds, "seconds": seconds,
+            "secret": secret}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -47,10 +76,10 @@ class PeerConfig:
     # --- identity and network
     peer_id: str = _opt("", "Unique id of this peer; default: <hostname>-<port>.")
     host: str = _opt("127.0.0.1", "Address the gossip server binds to.")
-    port: int = _opt(7070, "Gossip server port (0 picks a free port).")
+    port: int = _opt(7070, "Gossip server port (0 picks a free port).", lo=0, hi=65535)
     advertise: str = _opt("", "host:port other peers use to reach us; default: <host>:<port>.")
     admin_host: str = _opt("127.0.0.1", "Address the admin server binds to (keep it on loopback).")
-    admin_port: int = _opt(7071, "Admin server port (0 picks a free port).")
+    admin_port: int = _opt(7071, "Admin server port (0 picks a free port).", lo=0, hi=65535)
     seeds: list[str] = _opt([], "Gossip addresses (host:port) of peers to contact at start; "
                                 "comma-separated in the environment.")
     mqtt_broker: str = _opt("", "MQTT broker (host[:port], port 1883 by default) to announce this peer on and "
@@ -74,43 +103,53 @@ class PeerConfig:
                              "returning a torch.nn.Module.")
     partition: str = _opt("iid", "How the training data is split across peers.",
                           choices=("iid", "dirichlet"))
-    alpha: float = _opt(0.5, "Dirichlet concentration for partition=dirichlet (smaller = more skewed).")
-    shard_index: int = _opt(0, "Which shard of the training data this peer trains on (0-based).")
-    shard_count: int = _opt(1, "Number of shards the training data is split into (peers in the swarm).")
-    data_seed: int = _opt(0, "Seed of the test split and the partition; equal on every peer.")
-    seed: int = _opt(0, "Seed of this peer's model initialisation, batch order and partner choice.")
+    alpha: float = _opt(0.5, "Dirichlet concentration for partition=dirichlet (smaller = more skewed).",
+                        lo=0.0, hi=1e6, lo_open=True)
+    shard_index: int = _opt(0, "Which shard of the training data this peer trains on (0-based).",
+                            lo=0, hi=2**31 - 1)
+    shard_count: int = _opt(1, "Number of shards the training data is split into (peers in the swarm).",
+                            lo=1, hi=2**31 - 1)
+    data_seed: int = _opt(0, "Seed of the test split and the partition; equal on every peer.", lo=0, hi=SEED_MAX)
+    seed: int = _opt(0, "Seed of this peer's model initialisation, batch order and partner choice.",
+                     lo=0, hi=SEED_MAX)
     # --- training
     device: str = _opt("auto", "Where training runs: auto uses CUDA when present.",
                        choices=("auto", "cpu", "cuda"))
-    threads: int = _opt(1, "torch intra-op threads for training (1 suits several peers per machine).")
-    batch_size: int = _opt(32, "Mini-batch size of local SGD.")
-    lr: float = _opt(0.05, "Learning rate of local SGD.")
-    momentum: float = _opt(0.9, "SGD momentum.")
+    threads: int = _opt(1, "torch intra-op threads for training (1 suits several peers per machine).",
+                        lo=1, hi=1024)
+    batch_size: int = _opt(32, "Mini-batch size of local SGD.", lo=1, hi=1 << 20)
+    lr: float = _opt(0.05, "Learning rate of local SGD.", lo=0.0, hi=100.0, lo_open=True)
+    momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=0.999)
     max_steps: int = _opt(0, "Stop local training after this many steps (0 = never); "
-                             "the peer keeps gossiping.")
+                             "the peer keeps gossiping.", lo=0, hi=2**53)
     steps_per_second: float = _opt(50.0, "Upper bound on the local step rate (0 = unbounded); "
-                                         "leaves CPU for gossip when peers share a machine.")
+                                         "leaves CPU for gossip when peers share a machine.", lo=0.0, hi=1e6)
     eval_every: int = _opt(25, "Evaluate test accuracy at most every this many steps (eval_budget may space "
-                               "evaluations further).")
+                               "evaluations further).", lo=1, hi=2**31 - 1)
     eval_samples: int = _opt(2000, "Evaluate on a seeded random subset of this many test samples, the same on "
-                                   "every peer (from data_seed); 0 = the whole test set.")
+                                   "every peer (from data_seed); 0 = the whole test set.", lo=0, hi=2**31 - 1)
     eval_budget: float = _opt(0.1, "Largest share of the trainer's time evaluation may take: after an evaluation "
                                    "that took t seconds the next waits (1 - eval_budget) / eval_budget * t "
-                                   "seconds of training (1 = no limit).")
+                                   "seconds of training (1 = no limit).", lo=0.0, hi=1.0, lo_open=True)
     # --- gossip
     bootstrap_timeout: float = _opt(10.0, "On start without a checkpoint, seconds to spend fetching a trained "
-                                          "model from a live peer before training (0 = never).")
+                                          "model from a live peer before training (0 = never).",
+                                    lo=0.0, hi=3600.0, seconds=True)
     bootstrap_min_steps: int = _opt(20, "Adopt a fetched model only if its peer has trained this many steps "
-                                        "(a swarm that is just starting keeps independent initialisations).")
-    gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
-    gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
+                                        "(a swarm that is just starting keeps independent initialisations).",
+                                    lo=0, hi=2**53)
+    gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.",
+                                  lo=0.001, hi=3600.0, seconds=True)
+    gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.",
+                                 lo=0.01, hi=3600.0, seconds=True)
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging, chosen from bench/learning.py's evidence.",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
                               "per-link replica of what the partner holds, with error feedback.",
                       choices=WIRE_CODECS)
-    topk_ratio: float = _opt(0.01, "Fraction of coordinates the topk, topk_int8 and randk codecs keep.")
+    topk_ratio: float = _opt(0.01, "Fraction of coordinates the topk, topk_int8 and randk codecs keep.",
+                             lo=0.0, hi=1.0, lo_open=True)
     small_codec: str = _opt("fp32", "Codec of deltas of small float tensors (under 4096 elements: biases, norms, "
                                     "first layers), which sparse codecs would not help.",
                             choices=("fp32", "fp16", "int8"))
@@ -118,22 +157,26 @@ class PeerConfig:
                                        "loses sequence).", choices=("fp32", "fp16"))
     error_feedback: bool = _opt(True, "Keep the compression error and send it with later deltas (off only "
                                       "to measure what it buys).")
-    max_links: int = _opt(64, "Per-link replicas kept (least recently used evicted; a keyframe follows).")
-    max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.")
+    max_links: int = _opt(64, "Per-link replicas kept (least recently used evicted; a keyframe follows).",
+                          lo=1, hi=1 << 20)
+    max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.",
+                                lo=0.0, hi=16384.0, lo_open=True)
     # --- inbound limits (peer/admission.py): what a peer's inbound exchanges may cost it
     stream_idle_timeout: float = _opt(5.0, "Longest pause, in seconds, between two frames of an inbound packet "
-                                           "(and before its first); longer ends the exchange as stalled.")
+                                           "(and before its first); longer ends the exchange as stalled.",
+                                      lo=0.01, hi=3600.0, seconds=True)
     stream_min_rate_kb: float = _opt(256.0, "Slowest average rate, in KiB/s, an inbound packet may arrive at after "
                                             "an allowance of stream_idle_timeout seconds (0 = no minimum); slower "
-                                            "ends the exchange as too slow.")
+                                            "ends the exchange as too slow.", lo=0.0, hi=1e7)
     max_inbound_streams: int = _opt(128, "Inbound exchanges receiving at once; beyond it the longest-idle one is "
-                                         "shed, or the new one refused (overloaded).")
+                                         "shed, or the new one refused (overloaded).", lo=1, hi=1 << 16)
     max_streams_per_connection: int = _opt(8, "Inbound exchanges receiving at once over one connection (IP:port); "
-                                              "beyond it they are refused (too_many_from_peer).")
+                                              "beyond it they are refused (too_many_from_peer).", lo=1, hi=1 << 16)
     inbound_buffer_mb: float = _opt(512.0, "MiB all incomplete inbound packets together may hold; beyond it the "
-                                           "longest-idle one is shed, or the new frame refused (buffer_budget).")
+                                           "longest-idle one is shed, or the new frame refused (buffer_budget).",
+                                    lo=0.0, hi=1 << 20, lo_open=True)
     max_inbound_processing: int = _opt(4, "Received packets decoded and merged at once (streams still receiving "
-                                          "never hold these slots).")
+                                          "never hold these slots).", lo=1, hi=1024)
     # --- hostile peers (issue 7; bench/byzantine.py measures what each setting stops)
     reputation: bool = _opt(True, "Score every peer from the merge rule's verdicts and its refused replies "
                                   "(protocol/reputation.py); a peer below the ban threshold is not chosen as a "
@@ -141,7 +184,8 @@ class PeerConfig:
     loss_check: bool = _opt(True, "With merge=bristle or bristle-vc: refuse a received model whose merge would "
                                   "raise the local validation loss more than usual (protocol.merge.LossCheck).")
     validation_split: float = _opt(0.0, "Fraction of this peer's shard held out of training for the loss check; "
-                                         "0 = check on the training shard (measured no worse on non-IID shards).")
+                                         "0 = check on the training shard (measured no worse on non-IID shards).",
+                                   lo=0.0, hi=0.99)
     # --- membership
     membership: str = _opt("swim", "Failure detector: swim = SWIM + Lifeguard over gRPC (probes, suspicion, "
                                    "refutation, graceful leave); static = seeds and inbound contacts only, a member "
@@ -149,7 +193,8 @@ class PeerConfig:
     probe_period: float = _opt(1.0, "SWIM probe period in seconds (memberlist's LAN default). The probe timeout "
                                     "(period/2), update gossip (period/5), push-pull (30 periods), reconnect "
                                     "(10 periods) and the suspicion timeout (4·ln(n+1) periods for n peers, shrinking to "
-                                    "4·max(1, log10 n) as other peers confirm) all scale with it.")
+                                    "4·max(1, log10 n) as other peers confirm) all scale with it.",
+                               lo=0.01, hi=10.0, seconds=True)
     # --- mutual TLS between peers (files made by `hearsay certs`)
     tls_ca: str = _opt("", "Cluster CA certificate (PEM); with tls_cert and tls_key the gossip port serves and "
                            "dials only mutual TLS, and admits only peers whose certificate this CA signed.")
@@ -161,13 +206,14 @@ class PeerConfig:
     data_dir: str = _opt("", "Directory for checkpoints (resume from the newest valid one at start-up, "
                              "rejoin from its member list); empty = no checkpoints.")
     checkpoint_interval: float = _opt(60.0, "Seconds between periodic checkpoints when data_dir is set "
-                                            "(0 = only on demand).")
-    checkpoint_keep: int = _opt(3, "How many of the newest checkpoints to keep.")
+                                            "(0 = only on demand).", lo=0.0, hi=7 * 86400.0, seconds=True)
+    checkpoint_keep: int = _opt(3, "How many of the newest checkpoints to keep.", lo=1, hi=100000)
     metrics_host: str = _opt("127.0.0.1", "Address the Prometheus metrics HTTP server binds to.")
     metrics_port: int = _opt(-1, "Prometheus metrics HTTP port (0 picks a free port, -1 = no HTTP server; "
-                                 "metrics stay available through the admin API).")
+                                 "metrics stay available through the admin API).", lo=-1, hi=65535)
     admin_token: str = _opt("", "Bearer token the admin API requires (prefer admin_token_file or the "
-                                "environment); required when admin_host is not a loopback address.")
+                                "environment); required when admin_host is not a loopback address.",
+                            secret=True)
     admin_token_file: str = _opt("", "File holding the admin bearer token (first line).")
     log_level: str = _opt("info", "Lowest level of log records written to stderr.",
                           choices=("debug", "info", "warning", "error"))
@@ -184,45 +230,19 @@ class PeerConfig:
     def validate(self) -> PeerConfig:
         """Raise ``ConfigError`` naming the first option whose value cannot work."""
         for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
-        checks = [
-            (0 <= self.port <= 65535, "port must be in 0..65535"),
-            (0 <= self.admin_port <= 65535, "admin_port must be in 0..65535"),
-            (self.shard_count >= 1, "shard_count must be at least 1"),
-            (0 <= self.shard_index < self.shard_count, "shard_index must be in 0..shard_count-1"),
-            (self.alpha > 0, "alpha must be positive"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.max_steps >= 0, "max_steps must be >= 0"),
-            (self.steps_per_second >= 0, "steps_per_second must be >= 0"),
-            (self.eval_every >= 1, "eval_every must be at least 1"),
-            (self.threads >= 1, "threads must be at least 1"),
-            (self.gossip_interval > 0, "gossip_interval must be positive"),
-            (self.gossip_timeout > 0, "gossip_timeout must be positive"),
-            (self.max_packet_mb > 0, "max_packet_mb must be positive"),
-            (self.stream_idle_timeout > 0, "stream_idle_timeout must be positive"),
-            (self.stream_min_rate_kb >= 0, "stream_min_rate_kb must be >= 0"),
-            (self.max_inbound_streams >= 1, "max_inbound_streams must be at least 1"),
-            (self.max_streams_per_connection >= 1, "max_streams_per_connection must be at least 1"),
+            check_value(f, getattr(self, f.name))
+        relations = [
+            (self.shard_index < self.shard_count, "shard_index must be in 0..shard_count-1"),
             (self.inbound_buffer_mb >= self.max_packet_mb,
              "inbound_buffer_mb must be at least max_packet_mb (else the largest packet could never arrive)"),
-            (self.max_inbound_processing >= 1, "max_inbound_processing must be at least 1"),
-            (0 <= self.validation_split < 1, "validation_split must be in [0, 1)"),
-            (self.probe_period > 0, "probe_period must be positive"),
-            (0 < self.topk_ratio <= 1, "topk_ratio must be in (0, 1]"),
-            (self.max_links >= 1, "max_links must be at least 1"),
-            (self.bootstrap_timeout >= 0, "bootstrap_timeout must be >= 0"),
-            (self.bootstrap_min_steps >= 0, "bootstrap_min_steps must be >= 0"),
-            (self.checkpoint_interval >= 0, "checkpoint_interval must be >= 0"),
-            (self.checkpoint_keep >= 1, "checkpoint_keep must be at least 1"),
-            (-1 <= self.metrics_port <= 65535, "metrics_port must be in -1..65535"),
         ]
-        for ok, message in checks:
+        for ok, message in relations:
             if not ok:
                 raise ConfigError(message)
+        if ":" not in self.model and self.model not in ZOO_MODELS:
+            raise ConfigError(f"model: {_show(self.model)} is not one of {', '.join(ZOO_MODELS)}"
+                              f"{did_you_mean(self.model, ZOO_MODELS)} (or module:factory for your own; "
+                              "its module must be importable, e.g. through PYTHONPATH)")
         for seed in self.seeds:
             _check_address(seed, "seeds")
         if self.advertise:
@@ -239,7 +259,8 @@ class PeerConfig:
                 raise ConfigError("announcing a wildcard address over MQTT: set advertise to an address "
                                   "other peers can reach")
         self.tls_identity()
-        if not is_loopback(self.admin_host) and not self.token():
+        token = self.token()
+        if not is_loopback(self.admin_host) and not token:
             raise ConfigError(f"admin_host {self.admin_host!r} is not loopback: set admin_token_file or "
                               "HEARSAY_ADMIN_TOKEN so the admin API is not open to the network")
         return self
@@ -263,15 +284,39 @@ class PeerConfig:
             raise ConfigError(str(e)) from None
 
     def token(self) -> str:
-        """The admin bearer token, from admin_token or the first line of admin_token_file."""
+        """The admin bearer token, from admin_token or the first line of admin_token_file.
+
+        ``ConfigError`` unless it is at least ``MIN_TOKEN_CHARS`` printable ASCII characters
+        without spaces: a blank or short token would guard nothing, and a space would make
+        ``authorization: Bearer <token>`` ambiguous.
+        """
         if self.admin_token:
-            return self.admin_token
+            return check_token(self.admin_token, "admin_token")
         if self.admin_token_file:
             try:
-                return Path(self.admin_token_file).read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as e:
-                raise ConfigError(f"admin_token_file: cannot read a token from {self.admin_token_file}: {e}") from None
+                lines = Path(self.admin_token_file).read_bytes().decode("utf-8").splitlines()
+                token = lines[0].strip()
+            except (OSError, IndexError, UnicodeDecodeError) as e:
+                reason = "the file is empty" if isinstance(e, IndexError) else e
+                raise ConfigError(f"admin_token_file: cannot read a token from {self.admin_token_file}: "
+                                  f"{reason}") from None
+            return check_token(token, f"admin_token_file {self.admin_token_file}")
         return ""
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def check_token(token: str, source: str) -> str:
+    """``token`` if it is usable as an admin bearer token, else ``ConfigError`` (never echoing it)."""
+    if not token.strip():
+        raise ConfigError(f"{source}: the token is blank")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(f"{source}: the token must be printable ASCII without spaces")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{source}: the token has {len(token)} characters, at least {MIN_TOKEN_CHARS} are needed "
+                          "(e.g. openssl rand -hex 16)")
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -289,6 +334,90 @@ def _check_address(value: str, option: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(f"{option}: {value!r} is not host:port")
+
+
+# --- checking one value ------------------------------------------------------------------
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``options``, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to one short line (a value can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def bounds(f: dataclasses.Field[Any]) -> tuple[float, float, bool] | None:
+    """(low, high, low excluded) of a number option, declared or default; ``None`` for others."""
+    kind = type(_default_of(f))
+    if kind not in (int, float):
+        return None
+    declared = f.metadata.get("range")
+    if declared is None:
+        return DEFAULT_INT_RANGE if kind is int else DEFAULT_FLOAT_RANGE
+    lo, hi, lo_open = declared
+    fallback = DEFAULT_INT_RANGE if kind is int else DEFAULT_FLOAT_RANGE
+    return (fallback[0] if lo is None else lo, fallback[1] if hi is None else hi, lo_open)
+
+
+def _check_text(name: str, value: Any, shown: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name}: {shown} is not valid UTF-8 text") from None
+    if len(value) > MAX_TEXT_CHARS:
+        raise ConfigError(f"{name}: {len(value)} characters, at most {MAX_TEXT_CHARS} allowed")
+    if not value.isprintable():
+        raise ConfigError(f"{name}: {shown} holds control characters")
+
+
+def check_value(f: dataclasses.Field[Any], value: Any) -> Any:
+    """``value`` if option ``f`` can take it; else ``ConfigError`` with a one-line reason.
+
+    Driven only by the option's definition (its default's type, its choices, its range),
+    so a new option is checked without a line of code of its own.
+    """
+    name, kind = f.name, type(_default_of(f))
+    shown = "the value" if f.metadata.get("secret") else _show(value)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ConfigError(f"{name}: {shown} is not one of {', '.join(choices)}{hint}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {shown}")
+    elif kind is list:
+        if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
+            raise ConfigError(f"{name}: expected a list of at most {MAX_LIST_ITEMS} strings")
+        for item in value:
+            _check_text(name, item, _show(item))
+    elif kind is str:
+        _check_text(name, value, shown)
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
+            raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {shown}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: {value} is not a finite number")
+        lo, hi, lo_open = bounds(f)  # type: ignore[misc]
+        if value < lo or value > hi or (lo_open and value == lo):
+            where = f"{lo}..{hi}" if kind is int else f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+            raise ConfigError(f"{name}: {shown} is out of range, must be in {where}")
+    return value
+
+
+def parse_option(name: str, text: str) -> Any:
+    """One option's value from text (as a flag or the admin API gives it), fully checked."""
+    fields = _fields()
+    if name not in fields:
+        raise ConfigError(f"unknown option {name!r}{did_you_mean(name, list(fields))}")
+    return check_value(fields[name], _convert(name, text, from_text=True))
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -324,8 +453,9 @@ def _convert(name: str, raw: Any, from_text: bool) -> Any:
         if from_text and isinstance(raw, str):
             return kind(raw)
         raise ValueError(f"expected {kind.__name__}")
-    except ValueError as e:
-        raise ConfigError(f"{name}: cannot use {raw!r} ({e})") from None
+    except (ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
+        shown = "the value" if _fields()[name].metadata.get("secret") else _show(raw)
+        raise ConfigError(f"{name}: cannot use {shown} ({str(e)[:80]})") from None
 
 
 def _default_of(f: dataclasses.Field[Any]) -> Any:
@@ -337,9 +467,13 @@ def _default_of(f: dataclasses.Field[Any]) -> Any:
 def from_file(path: str | Path) -> dict[str, Any]:
     """Options from a TOML file: top-level keys named like the fields (``[peer]`` table also accepted)."""
     try:
-        data = tomllib.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: {e}") from None
     if isinstance(data.get("peer"), dict):
@@ -347,7 +481,8 @@ def from_file(path: str | Path) -> dict[str, Any]:
     fields = _fields()
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+        hint = did_you_mean(unknown[0], list(fields)) if len(unknown) == 1 else ""
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(map(_show, unknown))}{hint}")
     return {k: _convert(k, v, from_text=False) for k, v in data.items()}
 
 

@@ -129,6 +129,7 @@ class GossipEngine:
         self._want_keyframe: set[str] = set()
         self.limits = limits
         self.rng = rng
+        self._interval_changed = asyncio.Event()
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
@@ -460,15 +461,37 @@ class GossipEngine:
         self.codec = codecs.get(name)
         self.sender.policy = self._policy(name)
 
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        self._interval = seconds
+        self._interval_changed.set()  # the loop below stops waiting out the old interval
+
+    async def _pause(self, stopping: asyncio.Event) -> bool:
+        """Wait one jittered interval; start over at once when the interval changes. True: stop."""
+        while True:
+            self._interval_changed.clear()
+            delay = self._interval * self.rng.uniform(0.8, 1.2)
+            changed = asyncio.ensure_future(self._interval_changed.wait())
+            stop = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait((changed, stop), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                stop.cancel()
+            if stopping.is_set():
+                return True
+            if not self._interval_changed.is_set():
+                return False
+
     async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
         """Start an exchange every ``interval`` (±20 % jitter, so peers do not fall into lockstep)."""
         while not stopping.is_set():
-            delay = self.interval * self.rng.uniform(0.8, 1.2)
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=delay)
+            if await self._pause(stopping):
                 return
-            except TimeoutError:
-                pass
             if self.draining:
                 return
             partner = self.pick_partner()

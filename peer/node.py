@@ -14,6 +14,7 @@ import asyncio
 import copy
 import json
 import logging
+import os
 import random
 import signal
 import sys
@@ -31,17 +32,18 @@ from peer import checkpoint, logs
 from peer.admin import AdminServicer
 from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
-from peer.config import WIRE_CODECS, PeerConfig
+from peer.config import ConfigError, PeerConfig, parse_option
 from peer.data import dataset_from_config, partition
 from peer.evaluation import policy_from_config
 from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
 from peer.membership_runtime import MembershipEvents, MembershipRuntime
 from peer.metrics import NodeMetrics
+from peer.ports import StartError, check_port_free
 from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
 from peer.transport.channels import channel_credentials
-from peer.transport.grpc_transport import GossipClient, GossipServicer, server_options
+from peer.transport.grpc_transport import NO_REUSEPORT, GossipClient, GossipServicer, server_options
 from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
@@ -57,8 +59,34 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 CHECKPOINT_FORMAT = 1
 
 
-# Hidden admin knob (`hearsay set debug_loop_stall=0.3@1`): see Node._set_loop_stall.
-DEBUG_LOOP_STALL = "debug_loop_stall"
+# Runtime knobs the admin API's Set may change: options of PeerConfig, checked by its rules.
+SETTABLE = ("gossip_interval", "codec", "merge", "log_level")
+# Debug only, never through the admin API: with HEARSAY_DEBUG_LOOP_STALL=STALL@EVERY set at
+# start, SIGUSR1 toggles a stall of the event loop (Node.toggle_loop_stall). A signal needs
+# the peer's own user, so no caller on the network can make a peer slow on purpose.
+DEBUG_LOOP_STALL_ENV = "HEARSAY_DEBUG_LOOP_STALL"
+
+
+def parse_loop_stall(value: str) -> tuple[float, float]:
+    """``"STALL[@EVERY]"`` in seconds -> (stall, every); ``ValueError`` with a one-line reason."""
+    stall_s, _, every_s = value.partition("@")
+    try:
+        stall, every = float(stall_s), float(every_s or "1.0")
+    except ValueError:
+        raise ValueError(f"{DEBUG_LOOP_STALL_ENV}: {value!r} is not STALL[@EVERY] in seconds") from None
+    if not (0 < stall <= 10 and 0 < every <= 3600):
+        raise ValueError(f"{DEBUG_LOOP_STALL_ENV}: want 0 < STALL <= 10 and 0 < EVERY <= 3600")
+    return stall, every
+
+
+def _grpc_port(server: grpc.aio.Server, what: str, host: str, port: int) -> int:
+    """Bind ``server`` to ``host:port`` with reuse off; ``StartError`` when that fails."""
+    check_port_free(what, host, port)
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return server.add_insecure_port(target)
+    except RuntimeError as e:  # taken between the check and now, or refused by gRPC itself
+        raise StartError(f"{what} port {target}: cannot bind ({str(e).split(';')[0]})") from None
 
 
 async def _stall_loop(stall: float, every: float, stopping: asyncio.Event) -> None:
@@ -134,7 +162,6 @@ class Node:
         self.swim: MembershipRuntime | None = None  # None with membership=static
         self.engine: GossipEngine
         self._stall: asyncio.Task[None] | None = None
-        self._stall_setting = "0"
 
     def _max_packet_bytes(self) -> int:
         return int(self.config.max_packet_mb * (1 << 20))
@@ -214,56 +241,42 @@ class Node:
                 "merge": self.engine.merge_rule.name, "log_level": logging.getLevelName(logging.getLogger().level).lower()}
 
     def set_knob(self, key: str, value: str) -> tuple[str, str]:
-        """Change one knob; returns (previous, now). ``ValueError`` with a one-line reason."""
-        if key == DEBUG_LOOP_STALL:
-            return self._set_loop_stall(value)
-        previous = self.knobs().get(key)
-        if previous is None:
-            raise ValueError(f"unknown key {key!r}; settable: {', '.join(sorted(self.knobs()))}")
+        """Change one knob; returns (previous, now). ``ValueError`` with a one-line reason.
+
+        Each knob is a config option, and its value passes the same checks as at start
+        (type, finite, range, choices), so Set can never give a peer a value a restart would refuse.
+        """
+        if key not in SETTABLE:
+            raise ValueError(f"unknown key {key!r}; settable: {', '.join(SETTABLE)}")
+        previous = self.knobs()[key]
+        try:
+            parsed = parse_option(key, value.lower() if key == "log_level" else value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         if key == "gossip_interval":
-            try:
-                interval = float(value)
-            except ValueError:
-                raise ValueError(f"gossip_interval: {value!r} is not a number") from None
-            if not interval > 0:
-                raise ValueError("gossip_interval must be positive")
-            self.engine.interval = interval
+            self.engine.interval = parsed  # wakes the gossip loop: the new interval counts from now
         elif key == "codec":
-            if value not in WIRE_CODECS:
-                raise ValueError(f"codec: {value!r} is not one of {', '.join(WIRE_CODECS)}")
-            self.engine.set_codec(value)
+            self.engine.set_codec(parsed)
         elif key == "merge":
-            self.engine.merge_rule = self._make_rule(value)
+            self.engine.merge_rule = self._make_rule(parsed)
         elif key == "log_level":
-            if value.lower() not in ("debug", "info", "warning", "error"):
-                raise ValueError("log_level must be debug, info, warning or error")
-            logging.getLogger().setLevel(value.upper())
-        log.info("set %s = %s (was %s)", key, value, previous)
+            logging.getLogger().setLevel(parsed.upper())
+        log.info("set %s = %s (was %s)", key, parsed, previous)
         return previous, self.knobs()[key]
 
-    def _set_loop_stall(self, value: str) -> tuple[str, str]:
-        """Test/bench only (not listed among the knobs): block the event loop on purpose.
+    def toggle_loop_stall(self, stall: float, every: float) -> None:
+        """Debug only (SIGUSR1 with HEARSAY_DEBUG_LOOP_STALL): start or stop blocking the event loop.
 
-        ``"0.3@1.0"`` blocks the loop for 0.3 s once every 1.0 s; ``"0"`` stops it. This
-        is how the no-false-positive benchmark makes one peer slow without killing it:
+        This is how the no-false-positive benchmark makes one peer slow without killing it:
         the detector of every other peer must suspect at most, never bury it.
         """
-        stall_s, _, every_s = value.partition("@")
-        try:
-            stall, every = float(stall_s), float(every_s or "1.0")
-        except ValueError:
-            raise ValueError(f"{DEBUG_LOOP_STALL}: {value!r} is not STALL[@EVERY] in seconds") from None
-        if not (0 <= stall <= 10 and every > 0):
-            raise ValueError(f"{DEBUG_LOOP_STALL}: want 0 <= STALL <= 10 and EVERY > 0")
-        previous = self._stall_setting
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-        self._stall_setting = f"{stall}@{every}" if stall > 0 else "0"
-        if stall > 0:
-            self._stall = asyncio.create_task(_stall_loop(stall, every, self.stopping))
-        log.warning("%s = %s (was %s)", DEBUG_LOOP_STALL, self._stall_setting, previous)
-        return previous, self._stall_setting
+            log.warning("debug loop stall off")
+            return
+        self._stall = asyncio.create_task(_stall_loop(stall, every, self.stopping))
+        log.warning("debug loop stall on: %.3f s every %.3f s", stall, every)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,9 +287,12 @@ class Node:
         if self.tls is not None:  # gRPC listens privately; the public port is the front's, TLS only
             self._tls_front = TlsFront(server_context(self.tls), on_refused=self._tls_refused)
             self._gossip_server.add_insecure_port(self._tls_front.backend_target)
-            gossip_port = await self._tls_front.bind(cfg.host, cfg.port)
+            try:
+                gossip_port = await self._tls_front.bind(cfg.host, cfg.port)
+            except OSError as e:
+                raise StartError(f"gossip port {cfg.host}:{cfg.port}: {e.strerror or e}") from None
         else:
-            gossip_port = self._gossip_server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            gossip_port = _grpc_port(self._gossip_server, "gossip", cfg.host, cfg.port)
         if not cfg.advertise:
             self.address = f"{cfg.host}:{gossip_port}"
         if not cfg.peer_id:
@@ -308,8 +324,9 @@ class Node:
                 self._gossip_server)
 
         token = cfg.token()
-        self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [])
-        admin_port = self._admin_server.add_insecure_port(f"{cfg.admin_host}:{cfg.admin_port}")
+        self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [],
+                                             options=[NO_REUSEPORT])
+        admin_port = _grpc_port(self._admin_server, "admin", cfg.admin_host, cfg.admin_port)
         self.admin_address = f"{cfg.admin_host}:{admin_port}"
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), self._admin_server)
         self._health = health.aio.HealthServicer()
@@ -322,7 +339,10 @@ class Node:
             reflection.SERVICE_NAME], self._admin_server)
 
         if cfg.metrics_port >= 0:
-            port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            try:
+                port = self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            except OSError as e:
+                raise StartError(f"metrics port {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror or e}") from None
             self.metrics_address = f"{cfg.metrics_host}:{port}"
 
         await self._gossip_server.start()
@@ -387,8 +407,16 @@ class Node:
                          *(m.address for m in self.membership.members())]
                 return list(dict.fromkeys(known))
 
-            self.bootstrapped_from = await self.engine.bootstrap(
-                candidates, self.client.exchange, self.clock() + cfg.bootstrap_timeout, cfg.bootstrap_min_steps)
+            fetch = asyncio.create_task(self.engine.bootstrap(
+                candidates, self.client.exchange, self.clock() + cfg.bootstrap_timeout, cfg.bootstrap_min_steps))
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait((fetch, stop), return_when=asyncio.FIRST_COMPLETED)  # a stop ends the wait
+            stop.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+                return
+            self.bootstrapped_from = fetch.result()
             self.engine.joining = False
         if self.stopping.is_set():
             return
@@ -462,6 +490,9 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        stall = os.environ.get(DEBUG_LOOP_STALL_ENV)
+        if stall:
+            loop.add_signal_handler(signal.SIGUSR1, self.toggle_loop_stall, *parse_loop_stall(stall))
         await self.start()
         await self.stopping.wait()
         await self.stop()
@@ -474,6 +505,13 @@ def run(config: PeerConfig) -> int:
     from peer.memory import return_large_blocks
 
     return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/memory.py)
+
+    stall = os.environ.get(DEBUG_LOOP_STALL_ENV)
+    if stall:
+        try:
+            parse_loop_stall(stall)
+        except ValueError as e:
+            raise StartError(str(e)) from None
 
     async def main() -> None:
         node = Node(config)

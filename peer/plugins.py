@@ -18,7 +18,8 @@ def load_factory(spec: str, what: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise PluginError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from None
+        raise PluginError(f"{what} {spec!r}: cannot import {module_name!r}: {e} (is its directory on "
+                          "PYTHONPATH?)") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise PluginError(f"{what} {spec!r}: {module_name!r} has no callable {attr!r}")

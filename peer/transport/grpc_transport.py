@@ -148,6 +148,11 @@ def add_to_server(servicer: GossipServicer, server: grpc.aio.Server) -> None:
 _ENVELOPE_BYTES = 16
 
 
+# gRPC sets SO_REUSEPORT by default, which lets a second peer bind a port already taken and
+# silently share its calls. Off, on every server of a peer: a taken port is an error at start.
+NO_REUSEPORT = ("grpc.so_reuseport", 0)
+
+
 def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> list[tuple[str, int]]:
     """Options for the ``grpc.aio.server`` that serves ``Exchange`` and ``Membership``.
 
@@ -158,7 +163,7 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
     then bound what is below it.
     """
     largest = max(FRAME_BYTES, membership_limits.max_message_bytes) + _ENVELOPE_BYTES
-    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest)]
+    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest), NO_REUSEPORT]
 
 
 

@@ -15,6 +15,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from hearsay.v1 import admin_pb2
 from peer.admin_client import AdminClient, AdminError
 from peer.procs import PeerProcess, wait_for
 
@@ -78,16 +79,22 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     assert hearsay("set", *admin, "merge=mean").returncode == 0 and a.status().merge == "mean"
     assert hearsay("set", *admin, "codec=fp16").returncode == 0 and a.status().codec == "fp16"
     assert hearsay("set", *admin, "log_level=debug").returncode == 0 and a.status().log_level == "debug"
-    for bad in ("gossip_interval=-1", "codec=zip", "merge=vote", "nokey=1", "novalue"):
+    for bad in ("gossip_interval=-1", "gossip_interval=inf", "gossip_interval=1e300", "gossip_interval=nan",
+                "gossip_interval=0", "codec=zip", "merge=vote", "nokey=1", "novalue", "debug_loop_stall=0.3@1",
+                "log_level=loud"):
         out = hearsay("set", *admin, bad)
         assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
+        assert "Traceback" not in out.stderr
+    assert "unknown key 'debug_loop_stall'" in hearsay("set", *admin, "debug_loop_stall=0.3@1").stderr
+    assert "gossip_interval: inf is not a finite number" in hearsay("set", *admin, "gossip_interval=inf").stderr
+    assert a.status().gossip_interval == 0.25  # every refused value left the knob as it was
     before = c.status().merges  # a peer sending fp16 is still understood by the others
     wait_for(lambda: c.status().merges > before + 2, timeout=30, what="merges after switching codec")
 
     out = hearsay("top", *admin, "--once")
     assert out.returncode == 0 and "peer-1" in out.stdout and "peer-2" in out.stdout, out.stdout
     rows = json.loads(hearsay("top", *admin, "--json").stdout)
-    assert {r["peer"] for r in rows} == {"peer-0 *", "peer-1", "peer-2"}
+    assert {r["peer"] for r in rows} == {"peer-0", "peer-1", "peer-2"}
     assert all(r["steps"] > 0 and r["accuracy"] > 0 for r in rows)
 
     out = hearsay("leave", "--admin", c.admin_address)
@@ -144,7 +151,7 @@ def test_health_and_reflection(cluster: list[PeerProcess]) -> None:
 
 def test_admin_on_a_non_loopback_address_requires_the_token(launch, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
+    token_file.write_text("s3cret-token-0123456789\n")
     (peer,) = launch(1, lambda i, seeds: ["--admin-token-file", str(token_file)])
     # The harness binds to 127.0.0.1; rebinding beyond loopback is checked by the config test below.
     with AdminClient(peer.admin_address) as anonymous:
@@ -153,21 +160,49 @@ def test_admin_on_a_non_loopback_address_requires_the_token(launch, tmp_path: Pa
     with AdminClient(peer.admin_address, token="wrong") as wrong:
         with pytest.raises(AdminError, match="UNAUTHENTICATED"):
             wrong.list_peers()
-    with AdminClient(peer.admin_address, token="s3cret-token") as ok:
+    with AdminClient(peer.admin_address, token="s3cret-token-0123456789") as ok:
         assert ok.status().peer_id == "peer-0"
     out = hearsay("status", "--admin", peer.admin_address, "--token-file", str(token_file))
     assert out.returncode == 0 and "peer-0" in out.stdout
-    out = hearsay("status", "--admin", peer.admin_address, env={"HEARSAY_ADMIN_TOKEN": "s3cret-token"})
+    out = hearsay("status", "--admin", peer.admin_address, env={"HEARSAY_ADMIN_TOKEN": "s3cret-token-0123456789"})
     assert out.returncode == 0
     out = hearsay("status", "--admin", peer.admin_address)
     assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
     with grpc.insecure_channel(peer.admin_address) as channel:  # health stays open for orchestrators
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        status = channel.unary_unary("/hearsay.v1.Admin/Status",
+                                     request_serializer=admin_pb2.StatusRequest.SerializeToString,
+                                     response_deserializer=admin_pb2.StatusResponse.FromString)
+        token = "s3cret-token-0123456789"
+        # The header is parsed strictly: padding, a wrong scheme or a second header never pass.
+        for refused in ([("authorization", f"Bearer  {token}")], [("authorization", f"Bearer {token} ")],
+                        [("authorization", f"Bearer\t{token}")], [("authorization", f"Basic {token}")],
+                        [("authorization", token)], [("authorization", "Bearer ")], [("authorization", "Bearer")],
+                        [("authorization", f"Bearer {token}"), ("authorization", f"Bearer {token}")]):
+            with pytest.raises(grpc.RpcError) as denied:
+                status(admin_pb2.StatusRequest(), metadata=refused, timeout=5)
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused
+        for accepted in (f"Bearer {token}", f"bearer {token}"):  # the scheme is case-insensitive (RFC 7235)
+            assert status(admin_pb2.StatusRequest(), metadata=[("authorization", accepted)], timeout=5).peer_id
 
 
 def test_non_loopback_admin_without_token_is_refused_at_start() -> None:
     out = hearsay("run", "--admin-host", "0.0.0.0", "--check-config")
     assert out.returncode == 2 and "admin_token" in out.stderr
-    out = hearsay("run", "--admin-host", "0.0.0.0", "--check-config", env={"HEARSAY_ADMIN_TOKEN": "t"})
+    out = hearsay("run", "--admin-host", "0.0.0.0", "--check-config", env={"HEARSAY_ADMIN_TOKEN": "t" * 16})
     assert out.returncode == 0 and json.loads(out.stdout)["config"]["admin_token"] == "***"
+    for weak in (" ", "  ", "t", "fifteen-chars-x", "a token with spaces in it"):  # blank, short, ambiguous
+        out = hearsay("run", "--admin-host", "0.0.0.0", "--check-config", env={"HEARSAY_ADMIN_TOKEN": weak})
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (weak, out.stderr)
+        assert "admin_token" in out.stderr and (not weak.strip() or weak not in out.stderr)
+
+
+def test_the_gossip_loop_wakes_when_its_interval_changes(launch) -> None:
+    a, b = launch(2, lambda i, seeds: ["--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "1000",
+                                       "--bootstrap-timeout", "0"])
+    before = a.status().exchanges  # at 1000 s, neither starts an exchange during this test
+    out = hearsay("set", "--admin", a.admin_address, "gossip_interval=0.05")
+    assert out.returncode == 0, out.stderr
+    # The loop was asleep for ~1000 s; the new interval must count from now, not from then.
+    wait_for(lambda: a.status().exchanges >= before + 3, timeout=30, what="exchanges at the new interval")
