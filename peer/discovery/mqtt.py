@@ -38,6 +38,7 @@ _PAHO_LOG = logging.getLogger(__name__ + ".paho")
 
 FORMAT_VERSION = 1
 DEFAULT_BROKER_PORT = 1883
+DEFAULT_TLS_BROKER_PORT = 8883  # IANA's secure-mqtt
 TOPIC_ROOT = "hearsay"
 # An announcement is a few dozen bytes; anything much larger is not one of ours.
 MAX_PAYLOAD_BYTES = 1024
@@ -67,6 +68,20 @@ class Announcement:
     def encode(self) -> bytes:
         body = {"v": self.version, "id": self.peer_id, "addr": self.address, "inst": self.instance}
         return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS to the broker: the broker is verified against ``ca`` (the system's CAs when empty),
+    and ``cert``/``key`` are presented when the broker asks for a client certificate."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def params(self) -> aiomqtt.TLSParameters:
+        return aiomqtt.TLSParameters(ca_certs=self.ca or None, certfile=self.cert or None,
+                                     keyfile=self.key or None)
 
 
 # --- pure helpers: validation and parsing ------------------------------------------------------
@@ -218,10 +233,15 @@ class MqttDiscovery:
         op_timeout: float = 5.0,
         gone_grace: float = 1.0,
         rng: random.Random | None = None,
+        credentials: tuple[str, str | None] | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         # Configuration errors are raised here, at construction, where the daemon can
         # report them; once run() is going nothing is raised any more.
-        self.broker_host, self.broker_port = split_host_port(broker, DEFAULT_BROKER_PORT)
+        self.broker_host, self.broker_port = split_host_port(
+            broker, DEFAULT_TLS_BROKER_PORT if tls is not None else DEFAULT_BROKER_PORT)
+        self.credentials = credentials  # (user name, password); None: anonymous
+        self.tls = tls
         self.cluster = check_topic_level(cluster, "cluster")
         self.peer_id = check_topic_level(peer_id, "peer id")
         split_host_port(address)
@@ -334,6 +354,9 @@ class MqttDiscovery:
             identifier=f"hearsay-{self.peer_id}-{self.instance}",
             will=aiomqtt.Will(self.topic, payload=b"", qos=1, retain=True),
             keepalive=self.keepalive, timeout=self.op_timeout, clean_session=True,
+            username=self.credentials[0] if self.credentials else None,
+            password=self.credentials[1] if self.credentials else None,
+            tls_params=self.tls.params() if self.tls is not None else None,
             logger=_PAHO_LOG)
         # Connecting may take the TCP connect timeout (in an executor thread) and then
         # op_timeout waiting for CONNACK; a stop during that must not wait for it. Nor can
