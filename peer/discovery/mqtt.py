@@ -402,10 +402,7 @@ class MqttDiscovery:
         finally:
             self.connected = False
             self._cancel_pending_gone()
-            try:
-                await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError as e:
-                log.debug("mqtt discovery: disconnect: %s", e)
+            await _close(client)
 
     async def _withdraw(self, client: aiomqtt.Client, consuming: asyncio.Future[None] | None) -> None:
         """Stop consuming and delete our announcement ourselves, before a clean disconnect.
@@ -445,10 +442,7 @@ class MqttDiscovery:
         except aiomqtt.MqttError as e:
             log.debug("mqtt discovery: abandoned connection: %s", e)
         finally:
-            try:
-                await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError as e:
-                log.debug("mqtt discovery: abandoned connection: disconnect: %s", e)
+            await _close(client)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -558,6 +552,28 @@ class MqttDiscovery:
             callback(*args)
         except Exception:
             log.exception("mqtt discovery: callback %r failed for %r", callback, args)
+
+
+async def _close(client: aiomqtt.Client) -> None:
+    """Disconnect ``client`` and read how its connection ended, whatever ended it.
+
+    aiomqtt keeps a lost connection's reason (``MqttCodeError [code:128]`` when the
+    broker goes away) in a future that only its message iterator reads. When something
+    else met the loss first (a publish or subscribe that failed or timed out, as around
+    a broker restart), ``__aexit__`` sees the connection already down and returns
+    without reading it, and asyncio reports "Future exception was never retrieved" when
+    the client is collected, typically at the daemon's shutdown. Reading it here is the
+    one place every session and abandoned attempt passes through.
+    """
+    try:
+        await client.__aexit__(None, None, None)
+    except aiomqtt.MqttError as e:
+        log.debug("mqtt discovery: disconnect: %s", e)
+    ended = getattr(client, "_disconnected", None)  # aiomqtt 2.x; nothing to read in other versions
+    if isinstance(ended, asyncio.Future) and ended.done() and not ended.cancelled():
+        reason = ended.exception()
+        if reason is not None:
+            log.debug("mqtt discovery: connection ended: %s", reason)
 
 
 async def _first_or_stopping(work: asyncio.Future[Any], stopping: asyncio.Event) -> bool:

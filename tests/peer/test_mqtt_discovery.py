@@ -26,6 +26,7 @@ import pytest
 
 from peer.certs import PeerFiles, make_certs
 from peer.config import ConfigError, add_flags, load
+from peer.discovery import mqtt as mqtt_discovery
 from peer.discovery.mqtt import (
     Announcement,
     AnnouncementError,
@@ -510,3 +511,32 @@ def test_the_broker_password_comes_from_a_file_or_the_environment_never_a_flag(t
                           env={**os.environ, "HEARSAY_MQTT_PASSWORD": "pw-env"})
     assert done.returncode == 0, done.stderr
     assert "pw-env" not in done.stdout and json.loads(done.stdout)["config"]["mqtt_password"] == "***"
+
+
+# --- a lost connection's reason is always read ---------------------------------------------------
+
+@pytest.mark.parametrize("close", ["aiomqtt", "discovery"])
+async def test_a_connection_lost_outside_the_message_loop_leaves_no_unread_exception(
+        mqtt_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture, close: str) -> None:
+    """The broker goes away while nobody iterates messages (as when a publish meets the loss
+    first, around a broker restart): closing the client must still read the reason, or asyncio
+    logs "Future exception was never retrieved ... MqttCodeError [code:128]" when the client is
+    collected. aiomqtt's own close leaves it unread (the case the issue saw at shutdown);
+    discovery's ``_close`` reads it."""
+    client = aiomqtt.Client(mqtt_broker.host, mqtt_broker.port, timeout=DEADLINE)
+    await client.__aenter__()
+    lost = client._disconnected  # noqa: SLF001 - the future at issue
+    mqtt_broker.kill()
+    await wait_until(lost.done, "the client to notice the lost connection")
+    if close == "aiomqtt":
+        await client.__aexit__(None, None, None)
+    else:
+        await mqtt_discovery._close(client)  # noqa: SLF001
+    del client, lost
+    gc.collect()
+    unread = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    if close == "aiomqtt":
+        assert unread and "MqttCodeError: [code:128]" in caplog.text, "the scenario no longer loses the reason: aiomqtt changed"
+        caplog.clear()  # seen on purpose; the autouse check is for the case below
+    else:
+        assert not unread, unread
