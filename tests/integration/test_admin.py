@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from peer.admin_client import AdminClient, AdminError
-from peer.procs import PeerProcess, wait_for
+from peer.procs import PeerProcess, launch_peers, wait_for
+from tests.conftest import COMMON_PEER_ARGS
 from tests.integration.test_metrics_http import metrics_url, scrape
 
 
@@ -27,14 +29,41 @@ def hearsay(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture
-def cluster(launch, tmp_path: Path) -> list[PeerProcess]:
-    peers = launch(3, lambda i, seeds: ["--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3",
-                                        "--data-dir", str(tmp_path / f"data-{i}"), "--checkpoint-interval", "0",
-                                        "--metrics-port", "0", "--shard-index", str(i), "--shard-count", "3"])
-    wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
-             what="training and exchanges in the cluster")
+def start_cluster(log_dir: Path, data_root: Path) -> list[PeerProcess]:
+    """Three trained, gossiping peers with metrics ports; the caller stops them."""
+    peers = launch_peers(3, log_dir, lambda i, seeds: [
+        *COMMON_PEER_ARGS, "--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3",
+        "--data-dir", str(data_root / f"data-{i}"), "--checkpoint-interval", "0", "--metrics-port", "0",
+        "--shard-index", str(i), "--shard-count", "3"])
+    try:
+        for p in peers:
+            p.wait_ready(90)
+        wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
+                 what="training and exchanges in the cluster")
+    except BaseException:
+        for p in peers:
+            p.stop(timeout=15)
+        raise
     return peers
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[PeerProcess]]:
+    """A cluster of the test's own, for a test that changes it (settings, a peer leaving)."""
+    peers = start_cluster(tmp_path / "logs", tmp_path)
+    yield peers
+    for p in peers:
+        p.stop(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
+    """One cluster for the module's tests that only look (a start costs seconds per peer)."""
+    tmp = tmp_path_factory.mktemp("shared-cluster")
+    peers = start_cluster(tmp / "logs", tmp)
+    yield peers
+    for p in peers:
+        p.stop(timeout=15)
 
 
 def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], tmp_path: Path) -> None:
@@ -89,7 +118,7 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     assert c.proc is not None and c.proc.wait(timeout=30) == 0  # drained and stopped by itself
 
 
-def test_metrics_port_counters_match_status(cluster: list[PeerProcess]) -> None:
+def test_metrics_port_counters_match_status(shared_cluster: list[PeerProcess]) -> None:
     """The scrape and Status read the same counters.
 
     The two reads happen at different moments, and an exchange may land between them
@@ -97,8 +126,8 @@ def test_metrics_port_counters_match_status(cluster: list[PeerProcess]) -> None:
     arrives). So the scrape is taken between two Status calls: the counters only grow,
     and when both Status calls agree, every counter at the scrape's moment equals them.
     """
-    a = cluster[0]
-    for p in cluster:  # fewer exchanges, so a window with none comes soon
+    a = shared_cluster[0]
+    for p in shared_cluster:  # fewer exchanges, so a window with none comes soon
         with p.admin() as client:
             client.set("gossip_interval", "1000")
     url = metrics_url(a)
@@ -120,8 +149,8 @@ def test_metrics_port_counters_match_status(cluster: list[PeerProcess]) -> None:
     assert values["hearsay_merges_total"] == status.merges
 
 
-def test_health_and_reflection(cluster: list[PeerProcess]) -> None:
-    a = cluster[0]
+def test_health_and_reflection(shared_cluster: list[PeerProcess]) -> None:
+    a = shared_cluster[0]
     with grpc.insecure_channel(a.admin_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip"):
