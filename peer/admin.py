@@ -8,12 +8,24 @@ from typing import TYPE_CHECKING
 
 import grpc
 import torch
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
 
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
 from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
     from peer.node import Node
+
+
+# What server reflection on the admin port lists: exactly the services that port serves.
+# Gossip and Membership live on the gossip port; listing them here would send grpcurl
+# users to calls that can only answer Unimplemented.
+ADMIN_PORT_SERVICES: tuple[str, ...] = (
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
 
 
 def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerReport:

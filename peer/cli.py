@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from peer import __version__
-from peer.config import ConfigError, add_flags, did_you_mean, load, merge_rules
+from peer.config import SECRET_OPTIONS, ConfigError, add_flags, did_you_mean, load, merge_rules
 from peer.plugins import PluginError
 
 EXIT_USAGE = 2
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check_config:
         import dataclasses
 
-        shown = {k: ("***" if k == "admin_token" and v else v) for k, v in dataclasses.asdict(config).items()}
+        shown = {k: ("***" if k in SECRET_OPTIONS and v else v) for k, v in dataclasses.asdict(config).items()}
         print(json.dumps({"ok": True, "config": shown}))
         return 0
     logs.setup(config.log_level, config.log_json, config.resolved_peer_id())

@@ -56,16 +56,17 @@ SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
 
 def _opt(default: Any, help: str, choices: Sequence[str] | None = None, *, lo: float | None = None,
          hi: float | None = None, lo_open: bool = False, seconds: bool = False, secret: bool = False,
-         **kw: Any) -> Any:
+         flag: bool = True, **kw: Any) -> Any:
     """One option: its default, its documentation and what values it accepts.
 
     ``lo``/``hi`` bound a number (``lo_open``: ``lo`` itself excluded); ``seconds`` marks a
     duration (the stop test runs a peer with every duration at its largest value);
-    ``secret`` keeps the value out of every message and printout.
+    ``secret`` keeps the value out of every message and printout; ``flag=False`` keeps the
+    option off the command line (a secret there would show in ps).
     """
     bounds = None if lo is None and hi is None else (lo, hi, lo_open)
     meta = {"help": help, "choices": tuple(choices) if choices else None, "range": bounds, "seconds": seconds,
-            "secret": secret}
+            "secret": secret, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -84,6 +85,17 @@ class PeerConfig:
                                 "comma-separated in the environment.")
     mqtt_broker: str = _opt("", "MQTT broker (host[:port], port 1883 by default) to announce this peer on and "
                                 "find others through; empty = no MQTT discovery.")
+    mqtt_username: str = _opt("", "User name for the MQTT broker (empty = anonymous); its password comes from "
+                                  "mqtt_passwd_file or HEARSAY_MQTT_PASSWORD, never from a flag.")
+    # Not mqtt_password_file: argparse would take `--mqtt-password SECRET` as an abbreviation of it.
+    mqtt_passwd_file: str = _opt("", "File holding the MQTT broker password (first line; keep it 0600).")
+    mqtt_password: str = _opt("", "MQTT broker password: environment or config file only (no flag, so it never "
+                                  "shows in the process list); prefer mqtt_passwd_file.", flag=False, secret=True)
+    mqtt_tls: bool = _opt(False, "Talk to the MQTT broker over TLS (port 8883 unless mqtt_broker names one), "
+                                 "verifying it against the system CAs or mqtt_tls_ca; implied by mqtt_tls_ca.")
+    mqtt_tls_ca: str = _opt("", "CA certificate (PEM) that signed the MQTT broker's certificate.")
+    mqtt_tls_cert: str = _opt("", "Client certificate (PEM) for a broker that requires one; with mqtt_tls_key.")
+    mqtt_tls_key: str = _opt("", "Private key (PEM, unencrypted) of mqtt_tls_cert.")
     cluster: str = _opt("default", "Swarm name: peers only discover peers of the same cluster "
                                    "(MQTT topic hearsay/<cluster>/peers/<peer_id>).")
     # --- data and model
@@ -255,6 +267,8 @@ class PeerConfig:
                 check_topic_level(self.cluster, "cluster")
             except ValueError as e:
                 raise ConfigError(f"mqtt_broker/cluster: {e}") from None
+            self.mqtt_credentials()
+            self.mqtt_tls_files()
             if self.host in ("0.0.0.0", "::") and not self.advertise:
                 raise ConfigError("announcing a wildcard address over MQTT: set advertise to an address "
                                   "other peers can reach")
@@ -283,6 +297,32 @@ class PeerConfig:
         except CertError as e:
             raise ConfigError(str(e)) from None
 
+    def mqtt_credentials(self) -> tuple[str, str | None] | None:
+        """(user name, password) for the broker, ``None`` for anonymous; ``ConfigError`` naming what is wrong."""
+        password = self.mqtt_password or None
+        if self.mqtt_passwd_file:
+            if password is not None:
+                raise ConfigError("mqtt_password and mqtt_passwd_file: set one of them, not both")
+            password = _first_line(self.mqtt_passwd_file, "mqtt_passwd_file", "a password")
+        if not self.mqtt_username:
+            if password is not None:
+                raise ConfigError("an MQTT password is set but mqtt_username is not (MQTT sends no password "
+                                  "without a user name)")
+            return None
+        return self.mqtt_username, password
+
+    def mqtt_tls_files(self) -> tuple[str, str, str] | None:
+        """(CA, client certificate, client key) for TLS to the broker, ``""`` where unset; ``None``: plaintext."""
+        files = {"mqtt_tls_ca": self.mqtt_tls_ca, "mqtt_tls_cert": self.mqtt_tls_cert, "mqtt_tls_key": self.mqtt_tls_key}
+        if not self.mqtt_tls and not any(files.values()):
+            return None
+        if bool(self.mqtt_tls_cert) != bool(self.mqtt_tls_key):
+            raise ConfigError("mqtt_tls_cert and mqtt_tls_key go together")
+        for name, path in files.items():
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: cannot read {path}")
+        return self.mqtt_tls_ca, self.mqtt_tls_cert, self.mqtt_tls_key
+
     def token(self) -> str:
         """The admin bearer token, from admin_token or the first line of admin_token_file.
 
@@ -293,15 +333,18 @@ class PeerConfig:
         if self.admin_token:
             return check_token(self.admin_token, "admin_token")
         if self.admin_token_file:
-            try:
-                lines = Path(self.admin_token_file).read_bytes().decode("utf-8").splitlines()
-                token = lines[0].strip()
-            except (OSError, IndexError, UnicodeDecodeError) as e:
-                reason = "the file is empty" if isinstance(e, IndexError) else e
-                raise ConfigError(f"admin_token_file: cannot read a token from {self.admin_token_file}: "
-                                  f"{reason}") from None
+            token = _first_line(self.admin_token_file, "admin_token_file", "a token")
             return check_token(token, f"admin_token_file {self.admin_token_file}")
         return ""
+
+
+def _first_line(path: str, option: str, what: str) -> str:
+    """The first line of a secret's file, stripped; ``ConfigError`` naming ``option`` if there is none."""
+    try:
+        return Path(path).read_bytes().decode("utf-8").splitlines()[0].strip()
+    except (OSError, IndexError, UnicodeDecodeError) as e:
+        reason = "the file is empty" if isinstance(e, IndexError) else e
+        raise ConfigError(f"{option}: cannot read {what} from {path}: {reason}") from None
 
 
 MIN_TOKEN_CHARS = 16
@@ -426,6 +469,10 @@ def _fields() -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(PeerConfig)}
 
 
+# Options never printed back (`--check-config` shows *** for them).
+SECRET_OPTIONS = frozenset(name for name, f in _fields().items() if f.metadata["secret"])
+
+
 def _convert(name: str, raw: Any, from_text: bool) -> Any:
     """Turn a file/env/flag value into the field's type, or raise ``ConfigError``."""
     kind = type(_default_of(_fields()[name]))
@@ -499,6 +546,8 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--name`` flag per option, defaulting to ``None`` so unset flags do not override."""
     for name, f in _fields().items():
+        if not f.metadata["flag"]:
+            continue
         flag = "--" + name.replace("_", "-")
         default = _default_of(f)
         help_text = f"{f.metadata['help']} (default: {default!r})"
@@ -542,7 +591,8 @@ def options_table() -> str:
     for name, f in _fields().items():
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
-        rows.append(f"| `{name}` | `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` "
+        flag = f"`--{name.replace('_', '-')}`" if f.metadata["flag"] else "(none)"
+        rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` "
                     f"| `{_default_of(f)!r}` | {meaning} |")
     return "\n".join(rows)
 

@@ -3,14 +3,28 @@
 Counters that `hearsay status` also shows are read from the same objects at scrape
 time (a custom collector), so the metrics port and the admin API can never disagree.
 Latencies are histograms observed where the work happens.
+
+Besides the peer's own series, the registry the peer serves carries the standard
+``process_*`` (CPU, memory, file descriptors), ``python_info`` and ``python_gc_*``
+collectors, and ``hearsay_build_info{version, python, torch} 1``, so the usual
+dashboards and alerts work on a peer as on any other Python service.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
+from importlib import metadata
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -18,6 +32,30 @@ if TYPE_CHECKING:
     from peer.node import Node
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def build_labels() -> dict[str, str]:
+    """What ``hearsay_build_info`` says this process runs: hearsay, Python and torch versions."""
+    try:
+        version = metadata.version("hearsay")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown"
+    import torch
+
+    return {"version": version, "python": platform.python_version(), "torch": str(torch.__version__)}
+
+
+class _BuildCollector(Collector):
+    """The constant ``hearsay_build_info`` series (value 1; the labels carry the information)."""
+
+    def __init__(self) -> None:
+        self._labels = build_labels()
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("hearsay_build_info", "Versions this peer runs (value always 1).",
+                                 labels=list(self._labels))
+        info.add_metric(list(self._labels.values()), 1)
+        yield info
 
 
 class _NodeCollector(Collector):
@@ -70,9 +108,16 @@ class _NodeCollector(Collector):
                                   "Times a suspect or dead member was alive again (refuted or restarted).",
                                   value=events.recoveries)
         yield CounterMetricFamily("hearsay_leaves", "Members seen leaving gracefully.", value=events.leaves)
-        age = node.checkpoint_age()
-        yield GaugeMetricFamily("hearsay_checkpoint_age_seconds",
-                                "Seconds since the last checkpoint (-1: none written).", value=age)
+        # No checkpoint yet: the age series is absent (not a made-up -1, which would read
+        # as "fresh" to an alert on max age); hearsay_checkpoint_present says which case it is.
+        written = node.last_checkpoint is not None
+        yield GaugeMetricFamily("hearsay_checkpoint_present",
+                                "1 once this process has written a checkpoint, else 0.", value=int(written))
+        age = GaugeMetricFamily("hearsay_checkpoint_age_seconds",
+                                "Seconds since this process last wrote a checkpoint (no sample until it has).")
+        if written:
+            age.add_metric([], node.checkpoint_age())
+        yield age
 
 
 class NodeMetrics:
@@ -81,6 +126,12 @@ class NodeMetrics:
     def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_NodeCollector(node))
+        self.registry.register(_BuildCollector())
+        # The standard process/platform/GC collectors, on this registry rather than the
+        # global one (whose defaults would register them there only).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.merge_seconds = Histogram("hearsay_merge_seconds", "Time to merge one received model.",
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
         self.train_step_seconds = Histogram("hearsay_train_step_seconds", "Time of one local optimiser step.",

@@ -27,15 +27,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hearsay.v1 import admin_pb2, admin_pb2_grpc, gossip_pb2, membership_pb2, membership_pb2_grpc
+from hearsay.v1 import admin_pb2_grpc, membership_pb2_grpc
 from peer import checkpoint, logs
-from peer.admin import AdminServicer
+from peer.admin import ADMIN_PORT_SERVICES, AdminServicer
 from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
 from peer.config import ConfigError, PeerConfig, parse_option
 from peer.data import dataset_from_config, partition
+from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.evaluation import policy_from_config
-from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
 from peer.membership_runtime import MembershipEvents, MembershipRuntime
 from peer.metrics import NodeMetrics
@@ -331,12 +331,7 @@ class Node:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), self._admin_server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._admin_server)
-        reflection.enable_server_reflection([
-            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-            gossip_pb2.DESCRIPTOR.services_by_name["Gossip"].full_name,
-            membership_pb2.DESCRIPTOR.services_by_name["Membership"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME], self._admin_server)
+        reflection.enable_server_reflection(ADMIN_PORT_SERVICES, self._admin_server)
 
         if cfg.metrics_port >= 0:
             try:
@@ -354,8 +349,11 @@ class Node:
         if self.swim is not None:  # after the server: acks to our first probes need somewhere to land
             self.swim.start()
         if cfg.mqtt_broker:  # only now: nobody should discover an address that is not listening yet
+            tls_files = cfg.mqtt_tls_files()
             self.discovery = MqttDiscovery(cfg.mqtt_broker, cfg.cluster, self.peer_id, self.address,
-                                           on_peer=self._discovered, on_gone=self._announcement_gone)
+                                           on_peer=self._discovered, on_gone=self._announcement_gone,
+                                           credentials=cfg.mqtt_credentials(),
+                                           tls=BrokerTls(*tls_files) if tls_files is not None else None)
             self._tasks.append(asyncio.create_task(self.discovery.run(self.stopping)))
         for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip", "hearsay.v1.Membership"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

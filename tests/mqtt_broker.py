@@ -44,6 +44,15 @@ def find_mosquitto() -> str:
     pytest.fail(INSTALL_HINT)
 
 
+def _passwd_tool() -> str:
+    """mosquitto_passwd, from the same Debian package as the broker."""
+    found = shutil.which("mosquitto_passwd") or next(
+        (p for p in ("/usr/bin/mosquitto_passwd", "/usr/sbin/mosquitto_passwd") if os.access(p, os.X_OK)), None)
+    if found is None:
+        pytest.fail(INSTALL_HINT)
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the broker binds it right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -59,16 +68,38 @@ class MosquittoBroker:
     is the harder case for discovery (peers must announce themselves again).
     """
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None,
+                 users: dict[str, str] | None = None, tls: tuple[Path, Path, Path] | None = None,
+                 require_certificate: bool = False) -> None:
+        """``users`` (name -> password): only they may connect (a mosquitto_passwd file).
+        ``tls`` (CA, certificate, key): the listener speaks TLS only; ``require_certificate``
+        makes it demand a client certificate signed by that CA."""
         self.binary = find_mosquitto()
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if users is not None:
+            password_file = workdir / "passwords"
+            password_file.write_text("")
+            password_file.chmod(0o600)
+            for name, password in users.items():
+                subprocess.run([_passwd_tool(), "-b", str(password_file), name, password], check=True,
+                               capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+            access = f"allow_anonymous false\npassword_file {password_file}\n"
+        if tls is not None:
+            ca, cert, key = tls
+            access += (f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+                       f"require_certificate {'true' if require_certificate else 'false'}\n")
         self.config_path.write_text(
             f"listener {self.port} {host}\n"
-            "allow_anonymous true\n"
+            # Started as root (CI), mosquitto would drop to the `mosquitto` user before reading
+            # the password and TLS files, which sit in the test's private (0700) directory.
+            # Without root this line has no effect.
+            "user root\n"
+            f"{access}"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"

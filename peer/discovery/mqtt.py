@@ -38,6 +38,7 @@ _PAHO_LOG = logging.getLogger(__name__ + ".paho")
 
 FORMAT_VERSION = 1
 DEFAULT_BROKER_PORT = 1883
+DEFAULT_TLS_BROKER_PORT = 8883  # IANA's secure-mqtt
 TOPIC_ROOT = "hearsay"
 # An announcement is a few dozen bytes; anything much larger is not one of ours.
 MAX_PAYLOAD_BYTES = 1024
@@ -67,6 +68,20 @@ class Announcement:
     def encode(self) -> bytes:
         body = {"v": self.version, "id": self.peer_id, "addr": self.address, "inst": self.instance}
         return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS to the broker: the broker is verified against ``ca`` (the system's CAs when empty),
+    and ``cert``/``key`` are presented when the broker asks for a client certificate."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def params(self) -> aiomqtt.TLSParameters:
+        return aiomqtt.TLSParameters(ca_certs=self.ca or None, certfile=self.cert or None,
+                                     keyfile=self.key or None)
 
 
 # --- pure helpers: validation and parsing ------------------------------------------------------
@@ -218,10 +233,15 @@ class MqttDiscovery:
         op_timeout: float = 5.0,
         gone_grace: float = 1.0,
         rng: random.Random | None = None,
+        credentials: tuple[str, str | None] | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         # Configuration errors are raised here, at construction, where the daemon can
         # report them; once run() is going nothing is raised any more.
-        self.broker_host, self.broker_port = split_host_port(broker, DEFAULT_BROKER_PORT)
+        self.broker_host, self.broker_port = split_host_port(
+            broker, DEFAULT_TLS_BROKER_PORT if tls is not None else DEFAULT_BROKER_PORT)
+        self.credentials = credentials  # (user name, password); None: anonymous
+        self.tls = tls
         self.cluster = check_topic_level(cluster, "cluster")
         self.peer_id = check_topic_level(peer_id, "peer id")
         split_host_port(address)
@@ -334,6 +354,9 @@ class MqttDiscovery:
             identifier=f"hearsay-{self.peer_id}-{self.instance}",
             will=aiomqtt.Will(self.topic, payload=b"", qos=1, retain=True),
             keepalive=self.keepalive, timeout=self.op_timeout, clean_session=True,
+            username=self.credentials[0] if self.credentials else None,
+            password=self.credentials[1] if self.credentials else None,
+            tls_params=self.tls.params() if self.tls is not None else None,
             logger=_PAHO_LOG)
         # Connecting may take the TCP connect timeout (in an executor thread) and then
         # op_timeout waiting for CONNACK; a stop during that must not wait for it. Nor can
@@ -379,10 +402,7 @@ class MqttDiscovery:
         finally:
             self.connected = False
             self._cancel_pending_gone()
-            try:
-                await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError as e:
-                log.debug("mqtt discovery: disconnect: %s", e)
+            await _close(client)
 
     async def _withdraw(self, client: aiomqtt.Client, consuming: asyncio.Future[None] | None) -> None:
         """Stop consuming and delete our announcement ourselves, before a clean disconnect.
@@ -422,10 +442,7 @@ class MqttDiscovery:
         except aiomqtt.MqttError as e:
             log.debug("mqtt discovery: abandoned connection: %s", e)
         finally:
-            try:
-                await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError as e:
-                log.debug("mqtt discovery: abandoned connection: disconnect: %s", e)
+            await _close(client)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -535,6 +552,28 @@ class MqttDiscovery:
             callback(*args)
         except Exception:
             log.exception("mqtt discovery: callback %r failed for %r", callback, args)
+
+
+async def _close(client: aiomqtt.Client) -> None:
+    """Disconnect ``client`` and read how its connection ended, whatever ended it.
+
+    aiomqtt keeps a lost connection's reason (``MqttCodeError [code:128]`` when the
+    broker goes away) in a future that only its message iterator reads. When something
+    else met the loss first (a publish or subscribe that failed or timed out, as around
+    a broker restart), ``__aexit__`` sees the connection already down and returns
+    without reading it, and asyncio reports "Future exception was never retrieved" when
+    the client is collected, typically at the daemon's shutdown. Reading it here is the
+    one place every session and abandoned attempt passes through.
+    """
+    try:
+        await client.__aexit__(None, None, None)
+    except aiomqtt.MqttError as e:
+        log.debug("mqtt discovery: disconnect: %s", e)
+    ended = getattr(client, "_disconnected", None)  # aiomqtt 2.x; nothing to read in other versions
+    if isinstance(ended, asyncio.Future) and ended.done() and not ended.cancelled():
+        reason = ended.exception()
+        if reason is not None:
+            log.debug("mqtt discovery: connection ended: %s", reason)
 
 
 async def _first_or_stopping(work: asyncio.Future[Any], stopping: asyncio.Event) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -13,11 +13,14 @@ import pytest
 import torch
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from hearsay.v1 import admin_pb2
 from peer.admin_client import AdminClient, AdminError
-from peer.procs import PeerProcess, wait_for
+from peer.procs import PeerProcess, launch_peers, wait_for
+from tests.conftest import COMMON_PEER_ARGS
+from tests.integration.test_metrics_http import metrics_url, scrape
 
 
 def hearsay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,21 +30,41 @@ def hearsay(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
-def ready_line(peer: PeerProcess) -> dict:
-    for line in peer.log_path.read_text().splitlines():
-        if line.startswith('{"event": "ready"'):
-            return json.loads(line)
-    raise AssertionError(f"no ready line in {peer.log_path}")
+def start_cluster(log_dir: Path, data_root: Path) -> list[PeerProcess]:
+    """Three trained, gossiping peers with metrics ports; the caller stops them."""
+    peers = launch_peers(3, log_dir, lambda i, seeds: [
+        *COMMON_PEER_ARGS, "--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3",
+        "--data-dir", str(data_root / f"data-{i}"), "--checkpoint-interval", "0", "--metrics-port", "0",
+        "--shard-index", str(i), "--shard-count", "3"])
+    try:
+        for p in peers:
+            p.wait_ready(90)
+        wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
+                 what="training and exchanges in the cluster")
+    except BaseException:
+        for p in peers:
+            p.stop(timeout=15)
+        raise
+    return peers
 
 
 @pytest.fixture
-def cluster(launch, tmp_path: Path) -> list[PeerProcess]:
-    peers = launch(3, lambda i, seeds: ["--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3",
-                                        "--data-dir", str(tmp_path / f"data-{i}"), "--checkpoint-interval", "0",
-                                        "--metrics-port", "0", "--shard-index", str(i), "--shard-count", "3"])
-    wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
-             what="training and exchanges in the cluster")
-    return peers
+def cluster(tmp_path: Path) -> Iterator[list[PeerProcess]]:
+    """A cluster of the test's own, for a test that changes it (settings, a peer leaving)."""
+    peers = start_cluster(tmp_path / "logs", tmp_path)
+    yield peers
+    for p in peers:
+        p.stop(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
+    """One cluster for the module's tests that only look (a start costs seconds per peer)."""
+    tmp = tmp_path_factory.mktemp("shared-cluster")
+    peers = start_cluster(tmp / "logs", tmp)
+    yield peers
+    for p in peers:
+        p.stop(timeout=15)
 
 
 def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], tmp_path: Path) -> None:
@@ -102,25 +125,30 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     assert c.proc is not None and c.proc.wait(timeout=30) == 0  # drained and stopped by itself
 
 
-def test_metrics_port_counters_match_status(cluster: list[PeerProcess]) -> None:
-    a = cluster[0]
-    for p in cluster:  # quiesce gossip so both reads see the same counters
+def test_metrics_port_counters_match_status(shared_cluster: list[PeerProcess]) -> None:
+    """The scrape and Status read the same counters.
+
+    The two reads happen at different moments, and an exchange may land between them
+    (quiescing gossip cannot promise otherwise: a partner's exchange in flight still
+    arrives). So the scrape is taken between two Status calls: the counters only grow,
+    and when both Status calls agree, every counter at the scrape's moment equals them.
+    """
+    a = shared_cluster[0]
+    for p in shared_cluster:  # fewer exchanges, so a window with none comes soon
         with p.admin() as client:
             client.set("gossip_interval", "1000")
+    url = metrics_url(a)
 
-    def stable():
-        first = a.status()
-        second = a.status()
-        return second if (first.exchanges, first.bytes_sent) == (second.exchanges, second.bytes_sent) else None
+    def counters(s) -> tuple[int, int, int, int]:  # noqa: ANN001
+        return s.exchanges, s.bytes_sent, s.bytes_received, s.merges
 
-    status = wait_for(stable, timeout=30, what="gossip to quiesce")
-    url = f"http://{ready_line(a)['metrics']}/metrics"
-    body = urllib.request.urlopen(url, timeout=10).read().decode()
-    values = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
+    def sandwiched():
+        before = a.status()
+        values = scrape(url)
+        after = a.status()
+        return (before, values) if counters(before) == counters(after) else None
+
+    status, values = wait_for(sandwiched, timeout=30, what="a scrape with no exchange around it")
     exchanges = sum(v for k, v in values.items() if k.startswith("hearsay_exchanges_total"))
     assert exchanges == status.exchanges > 0
     assert values['hearsay_bytes_total{codec="fp32",direction="out"}'] == status.bytes_sent > 0
@@ -128,17 +156,20 @@ def test_metrics_port_counters_match_status(cluster: list[PeerProcess]) -> None:
     assert values["hearsay_merges_total"] == status.merges
 
 
-def test_health_and_reflection(cluster: list[PeerProcess]) -> None:
-    a = cluster[0]
+def test_health_and_reflection(shared_cluster: list[PeerProcess]) -> None:
+    a = shared_cluster[0]
     with grpc.insecure_channel(a.admin_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "hearsay.v1.Admin", "hearsay.v1.Gossip"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
+        # Reflection lists exactly what this port serves: Gossip and Membership live on the
+        # gossip port, and listing them here would lead grpcurl to Unimplemented.
         db = ProtoReflectionDescriptorDatabase(channel)
         services = set(db.get_services())
-        assert {"hearsay.v1.Admin", "hearsay.v1.Gossip", "grpc.health.v1.Health"} <= services
+        assert services == {"hearsay.v1.Admin", "grpc.health.v1.Health",
+                            "grpc.reflection.v1alpha.ServerReflection"}, services
         pool = descriptor_pool.DescriptorPool(db)
         method = pool.FindServiceByName("hearsay.v1.Admin").FindMethodByName("Status")
         request_cls = message_factory.GetMessageClass(method.input_type)
@@ -185,6 +216,14 @@ def test_admin_on_a_non_loopback_address_requires_the_token(launch, tmp_path: Pa
             assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused
         for accepted in (f"Bearer {token}", f"bearer {token}"):  # the scheme is case-insensitive (RFC 7235)
             assert status(admin_pb2.StatusRequest(), metadata=[("authorization", accepted)], timeout=5).peer_id
+        # Reflection needs the token, as grpcurl sends it: -H 'authorization: Bearer <token>' (README).
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as refused:
+            list(reflect(iter([ask]), timeout=5))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        (answer,) = reflect(iter([ask]), timeout=5, metadata=[("authorization", f"Bearer {token}")])
+        assert {s.name for s in answer.list_services_response.service} >= {"hearsay.v1.Admin"}
 
 
 def test_non_loopback_admin_without_token_is_refused_at_start() -> None:

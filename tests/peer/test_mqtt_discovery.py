@@ -6,11 +6,15 @@ suite shares two cores, and a passing run never comes near them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import gc
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,9 +24,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from peer.certs import PeerFiles, make_certs
+from peer.config import ConfigError, add_flags, load
+from peer.discovery import mqtt as mqtt_discovery
 from peer.discovery.mqtt import (
     Announcement,
     AnnouncementError,
+    BrokerTls,
     MqttDiscovery,
     check_topic_level,
     decode_announcement,
@@ -38,8 +46,14 @@ CHILD = Path(__file__).resolve().parent.parent / "mqtt_discovery_child.py"
 
 @pytest.fixture(autouse=True)
 def no_errors_on_the_loop(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Nothing may go wrong behind the tests' back: no failed callbacks or lost tasks on the loop."""
+    """Nothing may go wrong behind the tests' back: no failed callbacks or lost tasks on the loop.
+
+    The collection first: an exception left in a future ("Future exception was never
+    retrieved") is only reported when the future is collected, which would otherwise be
+    at some later test, or at a daemon's shutdown.
+    """
     yield
+    gc.collect()
     errors = [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
     assert not errors, errors
 
@@ -397,3 +411,132 @@ async def test_a_cancelled_discovery_still_withdraws_its_announcement(
         await asyncio.wait_for(a.task, DEADLINE)
     await wait_until(lambda: b.seen.count("gone", "a") == 1, "b sees a withdraw")
     assert set(await retained_peers(mqtt_broker)) == {"b"}
+
+
+# --- a broker that wants credentials or TLS --------------------------------------------------------
+
+async def test_a_password_protected_broker_admits_only_the_right_credentials(
+        tmp_path: Path, swarm: Swarm) -> None:
+    broker = MosquittoBroker(tmp_path / "auth", users={"hearsay": "pw-s3cret"})
+    broker.start()
+    try:
+        a = swarm.start(broker.address, "a", 7001, credentials=("hearsay", "pw-s3cret"))
+        b = swarm.start(broker.address, "b", 7002, credentials=("hearsay", "pw-s3cret"))
+        wrong = swarm.start(broker.address, "w", 7003, credentials=("hearsay", "guess"), reconnect_max=0.5)
+        anonymous = swarm.start(broker.address, "n", 7004, reconnect_max=0.5)
+        await wait_until(lambda: "b" in a.seen.peers and "a" in b.seen.peers, "a and b find each other")
+        await wait_until(lambda: wrong.discovery.failures >= 2 and anonymous.discovery.failures >= 2,
+                         "the wrong password and no password to be refused, again and again")
+        for refused in (wrong, anonymous):
+            assert refused.discovery.connects == 0 and "authori" in refused.discovery.last_error.lower(), \
+                refused.discovery.last_error
+        assert set(a.seen.peers) == {"b"}  # the refused ones never got an announcement through
+        swarm.assert_all_running()
+    finally:
+        for r in swarm.running:
+            await r.stop()
+        broker.kill()
+
+
+@pytest.fixture
+def broker_certs(tmp_path: Path) -> tuple[Path, PeerFiles, PeerFiles]:
+    """A CA (made by `hearsay certs`' code), a broker certificate for 127.0.0.1 and a client certificate."""
+    issued = make_certs(tmp_path / "certs", ["broker", "client"], dns=["localhost"], ips=["127.0.0.1"])
+    server, client = issued.peers
+    return issued.ca_cert, server, client
+
+
+async def test_a_tls_broker_is_reached_over_verified_tls_with_a_client_certificate(
+        tmp_path: Path, swarm: Swarm, broker_certs: tuple[Path, PeerFiles, PeerFiles]) -> None:
+    ca, server, client = broker_certs
+    broker = MosquittoBroker(tmp_path / "tls", tls=(ca, server.cert, server.key), require_certificate=True)
+    broker.start()
+    try:
+        tls = BrokerTls(str(ca), str(client.cert), str(client.key))
+        a = swarm.start(broker.address, "a", 7001, tls=tls)
+        b = swarm.start(broker.address, "b", 7002, tls=tls)
+        no_cert = swarm.start(broker.address, "c", 7003, tls=BrokerTls(str(ca)), reconnect_max=0.5)
+        plain = swarm.start(broker.address, "p", 7004, reconnect_max=0.5)
+        other_ca = make_certs(tmp_path / "other", ["x"]).ca_cert  # a broker we were not told to trust
+        untrusted = swarm.start(broker.address, "u", 7005, tls=BrokerTls(str(other_ca), str(client.cert),
+                                                                      str(client.key)), reconnect_max=0.5)
+        await wait_until(lambda: "b" in a.seen.peers and "a" in b.seen.peers, "a and b find each other over TLS")
+        refused = (no_cert, plain, untrusted)
+        await wait_until(lambda: all(r.discovery.failures >= 2 for r in refused), "the others to be refused")
+        assert all(r.discovery.connects == 0 for r in refused), [r.discovery.last_error for r in refused]
+        assert "certificate verify failed" in untrusted.discovery.last_error, untrusted.discovery.last_error
+        assert set(a.seen.peers) == {"b"}
+        swarm.assert_all_running()
+    finally:
+        for r in swarm.running:
+            await r.stop()
+        broker.kill()
+
+
+def test_tls_moves_the_default_broker_port_to_8883() -> None:
+    plain = MqttDiscovery("broker.example", CLUSTER, "a", "127.0.0.1:7001", on_peer=lambda *_: None)
+    secure = MqttDiscovery("broker.example", CLUSTER, "a", "127.0.0.1:7001", on_peer=lambda *_: None,
+                           tls=BrokerTls())
+    assert (plain.broker_port, secure.broker_port) == (1883, 8883)
+
+
+# --- the daemon's options: the password never on the command line -----------------------------------
+
+def test_the_broker_password_comes_from_a_file_or_the_environment_never_a_flag(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mqtt-password", "x"])  # no such flag: it would show in `ps`
+    broker = ["--mqtt-broker", "127.0.0.1:1883", "--mqtt-username", "hearsay"]
+    from_env = load(parser.parse_args(broker), {"HEARSAY_MQTT_PASSWORD": "pw-env"})
+    assert from_env.mqtt_credentials() == ("hearsay", "pw-env")
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("pw-file\n")
+    from_file = load(parser.parse_args([*broker, "--mqtt-passwd-file", str(secret)]), {})
+    assert from_file.mqtt_credentials() == ("hearsay", "pw-file")
+    assert load(parser.parse_args(["--mqtt-broker", "127.0.0.1:1883"]), {}).mqtt_credentials() is None
+    for args, env, says in (
+            ([*broker, "--mqtt-passwd-file", str(secret)], {"HEARSAY_MQTT_PASSWORD": "pw"}, "not both"),
+            (["--mqtt-broker", "h", "--mqtt-passwd-file", str(secret)], {}, "mqtt_username"),
+            ([*broker, "--mqtt-passwd-file", str(tmp_path / "absent")], {}, "mqtt_passwd_file"),
+            (["--mqtt-broker", "h", "--mqtt-tls-cert", str(secret)], {}, "mqtt_tls_key"),
+            (["--mqtt-broker", "h", "--mqtt-tls-ca", str(tmp_path / "absent")], {}, "mqtt_tls_ca")):
+        with pytest.raises(ConfigError, match=says):
+            load(parser.parse_args(args), env)
+    tls = load(parser.parse_args(["--mqtt-broker", "h", "--mqtt-tls"]), {})
+    assert tls.mqtt_tls_files() == ("", "", "")
+    # `run --check-config` prints the configuration with the password masked.
+    done = subprocess.run([sys.executable, "-m", "peer.cli", "run", *broker, "--check-config"], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "HEARSAY_MQTT_PASSWORD": "pw-env"})
+    assert done.returncode == 0, done.stderr
+    assert "pw-env" not in done.stdout and json.loads(done.stdout)["config"]["mqtt_password"] == "***"
+
+
+# --- a lost connection's reason is always read ---------------------------------------------------
+
+@pytest.mark.parametrize("close", ["aiomqtt", "discovery"])
+async def test_a_connection_lost_outside_the_message_loop_leaves_no_unread_exception(
+        mqtt_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture, close: str) -> None:
+    """The broker goes away while nobody iterates messages (as when a publish meets the loss
+    first, around a broker restart): closing the client must still read the reason, or asyncio
+    logs "Future exception was never retrieved ... MqttCodeError [code:128]" when the client is
+    collected. aiomqtt's own close leaves it unread (the case the issue saw at shutdown);
+    discovery's ``_close`` reads it."""
+    client = aiomqtt.Client(mqtt_broker.host, mqtt_broker.port, timeout=DEADLINE)
+    await client.__aenter__()
+    lost = client._disconnected  # noqa: SLF001 - the future at issue
+    mqtt_broker.kill()
+    await wait_until(lost.done, "the client to notice the lost connection")
+    if close == "aiomqtt":
+        await client.__aexit__(None, None, None)
+    else:
+        await mqtt_discovery._close(client)  # noqa: SLF001
+    del client, lost
+    gc.collect()
+    unread = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    if close == "aiomqtt":
+        assert unread and "MqttCodeError: [code:128]" in caplog.text, "the scenario no longer loses the reason: aiomqtt changed"
+        caplog.clear()  # seen on purpose; the autouse check is for the case below
+    else:
+        assert not unread, unread
