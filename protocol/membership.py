@@ -598,7 +598,7 @@ class _Relay:
 class _Suspicion:
     """One suspect's timer: when it was suspected, by whom, and its current deadline."""
 
-    __slots__ = ("start", "incarnation", "expected", "floor", "ceiling", "accusers", "deadline")
+    __slots__ = ("start", "incarnation", "expected", "floor", "ceiling", "accusers", "deadline", "corroborated")
 
     def __init__(self, accuser: str, incarnation: int, start: float, expected: int,
                  floor: float, ceiling: float) -> None:
@@ -608,6 +608,7 @@ class _Suspicion:
         self.floor = floor
         self.ceiling = ceiling
         self.accusers = {accuser}
+        self.corroborated = False
         self.deadline = start + suspicion_timeout(0, expected, floor, ceiling)
 
     @property
@@ -617,6 +618,7 @@ class _Suspicion:
     def corroborate(self) -> None:
         """Another member declared the suspect dead: wait no longer than the floor from
         our own first accusation — the time memberlist grants any suspect to refute."""
+        self.corroborated = True
         self.deadline = min(self.deadline, self.start + self.floor)
 
     def confirm(self, accuser: str) -> bool:
@@ -624,12 +626,16 @@ class _Suspicion:
         if accuser in self.accusers or self.confirmations >= self.expected:
             return False
         self.accusers.add(accuser)
-        self.deadline = self.start + suspicion_timeout(self.confirmations, self.expected,
-                                                       self.floor, self.ceiling)
+        if not self.corroborated:
+            self.deadline = self.start + suspicion_timeout(self.confirmations, self.expected,
+                                                           self.floor, self.ceiling)
         return True
 
 
 Observer = Callable[["Swim", int, int, int, float], None]
+
+# The introducer of members first met through a model exchange (``note_contact``).
+GOSSIP_PATH = "<gossip exchange>"
 
 
 class Swim:
@@ -1279,9 +1285,9 @@ class Swim:
         timer = self._suspicions.get(idx)
         if timer is not None and s.incarnation == timer.incarnation:
             before = timer.deadline
+            fresh = self._accuser_counts(s.accuser) and timer.confirm(s.accuser)
             if corroborated:
                 timer.corroborate()
-            fresh = self._accuser_counts(s.accuser) and timer.confirm(s.accuser)
             if fresh or corroborated:
                 self._broadcast(s)  # let the independent confirmation travel on
             if timer.deadline < before:
@@ -1448,22 +1454,28 @@ class Swim:
 
         It does not override the detector: a member we hold dead stays dead until it
         refutes (it will, through the Dead hint on our next answer to it). A member we
-        did not know yet is added alive at incarnation 0, and its own Alive will win.
+        did not know yet is added alive at incarnation 0, and its own Alive will win; it
+        counts against the gossip path's hearsay quota until SWIM hears from it, so
+        packets claiming ever new sender addresses add at most ``hearsay_quota``.
         """
         if not address or address == self.address:
             return None
         idx = self.book.get(address)
         if idx is None or self._code(idx) == _NONE:
-            if self._members >= self.config.max_members:  # the newcomer path has the same bound
-                self.refused_members += 1
+            # A packet's sender address is its own claim: the member is hearsay (from the
+            # gossip path as a whole) until SWIM hears from it, bounded like any other.
+            self._src, self._trusted = GOSSIP_PATH, False
+            try:
+                idx = self._admit(address)
+            finally:
+                self._src, self._trusted = self.address, True
+            if idx is None:
                 return None
-            idx = self.book.intern(address)
             self._sources[idx] = Source.INBOUND if inbound else Source.GOSSIP
             self._begin(now)
             self._set(idx, _ALIVE, 0, now)
         if peer_id:
             self.book.set_peer_id(idx, peer_id)
-        self._heard_from(idx)
         self._contacts[idx] = now
         self._failures.pop(idx, None)
         return self._member(idx)
