@@ -25,23 +25,23 @@ from hearsay.v1 import membership_pb2, membership_pb2_grpc
 from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
-from protocol.membership_wire import MembershipLimits, from_wire, to_wire
+from protocol.membership_wire import MembershipLimits, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)
 
 # receive(message) -> the reply to send back on this call (only ever a PushPull reply), or None.
 Receiver = Callable[[Message], "Message | None"]
 
-# Bytes above which a message is decoded in a worker thread: validating a full state of
-# tens of thousands of rows takes ~0.1-0.3 s of Python, which must not run on the loop.
-DECODE_OFF_LOOP_BYTES = 64 << 10
-
-
 async def decode(data: bytes, limits: MembershipLimits) -> Message:
-    """``from_wire``, off the event loop when the message is large."""
-    if len(data) > DECODE_OFF_LOOP_BYTES:
-        return await asyncio.to_thread(from_wire, data, limits)
-    return from_wire(data, limits)
+    """``from_wire``, letting the loop run between steps of a large full state (a forged
+    one of 66,000 rows would otherwise hold it for up to a second)."""
+    steps = from_wire_in_steps(data, limits)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
 
 
 # Which message kinds each RPC carries; anything else on that method is refused.

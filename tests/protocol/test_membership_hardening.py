@@ -32,6 +32,8 @@ from protocol.membership import (
     incarnation_ahead,
     suspicion_bounds,
 )
+from protocol.errors import WireError
+from protocol.membership_wire import from_wire, from_wire_in_steps, to_wire
 from tests.protocol.test_membership import CFG, Net, deaths_of_live_nodes
 
 STRANGER = "evil:1"
@@ -250,3 +252,36 @@ def test_a_full_state_merged_in_chunks_ends_as_one_merged_at_once() -> None:
     assert steps == 3
     assert [(m.address, m.state) for m in chunked.members()] == [(m.address, m.state) for m in once.members()]
     assert chunked.state_of("b") is MemberState.SUSPECT
+
+
+# --- decoding a large full state in steps -------------------------------------------
+
+def _stepped(data: bytes) -> object:
+    steps = from_wire_in_steps(data, rows=100)
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value, count
+        count += 1
+
+
+def test_a_large_full_state_decodes_in_steps_to_what_from_wire_gives() -> None:
+    rows = tuple(MemberEntry(f"h{i}:1", "p", i, MemberState.ALIVE) for i in range(5000))
+    data = to_wire(PushPull("s", rows, join=True))
+    message, steps = _stepped(data)
+    assert message == from_wire(data) and steps == 50
+    rng = random.Random(14)
+    for k in range(200):  # damaged copies: a WireError on both paths, or the same message
+        damaged = bytearray(data)
+        for _ in range(2):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        cut = bytes(damaged[:rng.randrange(70_000, len(damaged))]) if k % 3 == 0 else bytes(damaged)
+        outcomes = []
+        for decode in (from_wire, lambda d: _stepped(d)[0]):
+            try:
+                outcomes.append(decode(cut))
+            except WireError:
+                outcomes.append("refused")
+        assert outcomes[0] == outcomes[1]
