@@ -38,8 +38,8 @@ from protocol.membership import MemberState, Message, Output, PushPull, Send, Sw
 
 log = logging.getLogger(__name__)
 
-# Rows of a push-pull merged per loop callback: ~1-10 µs a row keeps each under ~10 ms.
-MERGE_CHUNK = 1024
+# Rows of a push-pull merged per loop callback: ~1-10 µs a row keeps each to a few ms.
+MERGE_CHUNK = 256
 
 # The machine's compact state codes (protocol.membership): 0 = not a member.
 _STATES: dict[int, MemberState | None] = {0: None, 1: MemberState.ALIVE, 2: MemberState.SUSPECT,
@@ -105,9 +105,18 @@ class MembershipRuntime:
         elif not self._closed:
             self._carry(self.swim.join([address], self.clock()))
 
-    def receive(self, message: Message) -> Message | None:
-        """Feed one received message; returns the push-pull reply owed to its sender, if any."""
+    def receive(self, message: Message, more: bool = False) -> Message | None:
+        """Feed one received message; returns the push-pull reply owed to its sender, if any.
+
+        ``more``: ``message`` is a further part of the full state its sender just sent
+        (the transport hands a large one over as it decodes it); nothing is owed for it.
+        """
         if self._closed:
+            return None
+        if more:
+            assert isinstance(message, PushPull)
+            self._carry(self.swim.more_states(message.source, message.states, self.clock(), MERGE_CHUNK))
+            self._continue_merge()
             return None
         outs = self.swim.on_message(message, self.clock(), max_rows=MERGE_CHUNK)
         reply = None

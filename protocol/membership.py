@@ -56,6 +56,7 @@ import enum
 import math
 import random
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Union
@@ -676,9 +677,11 @@ class Swim:
         self._unconfirmed: dict[int, str] = {}
         self._introduced: dict[str, int] = {}
         self._joins: set[str] = set()  # seeds we sent a join to: their reply is trusted
+        self._trusted_parts: set[str] = set()  # ... and so are the further parts of that reply
         self._down_since: dict[int, float] = {}  # dead or left members: since when
         self._owns_book = book is None  # a private book may recycle the names it forgets
-        self._pending_merge: tuple[str, Sequence[MemberEntry], int, bool] | None = None
+        # Full-state rows received and not merged yet: [source, trusted, rows, next row].
+        self._merge_queue: deque[list] = deque()
         # Who the message being handled came from, and whether its claims are trusted
         # (our own decisions, a seed's answer to our join): read by _admit.
         self._src = address
@@ -985,12 +988,23 @@ class Swim:
     @property
     def merge_pending(self) -> bool:
         """Rows of a received full state still wait to be merged (see ``merge_more``)."""
-        return self._pending_merge is not None
+        return bool(self._merge_queue)
 
     def merge_more(self, now: float, max_rows: int | None = None) -> list[Output]:
         """Merge the next ``max_rows`` rows of the pending full state (all: None)."""
         out = self._begin(now)
         self._merge_some(now, max_rows)
+        return out
+
+    def more_states(self, source: str, states: Sequence[MemberEntry], now: float,
+                    max_rows: int | None = None) -> list[Output]:
+        """Further rows of the full state ``source`` just sent (a large one is handed over
+        in parts as it is decoded, so its rows never all exist at once), merged like the
+        first part's; ``max_rows`` as for ``on_message``."""
+        out = self._begin(now)
+        if states:
+            self._merge_queue.append([source, source in self._trusted_parts, states, 0])
+            self._merge_some(now, max_rows)
         return out
 
     def on_timer(self, timer: Timer, now: float) -> list[Output]:
@@ -1119,9 +1133,13 @@ class Swim:
         mine = self._snapshot_states() if not msg.reply else ()
         trusted = msg.reply and msg.source in self._joins  # the seed's answer to our join
         self._joins.discard(msg.source)
+        # Further parts of this full state (more_states) are trusted as its first was.
+        self._trusted_parts.discard(msg.source)
+        if trusted and len(self._trusted_parts) < self._MAX_JOINS:
+            self._trusted_parts.add(msg.source)
         if not (self.book.snapshots and msg.states is self._snapshot_states()):
             # (a snapshot object shared through our book is identical to our table: skip)
-            self._pending_merge = (msg.source, msg.states, 0, trusted)
+            self._merge_queue.append([msg.source, trusted, msg.states, 0])
             self._merge_some(now, max_rows)
         if not msg.reply:
             self._send(msg.source, PushPull(self.address, mine, reply=True))
@@ -1130,17 +1148,23 @@ class Swim:
             self._contacts[sender] = now
 
     def _merge_some(self, now: float, max_rows: int | None) -> None:
-        """Fold the next ``max_rows`` rows of the pending full state in (all: None)."""
-        if self._pending_merge is None:
-            return
-        source, states, start, trusted = self._pending_merge
-        stop = len(states) if max_rows is None else min(len(states), start + max_rows)
-        self._src, self._trusted = source, trusted or source == self.address
-        try:
-            self._merge_states(states[start:stop] if start or stop < len(states) else states, source, now)
-        finally:
-            self._src, self._trusted = self.address, True
-        self._pending_merge = None if stop >= len(states) else (source, states, stop, trusted)
+        """Fold the next ``max_rows`` pending full-state rows in (all of them: None)."""
+        budget = math.inf if max_rows is None else max_rows
+        queue = self._merge_queue
+        while queue and budget > 0:
+            segment = queue[0]
+            source, trusted, states, start = segment
+            stop = len(states) if budget >= len(states) - start else start + int(budget)
+            self._src, self._trusted = source, trusted or source == self.address
+            try:
+                self._merge_states(states[start:stop] if start or stop < len(states) else states, source, now)
+            finally:
+                self._src, self._trusted = self.address, True
+            budget -= stop - start
+            if stop >= len(states):
+                queue.popleft()
+            else:
+                segment[3] = stop
 
     def _merge_states(self, states: Iterable[MemberEntry], source: str, now: float) -> None:
         """Fold remote full-state rows in: alive and left as such, suspect or dead as one

@@ -268,16 +268,22 @@ def from_wire(data: bytes | memoryview, limits: MembershipLimits = MembershipLim
 # done at once, 66,000 rows take ~0.2-1 s of CPU, and a worker thread would not help
 # (it holds the GIL, and so the event loop, for whole C calls).
 STEP_ABOVE_BYTES = 64 << 10
-ROWS_PER_STEP = 1024
+ROWS_PER_STEP = 256
 
 
-def from_wire_in_steps(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits(),
-                       rows: int = ROWS_PER_STEP) -> Generator[None, None, Message]:
-    """``from_wire`` as a generator: it yields after each ``rows`` rows of a large full
-    state (the caller may let other work run), and returns the same message, or raises
-    the same kind of ``WireError``, as ``from_wire``."""
+def from_wire_in_parts(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits(),
+                       rows: int = ROWS_PER_STEP) -> Iterator[Message]:
+    """``from_wire`` one part at a time: a large full state comes out as PushPulls with
+    its source and flags and the next ``rows`` rows each (every row validated before it
+    is given out; a fault further on raises then), any other message as itself, whole.
+
+    The receiver merges each part as it comes, so the rows of a forged full state of
+    tens of thousands of members never all exist at once (allocating them all would
+    also set off the garbage collector's full passes, which stall the whole process).
+    """
     if len(data) <= STEP_ABOVE_BYTES:
-        return from_wire(data, limits)
+        yield from_wire(data, limits)
+        return
     _check_size(data, limits)
     up = msgpack.Unpacker(max_buffer_size=len(data), **_unpacker_options(limits))
     up.feed(data)
@@ -286,19 +292,34 @@ def from_wire_in_steps(data: bytes | memoryview, limits: MembershipLimits = Memb
         head = [up.unpack() for _ in range(min(fields, 5))]
     if fields != _ARITY[_PUSH_PULL] or head[0] != WIRE_VERSION or type(head[0]) is not int \
             or head[1] != _PUSH_PULL or type(head[1]) is not int:
-        return from_wire(data, limits)  # only a full state is ever this large: the one-shot path
+        yield from_wire(data, limits)  # only a full state is ever this large: the one-shot path
+        return
     source, join, reply = _str(head[2], "source", limits), _bool(head[3], "join"), _bool(head[4], "reply")
     with _parser_errors():
         count = up.read_array_header()
     if count > limits.max_states:
         raise PacketTooLarge(f"states has {count} entries, more than {limits.max_states}")
-    entries: list[MemberEntry] = []
     seen: set[str] = set()
-    for start in range(0, count, rows):
+    for start in range(0, max(count, 1), rows):
         with _parser_errors():
             chunk = [up.unpack() for _ in range(min(rows, count - start))]
-        entries.extend(_state_row(r, start + i, seen, limits) for i, r in enumerate(chunk))
+        part = tuple([_state_row(r, start + i, seen, limits) for i, r in enumerate(chunk)])
+        if start + rows >= count and up.tell() != len(data):
+            raise MalformedPacket("trailing bytes after the message")
+        yield PushPull(source, part, join=join, reply=reply)
+
+
+def from_wire_in_steps(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits(),
+                       rows: int = ROWS_PER_STEP) -> Generator[None, None, Message]:
+    """``from_wire`` as a generator: it yields after each part of a large full state (the
+    caller may let other work run between) and returns the whole message."""
+    parts: list[Message] = []
+    for part in from_wire_in_parts(data, limits, rows):
+        parts.append(part)
         yield
-    if up.tell() != len(data):
-        raise MalformedPacket("trailing bytes after the message")
-    return PushPull(source, tuple(entries), join=join, reply=reply)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    assert isinstance(first, PushPull)
+    return PushPull(first.source, tuple(row for p in parts for row in p.states),  # type: ignore[union-attr]
+                    join=first.join, reply=first.reply)
