@@ -48,6 +48,38 @@ Choices where this deviates from, or pins down, memberlist (times in probe perio
 * No TCP fallback ping: the runtime's transport (gRPC) is already a stream protocol.
 * Remote ``dead`` entries in a push-pull are merged as ``suspect`` (as memberlist
   does), so a stale full state can never bury a live node outright.
+
+What one message from a stranger can do is bounded (issue 14; memberlist trusts its
+cluster and leaves this to its keyring — these rules hold without one):
+
+* Incarnations are serial numbers modulo 2**32 (RFC 1982) instead of saturating at
+  2**32−1, so no claim can pin a member where its refutation cannot outbid it; and a
+  claim more than ``incarnation_window`` (1,024) ahead of the incarnation we hold is
+  not believed. Honest incarnations rise by one per refutation, so only a forgery
+  jumps that far, and the window keeps every comparison far inside the half range.
+* A ``Dead`` from anyone but ourselves is an accusation, not a burial: it starts (or
+  confirms) our own Lifeguard suspicion and cuts it to its floor, measured from when
+  *we* first accused the member. The member keeps at least the floor to refute, as
+  memberlist guarantees, and only our own timer declares it dead. When the prober's
+  ``Dead`` arrives, the others have held the same suspicion for about as long, so
+  detection stays as fast. Only accusers we hold live count as confirmations.
+* New members learned from someone else ("hearsay": a gossiped ``Alive``, a row of a
+  push-pull, a model packet's claimed sender address) count against that sender's
+  ``hearsay_quota`` (64) until we hear from the member itself; the answer to our own
+  join is exempt. One forged full state of 66,000 members adds 64, and an honest
+  partner that pulls ours gets at most those.
+* Every path into the table respects ``max_members``; the member count is kept, not
+  recounted (the old count per new member made a 66,000-row push-pull take 43 s).
+* Left members, and dead members we never heard from, are forgotten
+  ``gossip_to_the_dead_time`` (memberlist: 30 s) after they went; other dead members
+  after ``reconnect_timeout`` (Serf keeps them 24 h for reconnects; here 3,600 periods).
+  A private address book recycles the forgotten names' slots.
+* ``on_message(..., max_rows=)`` merges a full state a bounded number of rows at a time
+  (``merge_more`` / ``more_states`` continue it), so the runtime never stalls on one.
+
+Left as it is: a ``Leave`` is still believed from anyone (a graceful leave must spread
+within a period or two); the member refutes it as soon as it hears it. Authenticating
+the sender of a ``Leave`` is the keyring's job.
 """
 
 from __future__ import annotations
