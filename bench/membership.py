@@ -1,6 +1,6 @@
 """Membership benchmark: how fast SWIM spreads a join and a crash, and false deaths.
 
-    python -m bench.membership [--quick] [--json FILE] [--sections sim]
+    python -m bench.membership [--quick] [--json FILE] [--sections sim,real,flood]
 
 Writes ``{"real": {"peers", "detect_median_s", "detect_max_s", "false_deaths", "suspicions",
 ...}, "sim": [{"nodes", "loss", "join_periods", "crash_periods", "false_deaths",
@@ -17,6 +17,10 @@ JSON logs, and it is restarted on the same ports; then 120 s with the CPU satura
 2 busy loops while one peer's event loop blocks 300 ms every second (the debug setting
 ``HEARSAY_DEBUG_LOOP_STALL``, toggled with SIGUSR1). ``false_deaths`` / ``suspicions`` count
 transitions, in any peer's view, about a peer that was running at that moment.
+
+``flood`` (issue 14) serves one PushPull listing 66,000 made-up members to a real gRPC
+server in this process, sent by another process, and times how late a 1 ms ticker on
+the loop wakes meanwhile; beside it, the same bytes decoded and merged at once.
 
 Each section is a function returning JSON-ready data, listed in ``SECTIONS``.
 """
@@ -247,9 +251,114 @@ def real_table(r: dict[str, Any]) -> str:
     ])
 
 
+# --- a flood of made-up members (issue 14) ------------------------------------------------
+
+FLOOD_ROWS = 66_000
+
+
+def _made_up(count: int) -> tuple[Any, ...]:
+    from protocol.membership import MemberEntry, MemberState
+    return tuple(MemberEntry(f"10.{66 + (i >> 16)}.{i >> 8 & 255}.{i & 255}:7946", f"x{i}", 0, MemberState.ALIVE)
+                 for i in range(count))
+
+
+async def _flood_served(data: bytes, baseline_s: float) -> dict[str, Any]:
+    """One Swim + runtime + gRPC server on loopback; a separate process sends ``data`` as a
+    PushPull. A 1 ms ticker on the loop records how late it wakes, before and during."""
+    import asyncio
+
+    import grpc
+
+    from hearsay.v1 import membership_pb2_grpc
+    from peer.membership_runtime import MembershipRuntime
+    from peer.procs import free_ports
+    from peer.transport.membership_grpc import MembershipClient, MembershipServicer
+    from protocol.membership import Swim, SwimConfig
+
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    swim = Swim(address, "victim", rng=random.Random(0), config=SwimConfig())
+    runtime = MembershipRuntime(swim, MembershipClient(0.5, 2.0))
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+    server.add_insecure_port(address)
+    membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(runtime.receive), server)
+    await server.start()
+    runtime.start()
+    lags: list[float] = []
+    ticking = True
+
+    async def tick() -> None:
+        while ticking:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - t - 0.001)
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(baseline_s)
+    baseline = max(lags)
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(data)
+    sender = ("import grpc, sys\nfrom hearsay.v1 import membership_pb2, membership_pb2_grpc\n"
+              "data = open(sys.argv[2], 'rb').read()\n"
+              "with grpc.insecure_channel(sys.argv[1], options=[('grpc.max_send_message_length', 16 << 20)]) as c:\n"
+              "    membership_pb2_grpc.MembershipStub(c).PushPull(membership_pb2.Packet(data=data), timeout=120)\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", sender, address, f.name)
+    lags.clear()
+    started = time.perf_counter()
+    await proc.wait()
+    answered = time.perf_counter() - started
+    while swim.merge_pending:
+        await asyncio.sleep(0.01)
+    merged = time.perf_counter() - started
+    ticking = False
+    await ticker
+    await runtime.close()
+    await server.stop(0)
+    Path(f.name).unlink()
+    assert proc.returncode == 0, "the flood's push-pull was refused"
+    lags.sort()
+    return {"answered_s": round(answered, 3), "merged_s": round(merged, 3), "members_taken": len(swim.members()),
+            "refused_hearsay": swim.refused_hearsay, "loop_lag_baseline_max_ms": round(baseline * 1000, 1),
+            "loop_lag_max_ms": round(lags[-1] * 1000, 1),
+            "loop_lag_p99_ms": round(lags[int(0.99 * (len(lags) - 1))] * 1000, 1)}
+
+
+def run_flood(quick: bool) -> dict[str, Any]:
+    """Issue 14's flood: one PushPull listing 66,000 made-up live members, (a) served for real
+    (parts decoded and merged 256 rows per loop turn) and (b) decoded and merged at once —
+    what the loop would be held for without the steps — side by side, same bytes."""
+    import asyncio
+
+    from protocol.membership import PushPull, Swim, SwimConfig
+    from protocol.membership_wire import from_wire, to_wire
+
+    data = to_wire(PushPull("127.0.0.1:9", _made_up(FLOOD_ROWS)))
+    served = asyncio.run(_flood_served(data, 1.0))
+    at_once = Swim("127.0.0.1:1", "victim", rng=random.Random(0), config=SwimConfig())
+    at_once.start(0.0)
+    t0 = time.perf_counter()
+    at_once.on_message(from_wire(data), 1.0)
+    held = time.perf_counter() - t0
+    return {"rows": FLOOD_ROWS, "bytes": len(data), "served": served,
+            "at_once_held_ms": round(held * 1000, 1), "at_once_members_taken": len(at_once.members())}
+
+
+def flood_table(r: dict[str, Any]) -> str:
+    s = r["served"]
+    ratio = r["at_once_held_ms"] / max(s["loop_lag_max_ms"], 1e-3)
+    return "\n".join([
+        f"one PushPull listing {r['rows']:,} made-up members ({r['bytes'] / 1e6:.1f} MB)",
+        f"  served in steps: answered {s['answered_s']:.2f} s, merged {s['merged_s']:.2f} s, took "
+        f"{s['members_taken']} (quota), refused {s['refused_hearsay']:,}",
+        f"  loop lag (1 ms ticker): before {s['loop_lag_baseline_max_ms']:.0f} ms max; during the flood "
+        f"p99 {s['loop_lag_p99_ms']:.0f} ms, max {s['loop_lag_max_ms']:.0f} ms   (target: < 50 ms)",
+        f"  decoded and merged at once: the loop held {r['at_once_held_ms']:.0f} ms "
+        f"({ratio:.1f}x the stepped run's worst lag)",
+    ])
+
+
 SECTIONS: dict[str, tuple[Callable[[bool], Any], Callable[[Any], str]]] = {
     "sim": (run_sim, sim_table),
     "real": (run_real, real_table),
+    "flood": (run_flood, flood_table),
 }
 
 

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
+from peer.gossip import LinkStats
 from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerRepor
         exchanges=max(int(num("exch", int)), 0), bytes_sent=max(int(num("out", int)), 0),
         bytes_received=max(int(num("in", int)), 0), compression_ratio=num("ratio", float),
         age_seconds=now - at)
+
+
+LIST_PEERS_MAX = 4096  # ~150 bytes a row: well inside the 4 MiB default message limit
 
 
 def _incarnation(membership: object, address: str) -> int:
@@ -83,8 +87,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         now = node.clock()
         seeds = set(node.config.seeds)  # SWIM learns a seed through gossip; the operator named it
         peers = []
-        for m in node.membership.members():
-            link = node.engine.link(m.address)
+        # A bounded reply (issue 14: a forged swarm once outgrew the client's 4 MiB
+        # limit): live members first, then the rest, LIST_PEERS_MAX in all. Reading
+        # never creates a link entry.
+        members = sorted(node.membership.members(), key=lambda m: not m.live)[:LIST_PEERS_MAX]
+        for m in members:
+            link = node.engine.links.get(m.address) or LinkStats()
             score, banned, reason = node.engine.defence.standing(m.address)
             peers.append(admin_pb2.PeerInfo(
                 peer_id=m.peer_id, address=m.address, state=m.state.value,

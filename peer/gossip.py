@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from peer.defence import Defence
+from peer.recent import RecentMap
 from peer.trainer import Trainer
 from protocol import codecs
 from protocol.codecs.base import Codec
@@ -47,6 +48,7 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
 
 # Refusals of one kind are logged at most once per this many seconds (all are counted).
 REFUSAL_LOG_SECONDS = 10.0
+SIDE_TABLE_MIN = 1024  # least entries kept per side table (links, reports)
 
 # Status codes with which a partner refuses an exchange before applying our frame:
 # ABORTED (busy: it is exchanging with us right now) and RESOURCE_EXHAUSTED (full or
@@ -138,13 +140,14 @@ class GossipEngine:
         self.stats = GossipStats()
         # reason -> (when a refusal of that kind was last logged, refusals not logged since)
         self._refusal_log: dict[str, tuple[float, int]] = {}
-        self.links: dict[str, LinkStats] = {}
+        # Per-sender side tables, keyed by a claimed address: bounded (issue 14).
+        self.links: dict[str, LinkStats] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
         self.in_flight = 0
         self.draining = False  # set by a graceful leave: start no new exchanges
         # While joining, our (untrained) model is sent as backed by no data: nobody merges it.
         self.joining = False
         # address -> (telemetry the peer sent about itself, when it arrived)
-        self.reports: dict[str, tuple[dict, float]] = {}
+        self.reports: dict[str, tuple[dict, float]] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
         self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in trainer.state().values())
         # Called with the seconds one merge took (metrics histogram).
         self.on_merge: Callable[[float], None] | None = None

@@ -9,7 +9,10 @@ a socket or a clock. This runtime is the only place those outputs become I/O:
   as a received message; a failed send is simply a lost message;
 * messages the servicer decoded are fed through ``receive``; the push-pull reply the
   machine produces for the caller is returned to the servicer instead of being sent
-  as a call of its own.
+  as a call of its own;
+* a full state is merged ``MERGE_CHUNK`` rows at a time, one loop callback each, so a
+  push-pull listing tens of thousands of members (honest or forged) never holds the
+  loop for more than a few milliseconds at a go.
 
 Time: one clock (``clock``, the node's ``time.monotonic``) for every ``now`` given to
 the machine, also by the gossip engine's ``note_contact``. A timer callback passes
@@ -34,6 +37,9 @@ from peer.transport.membership_grpc import MembershipClient
 from protocol.membership import MemberState, Message, Output, PushPull, Send, Swim, Timer
 
 log = logging.getLogger(__name__)
+
+# Rows of a push-pull merged per loop callback: ~1-10 µs a row keeps each to a few ms.
+MERGE_CHUNK = 256
 
 # The machine's compact state codes (protocol.membership): 0 = not a member.
 _STATES: dict[int, MemberState | None] = {0: None, 1: MemberState.ALIVE, 2: MemberState.SUSPECT,
@@ -79,6 +85,7 @@ class MembershipRuntime:
         self._sends: set[asyncio.Task[None]] = set()
         self._closed = False
         self._left_at: float | None = None
+        self._merging = False  # a merge_more callback is scheduled
         swim.observer = self._observe
 
     @property
@@ -98,15 +105,25 @@ class MembershipRuntime:
         elif not self._closed:
             self._carry(self.swim.join([address], self.clock()))
 
-    def receive(self, message: Message) -> Message | None:
-        """Feed one received message; returns the push-pull reply owed to its sender, if any."""
+    def receive(self, message: Message, more: bool = False) -> Message | None:
+        """Feed one received message; returns the push-pull reply owed to its sender, if any.
+
+        ``more``: ``message`` is a further part of the full state its sender just sent
+        (the transport hands a large one over as it decodes it); nothing is owed for it.
+        """
         if self._closed:
             return None
-        outs = self.swim.on_message(message, self.clock())
+        if more:
+            assert isinstance(message, PushPull)
+            self._carry(self.swim.more_states(message.source, message.states, self.clock(), MERGE_CHUNK))
+            self._continue_merge()
+            return None
+        outs = self.swim.on_message(message, self.clock(), max_rows=MERGE_CHUNK)
         reply = None
         if isinstance(message, PushPull) and not message.reply:
             reply = _take_reply(outs, message.source)
         self._carry(outs)
+        self._continue_merge()
         return reply
 
     def announce_leave(self) -> None:
@@ -143,6 +160,19 @@ class MembershipRuntime:
             await asyncio.gather(*self._sends, return_exceptions=True)
         await self.client.close()
 
+    def _continue_merge(self) -> None:
+        """Schedule the next chunk of a pending full-state merge behind whatever is ready."""
+        if self.swim.merge_pending and not self._merging and not self._closed and self._loop is not None:
+            self._merging = True
+            self._loop.call_soon(self._merge_chunk)
+
+    def _merge_chunk(self) -> None:
+        self._merging = False
+        if self._closed:
+            return
+        self._carry(self.swim.merge_more(self.clock(), MERGE_CHUNK))
+        self._continue_merge()
+
     # --- outputs -----------------------------------------------------------------------
     def _carry(self, outs: Iterable[Output]) -> None:
         assert self._loop is not None
@@ -175,7 +205,8 @@ class MembershipRuntime:
         reply = await self.client.send(send.to, send.message)
         if reply is not None and not self._closed:
             if isinstance(reply, PushPull) and reply.reply:
-                self._carry(self.swim.on_message(reply, self.clock()))
+                self._carry(self.swim.on_message(reply, self.clock(), max_rows=MERGE_CHUNK))
+                self._continue_merge()
             else:
                 log.warning("membership: %s answered a push-pull with %s", send.to, type(reply).__name__)
 

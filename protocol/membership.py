@@ -48,6 +48,38 @@ Choices where this deviates from, or pins down, memberlist (times in probe perio
 * No TCP fallback ping: the runtime's transport (gRPC) is already a stream protocol.
 * Remote ``dead`` entries in a push-pull are merged as ``suspect`` (as memberlist
   does), so a stale full state can never bury a live node outright.
+
+What one message from a stranger can do is bounded (issue 14; memberlist trusts its
+cluster and leaves this to its keyring — these rules hold without one):
+
+* Incarnations are serial numbers modulo 2**32 (RFC 1982) instead of saturating at
+  2**32−1, so no claim can pin a member where its refutation cannot outbid it; and a
+  claim more than ``incarnation_window`` (1,024) ahead of the incarnation we hold is
+  not believed. Honest incarnations rise by one per refutation, so only a forgery
+  jumps that far, and the window keeps every comparison far inside the half range.
+* A ``Dead`` from anyone but ourselves is an accusation, not a burial: it starts (or
+  confirms) our own Lifeguard suspicion and cuts it to its floor, measured from when
+  *we* first accused the member. The member keeps at least the floor to refute, as
+  memberlist guarantees, and only our own timer declares it dead. When the prober's
+  ``Dead`` arrives, the others have held the same suspicion for about as long, so
+  detection stays as fast. Only accusers we hold live count as confirmations.
+* New members learned from someone else ("hearsay": a gossiped ``Alive``, a row of a
+  push-pull, a model packet's claimed sender address) count against that sender's
+  ``hearsay_quota`` (64) until we hear from the member itself; the answer to our own
+  join is exempt. One forged full state of 66,000 members adds 64, and an honest
+  partner that pulls ours gets at most those.
+* Every path into the table respects ``max_members``; the member count is kept, not
+  recounted (the old count per new member made a 66,000-row push-pull take 43 s).
+* Left members, and dead members we never heard from, are forgotten
+  ``gossip_to_the_dead_time`` (memberlist: 30 s) after they went; other dead members
+  after ``reconnect_timeout`` (Serf keeps them 24 h for reconnects; here 3,600 periods).
+  A private address book recycles the forgotten names' slots.
+* ``on_message(..., max_rows=)`` merges a full state a bounded number of rows at a time
+  (``merge_more`` / ``more_states`` continue it), so the runtime never stalls on one.
+
+Left as it is: a ``Leave`` is still believed from anyone (a graceful leave must spread
+within a period or two); the member refutes it as soon as it hears it. Authenticating
+the sender of a ``Leave`` is the keyring's job.
 """
 
 from __future__ import annotations
@@ -56,6 +88,7 @@ import enum
 import math
 import random
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Union
@@ -201,6 +234,21 @@ class SwimConfig:
     awareness_max: int = 8
     # Indirect probes this node will run for others at once (a bound against floods).
     max_relays: int = 1024
+    # Incarnations are serial numbers modulo 2**32 (RFC 1982), so there is no top a
+    # forged claim could pin a member at: its refutation is always newer. A claim more
+    # than this far ahead of the incarnation we hold is not believed: honest
+    # incarnations rise by one per refutation, so only a forgery jumps that far.
+    incarnation_window: int = 1024
+    # New members one sender may introduce that we have not heard from ourselves yet
+    # ("hearsay"); hearing from a member frees its slot. Replies to our own join are
+    # exempt (the seed's table is what a joiner asked for).
+    hearsay_quota: int = 64
+    # Left members, and dead members we never heard from, are forgotten this long
+    # after they went (memberlist's GossipToTheDeadTime, 30 s on LAN) ...
+    gossip_to_the_dead_time: float = 30.0
+    # ... other dead members are kept this long as reconnect targets (Serf's
+    # reconnect_timeout, there 24 h), so a long partition can still heal.
+    reconnect_timeout: float = 3600.0
 
     @classmethod
     def for_period(cls, period: float, **overrides: object) -> SwimConfig:
@@ -208,7 +256,8 @@ class SwimConfig:
         base = cls()
         scaled = {name: getattr(base, name) * period for name in
                   ("probe_interval", "probe_timeout", "gossip_interval",
-                   "push_pull_interval", "reconnect_interval")}
+                   "push_pull_interval", "reconnect_interval", "gossip_to_the_dead_time",
+                   "reconnect_timeout")}
         scaled.update(overrides)
         return replace(base, **scaled)  # type: ignore[arg-type]
 
@@ -243,6 +292,21 @@ def suspicion_timeout(confirmations: int, expected: int, floor: float, start: fl
         return floor
     frac = math.log(confirmations + 1) / math.log(expected + 1)
     return max(floor, start - frac * (start - floor))
+
+
+_INC_MOD = MAX_INCARNATION + 1
+_INC_HALF = _INC_MOD >> 1
+
+
+def incarnation_ahead(claim: int, known: int) -> int:
+    """How far ``claim`` is ahead of ``known`` in serial-number arithmetic (RFC 1982).
+
+    Negative: older. Incarnations wrap at 2**32 instead of saturating, so a member can
+    always outbid any incarnation anybody holds for it (memberlist's uint32 saturates,
+    which is what let one forged ``Dead(B, 2**32-1)`` bury B for good).
+    """
+    d = (claim - known) % _INC_MOD
+    return d - _INC_MOD if d >= _INC_HALF else d
 
 
 def push_pull_scale(interval: float, n: int) -> float:
@@ -375,6 +439,7 @@ class TimerKind(enum.IntEnum):
     PUSH_PULL = 6
     GOSSIP = 7
     RECONNECT = 8
+    REAP = 9             # a dead or left member may be forgotten now
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +553,7 @@ class AddressBook:
         # Full-state snapshots by table content (see Swim._snapshot_states).
         self.snapshots: dict[tuple[bytes, bytes, int], tuple[MemberEntry, ...]] = {}
         self.ids_version = 0
+        self._free: list[int] = []  # indices of released addresses, reused first
 
     SNAPSHOTS_KEPT = 8
 
@@ -518,11 +584,30 @@ class AddressBook:
     def intern(self, address: str) -> int:
         idx = self._index.get(address)
         if idx is None:
-            idx = len(self.addresses)
+            if self._free:
+                idx = self._free.pop()
+                self.addresses[idx] = address
+            else:
+                idx = len(self.addresses)
+                self.addresses.append(address)
+                self.peer_ids.append("")
             self._index[address] = idx
-            self.addresses.append(address)
-            self.peer_ids.append("")
         return idx
+
+    def release(self, idx: int) -> None:
+        """Forget the address at ``idx`` so the slot can name another one (private books
+        only: a shared book's indices are every node's table layout)."""
+        address = self.addresses[idx]
+        if self._index.get(address) != idx:
+            return
+        del self._index[address]
+        self.addresses[idx] = ""
+        self.peer_ids[idx] = ""
+        self._free.append(idx)
+        # Cached rows and snapshots name addresses by index: none may outlive the name.
+        self._entries.clear()
+        self.snapshots.clear()
+        self.ids_version += 1
 
 
 # --- the state machine -----------------------------------------------------------------
@@ -546,7 +631,7 @@ class _Relay:
 class _Suspicion:
     """One suspect's timer: when it was suspected, by whom, and its current deadline."""
 
-    __slots__ = ("start", "incarnation", "expected", "floor", "ceiling", "accusers", "deadline")
+    __slots__ = ("start", "incarnation", "expected", "floor", "ceiling", "accusers", "deadline", "corroborated")
 
     def __init__(self, accuser: str, incarnation: int, start: float, expected: int,
                  floor: float, ceiling: float) -> None:
@@ -556,23 +641,34 @@ class _Suspicion:
         self.floor = floor
         self.ceiling = ceiling
         self.accusers = {accuser}
+        self.corroborated = False
         self.deadline = start + suspicion_timeout(0, expected, floor, ceiling)
 
     @property
     def confirmations(self) -> int:
         return len(self.accusers) - 1
 
+    def corroborate(self) -> None:
+        """Another member declared the suspect dead: wait no longer than the floor from
+        our own first accusation — the time memberlist grants any suspect to refute."""
+        self.corroborated = True
+        self.deadline = min(self.deadline, self.start + self.floor)
+
     def confirm(self, accuser: str) -> bool:
         """Count an independent accuser; True if it was new (then it is worth re-gossiping)."""
         if accuser in self.accusers or self.confirmations >= self.expected:
             return False
         self.accusers.add(accuser)
-        self.deadline = self.start + suspicion_timeout(self.confirmations, self.expected,
-                                                       self.floor, self.ceiling)
+        if not self.corroborated:
+            self.deadline = self.start + suspicion_timeout(self.confirmations, self.expected,
+                                                           self.floor, self.ceiling)
         return True
 
 
 Observer = Callable[["Swim", int, int, int, float], None]
+
+# The introducer of members first met through a model exchange (``note_contact``).
+GOSSIP_PATH = "<gossip exchange>"
 
 
 class Swim:
@@ -604,7 +700,24 @@ class Swim:
         self._ensure(self._me)
         self._state[self._me] = _ALIVE
         self._live = 1               # members alive or suspect, this node included
+        self._members = 0            # members in any state, this node excluded
         self.refused_members = 0     # new members ignored because of config.max_members
+        self.refused_hearsay = 0     # ... because their introducer used up its hearsay quota
+        self.implausible = 0         # claims further ahead than config.incarnation_window
+        # Members admitted on someone else's word and not heard from since: member ->
+        # who introduced it; and per introducer, how many such members it has here.
+        self._unconfirmed: dict[int, str] = {}
+        self._introduced: dict[str, int] = {}
+        self._joins: set[str] = set()  # seeds we sent a join to: their reply is trusted
+        self._trusted_parts: set[str] = set()  # ... and so are the further parts of that reply
+        self._down_since: dict[int, float] = {}  # dead or left members: since when
+        self._owns_book = book is None  # a private book may recycle the names it forgets
+        # Full-state rows received and not merged yet: [source, trusted, rows, next row].
+        self._merge_queue: deque[list] = deque()
+        # Who the message being handled came from, and whether its claims are trusted
+        # (our own decisions, a seed's answer to our join): read by _admit.
+        self._src = address
+        self._trusted = True
         self._dead: set[int] = set()  # DEAD (not LEFT) members: reconnect candidates
         self._suspicions: dict[int, _Suspicion] = {}
         self._queue = BroadcastQueue(config.max_queue)
@@ -628,6 +741,7 @@ class Swim:
         # Counters for metrics and tests.
         self.suspicions_raised = 0
         self.refutations = 0
+        self.reaped = 0
 
     # --- compact table -------------------------------------------------------------
     def _ensure(self, idx: int) -> None:
@@ -651,6 +765,9 @@ class Swim:
             self._ensure(i)
             if self._state[i] not in (_ALIVE, _SUSPECT):
                 self._live += 1
+            if self._state[i] == _NONE:
+                self._members += 1
+            self._down_since.pop(i, None)
             self._dead.discard(i)
             self._state[i] = _ALIVE
             self._inc[i] = incarnation
@@ -662,12 +779,10 @@ class Swim:
         self._state = array("b", b"\x01") * size
         self._inc = array("I", bytes(4 * size))
         self._live = size
+        self._members = size - 1
         self._dead.clear()
+        self._down_since.clear()
         self._version += 1
-
-    def _known_members(self) -> int:
-        """Members in this node's table, itself excluded (C-speed count; new members are rare)."""
-        return len(self._state) - self._state.count(_NONE) - 1
 
     def _set(self, idx: int, code: int, incarnation: int, now: float) -> None:
         """The one place a member's state changes (counts, suspicions, observer)."""
@@ -676,12 +791,19 @@ class Swim:
         was_live = old in (_ALIVE, _SUSPECT)
         is_live = code in (_ALIVE, _SUSPECT)
         self._live += is_live - was_live
+        if idx != self._me:
+            self._members += (code != _NONE) - (old != _NONE)
         if code == _DEAD:
             self._dead.add(idx)
         elif old == _DEAD:
             self._dead.discard(idx)
         if code != _SUSPECT:
             self._suspicions.pop(idx, None)
+        if code in (_DEAD, _LEFT) and old not in (_DEAD, _LEFT) and idx != self._me:
+            self._down_since[idx] = now
+            self._out.append(Timer(now + self._reap_delay(idx, code), TimerKind.REAP, idx))
+        elif code not in (_DEAD, _LEFT):
+            self._down_since.pop(idx, None)
         self._state[idx] = code
         self._inc[idx] = incarnation
         self._version += 1
@@ -816,7 +938,7 @@ class Swim:
         if c.reconnect_interval > 0:
             out.append(Timer(now + self.rng.uniform(0, c.reconnect_interval), TimerKind.RECONNECT))
         for seed in self._seeds:
-            self._send(seed, PushPull(self.address, self._snapshot_states(), join=True))
+            self._send_join(seed)
         return out
 
     def join(self, seeds: Iterable[str], now: float) -> list[Output]:
@@ -825,8 +947,15 @@ class Swim:
         for seed in seeds:
             self.add_seed(seed)
             if seed and seed != self.address:
-                self._send(seed, PushPull(self.address, self._snapshot_states(), join=True))
+                self._send_join(seed)
         return out
+
+    _MAX_JOINS = 64  # joins awaiting an answer whose table we take whole
+
+    def _send_join(self, to: str) -> None:
+        if len(self._joins) < self._MAX_JOINS:
+            self._joins.add(to)
+        self._send(to, PushPull(self.address, self._snapshot_states(), join=True))
 
     def leave(self, now: float) -> list[Output]:
         """Announce a graceful leave; stop probing. Keep delivering ~1 period, then stop."""
@@ -847,15 +976,25 @@ class Swim:
             out.append(Timer(now + self.config.gossip_interval, TimerKind.GOSSIP))
         return out
 
-    def on_message(self, msg: Message, now: float) -> list[Output]:
-        """Handle one received message (already decoded and validated)."""
+    def on_message(self, msg: Message, now: float, max_rows: int | None = None) -> list[Output]:
+        """Handle one received message (already decoded and validated).
+
+        ``max_rows`` bounds how many rows of a push-pull are merged now; the rest waits
+        for ``merge_more`` (the runtime's way to keep a huge full state from stalling it).
+        """
         out = self._begin(now)
         sender = self.book.get(msg.source)
+        if sender is not None:
+            self._heard_from(sender)
         if isinstance(msg, PushPull):
-            self._on_push_pull(msg, sender, now)
+            self._on_push_pull(msg, sender, now, max_rows)
             return out
-        for update in msg.updates:
-            self._apply(update, now)
+        self._src, self._trusted = msg.source, msg.source == self.address
+        try:
+            for update in msg.updates:
+                self._apply(update, now)
+        finally:
+            self._src, self._trusted = self.address, True
         if sender is not None and self.track_contacts:
             self._contacts[sender] = now
         if isinstance(msg, Ping):
@@ -876,6 +1015,28 @@ class Swim:
                 probe.nacks += 1
         elif isinstance(msg, PingReq):
             self._on_ping_req(msg, sender, now)
+        return out
+
+    @property
+    def merge_pending(self) -> bool:
+        """Rows of a received full state still wait to be merged (see ``merge_more``)."""
+        return bool(self._merge_queue)
+
+    def merge_more(self, now: float, max_rows: int | None = None) -> list[Output]:
+        """Merge the next ``max_rows`` rows of the pending full state (all: None)."""
+        out = self._begin(now)
+        self._merge_some(now, max_rows)
+        return out
+
+    def more_states(self, source: str, states: Sequence[MemberEntry], now: float,
+                    max_rows: int | None = None) -> list[Output]:
+        """Further rows of the full state ``source`` just sent (a large one is handed over
+        in parts as it is decoded, so its rows never all exist at once), merged like the
+        first part's; ``max_rows`` as for ``on_message``."""
+        out = self._begin(now)
+        if states:
+            self._merge_queue.append([source, source in self._trusted_parts, states, 0])
+            self._merge_some(now, max_rows)
         return out
 
     def on_timer(self, timer: Timer, now: float) -> list[Output]:
@@ -901,6 +1062,8 @@ class Swim:
             self._push_pull(now)
         elif kind == TimerKind.RECONNECT:
             self._reconnect(now)
+        elif kind == TimerKind.REAP:
+            self._reap(timer.key, now)
         return out
 
     # --- probing -------------------------------------------------------------------
@@ -985,10 +1148,11 @@ class Swim:
         if picked:
             to = self.book.addresses[picked[0]]
         elif self._seeds:  # alone: knock on a seed again (rejoin after a restart)
-            to = self.rng.choice(self._seeds)
+            self._send_join(self.rng.choice(self._seeds))
+            return
         else:
             return
-        self._send(to, PushPull(self.address, self._snapshot_states(), join=not picked))
+        self._send(to, PushPull(self.address, self._snapshot_states()))
 
     def _reconnect(self, now: float) -> None:
         self._out.append(Timer(now + self.config.reconnect_interval, TimerKind.RECONNECT))
@@ -997,19 +1161,46 @@ class Swim:
         victim = self.rng.choice(sorted(self._dead))
         self._send(self.book.addresses[victim], PushPull(self.address, self._snapshot_states()))
 
-    def _on_push_pull(self, msg: PushPull, sender: int | None, now: float) -> None:
+    def _on_push_pull(self, msg: PushPull, sender: int | None, now: float, max_rows: int | None) -> None:
         mine = self._snapshot_states() if not msg.reply else ()
-        self._merge_states(msg.states, now)
+        trusted = msg.reply and msg.source in self._joins  # the seed's answer to our join
+        self._joins.discard(msg.source)
+        # Further parts of this full state (more_states) are trusted as its first was.
+        self._trusted_parts.discard(msg.source)
+        if trusted and len(self._trusted_parts) < self._MAX_JOINS:
+            self._trusted_parts.add(msg.source)
+        if not (self.book.snapshots and msg.states is self._snapshot_states()):
+            # (a snapshot object shared through our book is identical to our table: skip)
+            self._merge_queue.append([msg.source, trusted, msg.states, 0])
+            self._merge_some(now, max_rows)
         if not msg.reply:
             self._send(msg.source, PushPull(self.address, mine, reply=True))
         sender = self.book.get(msg.source)  # it may have been new to us before the merge
         if sender is not None and self.track_contacts:
             self._contacts[sender] = now
 
-    def _merge_states(self, states: Iterable[MemberEntry], now: float) -> None:
-        """Fold a remote full state in: dead as suspect, left as leave (memberlist)."""
-        if self.book.snapshots and states is self._snapshot_states():
-            return  # a snapshot object shared through our book: identical to our table
+    def _merge_some(self, now: float, max_rows: int | None) -> None:
+        """Fold the next ``max_rows`` pending full-state rows in (all of them: None)."""
+        budget = math.inf if max_rows is None else max_rows
+        queue = self._merge_queue
+        while queue and budget > 0:
+            segment = queue[0]
+            source, trusted, states, start = segment
+            stop = len(states) if budget >= len(states) - start else start + int(budget)
+            self._src, self._trusted = source, trusted or source == self.address
+            try:
+                self._merge_states(states[start:stop] if start or stop < len(states) else states, source, now)
+            finally:
+                self._src, self._trusted = self.address, True
+            budget -= stop - start
+            if stop >= len(states):
+                queue.popleft()
+            else:
+                segment[3] = stop
+
+    def _merge_states(self, states: Iterable[MemberEntry], source: str, now: float) -> None:
+        """Fold remote full-state rows in: alive and left as such, suspect or dead as one
+        more accusation by ``source`` (memberlist merges dead as suspect, too)."""
         book, state, inc = self.book, self._state, self._inc
         for e in states:
             idx = book.get(e.address)
@@ -1017,28 +1208,50 @@ class Swim:
             if idx is not None and idx < len(state) and state[idx] == code and inc[idx] == e.incarnation:
                 continue  # the common case: we already agree
             if code == _ALIVE:
-                self._apply(Alive(e.address, e.peer_id, e.incarnation), now)
+                self._on_alive(Alive(e.address, e.peer_id, e.incarnation), now)
             elif code == _LEFT:
-                self._apply(Leave(e.address, e.incarnation), now)
+                self._on_leave(Leave(e.address, e.incarnation), now)
             elif idx is not None:  # suspect or dead: never bury on hearsay, suspect instead
-                self._apply(Suspect(e.address, e.incarnation, self.address), now)
+                self._on_suspect(Suspect(e.address, e.incarnation, source), now)
 
     # --- the update rules (SWIM's incarnation ordering) ----------------------------
+    #
+    # What one message can do to a member other than its sender is bounded:
+    # * an incarnation is believed only up to incarnation_window ahead of ours, and
+    #   incarnations wrap instead of saturating, so the member can always refute;
+    # * a Dead from anyone else is an accusation (Lifeguard's suspicion, cut to its
+    #   floor), never a burial: the member keeps the floor to refute it here, and our
+    #   own timer decides;
+    # * a new member learned from someone else counts against that sender's hearsay
+    #   quota until we hear from the member itself.
     def _apply(self, update: Update, now: float) -> None:
         if isinstance(update, Alive):
             self._on_alive(update, now)
         elif isinstance(update, Suspect):
             self._on_suspect(update, now)
         elif isinstance(update, Dead):
-            self._on_dead(update.address, update.incarnation, _DEAD, update, now)
+            self._on_dead(update, now)
         else:
-            self._on_dead(update.address, update.incarnation, _LEFT, update, now)
+            self._on_leave(update, now)
+
+    def _plausible(self, claim: int, idx: int) -> int | None:
+        """How far ``claim`` is ahead of our incarnation of known member ``idx``, or None
+        — counted — when it is further than the window allows."""
+        ahead = incarnation_ahead(claim, self._inc[idx])
+        if ahead > self.config.incarnation_window:
+            self.implausible += 1
+            return None
+        return ahead
 
     def _refute(self, accused: int, now: float) -> None:
-        """Someone thinks we are not alive: outbid them with a higher incarnation."""
+        """Someone thinks we are not alive: outbid them with a newer incarnation."""
         if self._left:
             return
-        inc = min(MAX_INCARNATION, max(self._inc[self._me], accused) + 1)
+        own = self._inc[self._me]
+        ahead = incarnation_ahead(accused, own)
+        # An accusation further ahead than the window is believed by nobody: outbid ours.
+        base = accused if 0 < ahead <= self.config.incarnation_window else own
+        inc = (base + 1) % _INC_MOD
         self._inc[self._me] = inc
         self._version += 1
         self.refutations += 1
@@ -1056,42 +1269,86 @@ class Swim:
         if not self._left and self._queue.transmits(self.address) is None:
             self._broadcast(Alive(self.address, self.peer_id, self._inc[self._me]))
 
+    def _admit(self, address: str) -> int | None:
+        """A table slot for a new member, or None: the table is full, or the member is
+        hearsay from a sender whose quota of members we never heard from is used up."""
+        if self._members >= self.config.max_members:
+            self.refused_members += 1
+            return None
+        src = self._src
+        hearsay = not self._trusted and address != src
+        if hearsay and self._introduced.get(src, 0) >= self.config.hearsay_quota:
+            self.refused_hearsay += 1
+            return None
+        idx = self.book.intern(address)
+        self._sources.setdefault(idx, Source.GOSSIP)
+        if hearsay:
+            self._introduced[src] = self._introduced.get(src, 0) + 1
+            self._unconfirmed[idx] = src
+        return idx
+
+    def _heard_from(self, idx: int) -> None:
+        """A message came from member ``idx`` itself: it is no longer anyone's hearsay."""
+        src = self._unconfirmed.pop(idx, None)
+        if src is not None:
+            left = self._introduced[src] - 1
+            if left:
+                self._introduced[src] = left
+            else:
+                del self._introduced[src]
+
     def _on_alive(self, a: Alive, now: float) -> None:
         idx = self.book.get(a.address)
         if idx == self._me:
-            if a.incarnation > self._inc[self._me]:
+            if incarnation_ahead(a.incarnation, self._inc[self._me]) > 0:
                 self._refute(a.incarnation, now)  # a previous life of ours: overtake it
             return
-        code = _NONE if idx is None else self._code(idx)
-        if code != _NONE and a.incarnation <= self._inc[idx]:
-            return  # SWIM: alive overrides only a strictly higher incarnation
-        if code == _NONE and self._known_members() >= self.config.max_members:
-            self.refused_members += 1
+        known = idx is not None and self._code(idx) != _NONE
+        ahead = incarnation_ahead(a.incarnation, self._inc[idx] if known else 0)  # type: ignore[index]
+        if ahead > self.config.incarnation_window:
+            self.implausible += 1
             return
-        if idx is None:
-            idx = self.book.intern(a.address)
-            self._sources.setdefault(idx, Source.GOSSIP)
+        if ahead < 0 or (known and ahead == 0):
+            return  # SWIM: alive overrides only a strictly newer incarnation
+        if not known:
+            idx = self._admit(a.address)
+            if idx is None:
+                return
+        assert idx is not None
         if a.peer_id:
             self.book.set_peer_id(idx, a.peer_id)
         self._set(idx, _ALIVE, a.incarnation, now)
         self._broadcast(a)
 
-    def _on_suspect(self, s: Suspect, now: float) -> None:
+    def _accuser_counts(self, accuser: str) -> bool:
+        """Only a member we hold live can confirm a suspicion (a made-up name cannot)."""
+        idx = self.book.get(accuser)
+        return idx is not None and self._code(idx) in (_ALIVE, _SUSPECT)
+
+    def _on_suspect(self, s: Suspect, now: float, corroborated: bool = False) -> None:
         idx = self.book.get(s.address)
         if idx is None:
             return
         code = self._code(idx)
-        if code == _NONE or s.incarnation < self._inc[idx]:
+        ahead = incarnation_ahead(s.incarnation, self._inc[idx])
+        if code == _NONE or ahead < 0:
             if idx == self._me:
                 self._reassert()
             return
+        if ahead > self.config.incarnation_window:
+            self.implausible += 1
+            return
         timer = self._suspicions.get(idx)
-        if timer is not None:
-            if s.incarnation == timer.incarnation and timer.confirm(s.accuser):
+        if timer is not None and s.incarnation == timer.incarnation:
+            before = timer.deadline
+            fresh = self._accuser_counts(s.accuser) and timer.confirm(s.accuser)
+            if corroborated:
+                timer.corroborate()
+            if fresh or corroborated:
                 self._broadcast(s)  # let the independent confirmation travel on
+            if timer.deadline < before:
                 self._out.append(Timer(max(now, timer.deadline), TimerKind.SUSPICION, idx))
-            if s.incarnation == timer.incarnation:
-                return
+            return
         if idx == self._me:
             self._refute(s.incarnation, now)
             return
@@ -1103,6 +1360,8 @@ class Swim:
         expected = self.config.suspicion_confirmations if n - 2 >= self.config.suspicion_confirmations else 0
         floor, ceiling = suspicion_bounds(n, self.config)
         sus = _Suspicion(s.accuser, s.incarnation, now, expected, floor, ceiling)
+        if corroborated:
+            sus.corroborate()
         self._set(idx, _SUSPECT, s.incarnation, now)
         self._suspicions[idx] = sus
         self.suspicions_raised += 1
@@ -1114,24 +1373,70 @@ class Swim:
         if sus is None or now < sus.deadline or self._code(idx) != _SUSPECT \
                 or self._inc[idx] != sus.incarnation:
             return
-        self._apply(Dead(self.book.addresses[idx], sus.incarnation, self.address), now)
+        self._bury(idx, _DEAD, Dead(self.book.addresses[idx], sus.incarnation, self.address), now)
 
-    def _on_dead(self, address: str, incarnation: int, code: int, update: Update, now: float) -> None:
-        idx = self.book.get(address)
+    def _about_me(self, incarnation: int, now: float) -> None:
+        """Someone says we are dead or gone: refute (a stale claim: say we are alive again)."""
+        if incarnation_ahead(incarnation, self._inc[self._me]) < 0:
+            self._reassert()
+        elif not self._left:
+            self._refute(incarnation, now)
+
+    def _on_dead(self, d: Dead, now: float) -> None:
+        """Another member says ``d.address`` is dead: an accusation cut to the floor.
+
+        The member is buried here when our own suspicion of it runs out, which is never
+        sooner than the floor after we first accused it: time enough to refute.
+        """
+        idx = self.book.get(d.address)
         if idx is None:
             return
-        cur = self._code(idx)
-        if idx == self._me and incarnation < self._inc[idx]:
-            self._reassert()
+        if idx == self._me:
+            self._about_me(d.incarnation, now)
             return
-        if cur == _NONE or incarnation < self._inc[idx] or cur in (_DEAD, _LEFT):
+        if self._code(idx) in (_ALIVE, _SUSPECT):
+            self._on_suspect(Suspect(d.address, d.incarnation, d.accuser), now, corroborated=True)
+
+    def _on_leave(self, lv: Leave, now: float) -> None:
+        idx = self.book.get(lv.address)
+        if idx is None:
             return
         if idx == self._me:
-            if not self._left:
-                self._refute(incarnation, now)
+            self._about_me(lv.incarnation, now)
             return
-        self._set(idx, code, incarnation, now)
+        if self._code(idx) not in (_ALIVE, _SUSPECT):
+            return
+        ahead = self._plausible(lv.incarnation, idx)
+        if ahead is None or ahead < 0:
+            return
+        self._bury(idx, _LEFT, lv, now)
+
+    def _bury(self, idx: int, code: int, update: Update, now: float) -> None:
+        self._set(idx, code, update.incarnation, now)
         self._broadcast(update)
+
+    # --- forgetting the dead ---------------------------------------------------------
+    def _reap_delay(self, idx: int, code: int) -> float:
+        if code == _LEFT or idx in self._unconfirmed:
+            return self.config.gossip_to_the_dead_time
+        return self.config.reconnect_timeout
+
+    def _reap(self, idx: int, now: float) -> None:
+        since = self._down_since.get(idx)
+        code = self._code(idx)
+        if since is None or code not in (_DEAD, _LEFT):
+            return
+        due = since + self._reap_delay(idx, code)
+        if now < due:
+            self._out.append(Timer(due, TimerKind.REAP, idx))
+            return
+        self._set(idx, _NONE, 0, now)
+        self._heard_from(idx)  # frees its introducer's quota
+        for table in (self._contacts, self._sources, self._failures):
+            table.pop(idx, None)  # type: ignore[attr-defined]
+        if self._owns_book:
+            self.book.release(idx)
+        self.reaped += 1
 
     # --- the view the runtime reads (same shape as StaticMembership) ---------------
     def _member(self, idx: int) -> Member:
@@ -1205,13 +1510,23 @@ class Swim:
 
         It does not override the detector: a member we hold dead stays dead until it
         refutes (it will, through the Dead hint on our next answer to it). A member we
-        did not know yet is added alive at incarnation 0, and its own Alive will win.
+        did not know yet is added alive at incarnation 0, and its own Alive will win; it
+        counts against the gossip path's hearsay quota until SWIM hears from it, so
+        packets claiming ever new sender addresses add at most ``hearsay_quota``.
         """
         if not address or address == self.address:
             return None
         idx = self.book.get(address)
         if idx is None or self._code(idx) == _NONE:
-            idx = self.book.intern(address)
+            # A packet's sender address is its own claim: the member is hearsay (from the
+            # gossip path as a whole) until SWIM hears from it, bounded like any other.
+            self._src, self._trusted = GOSSIP_PATH, False
+            try:
+                idx = self._admit(address)
+            finally:
+                self._src, self._trusted = self.address, True
+            if idx is None:
+                return None
             self._sources[idx] = Source.INBOUND if inbound else Source.GOSSIP
             self._begin(now)
             self._set(idx, _ALIVE, 0, now)

@@ -25,13 +25,14 @@ before anything proportional to them is allocated.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket, UnsupportedVersion
+from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket, UnsupportedVersion, WireError
 from protocol.membership import (
     MAX_INCARNATION,
     Ack,
@@ -106,14 +107,23 @@ def to_wire(msg: Message) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------
 
-def _unpack(data: bytes | memoryview, limits: MembershipLimits) -> Any:
+def _unpacker_options(limits: MembershipLimits) -> dict[str, Any]:
+    return dict(raw=False, use_list=True, strict_map_key=True, max_str_len=limits.max_string,
+                max_bin_len=0, max_map_len=0, max_ext_len=0,
+                max_array_len=max(limits.max_states, limits.max_updates, 8))
+
+
+@contextmanager
+def _parser_errors() -> Iterator[None]:
+    """Map every way msgpack can fail to a ``WireError`` (none escapes, by contract)."""
     try:
-        return msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True,
-            max_str_len=limits.max_string, max_bin_len=0, max_map_len=0, max_ext_len=0,
-            max_array_len=max(limits.max_states, limits.max_updates, 8))
+        yield
     except msgpack.exceptions.ExtraData:
         raise MalformedPacket("trailing bytes after the message") from None
+    except msgpack.exceptions.OutOfData:
+        raise TruncatedPacket("message ended before its declared contents") from None
+    except WireError:
+        raise
     except ValueError as e:
         if "incomplete" in str(e).lower():
             raise TruncatedPacket("message ended before its declared contents") from None
@@ -121,9 +131,16 @@ def _unpack(data: bytes | memoryview, limits: MembershipLimits) -> Any:
             raise MalformedPacket(f"maps, binaries and extensions are not part of the format: {e}") from None
         if "exceeds max" in str(e).lower():
             raise PacketTooLarge(f"membership message field too large: {e}") from None
+        if "unexpected type" in str(e).lower():
+            raise MalformedPacket("states must be an array") from None
         raise MalformedPacket(f"not a msgpack message: {e}") from None
     except Exception as e:  # noqa: BLE001 - any parser failure is malformed, by contract
         raise MalformedPacket(f"not a msgpack message: {type(e).__name__}: {e}") from None
+
+
+def _unpack(data: bytes | memoryview, limits: MembershipLimits) -> Any:
+    with _parser_errors():
+        return msgpack.unpackb(data, **_unpacker_options(limits))
 
 
 def _int(v: Any, what: str, top: int) -> int:
@@ -180,23 +197,23 @@ def _updates(v: Any, limits: MembershipLimits) -> tuple[Update, ...]:
     return tuple(out)
 
 
+def _state_row(r: Any, i: int, seen: set[str], limits: MembershipLimits) -> MemberEntry:
+    if type(r) is not list or len(r) != 4:
+        raise MalformedPacket(f"state {i} must be [address, peer_id, incarnation, state]")
+    addr = _str(r[0], f"state {i} address", limits)
+    if addr in seen:
+        raise MalformedPacket(f"state {i}: address {addr!r} listed twice")
+    seen.add(addr)
+    code = r[3]
+    if type(code) is not int or code not in _CODE_STATES:
+        raise MalformedPacket(f"state {i}: unknown state {code!r:.20}")
+    return MemberEntry(addr, _str(r[1], f"state {i} peer id", limits, empty=True),
+                       _int(r[2], f"state {i} incarnation", MAX_INCARNATION), _CODE_STATES[code])
+
+
 def _states(v: Any, limits: MembershipLimits) -> tuple[MemberEntry, ...]:
-    rows = _list(v, "states", limits.max_states)
-    out: list[MemberEntry] = []
     seen: set[str] = set()
-    for i, r in enumerate(rows):
-        if type(r) is not list or len(r) != 4:
-            raise MalformedPacket(f"state {i} must be [address, peer_id, incarnation, state]")
-        addr = _str(r[0], f"state {i} address", limits)
-        if addr in seen:
-            raise MalformedPacket(f"state {i}: address {addr!r} listed twice")
-        seen.add(addr)
-        code = r[3]
-        if type(code) is not int or code not in _CODE_STATES:
-            raise MalformedPacket(f"state {i}: unknown state {code!r:.20}")
-        out.append(MemberEntry(addr, _str(r[1], f"state {i} peer id", limits, empty=True),
-                               _int(r[2], f"state {i} incarnation", MAX_INCARNATION), _CODE_STATES[code]))
-    return tuple(out)
+    return tuple([_state_row(r, i, seen, limits) for i, r in enumerate(_list(v, "states", limits.max_states))])
 
 
 def _nack_after(v: Any) -> float:
@@ -229,15 +246,80 @@ def _decode(obj: list[Any], lim: MembershipLimits) -> Message:
                     join=_bool(obj[3], "join"), reply=_bool(obj[4], "reply"))
 
 
-def from_wire(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits()) -> Message:
-    """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong."""
+def _check_size(data: bytes | memoryview, limits: MembershipLimits) -> None:
     if len(data) > limits.max_message_bytes:
         raise PacketTooLarge(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}")
     if len(data) == 0:
         raise TruncatedPacket("empty membership message")
+
+
+def from_wire(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits()) -> Message:
+    """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong."""
+    _check_size(data, limits)
     obj = _unpack(data, limits)
     if type(obj) is not list or len(obj) < 2:
         raise MalformedPacket("a membership message must be an array [version, kind, ...]")
     if obj[0] != WIRE_VERSION or type(obj[0]) is not int:
         raise UnsupportedVersion(f"membership wire version {obj[0]!r:.20}; this peer speaks {WIRE_VERSION}")
     return _decode(obj, limits)
+
+
+# Above this size a full state is parsed and validated in steps of ROWS_PER_STEP rows:
+# done at once, 66,000 rows take ~0.2-1 s of CPU, and a worker thread would not help
+# (it holds the GIL, and so the event loop, for whole C calls).
+STEP_ABOVE_BYTES = 64 << 10
+ROWS_PER_STEP = 256
+
+
+def from_wire_in_parts(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits(),
+                       rows: int = ROWS_PER_STEP) -> Iterator[Message]:
+    """``from_wire`` one part at a time: a large full state comes out as PushPulls with
+    its source and flags and the next ``rows`` rows each (every row validated before it
+    is given out; a fault further on raises then), any other message as itself, whole.
+
+    The receiver merges each part as it comes, so the rows of a forged full state of
+    tens of thousands of members never all exist at once (allocating them all would
+    also set off the garbage collector's full passes, which stall the whole process).
+    """
+    if len(data) <= STEP_ABOVE_BYTES:
+        yield from_wire(data, limits)
+        return
+    _check_size(data, limits)
+    up = msgpack.Unpacker(max_buffer_size=len(data), **_unpacker_options(limits))
+    up.feed(data)
+    with _parser_errors():
+        fields = up.read_array_header()
+        head = [up.unpack() for _ in range(min(fields, 5))]
+    if fields != _ARITY[_PUSH_PULL] or head[0] != WIRE_VERSION or type(head[0]) is not int \
+            or head[1] != _PUSH_PULL or type(head[1]) is not int:
+        yield from_wire(data, limits)  # only a full state is ever this large: the one-shot path
+        return
+    source, join, reply = _str(head[2], "source", limits), _bool(head[3], "join"), _bool(head[4], "reply")
+    with _parser_errors():
+        count = up.read_array_header()
+    if count > limits.max_states:
+        raise PacketTooLarge(f"states has {count} entries, more than {limits.max_states}")
+    seen: set[str] = set()
+    for start in range(0, max(count, 1), rows):
+        with _parser_errors():
+            chunk = [up.unpack() for _ in range(min(rows, count - start))]
+        part = tuple([_state_row(r, start + i, seen, limits) for i, r in enumerate(chunk)])
+        if start + rows >= count and up.tell() != len(data):
+            raise MalformedPacket("trailing bytes after the message")
+        yield PushPull(source, part, join=join, reply=reply)
+
+
+def from_wire_in_steps(data: bytes | memoryview, limits: MembershipLimits = MembershipLimits(),
+                       rows: int = ROWS_PER_STEP) -> Generator[None, None, Message]:
+    """``from_wire`` as a generator: it yields after each part of a large full state (the
+    caller may let other work run between) and returns the whole message."""
+    parts: list[Message] = []
+    for part in from_wire_in_parts(data, limits, rows):
+        parts.append(part)
+        yield
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    assert isinstance(first, PushPull)
+    return PushPull(first.source, tuple(row for p in parts for row in p.states),  # type: ignore[union-attr]
+                    join=first.join, reply=first.reply)

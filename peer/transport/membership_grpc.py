@@ -15,6 +15,7 @@ it gives for a push-pull.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -24,12 +25,25 @@ from hearsay.v1 import membership_pb2, membership_pb2_grpc
 from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
-from protocol.membership_wire import MembershipLimits, from_wire, to_wire
+from protocol.membership_wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)
 
-# receive(message) -> the reply to send back on this call (only ever a PushPull reply), or None.
-Receiver = Callable[[Message], "Message | None"]
+# receive(message) -> the reply to send back on this call (only ever a PushPull reply), or
+# None; receive(part, more=True): the next part of the large full state just received.
+Receiver = Callable[..., "Message | None"]
+
+async def decode(data: bytes, limits: MembershipLimits) -> Message:
+    """``from_wire``, letting the loop run between steps of a large full state (a forged
+    one of 66,000 rows would otherwise hold it for up to a second)."""
+    steps = from_wire_in_steps(data, limits)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
+
 
 # Which message kinds each RPC carries; anything else on that method is refused.
 PING_KINDS: tuple[type, ...] = (Ping, Ack, Nack, Gossip)
@@ -49,24 +63,39 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     async def _handle(self, request: membership_pb2.Packet, context: grpc.aio.ServicerContext,
                       kinds: tuple[type, ...], method: str) -> Message | None:
-        """The decoded message's reply; aborts the call (INVALID_ARGUMENT) on bad input."""
-        try:
-            message = from_wire(request.data, self._limits)
-        except errors.WireError as e:
-            await self._refuse(context, f"{method}: {e.reason}: {e.message}")
-            return None  # not reached: abort raises
-        except Exception as e:  # noqa: BLE001 - a decoder gap is still the sender's bad bytes
-            await self._refuse(context, f"{method}: undecodable ({type(e).__name__})")
-            return None
-        if not isinstance(message, kinds):
-            await self._refuse(context, f"{method} does not carry {type(message).__name__}")
-            return None
-        try:
-            return self._receive(message)
-        except Exception:  # noqa: BLE001 - a bug in handling must not kill the server, but must be seen
-            log.exception("membership: handling %s from %s failed", type(message).__name__, context.peer())
-            await context.abort(grpc.StatusCode.INTERNAL, "membership handler failed")
-        return None  # unreachable: abort raises
+        """The decoded message's reply; aborts the call (INVALID_ARGUMENT) on bad input.
+
+        A large full state is handed over part by part as it is decoded (each part's rows
+        validated first), with the loop free between parts; a fault found in a later part
+        refuses the call, the rows before it stay merged (as if sent on their own).
+        """
+        reply: Message | None = None
+        first = True
+        parts = from_wire_in_parts(request.data, self._limits)
+        while True:
+            try:
+                message = next(parts)
+            except StopIteration:
+                return reply
+            except errors.WireError as e:
+                await self._refuse(context, f"{method}: {e.reason}: {e.message}")
+                return None  # not reached: abort raises
+            except Exception as e:  # noqa: BLE001 - a decoder gap is still the sender's bad bytes
+                await self._refuse(context, f"{method}: undecodable ({type(e).__name__})")
+                return None
+            if first and not isinstance(message, kinds):
+                await self._refuse(context, f"{method} does not carry {type(message).__name__}")
+                return None
+            try:
+                if first:
+                    reply = self._receive(message)
+                else:
+                    self._receive(message, more=True)
+            except Exception:  # noqa: BLE001 - a bug in handling must not kill the server, but must be seen
+                log.exception("membership: handling %s from %s failed", type(message).__name__, context.peer())
+                await context.abort(grpc.StatusCode.INTERNAL, "membership handler failed")
+            first = False
+            await asyncio.sleep(0)  # the next part is decoded after whatever else is ready
 
     async def _refuse(self, context: grpc.aio.ServicerContext, why: str) -> None:
         self.rejected += 1
@@ -120,7 +149,7 @@ class MembershipClient:
             stub = self._stub(to)
             if isinstance(message, PushPull):
                 reply = await stub.PushPull(packet, timeout=self.push_pull_timeout)
-                return from_wire(reply.data, self._limits) if reply.data else None
+                return await decode(reply.data, self._limits) if reply.data else None
             if isinstance(message, PingReq):
                 await stub.PingReq(packet, timeout=self.timeout)
             else:

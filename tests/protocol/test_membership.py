@@ -175,18 +175,26 @@ def test_the_accused_node_itself_outbids_the_accusation() -> None:
 
 # --- incarnation ordering -----------------------------------------------------------
 
-def _reference(cur: tuple[str, int] | None, u) -> tuple[str, int] | None:
-    """SWIM's precedence rules, written out plainly, for one member."""
+# With only "me" and x live, a suspicion expects no confirmations and lasts its floor.
+_FLOOR_2 = suspicion_bounds(2, CFG)[0]
+
+
+def _reference(cur: tuple[str, int, float] | None, u, t: float) -> tuple[str, int, float] | None:
+    """SWIM's precedence rules, written out plainly, for one member: (state, incarnation,
+    suspicion deadline). A Dead from another member is an accusation, as a Suspect is:
+    only the suspicion running out here buries the member (issue 14)."""
+    if cur is not None and cur[0] == "suspect" and cur[2] <= t:
+        cur = ("dead", cur[1], math.inf)  # the suspicion timer fired before this message
     if cur is None:
-        return ("alive", u.incarnation) if isinstance(u, Alive) else None
-    state, inc = cur
+        return ("alive", u.incarnation, math.inf) if isinstance(u, Alive) else None
+    state, inc, deadline = cur
     if isinstance(u, Alive):
-        return ("alive", u.incarnation) if u.incarnation > inc else cur
+        return ("alive", u.incarnation, math.inf) if u.incarnation > inc else cur
     if state in ("dead", "left") or u.incarnation < inc:
         return cur
-    if isinstance(u, Suspect):
-        return cur if state == "suspect" and u.incarnation == inc else ("suspect", u.incarnation)
-    return ("dead" if isinstance(u, Dead) else "left", u.incarnation)
+    if isinstance(u, (Suspect, Dead)):
+        return cur if state == "suspect" and u.incarnation == inc else ("suspect", u.incarnation, t + _FLOOR_2)
+    return ("left", u.incarnation, math.inf)
 
 
 _updates_about_x = st.lists(st.one_of(
@@ -202,11 +210,18 @@ _updates_about_x = st.lists(st.one_of(
 def test_incarnation_ordering_matches_the_swim_rules(updates: list) -> None:
     node = Swim("me", rng=random.Random(0))
     node.start(0.0)
+    timers: list[tuple[float, int, Timer]] = []
+    tie = itertools.count()
     expected = None
     last_inc = -1
     for t, u in enumerate(updates):
-        node.on_message(Gossip("a", (u,)), float(t))
-        expected = _reference(expected, u)
+        while timers and timers[0][0] <= t:  # the suspicion timers due by now fire first
+            _, _, timer = heapq.heappop(timers)
+            node.on_timer(timer, timer.at)
+        for o in node.on_message(Gossip("a", (u,)), float(t)):
+            if isinstance(o, Timer) and o.kind == TimerKind.SUSPICION:
+                heapq.heappush(timers, (o.at, next(tie), o))
+        expected = _reference(expected, u, float(t))
         got = node.state_of("x")
         assert (got.value if got else None, node.incarnation_of("x")) == \
             ((expected[0], expected[1]) if expected else (None, None))
@@ -219,9 +234,12 @@ def test_incarnation_ordering_matches_the_swim_rules(updates: list) -> None:
 def test_dead_is_not_resurrected_by_an_old_alive_but_is_by_a_newer_one() -> None:
     node = Swim("me", rng=random.Random(0))
     node.start(0.0)
-    node.on_message(Gossip("a", (Alive("x", "idx", 2), Dead("x", 2, "a"), Alive("x", "idx", 2))), 1.0)
+    node.on_message(Gossip("a", (Alive("x", "idx", 2), Dead("x", 2, "a"))), 1.0)
+    deadline = node.suspicion_deadline("x")  # a Dead from another member: suspected until then
+    node.on_timer(Timer(deadline, TimerKind.SUSPICION, node.book.get("x")), deadline)
+    node.on_message(Gossip("a", (Alive("x", "idx", 2),)), deadline + 1.0)
     assert node.state_of("x") is MemberState.DEAD
-    node.on_message(Gossip("a", (Alive("x", "idx", 3),)), 2.0)
+    node.on_message(Gossip("a", (Alive("x", "idx", 3),)), deadline + 2.0)
     assert node.state_of("x") is MemberState.ALIVE and node.get("x").peer_id == "idx"
 
 
@@ -350,8 +368,11 @@ def test_a_graceful_leave_is_seen_by_all_within_two_periods_and_is_no_death() ->
     net.run(net.now + 2.0)
     net.down.add(2)
     assert all(s is MemberState.LEFT for s in net.views(2))
-    net.run(net.now + 30.0)
+    net.run(net.now + 25.0)
     assert all(s is MemberState.LEFT for s in net.views(2))
+    # ... never dead, and forgotten once gossip_to_the_dead_time has passed (issue 14).
+    net.run(net.now + CFG.gossip_to_the_dead_time)
+    assert all(s is None for s in net.views(2))
     assert net.nodes[2].live() is not None and net.nodes[2].has_left
 
 
