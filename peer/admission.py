@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -87,6 +87,12 @@ class Stalled(WireError):
     reason = "stalled"
 
 
+class ReplyUnread(WireError):
+    """The caller did not read our reply within its deadline (it granted no flow-control window)."""
+
+    reason = "reply_unread"
+
+
 class TooSlow(WireError):
     """Frames keep coming, but slower on average than the minimum rate."""
 
@@ -103,10 +109,12 @@ class AdmissionLimits:
     max_processing: int = 4
     idle_timeout: float = 5.0
     min_rate: float = 256 << 10  # bytes per second; 0 = no rate limit
+    # Replies being written at once (each holds a whole model until the caller has read it).
+    max_replies: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_streams < 1 or self.max_per_connection < 1 or self.max_processing < 1:
-            raise ValueError("stream and processing limits must be at least 1")
+        if min(self.max_streams, self.max_per_connection, self.max_processing, self.max_replies) < 1:
+            raise ValueError("stream, processing and reply limits must be at least 1")
         if self.buffer_bytes < 1 or self.idle_timeout <= 0 or self.min_rate < 0:
             raise ValueError("buffer_bytes and idle_timeout must be positive, min_rate >= 0")
 
@@ -116,6 +124,10 @@ class AdmissionLimits:
         # a loaded machine keeps its stream, short enough that an attacker's idle streams
         # make room well before they would time out on their own.
         return self.idle_timeout / 4
+
+    def reply_deadline(self, nbytes: int) -> float:
+        """Seconds a caller has to read a reply of ``nbytes``: the reading phase's allowance."""
+        return self.idle_timeout + (nbytes / self.min_rate if self.min_rate > 0 else 0.0)
 
 
 @dataclass(eq=False)
@@ -286,6 +298,8 @@ class Gate:
         self.limits = limits
         self._processing = asyncio.Semaphore(limits.max_processing)
         self.shed = 0  # streams ended to make room
+        # Replies being written: each one's time of last progress and a way to end it now.
+        self._replies: dict[object, tuple[float, Callable[[], None]]] = {}
 
     def shed_now(self, tickets: list[Ticket]) -> None:
         """Wake the readers of streams the accounts just shed, so they end (and free) now."""
@@ -315,6 +329,49 @@ class Gate:
         async with self._processing:
             yield
         self.accounts.trust(ticket.connection)
+
+
+    @property
+    def replying(self) -> int:
+        return len(self._replies)
+
+    def reply_slot(self) -> None:
+        """Room for one more reply, shedding a reply that made no progress for ``shed_after``;
+        ``Overloaded`` when every slot is busy with replies that are moving. Called before
+        the reply is computed, so a refused exchange costs no model-sized buffer."""
+        if len(self._replies) < self.limits.max_replies:
+            return
+        now = asyncio.get_running_loop().time()
+        stuck = [(at, key) for key, (at, _) in self._replies.items() if now - at >= self.limits.shed_after]
+        if not stuck:
+            raise Overloaded(f"{self.limits.max_replies} replies are already being written")
+        _, victim = min(stuck, key=lambda s: s[0])
+        _, end = self._replies.pop(victim)
+        self.shed += 1
+        end()
+
+    async def write_reply(self, frames: Iterable[F], write: Callable[[F], Awaitable[None]], nbytes: int) -> None:
+        """Write ``frames`` one by one within ``reply_deadline(nbytes)``; ``ReplyUnread`` when the
+        caller does not read them in time (or the slot was shed for a reply that is moving).
+
+        gRPC's write of a message completes once HTTP/2 flow control let it out: a caller that
+        never grants window holds the write, and with it the reply, until this deadline ends it.
+        """
+        loop = asyncio.get_running_loop()
+        key = object()
+        deadline = loop.time() + self.limits.reply_deadline(nbytes)
+        try:
+            async with asyncio.timeout_at(deadline) as timeout:
+                self._replies[key] = (loop.time(), lambda: timeout.reschedule(loop.time()))
+                for frame in frames:
+                    await write(frame)
+                    if key in self._replies:
+                        self._replies[key] = (loop.time(), self._replies[key][1])
+        except TimeoutError:
+            raise ReplyUnread(f"the caller read {nbytes} reply bytes too slowly (deadline "
+                              f"{self.limits.reply_deadline(nbytes):.1f} s, or shed for a moving reply)") from None
+        finally:
+            self._replies.pop(key, None)
 
 
 def limits_from_config(config: PeerConfig) -> AdmissionLimits:
