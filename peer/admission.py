@@ -298,8 +298,8 @@ class Gate:
         self.limits = limits
         self._processing = asyncio.Semaphore(limits.max_processing)
         self.shed = 0  # streams ended to make room
-        # Replies being written: each one's time of last progress and a way to end it now.
-        self._replies: dict[object, tuple[float, Callable[[], None]]] = {}
+        # Replies not yet delivered (peer/transport/grpc_transport.py releases them when the call ends).
+        self._replies: dict[object, None] = {}
 
     def shed_now(self, tickets: list[Ticket]) -> None:
         """Wake the readers of streams the accounts just shed, so they end (and free) now."""
@@ -335,43 +335,29 @@ class Gate:
     def replying(self) -> int:
         return len(self._replies)
 
-    def reply_slot(self) -> None:
-        """Room for one more reply, shedding a reply that made no progress for ``shed_after``;
-        ``Overloaded`` when every slot is busy with replies that are moving. Called before
-        the reply is computed, so a refused exchange costs no model-sized buffer."""
-        if len(self._replies) < self.limits.max_replies:
-            return
-        now = asyncio.get_running_loop().time()
-        stuck = [(at, key) for key, (at, _) in self._replies.items() if now - at >= self.limits.shed_after]
-        if not stuck:
-            raise Overloaded(f"{self.limits.max_replies} replies are already being written")
-        _, victim = min(stuck, key=lambda s: s[0])
-        _, end = self._replies.pop(victim)
-        self.shed += 1
-        end()
+    def reply_slot(self) -> Callable[[], None]:
+        """Take one of the ``max_replies`` reply slots, or raise ``Overloaded``; returns the
+        release (idempotent). Taken before the reply is computed, so a refused exchange costs
+        no model-sized buffer, and released only when the call is over (the transport's done
+        callback), not when our write returns: a reply stuck behind a caller's flow control
+        stays queued inside gRPC until the call ends, so it must keep holding its slot."""
+        if len(self._replies) >= self.limits.max_replies:
+            raise Overloaded(f"{self.limits.max_replies} replies are still being delivered")
+        key = object()
+        self._replies[key] = None
+        return lambda: self._replies.pop(key, None)
 
     async def write_reply(self, frames: Iterable[F], write: Callable[[F], Awaitable[None]], nbytes: int) -> None:
         """Write ``frames`` one by one within ``reply_deadline(nbytes)``; ``ReplyUnread`` when the
-        caller does not read them in time (or the slot was shed for a reply that is moving).
-
-        gRPC's write of a message completes once HTTP/2 flow control let it out: a caller that
-        never grants window holds the write, and with it the reply, until this deadline ends it.
-        """
-        loop = asyncio.get_running_loop()
-        key = object()
-        deadline = loop.time() + self.limits.reply_deadline(nbytes)
+        caller does not read them in time. gRPC's write of a message completes once HTTP/2 flow
+        control let it out: a caller that never grants window would hold it for good."""
         try:
-            async with asyncio.timeout_at(deadline) as timeout:
-                self._replies[key] = (loop.time(), lambda: timeout.reschedule(loop.time()))
+            async with asyncio.timeout(self.limits.reply_deadline(nbytes)):
                 for frame in frames:
                     await write(frame)
-                    if key in self._replies:
-                        self._replies[key] = (loop.time(), self._replies[key][1])
         except TimeoutError:
-            raise ReplyUnread(f"the caller read {nbytes} reply bytes too slowly (deadline "
-                              f"{self.limits.reply_deadline(nbytes):.1f} s, or shed for a moving reply)") from None
-        finally:
-            self._replies.pop(key, None)
+            raise ReplyUnread(f"the caller did not read {nbytes} reply bytes within "
+                              f"{self.limits.reply_deadline(nbytes):.1f} s") from None
 
 
 def limits_from_config(config: PeerConfig) -> AdmissionLimits:

@@ -88,10 +88,9 @@ class PeerConfig:
                                         "(a swarm that is just starting keeps independent initialisations).")
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
-    merge: str = _opt("bristle", "Merge rule for received models (protocol.merge.RULES). bristle (with "
-                                 "loss_check and reputation) holds hostile peers off at 0.7 points of accuracy "
-                                 "without an attack (bench/byzantine.py); vc = variance-corrected averaging, "
-                                 "the best without attackers, is moved halfway by any packet.",
+    merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
+                            "averaging, chosen from bench/learning.py's evidence. With hostile peers use bristle, "
+                            "which needs a shared initialisation (README, hostile peers).",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
                               "per-link replica of what the partner holds, with error feedback.",

@@ -7,6 +7,8 @@ drive the same handler.
 
 from __future__ import annotations
 
+import asyncio
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -122,7 +124,8 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             keyring = self.keyring() if self.keyring is not None else None
             if keyring is not None:  # refused unread: a stranger's bytes are never decoded
                 keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
-            self.gate.reply_slot()
+            release = self.gate.reply_slot()
+            context.add_done_callback(lambda _context: release())
             async with self.gate.processing(ticket):
                 reply = await self._handle(packet, self._caller(context, keyring is not None))
         size = packet_size(reply)
@@ -147,6 +150,13 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         # then stay allocated until the cycle collector ran (measured: RSS +1.8 GiB in 10 s
         # under a flood of refused 512 KiB frames).
         if refusal is not None:
+            if isinstance(refusal, admission.ReplyUnread):
+                # No status can follow a write still queued behind the caller's flow control
+                # (gRPC refuses the batch: too many operations, logged as an error each time);
+                # the handler ends as cancelled instead. The reply stays queued in gRPC, and
+                # holds its reply slot, until the caller reads it or the connection ends.
+                self._on_rejected(refusal)
+                raise asyncio.CancelledError(refusal.message)
             if refusal.reason == "busy":
                 await context.abort(grpc.StatusCode.ABORTED, refusal.message)
             self._on_rejected(refusal)
@@ -188,7 +198,27 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
     then bound what is below it.
     """
     largest = max(FRAME_BYTES, membership_limits.max_message_bytes) + _ENVELOPE_BYTES
-    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest)]
+    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest), *connection_options()]
+
+
+# A caller must open HTTP/2 within this many seconds of connecting (an honest gRPC client
+# sends its preface at once); gRPC's default kept a silent connection about a minute.
+HANDSHAKE_TIMEOUT_MS = 5_000
+# A connection with no call for this long is closed (honest peers re-dial on their next exchange).
+CONNECTION_IDLE_MS = 300_000
+
+
+def connection_options(descriptors: int | None = None) -> list[tuple[str, int]]:
+    """Bounds on connections, so idle sockets cannot take every descriptor: silent ones are
+    closed after ``HANDSHAKE_TIMEOUT_MS``, idle ones after ``CONNECTION_IDLE_MS``, and at most
+    half the soft descriptor limit (less a reserve for files, the admin port and our own
+    outbound channels) are accepted at once; beyond that gRPC closes a new one at once."""
+    if descriptors is None:
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        descriptors = descriptors if descriptors != resource.RLIM_INFINITY else 1 << 20
+    return [("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
+            ("grpc.max_allowed_incoming_connections", max(32, (descriptors - 256) // 2))]
 
 
 

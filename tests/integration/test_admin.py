@@ -48,7 +48,7 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     admin = ["--admin", a.admin_address]
 
     status = json.loads(hearsay("status", *admin, "--json").stdout)
-    assert status["peer_id"] == "peer-0" and status["known_peers"] == 2 and status["merge"] == "bristle"
+    assert status["peer_id"] == "peer-0" and status["known_peers"] == 2 and status["merge"] == "vc"
 
     peers = json.loads(hearsay("peers", *admin, "--json").stdout)
     assert {p["peer_id"] for p in peers} == {"peer-1", "peer-2"}
