@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -87,6 +87,12 @@ class Stalled(WireError):
     reason = "stalled"
 
 
+class ReplyUnread(WireError):
+    """The caller did not read our reply within its deadline (it granted no flow-control window)."""
+
+    reason = "reply_unread"
+
+
 class TooSlow(WireError):
     """Frames keep coming, but slower on average than the minimum rate."""
 
@@ -103,10 +109,12 @@ class AdmissionLimits:
     max_processing: int = 4
     idle_timeout: float = 5.0
     min_rate: float = 256 << 10  # bytes per second; 0 = no rate limit
+    # Replies being written at once (each holds a whole model until the caller has read it).
+    max_replies: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_streams < 1 or self.max_per_connection < 1 or self.max_processing < 1:
-            raise ValueError("stream and processing limits must be at least 1")
+        if min(self.max_streams, self.max_per_connection, self.max_processing, self.max_replies) < 1:
+            raise ValueError("stream, processing and reply limits must be at least 1")
         if self.buffer_bytes < 1 or self.idle_timeout <= 0 or self.min_rate < 0:
             raise ValueError("buffer_bytes and idle_timeout must be positive, min_rate >= 0")
 
@@ -116,6 +124,10 @@ class AdmissionLimits:
         # a loaded machine keeps its stream, short enough that an attacker's idle streams
         # make room well before they would time out on their own.
         return self.idle_timeout / 4
+
+    def reply_deadline(self, nbytes: int) -> float:
+        """Seconds a caller has to read a reply of ``nbytes``: the reading phase's allowance."""
+        return self.idle_timeout + (nbytes / self.min_rate if self.min_rate > 0 else 0.0)
 
 
 @dataclass(eq=False)
@@ -286,6 +298,8 @@ class Gate:
         self.limits = limits
         self._processing = asyncio.Semaphore(limits.max_processing)
         self.shed = 0  # streams ended to make room
+        # Replies not yet delivered (peer/transport/grpc_transport.py releases them when the call ends).
+        self._replies: dict[object, None] = {}
 
     def shed_now(self, tickets: list[Ticket]) -> None:
         """Wake the readers of streams the accounts just shed, so they end (and free) now."""
@@ -315,6 +329,35 @@ class Gate:
         async with self._processing:
             yield
         self.accounts.trust(ticket.connection)
+
+
+    @property
+    def replying(self) -> int:
+        return len(self._replies)
+
+    def reply_slot(self) -> Callable[[], None]:
+        """Take one of the ``max_replies`` reply slots, or raise ``Overloaded``; returns the
+        release (idempotent). Taken before the reply is computed, so a refused exchange costs
+        no model-sized buffer, and released only when the call is over (the transport's done
+        callback), not when our write returns: a reply stuck behind a caller's flow control
+        stays queued inside gRPC until the call ends, so it must keep holding its slot."""
+        if len(self._replies) >= self.limits.max_replies:
+            raise Overloaded(f"{self.limits.max_replies} replies are still being delivered")
+        key = object()
+        self._replies[key] = None
+        return lambda: self._replies.pop(key, None)
+
+    async def write_reply(self, frames: Iterable[F], write: Callable[[F], Awaitable[None]], nbytes: int) -> None:
+        """Write ``frames`` one by one within ``reply_deadline(nbytes)``; ``ReplyUnread`` when the
+        caller does not read them in time. gRPC's write of a message completes once HTTP/2 flow
+        control let it out: a caller that never grants window would hold it for good."""
+        try:
+            async with asyncio.timeout(self.limits.reply_deadline(nbytes)):
+                for frame in frames:
+                    await write(frame)
+        except TimeoutError:
+            raise ReplyUnread(f"the caller did not read {nbytes} reply bytes within "
+                              f"{self.limits.reply_deadline(nbytes):.1f} s") from None
 
 
 def limits_from_config(config: PeerConfig) -> AdmissionLimits:

@@ -155,7 +155,8 @@ class PeerConfig:
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.",
                                  lo=0.01, hi=3600.0, seconds=True)
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
-                            "averaging, chosen from bench/learning.py's evidence.",
+                            "averaging, chosen from bench/learning.py's evidence. With hostile peers use bristle, "
+                            "which needs a shared initialisation (README, hostile peers).",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
                               "per-link replica of what the partner holds, with error feedback.",
@@ -212,6 +213,10 @@ class PeerConfig:
                            "dials only mutual TLS, and admits only peers whose certificate this CA signed.")
     tls_cert: str = _opt("", "This peer's certificate (PEM), signed by tls_ca.")
     tls_key: str = _opt("", "This peer's private key (PEM, unencrypted; keep it 0600).")
+    keyring: str = _opt("", "Cluster keyring file, for clusters without TLS: one key per line (16, 24 or 32 "
+                            "bytes, base64 or hex), the first signs, all verify. Every gossip and membership "
+                            "message carries an HMAC; one that does not verify is refused unread. Rotate by "
+                            "editing the file on every peer (add, make first, remove); it is re-read on change.")
     require_tls: bool = _opt(False, "Refuse to start unless tls_ca, tls_cert and tls_key are set, so a peer "
                                     "meant for a TLS cluster never runs in plaintext by mistake.")
     # --- operations
@@ -273,6 +278,14 @@ class PeerConfig:
                 raise ConfigError("announcing a wildcard address over MQTT: set advertise to an address "
                                   "other peers can reach")
         self.tls_identity()
+        if self.keyring:
+            from peer.transport.keyring_file import read_keyring
+            from protocol.keyring import KeyringError
+
+            try:
+                read_keyring(self.keyring)
+            except KeyringError as e:
+                raise ConfigError(f"keyring: {e}") from None
         token = self.token()
         if not is_loopback(self.admin_host) and not token:
             raise ConfigError(f"admin_host {self.admin_host!r} is not loopback: set admin_token_file or "

@@ -26,6 +26,7 @@ from protocol.merge import (
     merge_received_report,
 )
 from protocol.reputation import Reputation
+from protocol.stake import Stakes
 
 
 class Defence:
@@ -37,6 +38,9 @@ class Defence:
         self._lock = threading.Lock()
         # Received models waiting for a batch merge: sender -> (model, receiver's steps when it arrived).
         self._pending: dict[str, tuple[Contribution, int]] = {}
+        # Capped sample claims and weight earned per sender (protocol/stake.py).
+        self.stakes = Stakes()
+        self._claims: dict[str, int] = {}  # sender -> samples it claimed for its pending model
 
     # --- reputation ----------------------------------------------------------------------------
     def is_banned(self, address: str) -> bool:
@@ -71,20 +75,28 @@ class Defence:
         when the model was only buffered. Verdicts go to the reputation books.
         """
         steps = trainer.stats().steps
+        with self._lock:  # a stranger's claims and first contact bound its share (protocol/stake.py)
+            claimed = received.samples
+            received = Contribution(received.tensors, samples=self.stakes.cap(claimed, trainer.samples),
+                                    age=received.age, sender=received.sender, weight=received.weight,
+                                    stake=min(received.stake, self.stakes.stake(received.sender)))
         if merge_batch(rule) > 1:
             # A received model is a view of our copy of the sender's model, which the next
             # frame on that link updates in place (another thread, under that link's lock):
             # a model kept for later must be a snapshot of its own.
             received = Contribution({k: np.array(v, copy=True) for k, v in received.tensors.items()},
                                     samples=received.samples, age=received.age, sender=received.sender,
-                                    weight=received.weight)
+                                    weight=received.weight, stake=received.stake)
         with self._lock:
             self._pending[received.sender] = (received, steps)
+            self._claims[received.sender] = claimed
             if len(self._pending) < merge_batch(rule):
                 return None
-            batch = [Contribution(c.tensors, samples=c.samples, age=steps - at, sender=c.sender)
+            batch = [Contribution(c.tensors, samples=c.samples, age=steps - at, sender=c.sender, stake=c.stake)
                      for _, (c, at) in sorted(self._pending.items())]
+            claims = dict(self._claims)
             self._pending.clear()
+            self._claims.clear()
         reports: list[MergeReport] = []
 
         def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,8 +104,10 @@ class Defence:
             return reports[-1].tensors
 
         trainer.merge_with(merge)
-        if self.reputation is not None:
-            with self._lock:
+        with self._lock:
+            for v in reports[-1].verdicts:
+                self.stakes.observe(v.sender, claims.get(v.sender, 0), taken=v.kind != "outlier")
+            if self.reputation is not None:
                 self.reputation.observe(reports[-1].verdicts, self.clock())
         return reports[-1]
 

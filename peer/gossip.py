@@ -21,6 +21,8 @@ import numpy as np
 from peer.defence import Defence
 from peer.recent import RecentMap
 from peer.trainer import Trainer
+from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
+                                     resolve_identity)
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import Banned, WireError
@@ -154,6 +156,10 @@ class GossipEngine:
         self.on_exchange: Callable[[float], None] | None = None
         # Reputation and batched merges (issue 7); the node gives it a protocol.reputation.Reputation.
         self.defence = Defence(clock=clock)
+        # Who speaks for which address (peer/transport/identity.py): reputation and bans key
+        # on the identity the connection proves, links on the address it may speak for.
+        self.owners = AddressOwners()
+        self.resolver = HostResolver()
 
     # --- packets -----------------------------------------------------------------------------
     def _policy(self, codec: str) -> codecs.SizeAdaptive:
@@ -268,25 +274,43 @@ class GossipEngine:
             self.stats.merges += 1
 
     # --- the callee's side -------------------------------------------------------------------
-    async def handle_inbound(self, data: Buffer | Sequence[Buffer], transport_peer: str) -> list[Buffer]:
+    async def handle_inbound(self, data: Buffer | Sequence[Buffer], caller: Caller | str) -> list[Buffer]:
         """Validate a partner's packet, merge it, answer with our pre-merge model.
 
+        ``caller`` is what the connection proves (peer/transport/identity.py); a bare
+        string is an in-process caller (tests, the simulator), whose claim stands.
         Raises ``WireError`` (the model untouched) when the packet is refused.
         """
         data = as_buffer(data)
+        if isinstance(caller, str):
+            caller = Caller(connection=caller)
         self.in_flight += 1
         try:
-            return await self._handle_inbound(data, transport_peer)
+            return await self._handle_inbound(data, caller)
         finally:
             self.in_flight -= 1
 
-    async def _handle_inbound(self, data: Buffer, transport_peer: str) -> list[Buffer]:
+    def who(self, address: str) -> str:
+        """The identity reputation and bans key on for the peer at ``address``."""
+        return self.owners.get(address) or address
+
+    async def _handle_inbound(self, data: Buffer, caller: Caller) -> list[Buffer]:
         packet = await asyncio.to_thread(self.decode, data)
         sender = packet.header.sender_addr
         if packet.header.sender_id == self.peer_id:
             raise SelfExchange("a packet from this peer itself (our own address under another name)")
-        if self.defence.is_banned(sender):  # its reputation fell below the threshold: dropped unmerged, unanswered
-            raise Banned(f"{sender} is banned ({self.defence.standing(sender)[2]})")
+        # The header's sender is a claim: the connection decides whether it may make it, and
+        # who answers for it (a certificate, or the address itself when keyed or host-tied).
+        try:
+            args = (sender, caller, self.owners, self.resolver)
+            who = await asyncio.to_thread(resolve_identity, *args) if needs_lookup(sender, caller) \
+                else resolve_identity(*args)
+        except Impersonation:
+            if caller.certificate:  # a cluster member lying about its address: its own books pay
+                self.defence.record(caller.certificate, "rejected", "impersonation")
+            raise
+        if self.defence.is_banned(who):  # its reputation fell below the threshold: dropped unmerged, unanswered
+            raise Banned(f"{who} is banned ({self.defence.standing(who)[2]})")
         if packet.header.samples == 0:
             return await self._answer_newcomer(sender, packet, data)
         lock = self._lock(sender)
@@ -304,9 +328,9 @@ class GossipEngine:
             # A model backed by no data (a newcomer fetching its first model) is not merged.
             merged = model is not None and packet.header.samples > 0
             if merged:
-                await asyncio.to_thread(self._merge, model, packet.header.samples, sender)
+                await asyncio.to_thread(self._merge, model, packet.header.samples, who)
         self._account(sender, packet_size(reply), len(data), merged=merged)
-        log.debug("inbound exchange with %s (%s)", packet.header.sender_id, transport_peer)
+        log.debug("inbound exchange with %s (%s, %s)", packet.header.sender_id, who, caller.connection)
         return reply
 
     async def _answer_newcomer(self, sender: str, packet: Packet, data: Buffer) -> list[Buffer]:
@@ -345,7 +369,7 @@ class GossipEngine:
 
     async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
         link = member.address
-        if self.defence.is_banned(link):  # pick_partner skips banned peers; this covers other callers
+        if self.defence.is_banned(self.who(link)):  # pick_partner skips banned peers; this covers other callers
             return False
         own = await asyncio.to_thread(self.own_packet_parts, link, False)
         try:
@@ -356,7 +380,7 @@ class GossipEngine:
         except WireError as e:
             self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
             self.count_rejected(e)
-            self.defence.record(link, "rejected", e.reason)  # its reply was invalid: its reputation pays
+            self.defence.record(self.who(link), "rejected", e.reason)  # its reply was invalid: its reputation pays
             self._fail(member)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
@@ -381,7 +405,7 @@ class GossipEngine:
         self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
         model = self._accept(link, packet)
         if model is not None:
-            await asyncio.to_thread(self._merge, model, packet.header.samples, link)
+            await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
         self._account(link, packet_size(own), len(reply), merged=model is not None)
         if model is None:
             return False
@@ -455,7 +479,7 @@ class GossipEngine:
         it rarely matters, since SWIM rejoins through the seeds by itself. Banned peers
         (``protocol.reputation``) are never chosen.
         """
-        members = [m for m in self.membership.members() if not self.defence.is_banned(m.address)]
+        members = [m for m in self.membership.members() if not self.defence.is_banned(self.who(m.address))]
         partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
         return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import resource
 import signal
 import sys
 import time
@@ -44,6 +45,7 @@ from peer.models import build_model
 from peer.trainer import Trainer, resolve_device
 from peer.transport.channels import channel_credentials
 from peer.transport.grpc_transport import NO_REUSEPORT, GossipClient, GossipServicer, server_options
+from peer.transport.keyring_file import KeyringFile
 from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
@@ -143,7 +145,12 @@ class Node:
         self.tls = config.tls_identity()
         self._credentials = channel_credentials(self.tls) if self.tls is not None else None
         self._tls_front: TlsFront | None = None
-        self.client = GossipClient(max_packet_bytes=self._max_packet_bytes(), credentials=self._credentials)
+        # Without TLS, a cluster keyring (protocol/keyring.py): every gossip and membership
+        # message, request and reply, carries an HMAC; what does not verify is refused unread.
+        self.keyring = KeyringFile(config.keyring) if config.keyring else None
+        keyring = self.keyring.current if self.keyring is not None else None
+        self.client = GossipClient(max_packet_bytes=self._max_packet_bytes(), credentials=self._credentials,
+                                   keyring=keyring)
         self.metrics = NodeMetrics(self)
         self.last_checkpoint: checkpoint.Saved | None = None
         self.last_checkpoint_step = 0
@@ -313,15 +320,21 @@ class Node:
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
         self.engine.defence.reputation = Reputation() if cfg.reputation else None
+        keyring = self.keyring.current if self.keyring is not None else None
         self.trainer.on_step = self.metrics.train_step_seconds.observe
         add_gossip_to_server(
             GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected,
-                           Gate(limits_from_config(cfg))),
+                           Gate(limits_from_config(cfg)), keyring=keyring,
+                           certificate_of=self._tls_front.certificate_of if self._tls_front is not None else None),
             self._gossip_server)
         if self.swim is not None:
             membership_pb2_grpc.add_MembershipServicer_to_server(
-                MembershipServicer(self.swim.receive, on_rejected=self.engine.count_membership_refusal),
+                MembershipServicer(self.swim.receive, on_rejected=self.engine.count_membership_refusal,
+                                   keyring=keyring),
                 self._gossip_server)
+        if self.tls is None and self.keyring is None:
+            log.warning("no TLS and no keyring: a packet's sender is only tied to the host it came from, so "
+                        "anyone on a peer's host can speak for that peer (set tls_* or keyring)")
 
         token = cfg.token()
         self._admin_server = grpc.aio.server(interceptors=[BearerTokenInterceptor(token)] if token else [],
@@ -383,7 +396,8 @@ class Node:
         # Push-pull carries the whole member table and is off the detector's critical path: more time than a ping.
         client = MembershipClient(timeout=swim_config.probe_timeout,
                                   push_pull_timeout=max(4 * swim_config.probe_timeout, 1.0),
-                                  credentials=self._credentials)
+                                  credentials=self._credentials,
+                                  keyring=self.keyring.current if self.keyring is not None else None)
         self.swim = MembershipRuntime(swim, client, clock=self.clock)
         return swim
 
@@ -496,6 +510,20 @@ class Node:
         await self.stop()
 
 
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit: every connection costs a descriptor,
+    and at the usual soft 1,024 a thousand idle sockets stop the peer answering anyone.
+    Returns (soft, hard) as now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, e)
+    return soft, hard
+
+
 def run(config: PeerConfig) -> int:
     """Entry point of `hearsay run`: one peer under uvloop."""
     import uvloop
@@ -510,6 +538,7 @@ def run(config: PeerConfig) -> int:
             parse_loop_stall(stall)
         except ValueError as e:
             raise StartError(str(e)) from None
+    raise_descriptor_limit()
 
     async def main() -> None:
         node = Node(config)

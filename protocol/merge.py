@@ -65,6 +65,10 @@ class Contribution:
     sender: str = ""
     # Extra multiplicative weight (robust rules use it to prefer close models); 1 = neutral.
     weight: float = 1.0
+    # How much of our model the sender has earned the right to move, in (0, 1]: a peer on
+    # first contact starts low (protocol/stake.py). It scales the received models' share as
+    # a whole, so even one model alone (whose normalised weight would be 1) moves us less.
+    stake: float = 1.0
 
 
 def is_mergeable(x: np.ndarray) -> bool:
@@ -206,8 +210,8 @@ def freshness(age: int, decay: float) -> float:
 
 
 def contribution_weights(models: Sequence[Contribution], decay: float = DEFAULT_DECAY) -> np.ndarray:
-    """Normalised weights ∝ samples · decay^age: more data counts more, staleness less."""
-    return _check_weights([max(c.samples, 1) * c.weight * freshness(c.age, decay) for c in models])
+    """Normalised weights ∝ samples · stake · decay^age: more data counts more, staleness less."""
+    return _check_weights([max(c.samples, 1) * c.weight * c.stake * freshness(c.age, decay) for c in models])
 
 
 class MeanRule:
@@ -217,7 +221,7 @@ class MeanRule:
 
     def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
         models = [local, *received]
-        return weighted_average([c.tensors for c in models], [1.0] * len(models))
+        return weighted_average([c.tensors for c in models], [1.0] + [c.stake for c in received])
 
 
 class WeightedRule:
@@ -252,14 +256,16 @@ def vc_mixing_weights(local: Contribution, received: Sequence[Contribution], bet
     The local model keeps ``β``; the received models share ``1 − β`` in proportion to
     samples · decay^age. Staleness also shrinks that share as a whole: it is scaled by
     the received models' mean freshness (weighted by samples), and the local model takes
-    up the rest — with one received model, normalising alone would make its age moot.
-    Fresh models get exactly the paper's ``β`` / ``1 − β``.
+    up the rest — with one received model, normalising alone would make its age moot. The
+    senders' stakes (``Contribution.stake``) scale the share the same way. Fresh models of
+    established senders get exactly the paper's ``β`` / ``1 − β``.
     """
     if not received:
         return np.ones(1)
     samples = np.array([max(c.samples, 1) * c.weight for c in received], dtype=np.float64)
     fresh = np.array([freshness(c.age, decay) for c in received], dtype=np.float64)
-    share = (1.0 - beta) * float((samples * fresh).sum() / samples.sum())
+    stake = np.array([min(max(c.stake, 0.0), 1.0) for c in received], dtype=np.float64)
+    share = (1.0 - beta) * float((samples * fresh * stake).sum() / samples.sum())
     inner = samples * fresh / (samples * fresh).sum()
     return np.concatenate([[1.0 - share], share * inner])
 
@@ -321,6 +327,7 @@ class VarianceCorrectedRule:
         w = vc_mixing_weights(local, received, self.beta, self.decay)
         models = [c.tensors for c in (local, *received)]
         received_w = w[1:] / w[1:].sum() if received else w[1:]
+        trust = float(np.dot(received_w, [min(max(c.stake, 0.0), 1.0) for c in received])) if received else 1.0
         out: dict[str, np.ndarray] = {}
         for name, x0 in local.tensors.items():
             if not is_mergeable(x0):
@@ -329,6 +336,9 @@ class VarianceCorrectedRule:
             if received and is_variance_corrected(name, x0, include_biases=self.include_biases) and x0.size:
                 variances = np.array([variance(m[name]) for m in models[1:]])
                 sigma2 = target_variance(variance(x0), variances, received_w, self.target, self.beta)
+                # Senders still earning their stake set the target only in proportion to it:
+                # a stranger's model must not dictate our layers' variance either.
+                sigma2 = (1.0 - trust) * variance(x0) + trust * sigma2
                 out[name] = _rescaled_average(models, w, name, sigma2, self.eps)
             else:
                 out[name] = _accumulate(models, w, name)
@@ -473,7 +483,8 @@ class NormHistory:
 
 def _trusting_nothing(received: Sequence[Contribution]) -> list[Contribution]:
     """Received models with their claimed sample counts replaced by 1 (see the notes above)."""
-    return [Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=c.weight) for c in received]
+    return [Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=c.weight, stake=c.stake)
+            for c in received]
 
 
 def _inner_rule(inner: str, beta: float) -> MergeRule:
@@ -534,7 +545,7 @@ class ClipRule:
         for c in received:
             tensors, norm, was_clipped = clip_toward(local.tensors, c.tensors, bound)
             norms.append(norm)
-            clipped.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender))
+            clipped.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, stake=c.stake))
             verdicts.append(Verdict(c.sender, "clipped" if was_clipped else "ok", norm, bound,
                                     f"delta norm {norm:.3g} > bound {bound:.3g}" if was_clipped else ""))
         self.history.add(norms)
@@ -676,9 +687,10 @@ class LossCheck:
     candidates' −0.03 and +0.14).
 
     The limit is relative to what this peer has seen: ``median + max(floor, k · MAD)`` of
-    the last ``window`` rises (every model scored, honest or not: a median and a MAD are
-    moved little while under half the window is hostile, and recording only accepted
-    rises would ratchet the limit down). Until ``warmup`` rises are seen the limit is
+    the last ``window`` rises of models taken (a refused model never feeds it: a stranger
+    rotating identities would otherwise lift the limit past its own models; the limit
+    cuts honest rises only in the far tail, ``median + 3 MAD``, so the truncation lowers
+    the median and MAD little, and ``floor`` stops any ratchet). Until ``warmup`` rises are seen the limit is
     ``warmup_margin``. An accepted model is taken in part (``trust``) when its rise is
     above the median. Defaults: ``k`` 3, ``floor`` 0.05 nats (the spread of honest rises
     shrinks as the swarm converges; the floor keeps rounding-level rises from counting),
@@ -797,11 +809,16 @@ class BristleRule:
             if self.loss_check is not None and i in rises:
                 trust = self.loss_check.trust(rise, limit)
                 tensors = tensors if trust >= 1.0 else toward(local.tensors, c.tensors, trust)
-            accepted.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, weight=weight))
+            accepted.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, weight=weight,
+                                         stake=c.stake))
             verdicts.append(Verdict(c.sender, "ok", d, bound))
-        self.history.add(dists)
+        # Only what was taken feeds the history: a refused model that still counted would
+        # raise the bound it was refused by, and a stranger rotating its identity would, after
+        # a few refused packets, have moved the bound out past its own models (issue 14).
+        taken = [i for i, v in enumerate(verdicts) if v.kind == "ok"]
+        self.history.add([dists[i] for i in taken])
         if self.loss_check is not None:
-            self.loss_check.record(list(rises.values()))
+            self.loss_check.record([rises[i] for i in taken if i in rises])
         return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
 
     def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:

@@ -7,6 +7,8 @@ drive the same handler.
 
 from __future__ import annotations
 
+import asyncio
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -15,6 +17,7 @@ from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer import admission
 from peer.admission import Gate
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
+from peer.transport.identity import Caller, Impersonation, host_of_peer
 from peer.transport.frames import (
     PACKET_BYTES_KEY,
     Buffer,
@@ -27,6 +30,7 @@ from peer.transport.frames import (
     to_raw_frames,
 )
 from protocol import errors, freshness
+from protocol.keyring import EXCHANGE_REPLY, EXCHANGE_REQUEST, TAG_METADATA_KEY, Keyring, Unauthenticated
 from protocol.membership_wire import MembershipLimits
 from protocol.wire import FRAME_BYTES
 
@@ -43,6 +47,9 @@ STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
     admission.BufferBudget: grpc.StatusCode.RESOURCE_EXHAUSTED,
     admission.Stalled: grpc.StatusCode.DEADLINE_EXCEEDED,
     admission.TooSlow: grpc.StatusCode.DEADLINE_EXCEEDED,
+    admission.ReplyUnread: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,  # no valid cluster HMAC (protocol/keyring.py)
+    Impersonation: grpc.StatusCode.PERMISSION_DENIED,  # claims an address its connection cannot speak for
     # Freshness (protocol/freshness.py): a frame this peer already took is ALREADY_EXISTS;
     # an older model on the same link epoch is FAILED_PRECONDITION (the sender must restart
     # the link, i.e. send a keyframe in a new epoch, before it is heard again).
@@ -68,59 +75,92 @@ class ExchangeRefused(Exception):
         self.details = details
 
 
-# handler(packet, caller's transport address) -> reply packet. The packet is the
-# reassembly buffer (a bytearray: bytes-like, read in place by protocol.wire); the reply
-# is bytes-like, or a sequence of buffers (protocol.wire.encode_packet_parts) sent one
-# after the other. Raises WireError.
-InboundHandler = Callable[[bytearray, str], Awaitable[Buffer | Sequence[Buffer]]]
+# handler(packet, caller) -> reply packet. The packet is the reassembly buffer (a
+# bytearray: bytes-like, read in place by protocol.wire); the caller is what the
+# connection proves (peer/transport/identity.py); the reply is bytes-like, or a sequence
+# of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises WireError.
+InboundHandler = Callable[[bytearray, Caller], Awaitable[Buffer | Sequence[Buffer]]]
+KeyringSource = Callable[[], Keyring]
 
 
 class GossipServicer(gossip_pb2_grpc.GossipServicer):
     """The ``Exchange`` method. Registered with ``add_to_server`` it reads and writes
     frames without protobuf copies; registered with the generated
     ``gossip_pb2_grpc.add_GossipServicer_to_server`` it speaks ``gossip_pb2.Frame``
-    objects. The bytes on the wire are the same either way."""
+    objects. The bytes on the wire are the same either way.
+
+    ``keyring`` (protocol/keyring.py): every request must carry a valid tag, checked
+    before the packet is decoded, and every reply is signed. ``certificate_of`` maps the
+    gRPC peer string of a connection from the TLS front to the caller's certificate.
+    """
 
     def __init__(self, handle: InboundHandler, max_packet_bytes: int,
-                 on_rejected: Callable[[errors.WireError], None], gate: Gate | None = None) -> None:
+                 on_rejected: Callable[[errors.WireError], None], gate: Gate | None = None,
+                 keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None) -> None:
         self._handle = handle
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
         # Stream slots, buffer budget, timeouts and processing slots (peer/admission.py).
         self.gate = gate or Gate()
+        self.keyring = keyring
+        self.certificate_of = certificate_of
         self.raw_frames = False  # set by add_to_server
 
+    def _caller(self, context: grpc.aio.ServicerContext, authenticated: bool) -> Caller:
+        peer = context.peer()
+        certificate = self.certificate_of(peer) if self.certificate_of is not None else ""
+        return Caller(connection=peer, host=host_of_peer(peer), certificate=certificate,
+                      authenticated=authenticated)
+
     async def _receive(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
-                       context: grpc.aio.ServicerContext) -> Buffer | Sequence[Buffer]:
-        """Read the packet under the gate's limits, then handle it in a processing slot."""
+                       context: grpc.aio.ServicerContext) -> tuple[Buffer | Sequence[Buffer], int]:
+        """Read the packet under the gate's limits, then handle it in a processing slot;
+        the reply and its size."""
         caller = context.peer()
         metadata = dict(context.invocation_metadata() or ())
         declared = parse_declared(metadata.get(PACKET_BYTES_KEY))
         async with self.gate.stream(caller) as ticket:
             packet = await read_packet(self.gate.paced(ticket, request_iterator), self._max_packet_bytes, declared)
+            keyring = self.keyring() if self.keyring is not None else None
+            if keyring is not None:  # refused unread: a stranger's bytes are never decoded
+                keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
+            release = self.gate.reply_slot()
+            context.add_done_callback(lambda _context: release())
             async with self.gate.processing(ticket):
-                return await self._handle(packet, caller)
+                reply = await self._handle(packet, self._caller(context, keyring is not None))
+        size = packet_size(reply)
+        if keyring is not None:
+            await context.send_initial_metadata(((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REPLY, reply)),))
+        return reply, size
 
     async def Exchange(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[gossip_pb2.Frame]:
+                       context: grpc.aio.ServicerContext) -> None:
+        refusal: errors.WireError | None = None
         try:
-            reply = await self._receive(request_iterator, context)
+            reply, size = await self._receive(request_iterator, context)
+            # The reply is written under a deadline and a bound too: a caller that never
+            # grants flow-control window would otherwise hold it (a whole model) for good.
+            frames = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
+            await self.gate.write_reply(frames, context.write, size)
         except errors.WireError as e:
             refusal = _detached(e)
-        else:
-            refusal = None
         # Aborting outside the except clause: an abort raised inside it would chain the refusal
         # (and through its traceback, the reading path's frames and the packet buffer) onto
         # the AbortError, which gRPC keeps in a reference cycle: every refused packet would
         # then stay allocated until the cycle collector ran (measured: RSS +1.8 GiB in 10 s
         # under a flood of refused 512 KiB frames).
         if refusal is not None:
+            if isinstance(refusal, admission.ReplyUnread):
+                # No status can follow a write still queued behind the caller's flow control
+                # (gRPC refuses the batch: too many operations, logged as an error each time);
+                # the handler ends as cancelled instead. The reply stays queued in gRPC, and
+                # holds its reply slot, until the caller reads it or the connection ends.
+                self._on_rejected(refusal)
+                raise asyncio.CancelledError(refusal.message)
             if refusal.reason == "busy":
                 await context.abort(grpc.StatusCode.ABORTED, refusal.message)
             self._on_rejected(refusal)
             await context.abort(status_for(refusal), f"packet refused ({refusal.reason}): {refusal.message}")
-        for frame in (to_raw_frames(reply) if self.raw_frames else to_frames(reply)):
-            yield frame
 
 
 def _detached(error: errors.WireError) -> errors.WireError:
@@ -163,7 +203,27 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
     then bound what is below it.
     """
     largest = max(FRAME_BYTES, membership_limits.max_message_bytes) + _ENVELOPE_BYTES
-    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest), NO_REUSEPORT]
+    return [*STREAM_OPTIONS, ("grpc.max_receive_message_length", largest), *connection_options(), NO_REUSEPORT]
+
+
+# A caller must open HTTP/2 within this many seconds of connecting (an honest gRPC client
+# sends its preface at once); gRPC's default kept a silent connection about a minute.
+HANDSHAKE_TIMEOUT_MS = 5_000
+# A connection with no call for this long is closed (honest peers re-dial on their next exchange).
+CONNECTION_IDLE_MS = 300_000
+
+
+def connection_options(descriptors: int | None = None) -> list[tuple[str, int]]:
+    """Bounds on connections, so idle sockets cannot take every descriptor: silent ones are
+    closed after ``HANDSHAKE_TIMEOUT_MS``, idle ones after ``CONNECTION_IDLE_MS``, and at most
+    half the soft descriptor limit (less a reserve for files, the admin port and our own
+    outbound channels) are accepted at once; beyond that gRPC closes a new one at once."""
+    if descriptors is None:
+        descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        descriptors = descriptors if descriptors != resource.RLIM_INFINITY else 1 << 20
+    return [("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
+            ("grpc.max_allowed_incoming_connections", max(32, (descriptors - 256) // 2))]
 
 
 
@@ -171,8 +231,10 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
 class GossipClient:
     """Opens one channel per partner address and runs push-pull exchanges over it."""
 
-    def __init__(self, max_packet_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, max_packet_bytes: int, credentials: grpc.ChannelCredentials | None = None,
+                 keyring: KeyringSource | None = None) -> None:
         self._max_packet_bytes = max_packet_bytes
+        self.keyring = keyring  # sign our packets, verify replies (protocol/keyring.py)
         self._pool = ChannelPool(credentials)  # None: plaintext; channels.channel_credentials: mutual TLS
 
     def _exchange_method(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
@@ -186,10 +248,16 @@ class GossipClient:
         to ``address`` and return the packet it answers with, as one buffer."""
         # The size is declared up front so that the callee can refuse an oversize packet
         # before reading it, and pace our stream against it (peer/admission.py).
-        call = self._exchange_method(address)(to_raw_frames(packet), timeout=timeout,
-                                              metadata=((PACKET_BYTES_KEY, str(packet_size(packet))),))
+        keyring = self.keyring() if self.keyring is not None else None
+        metadata: tuple[tuple[str, str], ...] = ((PACKET_BYTES_KEY, str(packet_size(packet))),)
+        if keyring is not None:
+            metadata += ((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REQUEST, packet)),)
+        call = self._exchange_method(address)(to_raw_frames(packet), timeout=timeout, metadata=metadata)
         try:
-            return await read_packet(call, self._max_packet_bytes)
+            reply = await read_packet(call, self._max_packet_bytes)
+            if keyring is not None:  # a reply that does not verify is refused before it is decoded
+                keyring.verify(EXCHANGE_REPLY, reply, dict(await call.initial_metadata() or ()).get(TAG_METADATA_KEY))
+            return reply
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self.forget(address)  # a fresh channel next time, not one stuck in backoff

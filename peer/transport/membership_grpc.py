@@ -25,6 +25,7 @@ from hearsay.v1 import membership_pb2, membership_pb2_grpc
 from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
+from protocol.keyring import MEMBERSHIP_REPLY, MEMBERSHIP_REQUEST, TAG_METADATA_KEY, Keyring
 from protocol.membership_wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,19 @@ async def decode(data: bytes, limits: MembershipLimits) -> Message:
 PING_KINDS: tuple[type, ...] = (Ping, Ack, Nack, Gossip)
 PING_REQ_KINDS: tuple[type, ...] = (PingReq,)
 PUSH_PULL_KINDS: tuple[type, ...] = (PushPull,)
+# The cluster keyring now in force (peer/transport/keyring_file.py), or None: no HMAC.
+KeyringSource = Callable[[], Keyring] | None
 
 
 class MembershipServicer(membership_pb2_grpc.MembershipServicer):
     """Decodes, checks the kind against the method, and hands the message on."""
 
     def __init__(self, receive: Receiver, limits: MembershipLimits = MembershipLimits(),
-                 on_rejected: Callable[[str], None] | None = None) -> None:
+                 on_rejected: Callable[[str], None] | None = None, keyring: KeyringSource = None) -> None:
         self._receive = receive
         self._limits = limits
         self._on_rejected = on_rejected
+        self.keyring = keyring
         self.rejected = 0
 
     async def _handle(self, request: membership_pb2.Packet, context: grpc.aio.ServicerContext,
@@ -69,6 +73,13 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         validated first), with the loop free between parts; a fault found in a later part
         refuses the call, the rows before it stay merged (as if sent on their own).
         """
+        if self.keyring is not None:  # checked before decoding: a stranger's bytes are never parsed
+            tag = dict(context.invocation_metadata() or ()).get(TAG_METADATA_KEY)
+            try:
+                self.keyring().verify(MEMBERSHIP_REQUEST, request.data, tag)
+            except errors.WireError as e:
+                await self._refuse(context, f"{method}: {e.reason}: {e.message}")
+                return None  # not reached: abort raises
         reply: Message | None = None
         first = True
         parts = from_wire_in_parts(request.data, self._limits)
@@ -117,7 +128,10 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
     async def PushPull(self, request: membership_pb2.Packet,
                        context: grpc.aio.ServicerContext) -> membership_pb2.Packet:
         reply = await self._handle(request, context, PUSH_PULL_KINDS, "PushPull")
-        return membership_pb2.Packet(data=to_wire(reply) if reply is not None else b"")
+        data = to_wire(reply) if reply is not None else b""
+        if self.keyring is not None:
+            await context.send_initial_metadata(((TAG_METADATA_KEY, self.keyring().sign(MEMBERSHIP_REPLY, data)),))
+        return membership_pb2.Packet(data=data)
 
 
 class MembershipClient:
@@ -130,7 +144,8 @@ class MembershipClient:
 
     def __init__(self, timeout: float, push_pull_timeout: float,
                  limits: MembershipLimits = MembershipLimits(),
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, keyring: KeyringSource = None) -> None:
+        self.keyring = keyring
         self.timeout = timeout
         self.push_pull_timeout = push_pull_timeout
         self._limits = limits
@@ -146,14 +161,20 @@ class MembershipClient:
         self.sent += 1
         try:
             packet = membership_pb2.Packet(data=to_wire(message))
+            keyring = self.keyring() if self.keyring is not None else None
+            metadata = ((TAG_METADATA_KEY, keyring.sign(MEMBERSHIP_REQUEST, packet.data)),) if keyring else None
             stub = self._stub(to)
             if isinstance(message, PushPull):
-                reply = await stub.PushPull(packet, timeout=self.push_pull_timeout)
+                call = stub.PushPull(packet, timeout=self.push_pull_timeout, metadata=metadata)
+                reply = await call
+                if keyring is not None:
+                    tag = dict(await call.initial_metadata() or ()).get(TAG_METADATA_KEY)
+                    keyring.verify(MEMBERSHIP_REPLY, reply.data, tag)
                 return await decode(reply.data, self._limits) if reply.data else None
             if isinstance(message, PingReq):
-                await stub.PingReq(packet, timeout=self.timeout)
+                await stub.PingReq(packet, timeout=self.timeout, metadata=metadata)
             else:
-                await stub.Ping(packet, timeout=self.timeout)
+                await stub.Ping(packet, timeout=self.timeout, metadata=metadata)
             return None
         except grpc.aio.AioRpcError as e:
             self.failed += 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import shutil
 import socket
@@ -135,6 +136,11 @@ class TlsFront:
         self._accepting: asyncio.Task[None] | None = None
         self._pipes: set[_Pipe] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
+        # gRPC's peer string of each piped connection -> the caller's certificate identity:
+        # each backend connection is bound to its own socket path, so the gRPC handler can
+        # ask who is on the other end (peer/transport/identity.py).
+        self._certificates: dict[str, str] = {}
+        self._next_path = 0
         self.accepted = 0
         self.refused = 0
 
@@ -250,11 +256,24 @@ class TlsFront:
         self._handshakes.add(task)
         task.add_done_callback(self._handshakes.discard)
 
+    def certificate_of(self, peer: str) -> str:
+        """The certificate identity of the caller behind gRPC peer ``peer`` ("" if unknown)."""
+        return self._certificates.get(peer, "")
+
     async def _connect_backend(self, pipe: _Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        self._next_path += 1
+        path = self._dir / f"c{self._next_path}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await asyncio.get_running_loop().create_unix_connection(lambda: _BackendSide(pipe),
-                                                                     str(self.backend_path))
+            sock.bind(str(path))  # our end gets a name: the gRPC server's peer string for this caller
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(self.backend_path))
+            pipe.bound(f"unix:{path}", path)
+            self._certificates[pipe.peer] = certificate_identity(pipe.tls)
+            await loop.create_unix_connection(lambda: _BackendSide(pipe), sock=sock)
         except OSError as e:
+            sock.close()
             log.error("TLS front: cannot reach the gossip server on %s: %s", self.backend_path, e)
             pipe.close()
             return
@@ -288,6 +307,11 @@ class _Pipe:
         self.source = source
         self._early: list[bytes] = []  # decrypted before the unix socket was connected
         self._closed = False
+        self.peer = ""  # the gRPC server's peer string for this connection
+        self._path: Path | None = None
+
+    def bound(self, peer: str, path: Path) -> None:
+        self.peer, self._path = peer, path
 
     def backend_connected(self, transport: asyncio.Transport) -> None:
         if self._closed:
@@ -317,6 +341,10 @@ class _Pipe:
             return
         self._closed = True
         self.front._pipes.discard(self)
+        self.front._certificates.pop(self.peer, None)
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
         self.tls.close()
         if self.backend is not None:
             self.backend.close()
@@ -403,6 +431,15 @@ def _detail(error: BaseException) -> str:
     if isinstance(error, ssl.SSLError) and getattr(error, "reason", None):
         return str(error.reason).lower().replace("_", " ")
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def certificate_identity(tls: asyncio.BaseTransport) -> str:
+    """``cert:<common name>/<first 16 hex of the certificate's SHA-256>``: who the caller is."""
+    name = _peer_name(tls)
+    der = b""
+    with contextlib.suppress(Exception):
+        der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True) or b""
+    return f"cert:{name}/{hashlib.sha256(der).hexdigest()[:16]}"
 
 
 def _peer_name(tls: asyncio.BaseTransport) -> str:

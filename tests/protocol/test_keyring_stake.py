@@ -1,0 +1,85 @@
+"""The cluster keyring (HMAC, rotation) and the stake bounds on a stranger's share."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from protocol.keyring import (EXCHANGE_REPLY, EXCHANGE_REQUEST, Keyring, KeyringError, Unauthenticated,
+                              parse_keyring)
+from protocol.merge import Contribution, make_rule
+from protocol.stake import Stakes
+
+K1, K2, K3 = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 18))
+
+
+def test_a_tag_verifies_only_with_the_same_key_purpose_and_bytes() -> None:
+    ring = Keyring((K1,))
+    tag = ring.sign(EXCHANGE_REQUEST, [b"abc", memoryview(b"def")])
+    ring.verify(EXCHANGE_REQUEST, b"abcdef", tag)  # parts are read as their concatenation
+    for purpose, data, t in ((EXCHANGE_REQUEST, b"abcdeF", tag), (EXCHANGE_REPLY, b"abcdef", tag),
+                             (EXCHANGE_REQUEST, b"abcdef", None), (EXCHANGE_REQUEST, b"abcdef", "zz:00")):
+        with pytest.raises(Unauthenticated):
+            ring.verify(purpose, data, t)
+    with pytest.raises(Unauthenticated):
+        Keyring((K2,)).verify(EXCHANGE_REQUEST, b"abcdef", tag)
+
+
+def test_rotation_primary_signs_every_installed_key_verifies() -> None:
+    old, both, new = Keyring((K1,)), Keyring((K1, K2)), Keyring((K2, K1))
+    # Step 1: K2 installed as a secondary; step 2: made primary; step 3: K1 removed.
+    both.verify(EXCHANGE_REQUEST, b"x", old.sign(EXCHANGE_REQUEST, b"x"))
+    old.verify(EXCHANGE_REQUEST, b"x", both.sign(EXCHANGE_REQUEST, b"x"))
+    both.verify(EXCHANGE_REQUEST, b"x", new.sign(EXCHANGE_REQUEST, b"x"))
+    new.verify(EXCHANGE_REQUEST, b"x", old.sign(EXCHANGE_REQUEST, b"x"))
+    with pytest.raises(Unauthenticated):
+        old.verify(EXCHANGE_REQUEST, b"x", Keyring((K2,)).sign(EXCHANGE_REQUEST, b"x"))
+
+
+def test_keyring_files_parse_base64_and_hex_and_refuse_junk_with_the_line() -> None:
+    text = f"# cluster keys\n{base64.b64encode(K1).decode()}\n\n{K3.hex()}  # old\n"
+    assert parse_keyring(text).keys == (K1, K3)
+    for bad, line in (("short\n", 1), (f"{K1.hex()}\n{K1.hex()}\n", 0), ("# nothing\n", 0)):
+        with pytest.raises(KeyringError) as err:
+            parse_keyring(bad)
+        assert "\n" not in str(err.value) and (line == 0 or f"line {line}" in str(err.value))
+
+
+def test_claimed_samples_are_capped_by_established_claims() -> None:
+    stakes = Stakes()
+    assert stakes.cap(2**64 - 1, own=100) == 200  # nobody established: 2 × our own
+    for i in range(4):
+        for _ in range(stakes.config.ramp):
+            stakes.observe(f"honest{i}", 1000, taken=True)
+    for i in range(50):  # strangers rotating identities, each claiming a huge count, never move the cap
+        stakes.observe(f"stranger{i}", 2**63, taken=True)
+    assert stakes.cap(2**64 - 1, own=100) == 2000
+
+
+def test_a_first_contact_sender_earns_weight_and_refusals_earn_nothing() -> None:
+    stakes = Stakes()
+    assert stakes.stake("new") == pytest.approx(1 / 8)
+    stakes.observe("new", 10, taken=False)
+    assert stakes.stake("new") == pytest.approx(1 / 8)
+    for _ in range(7):
+        stakes.observe("new", 10, taken=True)
+    assert stakes.stake("new") == 1.0
+
+
+@pytest.mark.parametrize("rule", ["vc", "weighted", "mean", "bristle"])
+def test_a_low_stake_moves_the_model_by_at_most_its_share(rule: str) -> None:
+    rng = np.random.default_rng(0)
+    local = {"w": rng.normal(size=(8, 8)).astype(np.float32)}
+    other = {"w": (local["w"] + 0.1 * rng.normal(size=(8, 8))).astype(np.float32)}
+    moved = make_rule(rule).merge(Contribution(local, samples=100),
+                                  [Contribution(other, samples=2**40, stake=1 / 8, sender="s")])
+    share = np.linalg.norm(moved["w"] - local["w"]) / np.linalg.norm(other["w"] - local["w"])
+    # The received share scaled by the stake: (1 − β)/8 for the β-rules, (1/8)/(1 + 1/8) for
+    # the plain mean; weighted by samples·stake (Defence caps the samples before this).
+    bound = {"vc": 0.5 / 8, "bristle": 0.5 / 8, "mean": (1 / 8) / (1 + 1 / 8),
+             "weighted": (2**40 / 8) / (100 + 2**40 / 8)}[rule]
+    assert share <= bound + 1e-2
+    full = make_rule(rule).merge(Contribution(local, samples=100), [Contribution(other, samples=100, sender="s")])
+    assert np.linalg.norm(full["w"] - local["w"]) / np.linalg.norm(other["w"] - local["w"]) > 0.45
