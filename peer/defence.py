@@ -6,7 +6,9 @@ rules that want several at once), and what a peer's standing is (``ListPeers``).
 decisions themselves are pure code in ``protocol.merge`` (verdicts) and
 ``protocol.reputation`` (scores, bans); this module adds what a daemon needs around
 them: a clock, a lock (merges run in worker threads while the event loop asks about
-bans) and the per-sender buffer of ``protocol.merge.merge_batch`` rules.
+bans) and the per-sender buffer (``protocol.batch.PendingModels``) of
+``protocol.merge.merge_batch`` rules and of Epidemic Learning's deferred merges
+(``defer``: everything received since the last ``flush`` is merged at once).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from peer.trainer import Trainer
+from protocol.batch import PendingModels
 from protocol.merge import (
     Contribution,
     MergeReport,
@@ -36,7 +39,9 @@ class Defence:
         self.clock = clock
         self._lock = threading.Lock()
         # Received models waiting for a batch merge: sender -> (model, receiver's steps when it arrived).
-        self._pending: dict[str, tuple[Contribution, int]] = {}
+        self._pending = PendingModels()
+        # Epidemic Learning: buffer every received model until ``flush`` (one merge of K inputs).
+        self.defer = False
 
     # --- reputation ----------------------------------------------------------------------------
     def is_banned(self, address: str) -> bool:
@@ -67,11 +72,12 @@ class Defence:
         Rules that want ``merge_batch(rule) > 1`` models per merge (median, trimmed mean)
         get them one per sender (a newer model replaces the sender's older one: one peer
         cannot fill the batch); the batch is merged when it is full, each model aged by
-        the local steps since it arrived. Returns the report of the merge done, or None
-        when the model was only buffered. Verdicts go to the reputation books.
+        the local steps since it arrived. With ``defer`` every model is buffered until
+        ``flush``. Returns the report of the merge done, or None when the model was only
+        buffered. Verdicts go to the reputation books.
         """
         steps = trainer.stats().steps
-        if merge_batch(rule) > 1:
+        if merge_batch(rule) > 1 or self.defer:
             # A received model is a view of our copy of the sender's model, which the next
             # frame on that link updates in place (another thread, under that link's lock):
             # a model kept for later must be a snapshot of its own.
@@ -79,12 +85,17 @@ class Defence:
                                     samples=received.samples, age=received.age, sender=received.sender,
                                     weight=received.weight)
         with self._lock:
-            self._pending[received.sender] = (received, steps)
-            if len(self._pending) < merge_batch(rule):
-                return None
-            batch = [Contribution(c.tensors, samples=c.samples, age=steps - at, sender=c.sender)
-                     for _, (c, at) in sorted(self._pending.items())]
-            self._pending.clear()
+            self._pending.add(received, steps)
+            batch = None if self.defer else self._pending.take_if_full(merge_batch(rule), steps)
+        return None if batch is None else self._merge_now(trainer, rule, batch)
+
+    def flush(self, trainer: Trainer, rule: MergeRule) -> MergeReport | None:
+        """Merge every buffered model at once (Epidemic Learning's merge of K inputs); None if none is buffered."""
+        with self._lock:
+            batch = self._pending.take(trainer.stats().steps)
+        return self._merge_now(trainer, rule, batch) if batch else None
+
+    def _merge_now(self, trainer: Trainer, rule: MergeRule, batch: list[Contribution]) -> MergeReport:
         reports: list[MergeReport] = []
 
         def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,7 +106,11 @@ class Defence:
         if self.reputation is not None:
             with self._lock:
                 self.reputation.observe(reports[-1].verdicts, self.clock())
+        self.on_merged(reports[-1])
         return reports[-1]
+
+    def on_merged(self, report: MergeReport) -> None:
+        """Called after every merge with its report (the simulator counts verdicts here)."""
 
     def pending(self) -> int:
         """Models buffered for the next batch merge."""
