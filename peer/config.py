@@ -88,6 +88,9 @@ class PeerConfig:
                                         "(a swarm that is just starting keeps independent initialisations).")
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.")
     gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.")
+    fanout: int = _opt(1, "Exchanges started per gossip interval. Above 1: Epidemic Learning (de Vos et al. "
+                          "2023): models received since the last round are merged at once, in one merge, "
+                          "before the next round's exchanges.")
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging, chosen from bench/learning.py's evidence.",
                       choices=tuple(merge_rules()))
@@ -186,6 +189,7 @@ class PeerConfig:
             (self.threads >= 1, "threads must be at least 1"),
             (self.gossip_interval > 0, "gossip_interval must be positive"),
             (self.gossip_timeout > 0, "gossip_timeout must be positive"),
+            (self.fanout >= 1, "fanout must be at least 1"),
             (self.max_packet_mb > 0, "max_packet_mb must be positive"),
             (self.stream_idle_timeout > 0, "stream_idle_timeout must be positive"),
             (self.stream_min_rate_kb >= 0, "stream_min_rate_kb must be >= 0"),
