@@ -119,11 +119,11 @@ def run(job: Job) -> dict:
 def _bans(sim: Simulator) -> dict[str, int]:
     """(honest peer, other peer) pairs where the honest one bans the other at the end, by the other's kind."""
     out = {"of_attackers": 0, "of_honest": 0}
-    if sim.reputations is None:
+    if not sim.config.reputation:
         return out
     for i in sim.honest:
         for p in sim.peers:
-            if p.index != i and p.index not in sim.absent and sim.reputations[i].is_banned(p.peer_id, sim.now):
+            if p.index != i and p.index not in sim.absent and sim.banned(i, p.index):
                 out["of_attackers" if p.index in sim.attackers else "of_honest"] += 1
     return out
 

@@ -79,7 +79,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             last_checkpoint=str(node.last_checkpoint.path) if node.last_checkpoint else "",
             last_checkpoint_step=node.last_checkpoint_step, checkpoint_age_seconds=node.checkpoint_age(),
             resumed_from=resumed_from, resumed_step=resumed_step, resumed_digest=resumed_digest,
-            leaving=node.leaving, bootstrapped_from=node.bootstrapped_from)
+            leaving=node.leaving, bootstrapped_from=node.bootstrapped_from, fanout=node.engine.fanout)
 
     async def ListPeers(self, request: admin_pb2.ListPeersRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:

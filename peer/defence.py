@@ -6,7 +6,9 @@ rules that want several at once), and what a peer's standing is (``ListPeers``).
 decisions themselves are pure code in ``protocol.merge`` (verdicts) and
 ``protocol.reputation`` (scores, bans); this module adds what a daemon needs around
 them: a clock, a lock (merges run in worker threads while the event loop asks about
-bans) and the per-sender buffer of ``protocol.merge.merge_batch`` rules.
+bans) and the per-sender buffer (``protocol.batch.PendingModels``) of
+``protocol.merge.merge_batch`` rules and of Epidemic Learning's deferred merges
+(``defer``: everything received since the last ``flush`` is merged at once).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from peer.trainer import Trainer
+from protocol.batch import PendingModels
 from protocol.merge import (
     Contribution,
     MergeReport,
@@ -37,10 +40,12 @@ class Defence:
         self.clock = clock
         self._lock = threading.Lock()
         # Received models waiting for a batch merge: sender -> (model, receiver's steps when it arrived).
-        self._pending: dict[str, tuple[Contribution, int]] = {}
+        self._pending = PendingModels()
         # Capped sample claims and weight earned per sender (protocol/stake.py).
         self.stakes = Stakes()
         self._claims: dict[str, int] = {}  # sender -> samples it claimed for its pending model
+        # Epidemic Learning: buffer every received model until ``flush`` (one merge of K inputs).
+        self.defer = False
 
     # --- reputation ----------------------------------------------------------------------------
     def is_banned(self, address: str) -> bool:
@@ -71,8 +76,9 @@ class Defence:
         Rules that want ``merge_batch(rule) > 1`` models per merge (median, trimmed mean)
         get them one per sender (a newer model replaces the sender's older one: one peer
         cannot fill the batch); the batch is merged when it is full, each model aged by
-        the local steps since it arrived. Returns the report of the merge done, or None
-        when the model was only buffered. Verdicts go to the reputation books.
+        the local steps since it arrived. With ``defer`` every model is buffered until
+        ``flush``. Returns the report of the merge done, or None when the model was only
+        buffered. Verdicts go to the reputation books.
         """
         steps = trainer.stats().steps
         with self._lock:  # a stranger's claims and first contact bound its share (protocol/stake.py)
@@ -80,7 +86,7 @@ class Defence:
             received = Contribution(received.tensors, samples=self.stakes.cap(claimed, trainer.samples),
                                     age=received.age, sender=received.sender, weight=received.weight,
                                     stake=min(received.stake, self.stakes.stake(received.sender)))
-        if merge_batch(rule) > 1:
+        if merge_batch(rule) > 1 or self.defer:
             # A received model is a view of our copy of the sender's model, which the next
             # frame on that link updates in place (another thread, under that link's lock):
             # a model kept for later must be a snapshot of its own.
@@ -88,15 +94,25 @@ class Defence:
                                     samples=received.samples, age=received.age, sender=received.sender,
                                     weight=received.weight, stake=received.stake)
         with self._lock:
-            self._pending[received.sender] = (received, steps)
+            self._pending.add(received, steps)
             self._claims[received.sender] = claimed
-            if len(self._pending) < merge_batch(rule):
-                return None
-            batch = [Contribution(c.tensors, samples=c.samples, age=steps - at, sender=c.sender, stake=c.stake)
-                     for _, (c, at) in sorted(self._pending.items())]
-            claims = dict(self._claims)
-            self._pending.clear()
-            self._claims.clear()
+            batch = None if self.defer else self._pending.take_if_full(merge_batch(rule), steps)
+            claims = self._take_claims(batch)
+        return None if batch is None else self._merge_now(trainer, rule, batch, claims)
+
+    def flush(self, trainer: Trainer, rule: MergeRule) -> MergeReport | None:
+        """Merge every buffered model at once (Epidemic Learning's merge of K inputs); None if none is buffered."""
+        with self._lock:
+            batch = self._pending.take(trainer.stats().steps)
+            claims = self._take_claims(batch)
+        return self._merge_now(trainer, rule, batch, claims) if batch else None
+
+    def _take_claims(self, batch: list[Contribution] | None) -> dict[str, int]:
+        """The claimed sample counts of ``batch``'s senders, forgotten here (call under the lock)."""
+        return {c.sender: self._claims.pop(c.sender, 0) for c in batch or ()}
+
+    def _merge_now(self, trainer: Trainer, rule: MergeRule, batch: list[Contribution],
+                   claims: dict[str, int]) -> MergeReport:
         reports: list[MergeReport] = []
 
         def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -109,7 +125,11 @@ class Defence:
                 self.stakes.observe(v.sender, claims.get(v.sender, 0), taken=v.kind != "outlier")
             if self.reputation is not None:
                 self.reputation.observe(reports[-1].verdicts, self.clock())
+        self.on_merged(reports[-1])
         return reports[-1]
+
+    def on_merged(self, report: MergeReport) -> None:
+        """Called after every merge with its report (the simulator counts verdicts here)."""
 
     def pending(self) -> int:
         """Models buffered for the next batch merge."""

@@ -30,7 +30,7 @@ from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
 from protocol.freshness import Freshness
 from protocol.membership import Member, MemberState, StaticMembership
 from protocol.merge import Contribution, MergeRule
-from protocol.sampling import choose_partner
+from protocol.sampling import choose_partner, choose_partners
 from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts, fingerprint,
                            packet_size, specs_of)
 
@@ -160,6 +160,7 @@ class GossipEngine:
         # on the identity the connection proves, links on the address it may speak for.
         self.owners = AddressOwners()
         self.resolver = HostResolver()
+        self._fanout = 1
 
     # --- packets -----------------------------------------------------------------------------
     def _policy(self, codec: str) -> codecs.SizeAdaptive:
@@ -483,6 +484,35 @@ class GossipEngine:
         partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
         return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
 
+    def pick_partners(self, k: int) -> list[Member]:
+        """``k`` distinct partners as ``pick_partner`` chooses one (k = 1: exactly ``pick_partner``)."""
+        if k == 1:
+            partner = self.pick_partner()
+            return [] if partner is None else [partner]
+        members = [m for m in self.membership.members() if not self.defence.is_banned(m.address)]
+        return (choose_partners(members, k, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
+                or choose_partners(members, k, self.rng, is_live=lambda m: m.state is not MemberState.LEFT))
+
+    @property
+    def fanout(self) -> int:
+        """Exchanges started per interval; above 1, Epidemic Learning: received models wait in the
+        defence and are merged at once, in one merge of K inputs, before the next round's pushes."""
+        return self._fanout
+
+    @fanout.setter
+    def fanout(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"fanout must be at least 1, got {k}")
+        self._fanout = k
+        self.defence.defer = k > 1
+
+    async def gossip_round(self, exchange: Exchange) -> list[bool]:
+        """One interval's work: with fanout > 1 first merge what arrived since the last round
+        (Epidemic Learning), then exchange with ``fanout`` partners at once."""
+        if self.fanout > 1:
+            await asyncio.to_thread(self.defence.flush, self.trainer, self.merge_rule)
+        return list(await asyncio.gather(*(self.exchange_with(m, exchange) for m in self.pick_partners(self.fanout))))
+
     def set_codec(self, name: str) -> None:
         """Switch the delta codec; links keep their replicas (decoding is by name per tensor)."""
         self.codec = codecs.get(name)
@@ -521,6 +551,4 @@ class GossipEngine:
                 return
             if self.draining:
                 return
-            partner = self.pick_partner()
-            if partner is not None:
-                await self.exchange_with(partner, exchange)
+            await self.gossip_round(exchange)

@@ -86,6 +86,8 @@ class _NodeCollector(Collector):
         for reason, n in sorted(g.rejected_by_reason.items()):
             c.add_metric([reason], n)
         yield c
+        yield GaugeMetricFamily("hearsay_fanout", "Exchanges started per gossip interval (above 1: Epidemic "
+                                "Learning).", value=node.engine.fanout)
         yield GaugeMetricFamily("hearsay_compression_ratio", "fp32 model bytes / packet bytes of the last packet sent.",
                                 value=g.compression_ratio)
         yield CounterMetricFamily("hearsay_train_steps", "Local optimiser steps.", value=t.steps)

@@ -317,6 +317,7 @@ class Node:
             interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock,
             topk_ratio=cfg.topk_ratio, keyframe_codec=cfg.keyframe_codec, error_feedback=cfg.error_feedback,
             max_links=cfg.max_links, small_codec=cfg.small_codec)
+        self.engine.fanout = cfg.fanout
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
         self.engine.defence.reputation = Reputation() if cfg.reputation else None

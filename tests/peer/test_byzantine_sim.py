@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from peer.data import load_dataset
 from peer.sim import SimConfig, Simulator
@@ -17,12 +15,7 @@ def digits():  # noqa: ANN201 - a peer.data.Dataset
     return load_dataset("digits")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> SimConfig:  # noqa: ANN003
@@ -76,17 +69,18 @@ def test_median_buffers_several_models_per_merge_one_per_sender(digits) -> None:
     assert sim.stats.messages > 0
     # Each merge takes 4 buffered models: far fewer merges than messages.
     assert 0 < sim.stats.merges <= sim.stats.messages // 4
-    assert all(len(b) < 4 for b in sim._buffers)
+    assert all(p.engine.defence.pending() < 4 for p in sim.peers)
 
 
 def test_reputation_bans_a_noisy_attacker_and_drops_its_packets(digits) -> None:  # noqa: ANN001
     sim = Simulator(small(merge="bristle", attack="noise", attackers=(5,), reputation=True), digits)
     sim.run_until(150.0)
-    assert sim.reputations is not None
-    banned_by = [i for i in sim.honest if sim.reputations[i].is_banned("sim-5", sim.now)]
+    attacker = sim.peers[5].address
+    assert all(sim.peers[i].engine.defence.reputation is not None for i in sim.honest)
+    banned_by = [i for i in sim.honest if sim.banned(i, 5)]
     assert len(banned_by) >= 3
     assert sim.stats.dropped > 0
-    assert "banned" in sim.reputations[banned_by[0]].reason("sim-5", sim.now)
+    assert "banned" in sim.peers[banned_by[0]].engine.defence.standing(attacker)[2]
 
 
 def robust(**kw) -> SimConfig:  # noqa: ANN003

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -34,13 +33,7 @@ def digits():  # noqa: ANN201 - a peer.data.Dataset
     return load_dataset("digits")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """2-core CI: one intra-op thread, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> SimConfig:  # noqa: ANN003
@@ -67,12 +60,19 @@ def test_same_seed_same_swarm_different_seed_different_swarm(digits) -> None:  #
 
 def test_every_message_is_a_wire_packet_and_push_pull_merges_both_sides(digits) -> None:  # noqa: ANN001
     sim = Simulator(small(), digits)
+    sizes: list[int] = []
+    sim.network.observers.append(lambda _s, _d, size, _r, event: sizes.append(size) if event == "sent" else None)
     sim.run_until(20.0)
     packet_bytes = len(own_packet(sim.peers[0], sim.fingerprint, sim.codec))
     assert sim.stats.exchanges >= sim.config.peers * 3
-    assert sim.stats.messages == 2 * sim.stats.exchanges == sim.stats.merges
-    assert sim.stats.bytes_sent == sim.stats.messages * packet_bytes
-    assert sum(p.bytes_sent for p in sim.peers) == sim.stats.bytes_sent
+    assert sim.stats.messages == 2 * sim.stats.exchanges == sim.stats.merges == len(sizes)
+    # The daemon's packets: fp32 keyframes and fp32 deltas, each the whole model's payload plus
+    # a header that carries link sequence numbers and telemetry (a few dozen bytes more).
+    assert all(packet_bytes <= size <= packet_bytes + 256 for size in sizes)
+    assert sim.stats.bytes_sent == sum(sizes) == sum(p.bytes_sent for p in sim.peers)
+    assert sim.stats.bytes_sent == sum(p.engine.stats.bytes_sent for p in sim.peers)
+    # Every link starts with a keyframe each way, and only then: no frame was lost.
+    assert sim.keyframes() == len(sim.stats.links)
 
 
 def test_steps_follow_each_peers_speed(digits) -> None:  # noqa: ANN001

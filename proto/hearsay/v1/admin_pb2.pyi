@@ -11,7 +11,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from")
+    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from", "fanout")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class StatusResponse(_message.Message):
     RESUMED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAPPED_FROM_FIELD_NUMBER: _ClassVar[int]
+    FANOUT_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     gossip_address: str
     steps: int
@@ -74,7 +75,8 @@ class StatusResponse(_message.Message):
     resumed_digest: str
     leaving: bool
     bootstrapped_from: str
-    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ...) -> None: ...
+    fanout: int
+    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ..., fanout: _Optional[int] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,123 @@
+"""Virtual time for the simulator: an event heap that also drives the daemon's asyncio code.
+
+The simulated peers run ``GossipEngine``'s coroutines unchanged. They wait on the network
+only through ``VirtualClock.sleep`` (the in-memory transport's latency), so virtual time
+can jump: each event (a local step, a gossip tick, a sleeping coroutine's wake-up) runs,
+then every coroutine it started or woke runs until it sleeps again or ends (``settle``)
+before the next event is taken. Only one coroutine runs at a time, so a run is a pure
+function of its seed even though the engine encodes and merges in worker threads.
+
+Events are ordered by (time, sequence number): ties go in the order they were scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop for every simulator in this thread (each runs only inside ``run_until``),
+    so many simulators do not each leave a loop and its worker threads behind."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class VirtualClock:
+    """``now`` in virtual seconds; ``at`` schedules plain callbacks, ``spawn`` coroutines."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._events: list[_Event] = []
+        self._seq = itertools.count()
+        self._loop = shared_loop()
+        self._running = 0  # coroutines started or woken, not yet asleep or done
+        self._idle: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+
+    def __call__(self) -> float:
+        """The clock as a ``GossipEngine``/``Defence`` ``clock`` callable."""
+        return self.now
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, _Event(max(when, self.now), next(self._seq), action))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` now (inside the current event); it must wait only through ``sleep``."""
+        self._running += 1
+        self._loop.create_task(coro).add_done_callback(self._finished)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of virtual time (the transport's ``sleep``)."""
+        woken = self._loop.create_future()
+        self.at(self.now + seconds, lambda: self._wake(woken))
+        self._stopped()
+        await woken
+
+    def _wake(self, future: asyncio.Future) -> None:
+        self._running += 1
+        future.set_result(None)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._stopped()
+
+    def _stopped(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _settle(self) -> None:
+        while self._running:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    async def _drive(self, until: float) -> None:
+        while self._events and self._events[0].time <= until:
+            event = heapq.heappop(self._events)
+            self.now = event.time
+            event.action()
+            await self._settle()
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+        self.now = max(self.now, until)
+
+    def run_until(self, until: float) -> None:
+        """Process every event due at or before ``until``; then ``now`` reads ``until``."""
+        self._loop.run_until_complete(self._drive(until))
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run one coroutine to its end at the current virtual time (scripted exchanges)."""
+        async def main() -> Any:
+            result: list[Any] = []
+
+            async def wrapped() -> None:
+                result.append(await coro)
+
+            self.spawn(wrapped())
+            await self._settle()
+            while not result and self._failure is None and self._events:
+                await self._drive(self._events[0].time)
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            return result[0] if result else None
+
+        return self._loop.run_until_complete(main())
