@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the training data into K shards (default: -n); peer i trains on shard i, "
                         "so -n 1 --shard-count 8 is one peer alone on the first of 8 shards")
     p.add_argument("--eval-samples", type=int, default=None, metavar="N",
-                   help="live evaluation on a seeded subset of N test samples (0 = all; default: the peers' 2000)")
+                   help="live evaluation on a seeded subset of N test samples (0 = all; default: the peers' 1000)")
     p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
                    help="evaluate at most every STEPS steps (default: the peers' 25)")
     p.add_argument("--eval-budget", type=float, default=None, metavar="SHARE",

@@ -315,8 +315,9 @@ def _report(spec: ClusterSpec, console: Console, peers: list[PeerProcess], watch
         status = final.get(p.peer_id)
         rows[p.peer_id] = {**status, "state": UP} if status else {"state": UNREACHABLE
                                                                   if p.peer_id not in failed else EXITED}
-    console.print(table(f"hearsay cluster: {spec.peers} peers, final (live accuracy on the evaluation subset; "
-                        f"full test = all {test_total or '?'} test samples)", rows, full if spec.final_eval else None))
+    full_note = f"; full test = all {test_total} test samples" if full else ""
+    console.print(table(f"hearsay cluster: {spec.peers} peers, final (live accuracy on the evaluation subset"
+                        f"{full_note})", rows, full if spec.final_eval else None))
     live_label = ("all test samples" if spec.eval_samples == 0 else
                   f"a seeded subset of up to {spec.eval_samples or PeerConfig.eval_samples} test samples")
     peer_results = []

@@ -138,7 +138,7 @@ class PeerConfig:
                                          "leaves CPU for gossip when peers share a machine.", lo=0.0, hi=1e6)
     eval_every: int = _opt(25, "Evaluate test accuracy at most every this many steps (eval_budget may space "
                                "evaluations further).", lo=1, hi=2**31 - 1)
-    eval_samples: int = _opt(2000, "Evaluate on a seeded random subset of this many test samples, the same on "
+    eval_samples: int = _opt(1000, "Evaluate on a seeded random subset of this many test samples, the same on "
                                    "every peer (from data_seed); 0 = the whole test set.", lo=0, hi=2**31 - 1)
     eval_budget: float = _opt(0.1, "Largest share of the trainer's time evaluation may take: after an evaluation "
                                    "that took t seconds the next waits (1 - eval_budget) / eval_budget * t "

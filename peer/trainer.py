@@ -76,9 +76,14 @@ class Trainer:
         self.test_x = torch.from_numpy(np.asarray(data.test_x[subset])).to(device)
         self.test_y = torch.from_numpy(np.asarray(data.test_y[subset])).to(device)
         self._eval_model: nn.Module | None = None  # a copy the weights are evaluated in, off the lock
-        self._next_eval_at = 0.0  # monotonic time before which the budget forbids another evaluation
+        # The budget counts CPU time of the thread doing the work (time.thread_time), not wall
+        # time: on a loaded machine one slow evaluation (say, while N peers import torch at
+        # start-up) must not silence evaluation for minutes, and a step's share stays a share.
+        self._eval_cost = 0.0            # CPU seconds of the last evaluation
+        self._train_cpu_since_eval = 0.0
         self._last_eval_step = 0
-        self.eval_seconds = 0.0   # total time spent evaluating (how much the budget allowed)
+        self.eval_cpu_seconds = 0.0      # totals, so the share can be checked
+        self.train_cpu_seconds = 0.0
         self.batch_size = min(batch_size, self.samples)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -162,7 +167,7 @@ class Trainer:
 
     def step(self) -> float:
         """One SGD step on a mini-batch of the shard; returns its loss."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         x, y = self._next_batch()
         with self._lock:
             self.model.train()
@@ -177,7 +182,11 @@ class Trainer:
             self.on_step(time.perf_counter() - started)
         self._loss_sum += value
         self._loss_count += 1
-        if self._steps - self._last_eval_step >= self.eval_policy.every and time.monotonic() >= self._next_eval_at:
+        cpu = time.thread_time() - cpu_started
+        self.train_cpu_seconds += cpu
+        self._train_cpu_since_eval += cpu
+        if (self._steps - self._last_eval_step >= self.eval_policy.every
+                and self._train_cpu_since_eval >= self.eval_policy.wait_after(self._eval_cost)):
             self.evaluate()
         return value
 
@@ -195,7 +204,7 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> float:
-        started = time.monotonic()
+        started = time.thread_time()
         with self._lock:
             if self._eval_model is None:
                 self._eval_model = copy.deepcopy(self.model)
@@ -203,9 +212,9 @@ class Trainer:
                 self._eval_model.load_state_dict(self.model.state_dict())
             self._last_eval_step = self._steps
         self._accuracy = accuracy(self._eval_model, self.test_x, self.test_y, self.device)
-        took = time.monotonic() - started
-        self.eval_seconds += took
-        self._next_eval_at = time.monotonic() + self.eval_policy.wait_after(took)
+        self._eval_cost = time.thread_time() - started
+        self.eval_cpu_seconds += self._eval_cost
+        self._train_cpu_since_eval = 0.0
         if self._loss_count:
             self._loss = self._loss_sum / self._loss_count
             self._loss_sum, self._loss_count = 0.0, 0
