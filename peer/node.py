@@ -32,7 +32,7 @@ from peer import checkpoint, logs
 from peer.admin import AdminServicer
 from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
-from peer.config import ConfigError, PeerConfig, parse_option
+from peer.config import ConfigError, PeerConfig, did_you_mean, parse_option
 from peer.data import load_dataset, partition
 from peer.discovery.mqtt import MqttDiscovery
 from peer.gossip import GossipEngine
@@ -246,7 +246,7 @@ class Node:
         (type, finite, range, choices), so Set can never give a peer a value a restart would refuse.
         """
         if key not in SETTABLE:
-            raise ValueError(f"unknown key {key!r}; settable: {', '.join(SETTABLE)}")
+            raise ValueError(f"unknown key {key!r}{did_you_mean(key, SETTABLE)}; settable: {', '.join(SETTABLE)}")
         previous = self.knobs()[key]
         try:
             parsed = parse_option(key, value.lower() if key == "log_level" else value)
