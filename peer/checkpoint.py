@@ -68,12 +68,12 @@ def checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-_reported: set[tuple[str, str]] = set()  # (path, reason) already logged: one line per foreign entry
+_reported: set[str] = set()  # entries already logged: one line per foreign entry and process
 
 
 def _skip(path: Path, reason: str) -> None:
-    if (str(path), reason) not in _reported:
-        _reported.add((str(path), reason))
+    if str(path) not in _reported:
+        _reported.add(str(path))
         log.warning("skipping %s in the data directory: %s", path.name, reason)
 
 

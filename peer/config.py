@@ -424,6 +424,11 @@ def bounds(f: dataclasses.Field[Any]) -> tuple[float, float, bool] | None:
     return (fallback[0] if lo is None else lo, fallback[1] if hi is None else hi, lo_open)
 
 
+def _range_text(limits: tuple[float, float, bool], kind: type) -> str:
+    lo, hi, lo_open = limits
+    return f"{lo}..{hi}" if kind is int else f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+
+
 def _check_text(name: str, value: Any, shown: str) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected text, got {type(value).__name__}")
@@ -464,10 +469,10 @@ def check_value(f: dataclasses.Field[Any], value: Any) -> Any:
             raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {shown}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}: {value} is not a finite number")
-        lo, hi, lo_open = bounds(f)  # type: ignore[misc]
+        limits = bounds(f)
+        lo, hi, lo_open = limits  # type: ignore[misc]
         if value < lo or value > hi or (lo_open and value == lo):
-            where = f"{lo}..{hi}" if kind is int else f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            raise ConfigError(f"{name}: {shown} is out of range, must be in {where}")
+            raise ConfigError(f"{name}: {shown} is out of range, must be in {_range_text(limits, kind)}")
     return value
 
 
@@ -607,6 +612,8 @@ def options_table() -> str:
     for name, f in _fields().items():
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        if (limits := bounds(f)) is not None:
+            meaning += f" Range: {_range_text(limits, type(_default_of(f)))}."
         flag = f"`--{name.replace('_', '-')}`" if f.metadata["flag"] else "(none)"
         rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` "
                     f"| `{_default_of(f)!r}` | {meaning} |")

@@ -33,7 +33,7 @@ from peer import checkpoint, logs
 from peer.admin import ADMIN_PORT_SERVICES, AdminServicer
 from peer.admission import Gate, limits_from_config
 from peer.auth import BearerTokenInterceptor
-from peer.config import ConfigError, PeerConfig, parse_option
+from peer.config import ConfigError, PeerConfig, did_you_mean, parse_option
 from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.evaluation import policy_from_config
@@ -254,7 +254,7 @@ class Node:
         (type, finite, range, choices), so Set can never give a peer a value a restart would refuse.
         """
         if key not in SETTABLE:
-            raise ValueError(f"unknown key {key!r}; settable: {', '.join(SETTABLE)}")
+            raise ValueError(f"unknown key {key!r}{did_you_mean(key, SETTABLE)}; settable: {', '.join(SETTABLE)}")
         previous = self.knobs()[key]
         try:
             parsed = parse_option(key, value.lower() if key == "log_level" else value)

@@ -7,6 +7,7 @@ what users run.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,13 +24,33 @@ T = TypeVar("T")
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports that were free a moment ago (all held open while choosing)."""
-    socks = []
+    """``count`` distinct ports that were free a moment ago (all held open while choosing).
+
+    Chosen at random below the kernel's ephemeral range: between now and the moment a
+    peer binds one (after loading torch and its data, seconds later), the outgoing
+    connections of any process on the machine take their local ports from that range,
+    and a peer binds without SO_REUSEPORT, so a port taken meanwhile would stop it.
+    """
     try:
-        for _ in range(count):
+        ephemeral_floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_floor = 32768
+    low = max(1024, ephemeral_floor - 16384)
+    pick = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        for _attempt in range(1000):
+            if len(socks) == count:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
+            try:
+                s.bind((host, pick.randrange(low, ephemeral_floor) if low < ephemeral_floor else 0))
+            except OSError:  # in use: try another
+                s.close()
+                continue
             socks.append(s)
+        if len(socks) < count:
+            raise OSError(f"no {count} free ports found below {ephemeral_floor}")
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -257,7 +257,8 @@ def test_the_readme_plugin_example_runs_as_written(tmp_path: Path) -> None:
 
     log = tmp_path / "peer.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen(["bash", "-c", f"exec {command} --port 0 --admin-port 0 --peer-id plug --threads 1"],
+        # bash runs a lone command in its own process (no fork), so the signals below reach the peer
+        proc = subprocess.Popen(["bash", "-c", f"{command} --port 0 --admin-port 0 --peer-id plug --threads 1"],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     try:
         def ready() -> dict | None:

@@ -19,7 +19,7 @@ def test_a_peer_resumes_from_the_newest_valid_checkpoint_among_foreign_entries(l
     with peer.admin() as client:
         saved = [client.save_checkpoint().path for _ in range(2)]
     assert [Path(p).name for p in saved] == ["ckpt-00000001.hsck", "ckpt-00000004.hsck"]
-    assert peer.stop() == 0  # a clean stop writes one more: ckpt-00000005
+    assert peer.stop(timeout=90) == 0  # a clean stop writes one more: ckpt-00000005
     steps = int(re.findall(r"stopped after (\d+) steps", peer.log_path.read_text())[-1])
 
     again = PeerProcess(peer.peer_id, peer.gossip_port, peer.admin_port, peer.args, peer.log_path).start()
@@ -33,4 +33,4 @@ def test_a_peer_resumes_from_the_newest_valid_checkpoint_among_foreign_entries(l
             assert f"skipping {name}" in log, name
         assert (data / "ckpt-00000002.hsck").is_dir() and (data / "ckpt-99999999.hsck").exists()  # left alone
     finally:
-        again.stop()
+        again.stop(timeout=90)

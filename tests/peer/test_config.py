@@ -145,8 +145,11 @@ def test_the_name_lists_kept_here_match_their_modules() -> None:
     from peer.models import ZOO
     from protocol.merge import RULES
 
+    from peer.cli import DEFAULT_ADMIN_PORT
+
     assert set(config.ZOO_MODELS) == set(ZOO)
     assert set(config.MERGE_RULES) == set(RULES)
+    assert DEFAULT_ADMIN_PORT == PeerConfig().admin_port  # what `--admin HOST` dials
 
 
 def test_parse_option_checks_like_the_config_does() -> None:
