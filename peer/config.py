@@ -329,7 +329,8 @@ class PeerConfig:
 
     def mqtt_tls_files(self) -> tuple[str, str, str] | None:
         """(CA, client certificate, client key) for TLS to the broker, ``""`` where unset; ``None``: plaintext."""
-        files = {"mqtt_tls_ca": self.mqtt_tls_ca, "mqtt_tls_cert": self.mqtt_tls_cert, "mqtt_tls_key": self.mqtt_tls_key}
+        files = {"mqtt_tls_ca": self.mqtt_tls_ca, "mqtt_tls_cert": self.mqtt_tls_cert,
+                 "mqtt_tls_key": self.mqtt_tls_key}
         if not self.mqtt_tls and not any(files.values()):
             return None
         if bool(self.mqtt_tls_cert) != bool(self.mqtt_tls_key):

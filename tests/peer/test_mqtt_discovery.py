@@ -536,7 +536,8 @@ async def test_a_connection_lost_outside_the_message_loop_leaves_no_unread_excep
     gc.collect()
     unread = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
     if close == "aiomqtt":
-        assert unread and "MqttCodeError: [code:128]" in caplog.text, "the scenario no longer loses the reason: aiomqtt changed"
+        assert unread and "MqttCodeError: [code:128]" in caplog.text, \
+            "the scenario no longer loses the reason: aiomqtt changed"
         caplog.clear()  # seen on purpose; the autouse check is for the case below
     else:
         assert not unread, unread
