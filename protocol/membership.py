@@ -65,12 +65,15 @@ cluster and leaves this to its keyring — these rules hold without one):
   detection stays as fast. Only accusers we hold live count as confirmations.
 * New members learned from someone else ("hearsay": a gossiped ``Alive``, a row of a
   push-pull, a model packet's claimed sender address) count against that sender's
-  ``hearsay_quota`` (64) until we hear from the member itself; the answer to our own
-  join is exempt. One forged full state of 66,000 members adds 64, and an honest
-  partner that pulls ours gets at most those.
-* Every path into the table respects ``max_members``; the member count is kept, not
-  recounted (the old count per new member made a 66,000-row push-pull take 43 s).
-* Left members, and dead members we never heard from, are forgotten
+  ``hearsay_quota`` (64) until the member answers us on a connection we opened (its
+  ack to our probe, its reply to our push-pull, a model exchange we started): a
+  message that merely names a source proves nothing. The answer to our own join is
+  exempt. One forged full state of 66,000 members adds 64, and an honest partner
+  takes at most 64 of them from each neighbour that passes them on.
+* Every path into the table respects ``max_members`` (a full table gives up its
+  longest-dead member for a newcomer); the member count is kept, not recounted (the
+  old count per new member made a 66,000-row push-pull take 43 s).
+* Left members, and dead members that never answered us, are forgotten
   ``gossip_to_the_dead_time`` (memberlist: 30 s) after they went; other dead members
   after ``reconnect_timeout`` (Serf keeps them 24 h for reconnects; here 3,600 periods).
   A private address book recycles the forgotten names' slots.
@@ -239,11 +242,11 @@ class SwimConfig:
     # than this far ahead of the incarnation we hold is not believed: honest
     # incarnations rise by one per refutation, so only a forgery jumps that far.
     incarnation_window: int = 1024
-    # New members one sender may introduce that we have not heard from ourselves yet
-    # ("hearsay"); hearing from a member frees its slot. Replies to our own join are
-    # exempt (the seed's table is what a joiner asked for).
+    # New members one sender may introduce that have not answered us yet ("hearsay");
+    # a member's answer (ack to our probe, reply to our push-pull) frees its slot.
+    # Replies to our own join are exempt (the seed's table is what a joiner asked for).
     hearsay_quota: int = 64
-    # Left members, and dead members we never heard from, are forgotten this long
+    # Left members, and dead members that never answered us, are forgotten this long
     # after they went (memberlist's GossipToTheDeadTime, 30 s on LAN) ...
     gossip_to_the_dead_time: float = 30.0
     # ... other dead members are kept this long as reconnect targets (Serf's
