@@ -65,12 +65,15 @@ cluster and leaves this to its keyring — these rules hold without one):
   detection stays as fast. Only accusers we hold live count as confirmations.
 * New members learned from someone else ("hearsay": a gossiped ``Alive``, a row of a
   push-pull, a model packet's claimed sender address) count against that sender's
-  ``hearsay_quota`` (64) until we hear from the member itself; the answer to our own
-  join is exempt. One forged full state of 66,000 members adds 64, and an honest
-  partner that pulls ours gets at most those.
-* Every path into the table respects ``max_members``; the member count is kept, not
-  recounted (the old count per new member made a 66,000-row push-pull take 43 s).
-* Left members, and dead members we never heard from, are forgotten
+  ``hearsay_quota`` (64) until the member answers us on a connection we opened (its
+  ack to our probe, its reply to our push-pull, a model exchange we started): a
+  message that merely names a source proves nothing. The answer to our own join is
+  exempt. One forged full state of 66,000 members adds 64, and an honest partner
+  takes at most 64 of them from each neighbour that passes them on.
+* Every path into the table respects ``max_members`` (a full table gives up its
+  longest-dead member for a newcomer); the member count is kept, not recounted (the
+  old count per new member made a 66,000-row push-pull take 43 s).
+* Left members, and dead members that never answered us, are forgotten
   ``gossip_to_the_dead_time`` (memberlist: 30 s) after they went; other dead members
   after ``reconnect_timeout`` (Serf keeps them 24 h for reconnects; here 3,600 periods).
   A private address book recycles the forgotten names' slots.
@@ -239,11 +242,11 @@ class SwimConfig:
     # than this far ahead of the incarnation we hold is not believed: honest
     # incarnations rise by one per refutation, so only a forgery jumps that far.
     incarnation_window: int = 1024
-    # New members one sender may introduce that we have not heard from ourselves yet
-    # ("hearsay"); hearing from a member frees its slot. Replies to our own join are
-    # exempt (the seed's table is what a joiner asked for).
+    # New members one sender may introduce that have not answered us yet ("hearsay");
+    # a member's answer (ack to our probe, reply to our push-pull) frees its slot.
+    # Replies to our own join are exempt (the seed's table is what a joiner asked for).
     hearsay_quota: int = 64
-    # Left members, and dead members we never heard from, are forgotten this long
+    # Left members, and dead members that never answered us, are forgotten this long
     # after they went (memberlist's GossipToTheDeadTime, 30 s on LAN) ...
     gossip_to_the_dead_time: float = 30.0
     # ... other dead members are kept this long as reconnect targets (Serf's
@@ -708,8 +711,12 @@ class Swim:
         # who introduced it; and per introducer, how many such members it has here.
         self._unconfirmed: dict[int, str] = {}
         self._introduced: dict[str, int] = {}
-        self._joins: set[str] = set()  # seeds we sent a join to: their reply is trusted
-        self._trusted_parts: set[str] = set()  # ... and so are the further parts of that reply
+        # Addresses we sent a push-pull (the newest _MAX_ASKED): a reply from one of them
+        # came over our own connection, so it confirms the member; the reply to a join
+        # is also taken whole, and so are the further parts of that reply.
+        self._asked: dict[str, None] = {}
+        self._joins: dict[str, None] = {}
+        self._trusted_parts: dict[str, None] = {}
         self._down_since: dict[int, float] = {}  # dead or left members: since when
         self._owns_book = book is None  # a private book may recycle the names it forgets
         # Full-state rows received and not merged yet: [source, trusted, rows, next row].
@@ -950,12 +957,24 @@ class Swim:
                 self._send_join(seed)
         return out
 
-    _MAX_JOINS = 64  # joins awaiting an answer whose table we take whole
+    _MAX_ASKED = 64
+
+    @classmethod
+    def _remember(cls, seen: dict[str, None], address: str) -> None:
+        """Add ``address`` as the newest of ``seen``, forgetting the oldest past the bound."""
+        seen.pop(address, None)
+        seen[address] = None
+        if len(seen) > cls._MAX_ASKED:
+            del seen[next(iter(seen))]
 
     def _send_join(self, to: str) -> None:
-        if len(self._joins) < self._MAX_JOINS:
-            self._joins.add(to)
-        self._send(to, PushPull(self.address, self._snapshot_states(), join=True))
+        self._remember(self._joins, to)
+        self._ask(to, join=True)
+
+    def _ask(self, to: str, join: bool = False) -> None:
+        """Send our full state to ``to``, remembering that we asked (its reply is genuine)."""
+        self._remember(self._asked, to)
+        self._send(to, PushPull(self.address, self._snapshot_states(), join=join))
 
     def leave(self, now: float) -> list[Output]:
         """Announce a graceful leave; stop probing. Keep delivering ~1 period, then stop."""
@@ -984,8 +1003,10 @@ class Swim:
         """
         out = self._begin(now)
         sender = self.book.get(msg.source)
-        if sender is not None:
-            self._heard_from(sender)
+        if isinstance(msg, PushPull) and msg.reply and msg.source in self._asked:
+            del self._asked[msg.source]
+            if sender is not None:  # it answered on the connection we opened to it
+                self._heard_from(sender)
         if isinstance(msg, PushPull):
             self._on_push_pull(msg, sender, now, max_rows)
             return out
@@ -1004,6 +1025,8 @@ class Swim:
             probe = self._probes.get(msg.seq)
             if probe is not None:
                 probe.acked = True
+                if sender == probe.target:  # it answered our own probe: it is really there
+                    self._heard_from(sender)
             else:
                 relay = self._relays.pop(msg.seq, None)
                 if relay is not None:
@@ -1152,23 +1175,23 @@ class Swim:
             return
         else:
             return
-        self._send(to, PushPull(self.address, self._snapshot_states()))
+        self._ask(to)
 
     def _reconnect(self, now: float) -> None:
         self._out.append(Timer(now + self.config.reconnect_interval, TimerKind.RECONNECT))
         if self._left or not self._dead:
             return
         victim = self.rng.choice(sorted(self._dead))
-        self._send(self.book.addresses[victim], PushPull(self.address, self._snapshot_states()))
+        self._ask(self.book.addresses[victim])
 
     def _on_push_pull(self, msg: PushPull, sender: int | None, now: float, max_rows: int | None) -> None:
         mine = self._snapshot_states() if not msg.reply else ()
         trusted = msg.reply and msg.source in self._joins  # the seed's answer to our join
-        self._joins.discard(msg.source)
+        self._joins.pop(msg.source, None)
         # Further parts of this full state (more_states) are trusted as its first was.
-        self._trusted_parts.discard(msg.source)
-        if trusted and len(self._trusted_parts) < self._MAX_JOINS:
-            self._trusted_parts.add(msg.source)
+        self._trusted_parts.pop(msg.source, None)
+        if trusted:
+            self._remember(self._trusted_parts, msg.source)
         if not (self.book.snapshots and msg.states is self._snapshot_states()):
             # (a snapshot object shared through our book is identical to our table: skip)
             self._merge_queue.append([msg.source, trusted, msg.states, 0])
@@ -1270,27 +1293,37 @@ class Swim:
             self._broadcast(Alive(self.address, self.peer_id, self._inc[self._me]))
 
     def _admit(self, address: str) -> int | None:
-        """A table slot for a new member, or None: the table is full, or the member is
-        hearsay from a sender whose quota of members we never heard from is used up."""
-        if self._members >= self.config.max_members:
-            self.refused_members += 1
-            return None
+        """A table slot for a new member, or None: the table is full of live members, or
+        the member is hearsay from a sender whose quota of unconfirmed members is used up.
+
+        A full table gives up its longest-dead member first: a live newcomer is worth
+        more than a reconnect target, and an attacker must not fill the table for good.
+        """
         src = self._src
         hearsay = not self._trusted and address != src
         if hearsay and self._introduced.get(src, 0) >= self.config.hearsay_quota:
             self.refused_hearsay += 1
             return None
+        if self._members >= self.config.max_members:
+            if not self._down_since:
+                self.refused_members += 1
+                return None
+            self._forget(next(iter(self._down_since)), self._now)
         idx = self.book.intern(address)
         self._sources.setdefault(idx, Source.GOSSIP)
+        # Unconfirmed until it answers us (see _heard_from); hearsay also holds a slot of
+        # its introducer's quota until then.
+        self._unconfirmed[idx] = src if hearsay else ""
         if hearsay:
             self._introduced[src] = self._introduced.get(src, 0) + 1
-            self._unconfirmed[idx] = src
         return idx
 
     def _heard_from(self, idx: int) -> None:
-        """A message came from member ``idx`` itself: it is no longer anyone's hearsay."""
+        """Member ``idx`` answered on a connection we opened (its ack to our probe, its
+        reply to our push-pull, a model exchange we started): it exists. A message that
+        merely names it as its source proves nothing — anyone can write that."""
         src = self._unconfirmed.pop(idx, None)
-        if src is not None:
+        if src:
             left = self._introduced[src] - 1
             if left:
                 self._introduced[src] = left
@@ -1430,6 +1463,10 @@ class Swim:
         if now < due:
             self._out.append(Timer(due, TimerKind.REAP, idx))
             return
+        self._forget(idx, now)
+
+    def _forget(self, idx: int, now: float) -> None:
+        """Drop a dead or left member from the table (and its name, from a private book)."""
         self._set(idx, _NONE, 0, now)
         self._heard_from(idx)  # frees its introducer's quota
         for table in (self._contacts, self._sources, self._failures):
@@ -1532,6 +1569,8 @@ class Swim:
             self._set(idx, _ALIVE, 0, now)
         if peer_id:
             self.book.set_peer_id(idx, peer_id)
+        if not inbound:
+            self._heard_from(idx)  # an exchange we started: it answered from that address
         self._contacts[idx] = now
         self._failures.pop(idx, None)
         return self._member(idx)

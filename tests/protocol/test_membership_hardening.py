@@ -15,6 +15,7 @@ import pytest
 
 from protocol.membership import (
     GOSSIP_PATH,
+    Ack,
     MAX_INCARNATION,
     Alive,
     Dead,
@@ -22,6 +23,7 @@ from protocol.membership import (
     Leave,
     MemberEntry,
     MemberState,
+    Ping,
     PushPull,
     Send,
     Suspect,
@@ -148,7 +150,12 @@ def test_hearing_from_a_member_frees_its_introducers_quota() -> None:
     node.on_message(Gossip("a", tuple(Alive(r.address, "", 0) for r in rows)), 1.0)
     assert node.refused_hearsay == 5
     first = rows[0].address
-    node.on_message(Gossip(first, ()), 2.0)  # the member speaks for itself: no longer hearsay
+    node.on_message(Gossip(first, ()), 2.0)  # naming itself as a source proves nothing ...
+    assert node._introduced == {"a": CFG.hearsay_quota}
+    outs = node.on_timer(Timer(2.0, TimerKind.PROBE), 2.0)  # ... answering our probe does
+    ping = next(o.message for o in outs if isinstance(o, Send) and isinstance(o.message, Ping))
+    node.on_message(Ack(ping.seq, ping.target), 2.1)
+    assert node._introduced == {"a": CFG.hearsay_quota - 1}
     node.on_message(Gossip("a", (Alive(rows[-1].address, "", 0),)), 3.0)
     assert node.state_of(rows[-1].address) is MemberState.ALIVE
 
@@ -185,8 +192,22 @@ def test_the_model_exchange_path_adds_at_most_the_hearsay_quota_of_claimed_sende
     added = [node.note_contact(f"claimed:{i}", f"c{i}", 1.0, inbound=True) for i in range(500)]
     assert sum(m is not None for m in added) == CFG.hearsay_quota
     assert node._introduced == {GOSSIP_PATH: CFG.hearsay_quota}
-    node.on_message(Gossip("claimed:0", ()), 2.0)  # SWIM hears from one: its slot is free again
-    assert node.note_contact("claimed:999", "c", 3.0) is not None
+    node.note_contact("claimed:0", "c0", 2.0)  # an exchange we started reached it: its slot is free
+    assert node.note_contact("claimed:999", "c", 3.0, inbound=True) is not None
+
+
+def test_a_full_table_gives_up_its_longest_dead_member_for_a_newcomer() -> None:
+    node = node_with(["a", "b", "c"], SwimConfig(max_members=3))
+    for who, t in (("b", 1.0), ("c", 2.0)):
+        node.on_message(Gossip("a", (Suspect(who, 0, "a"),)), t)
+        deadline = node.suspicion_deadline(who)
+        node.on_timer(Timer(deadline, TimerKind.SUSPICION, node.book.get(who)), deadline)
+    node.on_message(Gossip("new:1", (Alive("new:1", "", 0),)), 20.0)
+    assert node.state_of("b") is None and node.state_of("c") is MemberState.DEAD
+    assert node.state_of("new:1") is MemberState.ALIVE and len(node.members()) == 3
+    node.on_message(Gossip("new:2", (Alive("new:2", "", 0),)), 21.0)
+    node.on_message(Gossip("new:3", (Alive("new:3", "", 0),)), 22.0)  # nobody dead is left to give up
+    assert node.state_of("new:3") is None and node.refused_members == 1
 
 
 # --- forgetting the dead -------------------------------------------------------------
@@ -239,10 +260,10 @@ def test_a_dead_member_we_heard_from_is_kept_for_reconnects_then_reaped() -> Non
 def test_a_full_state_merged_in_chunks_ends_as_one_merged_at_once() -> None:
     rows = junk(3000) + (MemberEntry("b", "", 4, MemberState.SUSPECT),)
     once = node_with(["a", "b", "seed"], address="me")
-    once._joins.add("seed")
+    once._joins["seed"] = None
     once.on_message(PushPull("seed", rows, reply=True), 1.0)
     chunked = node_with(["a", "b", "seed"], address="me")
-    chunked._joins.add("seed")
+    chunked._joins["seed"] = None
     chunked.on_message(PushPull("seed", rows, reply=True), 1.0, max_rows=1000)
     assert chunked.merge_pending and len(chunked.members()) == 3 + 1000
     steps = 0
