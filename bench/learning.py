@@ -95,6 +95,10 @@ class Budget:
     # Exchanges each peer starts per round (gossip only). 1 everywhere except in the
     # ablation's mixing rows, which ask whether gossip's slower mixing is the gap to FedAvg.
     exchanges_per_round: int = 1
+    # Which model of a gossip peer is scored: "merge", the one it had right after its latest
+    # merge (where FedAvg's aggregate is scored, and the plain reference's: bench/reference.py),
+    # or "now", its model at the round boundary, some local steps after that merge.
+    evaluate: str = "merge"
 
 
 @dataclass
@@ -190,7 +194,8 @@ def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, s
     curve.record(sim.accuracies(), 0, sim.consensus_distance())
     for r in range(1, budget.rounds + 1):
         sim.run_until(float(r * budget.local_steps))
-        curve.record(sim.accuracies(), sim.stats.bytes_sent, sim.consensus_distance())
+        accuracies = sim.merged_accuracies() if budget.evaluate == "merge" else sim.accuracies()
+        curve.record(accuracies, sim.stats.bytes_sent, sim.consensus_distance())
     return curve
 
 
@@ -403,6 +408,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", choices=("default", "xavier"), default="default", help="weight initialisation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablate", action="store_true", help="also run the ablation on the first setting")
+    p.add_argument("--eval", choices=("merge", "now"), default="merge",
+                   help="score gossip peers right after their latest merge (as FedAvg) or at the round boundary")
     p.add_argument("--no-wallclock", action="store_true", help="skip the simulated wall-clock scenarios")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
@@ -420,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [s for s in settings if selected(s, args)]
     if not settings:
         raise SystemExit("no setting matches --peers/--models/--splits")
-    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds)
+    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:

@@ -50,3 +50,26 @@ def test_stragglers_step_slower_and_crashed_peers_neither_train_nor_answer(digit
     assert sim.peers[0].trainer.stats().steps <= 40 * sim.peers[0].speed - 19 * sim.peers[0].speed + 1
     assert any(p.engine.links.get(sim.peers[0].address) and p.engine.links[sim.peers[0].address].failures
                for p in sim.peers[1:])
+
+
+def test_merged_accuracies_score_each_peers_model_as_it_was_right_after_its_latest_merge(digits) -> None:  # noqa: ANN001
+    import numpy as np
+    import torch
+
+    from peer.sim import make_model
+
+    sim = Simulator(small(), digits)
+    sim.run_until(12.0)
+    merged, now = sim.merged_accuracies(), sim.accuracies()
+    assert sim.stats.merges > 0 and not np.array_equal(merged, now)
+    p = next(p for p in sim.peers if p.engine.defence.merged_state is not None)
+    model = make_model(sim.config, digits, 0)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                           for k, v in p.engine.defence.merged_state.items()})
+    with torch.no_grad():
+        model.eval()
+        expected = float((model(p.trainer.test_x).argmax(1) == p.trainer.test_y).float().mean())
+    assert merged[p.index] == expected
+    lonely = Simulator(small(loss=1.0), digits)  # nothing ever merged: the current models are scored
+    lonely.run_until(12.0)
+    assert np.array_equal(lonely.merged_accuracies(), lonely.accuracies())
