@@ -41,11 +41,17 @@ import torch
 
 from peer.data import Dataset, load_dataset
 from peer.sim import SimConfig, Simulator, make_model, own_packet
+from bench import fmnist
+from bench.sampled import run_rounds
+from bench.wallclock import wallclock, wallclock_table
 from peer.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
-METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared")
+METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared",
+           "gossip_vc_fanout", "sampled")
 LABELS = {
+    "gossip_vc_fanout": "(f) gossip VC, fanout 2 (Epidemic Learning)",
+    "sampled": "(g) sampled rounds (hash-chosen aggregator)",
     "centralized": "(a) centralized SGD",
     "fedavg": "(b) FedAvg, shared init",
     "gossip_plain_indep": "(c) gossip plain, indep. init",
@@ -53,7 +59,8 @@ LABELS = {
     "gossip_plain_shared": "(e) gossip plain, shared init",
 }
 # One colour per method in every panel of both plots.
-COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                            "tab:gray")))
 # The paper's claim, as the issue states it.
 VC_ROUNDS_FACTOR = 1.5
 TARGET_FRACTION = 0.95
@@ -67,10 +74,11 @@ class Setting:
     split: str            # "iid" or "dirichlet"
     alpha: float | None   # Dirichlet α; None for iid
     model: str            # "mlp" or "cnn"
+    dataset: str = "digits"  # or "fashion-mnist" (bench.fmnist: a seeded subsample)
 
     def label(self) -> str:
         split = "iid" if self.split == "iid" else f"dir α={self.alpha}"
-        return f"{self.peers} peers, {split}, {self.model}"
+        return f"{self.dataset}, {self.peers} peers, {split}, {self.model}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,10 @@ class Budget:
     # Exchanges each peer starts per round (gossip only). 1 everywhere except in the
     # ablation's mixing rows, which ask whether gossip's slower mixing is the gap to FedAvg.
     exchanges_per_round: int = 1
+    # Which model of a gossip peer is scored: "merge", the one it had right after its latest
+    # merge (where FedAvg's aggregate is scored, and the plain reference's: bench/reference.py),
+    # or "now", its model at the round boundary, some local steps after that merge.
+    evaluate: str = "merge"
 
 
 @dataclass
@@ -163,15 +175,27 @@ def run_fedavg(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     return curve
 
 
+def run_sampled(setting: Setting, budget: Budget, data: Dataset) -> Curve:
+    """Sampled rounds (``bench.sampled``): every peer trains on the latest aggregate; the round's
+    aggregator is chosen by hashing (round, peer id), so there is no fixed server."""
+    sim = Simulator(sim_config(setting, budget, shared_init=True, merge="weighted"), data)
+    result = run_rounds(sim, budget.rounds, budget.local_steps, sampled=True)
+    curve = Curve()
+    for acc, sent in zip(result.accuracy, result.bytes_sent):
+        curve.record(np.array([acc]), sent, 0.0)
+    return curve
+
+
 def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
-               rule: MergeRule | None = None) -> Curve:
-    """Gossip through ``peer.sim``: every peer trains, and starts one exchange per round."""
-    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init), data, rule)
+               rule: MergeRule | None = None, fanout: int = 1) -> Curve:
+    """Gossip through ``peer.sim``: every peer trains, and starts ``fanout`` exchanges per round."""
+    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance())
     for r in range(1, budget.rounds + 1):
         sim.run_until(float(r * budget.local_steps))
-        curve.record(sim.accuracies(), sim.stats.bytes_sent, sim.consensus_distance())
+        accuracies = sim.merged_accuracies() if budget.evaluate == "merge" else sim.accuracies()
+        curve.record(accuracies, sim.stats.bytes_sent, sim.consensus_distance())
     return curve
 
 
@@ -182,6 +206,8 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
         "gossip_plain_indep": lambda s, b, d: run_gossip(s, b, d, merge="mean", shared_init=False),
         "gossip_vc_indep": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=False),
         "gossip_plain_shared": lambda s, b, d: run_gossip(s, b, d, merge="mean", shared_init=True),
+        "gossip_vc_fanout": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=False, fanout=2),
+        "sampled": run_sampled,
     }
     return runners[method]
 
@@ -200,13 +226,15 @@ def summarise(runs: Sequence[Run]) -> list[dict]:
     for run in runs:
         target = TARGET_FRACTION * fedavg_final[run.setting] if run.setting in fedavg_final else math.inf
         reached = rounds_to(run.curve, target)
+        rounds = max(len(run.curve.bytes_sent) - 1, 1)
         rows.append({
-            "peers": run.setting.peers, "split": run.setting.split, "alpha": run.setting.alpha,
+            "dataset": run.setting.dataset, "peers": run.setting.peers, "split": run.setting.split, "alpha": run.setting.alpha,
             "model": run.setting.model, "method": run.method,
             "final_accuracy_mean": run.curve.accuracy_mean[-1],
             "final_accuracy_std": run.curve.accuracy_std[-1],
             "rounds_to_95pct_fedavg": reached,
             "bytes_sent": run.curve.bytes_sent[-1],
+            "bytes_per_round": run.curve.bytes_sent[-1] / rounds,
             "bytes_to_95pct_fedavg": None if reached is None else run.curve.bytes_sent[reached],
             "consensus_distance": run.curve.consensus[-1],
             "mean_accuracy_over_rounds": float(np.mean(run.curve.accuracy_mean[1:])),
@@ -221,16 +249,16 @@ def _fmt_rounds(x: int | None) -> str:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    head = ("| peers | split | model | method | final acc (mean ± std) | mean acc over rounds "
-            "| rounds to 95% FedAvg | MB sent | consensus dist |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| data | peers | split | model | method | final acc (mean ± std) | mean acc over rounds "
+            "| rounds to 95% FedAvg | MB / round | consensus dist |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         split = "iid" if r["split"] == "iid" else f"dir {r['alpha']}"
         lines.append(
-            f"| {r['peers']} | {split} | {r['model']} | {LABELS.get(r['method'], r['method'])} "
+            f"| {r['dataset']} | {r['peers']} | {split} | {r['model']} | {LABELS.get(r['method'], r['method'])} "
             f"| {r['final_accuracy_mean']:.3f} ± {r['final_accuracy_std']:.3f} "
             f"| {r['mean_accuracy_over_rounds']:.3f} | {_fmt_rounds(r['rounds_to_95pct_fedavg'])} "
-            f"| {r['bytes_sent'] / 1e6:.1f} | {r['consensus_distance']:.3f} |")
+            f"| {r['bytes_per_round'] / 1e6:.2f} | {r['consensus_distance']:.3f} |")
     return "\n".join(lines)
 
 
@@ -238,7 +266,7 @@ def verdicts(rows: Sequence[dict]) -> str:
     """Per setting: does (d) reach the target within 1.5x FedAvg's rounds, and is (c) clearly worse?"""
     by_setting: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        by_setting.setdefault((r["peers"], r["split"], r["alpha"], r["model"]), {})[r["method"]] = r
+        by_setting.setdefault((r["peers"], r["split"], r["alpha"], r["model"], r["dataset"]), {})[r["method"]] = r
     out = []
     for key, m in by_setting.items():
         if not {"fedavg", "gossip_vc_indep", "gossip_plain_indep"} <= m.keys():
@@ -248,7 +276,7 @@ def verdicts(rows: Sequence[dict]) -> str:
         c_worse = c is None or (d is not None and c > d) or \
             m["gossip_plain_indep"]["final_accuracy_mean"] < m["gossip_vc_indep"]["final_accuracy_mean"] - 0.01
         split = "iid" if key[1] == "iid" else f"dir {key[2]}"
-        out.append(f"- {key[0]} peers, {split}, {key[3]}: FedAvg {_fmt_rounds(b)} rounds; "
+        out.append(f"- {key[4]}, {key[0]} peers, {split}, {key[3]}: FedAvg {_fmt_rounds(b)} rounds; "
                    f"(d) {_fmt_rounds(d)} -> {'within' if d_ok else 'NOT within'} {VC_ROUNDS_FACTOR}x; "
                    f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}")
     return "\n".join(out)
@@ -346,12 +374,20 @@ SPLITS: tuple[tuple[str, float | None], ...] = (("iid", None), ("dirichlet", 0.1
 
 
 def grid(quick: bool) -> tuple[list[Setting], Budget]:
-    """``--quick``: 16 peers, the MLP on all three splits plus the CNN on iid, 40 rounds
-    (~3-4 min on 2 cores). Full: 16 and 64 peers x 3 splits x MLP and CNN, 60 rounds."""
+    """``--quick``: digits, 16 peers, the MLP on iid and Dirichlet 0.5, and Fashion-MNIST (12k
+    images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds. Full: 16 and 64 peers x 3 splits x
+    MLP and CNN on both data sets, 60 rounds."""
     if quick:
-        settings = [Setting(16, s, a, "mlp") for s, a in SPLITS] + [Setting(16, "iid", None, "cnn")]
-        return settings, Budget(rounds=40)
-    return [Setting(p, s, a, m) for p in (16, 64) for m in ("mlp", "cnn") for s, a in SPLITS], Budget(rounds=60)
+        settings = [Setting(16, s, a, "mlp") for s, a in (("iid", None), ("dirichlet", 0.5))]
+        settings.append(Setting(16, "dirichlet", 0.5, "mlp", "fashion-mnist"))
+        return settings, Budget(rounds=30)
+    return [Setting(p, s, a, m, d) for d in ("digits", "fashion-mnist") for p in (16, 64) for m in ("mlp", "cnn")
+            for s, a in SPLITS], Budget(rounds=60)
+
+
+def load(dataset: str) -> Dataset:
+    """``digits`` (bundled) or ``fashion-mnist`` (bench.fmnist: 12k training, 2k test images)."""
+    return fmnist.load() if dataset == "fashion-mnist" else load_dataset(dataset)
 
 
 def selected(setting: Setting, args: argparse.Namespace) -> bool:
@@ -359,7 +395,8 @@ def selected(setting: Setting, args: argparse.Namespace) -> bool:
     split = "iid" if setting.split == "iid" else f"dir{setting.alpha}"
     return ((args.peers is None or setting.peers in args.peers)
             and (args.models is None or setting.model in args.models)
-            and (args.splits is None or split in args.splits))
+            and (args.splits is None or split in args.splits)
+            and (args.datasets is None or setting.dataset in args.datasets))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -371,6 +408,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", choices=("default", "xavier"), default="default", help="weight initialisation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablate", action="store_true", help="also run the ablation on the first setting")
+    p.add_argument("--eval", choices=("merge", "now"), default="merge",
+                   help="score gossip peers right after their latest merge (as FedAvg) or at the round boundary")
+    p.add_argument("--no-wallclock", action="store_true", help="skip the simulated wall-clock scenarios")
+    p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
+    p.add_argument("--methods", nargs="*", default=None, help="only these methods")
     p.add_argument("--peers", type=int, nargs="*", default=None, help="only these swarm sizes")
     p.add_argument("--models", nargs="*", default=None, help="only these models")
     p.add_argument("--splits", nargs="*", default=None, help="only these splits: iid, dir0.1, dir0.5")
@@ -385,11 +427,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [s for s in settings if selected(s, args)]
     if not settings:
         raise SystemExit("no setting matches --peers/--models/--splits")
-    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds)
-    data = load_dataset("digits")
+    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval)
+    datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:
-        for method in METHODS:
+        data = datasets[setting.dataset]
+        for method in [m for m in METHODS if args.methods is None or m in args.methods or m == "fedavg"]:
             t0 = time.perf_counter()
             curve = method_runner(method)(setting, budget, data)
             runs.append(Run(setting, method, curve, time.perf_counter() - t0))
@@ -397,6 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
     rows = summarise(runs)
     result: dict = {"budget": asdict(budget), "quick": args.quick, "configs": rows}
+    if not args.no_wallclock:
+        result["wallclock"] = []
+        for name, data in datasets.items():
+            s = next(s for s in settings if s.dataset == name)
+            base = sim_config(s, budget)
+            result["wallclock"] += wallclock(name, base, data, budget.local_steps, budget.rounds * budget.local_steps,
+                                             log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.ablate:
         result["ablation"] = ablation(settings[0], budget, data)
     result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -406,9 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = plot(runs, plot_dir)
     print(f"\n{budget.rounds} rounds of {budget.local_steps} local steps per peer (batch {budget.batch_size}, "
-          f"lr {budget.lr}, momentum {budget.momentum}, init {budget.init}); digits; "
+          f"lr {budget.lr}, momentum {budget.momentum}, init {budget.init}); {', '.join(datasets)}; "
           f"wall time {result['wall_s']:.0f} s\n")
     print(markdown_table(rows))
+    if "wallclock" in result:
+        print("\nSimulated wall-clock time (first setting of each data set):\n")
+        print(wallclock_table(result["wallclock"]))
     print("\nThe paper's expectation ((d) within 1.5x FedAvg's rounds to 95% of FedAvg's final accuracy; "
           "(c) clearly worse):")
     print(verdicts(rows))

@@ -102,14 +102,17 @@ def reference(cfg: SimConfig, data: Dataset, rounds: int, local_steps: int, *, m
 
 
 def simulated(cfg: SimConfig, data: Dataset, rounds: int, local_steps: int, *, every: int = 1) -> dict[str, list[float]]:
-    """Mean peer accuracy of ``peer.sim`` at every ``every``-th round boundary (``round·local_steps``)."""
+    """Mean peer accuracy of ``peer.sim`` at every ``every``-th round boundary (``round·local_steps``),
+    of the models as they are then and of each peer's model right after its latest merge."""
     sim = Simulator(cfg, data)
-    curve = [float(sim.accuracies().mean())]
+    start = float(sim.accuracies().mean())
+    curves: dict[str, list[float]] = {"at-round-end": [start], "after-merge": [start]}
     for r in range(1, rounds + 1):
         sim.run_until(r * local_steps)
         if r % every == 0 or r == rounds:
-            curve.append(float(sim.accuracies().mean()))
-    return {"at-round-end": curve}
+            curves["at-round-end"].append(float(sim.accuracies().mean()))
+            curves["after-merge"].append(float(sim.merged_accuracies().mean()))
+    return curves
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -156,14 +156,19 @@ def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribut
 
 
 class _CountingDefence(Defence):
-    """The daemon's defence; each merge's verdicts are also counted in the simulator's stats."""
+    """The daemon's defence; each merge's verdicts are also counted in the simulator's stats,
+    and the merged model is kept (``Simulator.merged_accuracies`` reads it)."""
 
-    def __init__(self, sim: Simulator, reputation: Reputation | None) -> None:
+    def __init__(self, sim: Simulator, reputation: Reputation | None,
+                 state: Callable[[], dict[str, np.ndarray]]) -> None:
         super().__init__(reputation, clock=sim.clock)
         self._sim = sim
+        self._state = state
+        self.merged_state: dict[str, np.ndarray] | None = None
 
     def on_merged(self, report: MergeReport) -> None:
         self._sim._merged(report)
+        self.merged_state = self._state()
 
 
 class Simulator(AttackerMixin):
@@ -267,7 +272,7 @@ class Simulator(AttackerMixin):
             clock=self.clock, topk_ratio=_DAEMON.topk_ratio, keyframe_codec=_DAEMON.keyframe_codec,
             error_feedback=_DAEMON.error_feedback, max_links=_DAEMON.max_links, small_codec=_DAEMON.small_codec)
         reputation = Reputation(self._reputation_config()) if cfg.reputation else None
-        engine.defence = _CountingDefence(self, reputation)
+        engine.defence = _CountingDefence(self, reputation, p.trainer.state)
         engine.fanout = cfg.fanout
         return engine
 
@@ -364,6 +369,24 @@ class Simulator(AttackerMixin):
     def accuracies(self) -> np.ndarray:
         """Every peer's test accuracy now (the same held-out set for all)."""
         return np.array([p.trainer.evaluate() for p in self.peers])
+
+    def merged_accuracies(self) -> np.ndarray:
+        """Every peer's test accuracy of the model it had right after its latest merge (its
+        current model if it never merged): the point at which FedAvg's accuracy is read (the
+        aggregate, right after aggregation) and the reference's (right after the exchanges)."""
+        out = []
+        for p in self.peers:
+            defence = p.engine.defence if p.engine is not None else None
+            state = defence.merged_state if isinstance(defence, _CountingDefence) else None
+            if state is None:
+                out.append(p.trainer.evaluate())
+                continue
+            self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+            with torch.no_grad():
+                self._scratch.eval()
+                pred = self._scratch(p.trainer.test_x).argmax(1)
+                out.append(float((pred == p.trainer.test_y).float().mean()))
+        return np.array(out)
 
     def honest_accuracies(self) -> np.ndarray:
         """Test accuracy of every peer that is not an attacker."""

@@ -104,7 +104,9 @@ def test_the_loss_check_keeps_honest_peers_near_the_no_attack_accuracy(digits) -
         assert v[("outlier", True)] > v[("ok", True)], (attack, v)
         assert sim.stats.refused_by[("validation", False)] <= 0.05 * v[("ok", False)], sim.stats.refused_by
     plain = Simulator(small(merge="vc", attack="small-shift", attackers=(5,)), digits)
-    plain.run_until(60.0)
+    # 18 rounds: through the daemon's packet path (issue 11) this seed's honest peers are at
+    # 0.54 after 12 rounds and collapse to 0.10 by round 18 (0.41-0.58 at 12 rounds on seeds 1-2).
+    plain.run_until(90.0)
     assert plain.honest_accuracies().mean() < reference - 0.3
 
 

@@ -1,0 +1,75 @@
+"""Issue 11 in the simulator and the engine: fanout (Epidemic Learning), stragglers, churn."""
+
+from __future__ import annotations
+
+import pytest
+
+from peer.data import load_dataset
+from peer.sim import SimConfig, Simulator
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def digits():  # noqa: ANN201 - a peer.data.Dataset
+    return load_dataset("digits")
+
+
+def small(**kw) -> SimConfig:  # noqa: ANN003
+    base = {"peers": 5, "gossip_interval": 5.0, "batch_size": 16}
+    return SimConfig(**{**base, **kw})
+
+
+def test_fanout_exchanges_with_several_peers_and_merges_once_per_round(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(fanout=3), digits)
+    merged_inputs: list[int] = []
+    for p in sim.peers:  # count the inputs of each merge the defence makes
+        original = p.engine.defence._merge_now
+
+        def spy(trainer, rule, batch, original=original):  # noqa: ANN001, ANN202
+            merged_inputs.append(len(batch))
+            return original(trainer, rule, batch)
+        p.engine.defence._merge_now = spy
+    sim.run_until(21.0)  # 4 ticks per peer (random phases in [0, 5))
+    ticks = 4 * sim.config.peers
+    assert sim.stats.exchanges == 3 * ticks
+    # Nothing is merged on arrival: one merge per tick at most, each of everything that arrived.
+    assert 0 < sim.stats.merges <= ticks and sim.stats.merges == len(merged_inputs)
+    assert max(merged_inputs) >= 3 and all(1 <= k <= sim.config.peers - 1 for k in merged_inputs)
+    assert all(p.engine.fanout == 3 and p.engine.defence.defer for p in sim.peers)
+
+
+def test_stragglers_step_slower_and_crashed_peers_neither_train_nor_answer(digits) -> None:  # noqa: ANN001
+    sim = Simulator(small(slow_fraction=0.4, slow_factor=4.0, churn=((0, 10.0, 30.0),)), digits)
+    sim.run_until(40.0)
+    steps = sorted(p.trainer.stats().steps for p in sim.peers[1:])
+    slow = [p for p in sim.peers if p.speed < 0.5]
+    assert len(slow) == 2 and all(p.trainer.stats().steps <= 10 for p in slow if p.index != 0)
+    assert steps[-1] == 40
+    # Peer 0 was down for 20 of the 40 s: it missed those steps, and exchanges to it failed.
+    assert sim.peers[0].trainer.stats().steps <= 40 * sim.peers[0].speed - 19 * sim.peers[0].speed + 1
+    assert any(p.engine.links.get(sim.peers[0].address) and p.engine.links[sim.peers[0].address].failures
+               for p in sim.peers[1:])
+
+
+def test_merged_accuracies_score_each_peers_model_as_it_was_right_after_its_latest_merge(digits) -> None:  # noqa: ANN001
+    import numpy as np
+    import torch
+
+    from peer.sim import make_model
+
+    sim = Simulator(small(), digits)
+    sim.run_until(12.0)
+    merged, now = sim.merged_accuracies(), sim.accuracies()
+    assert sim.stats.merges > 0 and not np.array_equal(merged, now)
+    p = next(p for p in sim.peers if p.engine.defence.merged_state is not None)
+    model = make_model(sim.config, digits, 0)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
+                           for k, v in p.engine.defence.merged_state.items()})
+    with torch.no_grad():
+        model.eval()
+        expected = float((model(p.trainer.test_x).argmax(1) == p.trainer.test_y).float().mean())
+    assert merged[p.index] == expected
+    lonely = Simulator(small(loss=1.0), digits)  # nothing ever merged: the current models are scored
+    lonely.run_until(12.0)
+    assert np.array_equal(lonely.merged_accuracies(), lonely.accuracies())
