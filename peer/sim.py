@@ -66,6 +66,7 @@ from protocol.merge import (
     merge_received_report,
 )
 from protocol.reputation import Reputation, ReputationConfig
+from protocol.stake import Stakes
 from protocol.sampling import choose_partner
 from protocol.wire import (
     Packet,
@@ -92,8 +93,12 @@ INITS = ("default", "xavier")
 #                of the steps 0.95·bound·2^−i (i = 0..12) it sends the one whose rise in the
 #                victim's validation loss lets the most through (trust × step), knowing the
 #                victim's validation data and current limit — what the loss check cannot stop
-ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift", "loss-shift")
-DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95, "loss-shift": 0.95}
+#   rotate       sign-flip under a new identity in every packet (no reputation ever catches up)
+#   huge-count   sign-flip claiming 2^62 training samples (what weighted averaging trusts)
+ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift", "loss-shift", "rotate", "huge-count")
+DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95, "loss-shift": 0.95, "rotate": 2.0,
+                        "huge-count": 2.0}
+HUGE_COUNT = 1 << 62
 # Trainer.step() evaluates every eval_every steps; the simulator evaluates on its own schedule.
 _NEVER = 1 << 62
 
@@ -339,12 +344,14 @@ def own_packet(peer: VirtualPeer, fp: bytes, codec: Codec) -> bytes:
     return packet_of(peer, peer.trainer.state(), fp, codec)
 
 
-def packet_of(peer: VirtualPeer, state: dict[str, np.ndarray], fp: bytes, codec: Codec) -> bytes:
-    """``state`` framed as coming from ``peer`` (an attacker frames its poisoned model this way)."""
+def packet_of(peer: VirtualPeer, state: dict[str, np.ndarray], fp: bytes, codec: Codec, sender_id: str = "",
+              samples: int | None = None) -> bytes:
+    """``state`` framed as coming from ``peer`` (an attacker frames its poisoned model this way,
+    possibly under another identity or claiming other samples)."""
     stats = peer.trainer.stats()
-    header = PacketHeader(sender_id=peer.peer_id, sender_addr=peer.address, fingerprint=fp,
-                          model_version=stats.version, age=stats.steps, samples=peer.trainer.samples,
-                          codec=codec.name)
+    header = PacketHeader(sender_id=sender_id or peer.peer_id, sender_addr=peer.address, fingerprint=fp,
+                          model_version=stats.version, age=stats.steps,
+                          samples=peer.trainer.samples if samples is None else samples, codec=codec.name)
     return encode_packet(header, state, choose_codec(codec))
 
 
@@ -354,16 +361,23 @@ def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0
                                                      sender=sender)])
 
 
-def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution]) -> MergeReport:
+def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution],
+                 stakes: Stakes | None = None) -> MergeReport:
     """Merge ``received`` into ``trainer`` at once with ``merge_received_report``, the function the
-    daemon's ``peer.defence.Defence.merge`` calls; returns the report (verdicts for reputation)."""
+    daemon's ``peer.defence.Defence.merge`` calls; returns the report (verdicts for reputation).
+    ``stakes``: the receiver's books of its senders (protocol/stake.py), applied as the daemon does."""
     reports: list[MergeReport] = []
+    claims = {c.sender: c.samples for c in received}
+    if stakes is not None:
+        received = [stakes.bound(c, trainer.samples) for c in received]
 
     def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         reports.append(merge_received_report(rule, current, trainer.samples, received))
         return reports[-1].tensors
 
     trainer.merge_with(merge)
+    if stakes is not None:
+        stakes.observe_verdicts(reports[-1].verdicts, claims)
     return reports[-1]
 
 
@@ -406,6 +420,9 @@ class Simulator:
             self._scratch = make_model(config, self.data, 0)
         self._noise = np.random.default_rng(config.seed + 7)
         self._setup_attackers()
+        self._rotations = 0
+        # Each peer's books of its senders' claims and earned weight, as the daemon keeps them.
+        self.stakes = [Stakes() for _ in self.peers]
         self.specs: tuple[TensorSpec, ...] = specs_of(self.peers[0].trainer.state())
         self.fingerprint = fingerprint(self.specs)
         self.now = 0.0
@@ -480,7 +497,7 @@ class Simulator:
 
     def _send(self, src: VirtualPeer, dst: VirtualPeer, *, reply: bool) -> None:
         if src.index in self.attackers and self.config.attack != "label-flip":
-            data = packet_of(src, self._poisoned(src, dst), self.fingerprint, self.codec)
+            data = packet_of(src, self._poisoned(src, dst), self.fingerprint, self.codec, **self._claims(src))
             self.stats.poisoned += 1
         else:
             data = own_packet(src, self.fingerprint, self.codec)
@@ -498,18 +515,19 @@ class Simulator:
     def _deliver(self, message: Message) -> None:
         dst = self.peers[message.dst]
         src = self.peers[message.src]
-        if self.reputations is not None and self.reputations[dst.index].is_banned(src.peer_id, self.now):
-            self.stats.dropped += 1  # banned: dropped unread, no reply
-            return
         try:
             packet = decode_packet(message.data, expected=self.specs)
         except WireError:
             self.stats.rejected += 1  # the daemon refuses it too: no reply, no merge
             return
+        who = packet.header.sender_id  # the identity its connection proves (an attacker may rotate it)
+        if self.reputations is not None and self.reputations[dst.index].is_banned(who, self.now):
+            self.stats.dropped += 1  # banned: dropped unmerged, no reply
+            return
         if not message.reply:
             # Push-pull: answer with the model we had before merging, as GossipEngine does.
             self._send(dst, self.peers[message.src], reply=True)
-        received = Contribution(packet.tensors, samples=packet.header.samples, sender=src.peer_id)
+        received = Contribution(packet.tensors, samples=packet.header.samples, sender=who)
         batch = merge_batch(self.rules[dst.index])
         buffer = self._buffers[dst.index]
         buffer[src.index] = (received, message.receiver_steps)  # one per sender: the newest
@@ -523,12 +541,12 @@ class Simulator:
         received = [Contribution(c.tensors, samples=c.samples, age=steps - sent, sender=c.sender)
                     for _, (c, sent) in sorted(buffer.items())]
         buffer.clear()
-        report = apply_models(dst.trainer, self.rules[dst.index], received)
+        report = apply_models(dst.trainer, self.rules[dst.index], received, self.stakes[dst.index])
         self.stats.merges += 1
         self.stats.max_age = max(self.stats.max_age, max(c.age for c in received))
         by_id = {p.peer_id: p.index for p in self.peers}
         for v in report.verdicts:
-            bad = by_id.get(v.sender, -1) in self.attackers
+            bad = by_id.get(v.sender.split("#", 1)[0], -1) in self.attackers
             self.stats.verdicts[(v.kind, bad)] += 1
             if v.kind == "outlier" and v.reason:
                 self.stats.refused_by[(v.reason.split(" ", 1)[0], bad)] += 1
@@ -555,6 +573,15 @@ class Simulator:
         return make_validator(self._scratch, torch.as_tensor(self.data.train_x[idx]),
                               torch.as_tensor(self.data.train_y[idx]))
 
+    def _claims(self, attacker: VirtualPeer) -> dict:
+        """What an attacker's header claims: a fresh identity per packet, or a huge sample count."""
+        if self.config.attack == "rotate":
+            self._rotations += 1
+            return {"sender_id": f"{attacker.peer_id}#{self._rotations}"}
+        if self.config.attack == "huge-count":
+            return {"samples": HUGE_COUNT}
+        return {}
+
     def _scale(self) -> float:
         return self.config.attack_scale or DEFAULT_ATTACK_SCALE.get(self.config.attack, 1.0)
 
@@ -562,7 +589,7 @@ class Simulator:
         """The model ``attacker`` sends ``victim`` instead of its own (see ``ATTACKS``)."""
         own = attacker.trainer.state()
         kind, k = self.config.attack, self._scale()
-        if kind == "sign-flip":
+        if kind in ("sign-flip", "rotate", "huge-count"):
             return {n: (-k * x).astype(x.dtype) if x.dtype.kind == "f" else x for n, x in own.items()}
         if kind == "noise":
             return {n: (x + k * math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) *
