@@ -58,7 +58,8 @@ def test_framing_a_stranger_without_the_cluster_key_is_refused_unread_and_b_stay
 
 
 def test_framing_without_tls_or_keyring_a_claim_from_another_host_is_refused(launch) -> None:
-    (a,) = launch(1, lambda i, seeds: [*QUIET, "--gossip-interval", "600"])
+    (a,) = launch(1, lambda i, seeds: [*QUIET, "--merge", "bristle", "--gossip-interval", "600"])
+    wait_for(lambda: a.status().training_done, timeout=60, what="training to finish")
     honest_b = "127.0.0.1:7999"  # B is on A's host; the stranger connects from 127.0.0.2
     with relay_from("127.0.0.2", a.gossip_address) as through:
         for frame in outliers(honest_b, 4):
