@@ -83,9 +83,7 @@ class Defence:
         steps = trainer.stats().steps
         with self._lock:  # a stranger's claims and first contact bound its share (protocol/stake.py)
             claimed = received.samples
-            received = Contribution(received.tensors, samples=self.stakes.cap(claimed, trainer.samples),
-                                    age=received.age, sender=received.sender, weight=received.weight,
-                                    stake=min(received.stake, self.stakes.stake(received.sender)))
+            received = self.stakes.bound(received, trainer.samples)
         if merge_batch(rule) > 1 or self.defer:
             # A received model is a view of our copy of the sender's model, which the next
             # frame on that link updates in place (another thread, under that link's lock):
@@ -121,8 +119,7 @@ class Defence:
 
         trainer.merge_with(merge)
         with self._lock:
-            for v in reports[-1].verdicts:
-                self.stakes.observe(v.sender, claims.get(v.sender, 0), taken=v.kind != "outlier")
+            self.stakes.observe_verdicts(reports[-1].verdicts, claims)
             if self.reputation is not None:
                 self.reputation.observe(reports[-1].verdicts, self.clock())
         self.on_merged(reports[-1])

@@ -46,7 +46,7 @@ from peer.config import PeerConfig
 from peer.data import Dataset, load_dataset
 from peer.defence import Defence
 from peer.gossip import GossipEngine
-from peer.sim_attacks import AttackerEngine, AttackerMixin, PoisoningTrainer
+from peer.sim_attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, configure_attacker
 from peer.sim_clock import VirtualClock
 from peer.sim_config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
 from peer.sim_setup import (initialise, make_model, neighbours, peer_seed, random_regular, shard_floor,
@@ -271,6 +271,8 @@ class Simulator(AttackerMixin):
             rng=random.Random(peer_seed(cfg, p.index)), interval=cfg.gossip_interval, timeout=cfg.timeout,
             clock=self.clock, topk_ratio=_DAEMON.topk_ratio, keyframe_codec=_DAEMON.keyframe_codec,
             error_feedback=_DAEMON.error_feedback, max_links=_DAEMON.max_links, small_codec=_DAEMON.small_codec)
+        if isinstance(engine, AttackerEngine):
+            configure_attacker(engine, cfg.attack)
         reputation = Reputation(self._reputation_config()) if cfg.reputation else None
         engine.defence = _CountingDefence(self, reputation, p.trainer.state)
         engine.fanout = cfg.fanout
@@ -314,7 +316,7 @@ class Simulator(AttackerMixin):
         self.stats.merges += 1
         by_id = {p.peer_id: p.index for p in self.peers} | {p.address: p.index for p in self.peers}
         for v in report.verdicts:
-            bad = by_id.get(v.sender, -1) in self.attackers
+            bad = by_id.get(v.sender.split("#", 1)[0], -1) in self.attackers  # rotated identities too
             self.stats.verdicts[(v.kind, bad)] += 1
             if v.kind == "outlier" and v.reason:
                 self.stats.refused_by[(v.reason.split(" ", 1)[0], bad)] += 1

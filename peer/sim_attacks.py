@@ -19,7 +19,7 @@ from torch import nn
 
 from peer.data import Dataset
 from peer.gossip import GossipEngine
-from peer.sim_config import DEFAULT_ATTACK_SCALE, SimConfig
+from peer.sim_config import DEFAULT_ATTACK_SCALE, HUGE_COUNT, SimConfig
 from peer.trainer import Trainer
 from peer.validation import Validator, make_validator
 from protocol.merge import LossCheck, MergeRule, delta_norm
@@ -45,16 +45,38 @@ class PoisoningTrainer:
 
 
 class AttackerEngine(GossipEngine):
-    """The daemon's engine, framing a poisoned model for whichever partner a packet goes to."""
+    """The daemon's engine, framing a poisoned model for whichever partner a packet goes to.
+
+    ``rotate``: every packet speaks for a new address (``<address>#<n>``; in process the
+    claim is the identity, as a fresh connection from a new host would be), always as a
+    keyframe, since the victim holds no replica of a new identity. ``claim_samples``: the
+    sample count every header claims instead of the real one.
+    """
+
+    rotate = False
+    claim_samples: int | None = None
+    _rotations = 0
 
     def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None) -> list[Buffer]:
         proxy = self.trainer
         assert isinstance(proxy, PoisoningTrainer)
         proxy.victim = link
+        address = self.address
+        if self.rotate:
+            self._rotations += 1
+            self.address = f"{address}#{self._rotations}"
+            self.sender.invalidate(link)
         try:
-            return super().own_packet_parts(link, commit, samples)
+            return super().own_packet_parts(link, commit, self.claim_samples if self.claim_samples else samples)
         finally:
             proxy.victim = None
+            self.address = address
+
+
+def configure_attacker(engine: AttackerEngine, attack: str) -> None:
+    """Set the header claims of ``attack`` on an attacker's engine (see ``ATTACKS``)."""
+    engine.rotate = attack == "rotate"
+    engine.claim_samples = HUGE_COUNT if attack == "huge-count" else None
 
 
 class AttackerMixin:
@@ -97,7 +119,7 @@ class AttackerMixin:
         """The model ``attacker`` sends ``victim`` instead of its own (see ``ATTACKS``)."""
         own = attacker.trainer.state()
         kind, k = self.config.attack, self._scale()
-        if kind == "sign-flip":
+        if kind in ("sign-flip", "rotate", "huge-count"):
             return {n: (-k * x).astype(x.dtype) if x.dtype.kind == "f" else x for n, x in own.items()}
         if kind == "noise":
             return {n: (x + k * math.sqrt(float(np.mean(np.square(x, dtype=np.float64)))) *

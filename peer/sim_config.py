@@ -23,8 +23,12 @@ INITS = ("default", "xavier")
 #                of the steps 0.95·bound·2^−i (i = 0..12) it sends the one whose rise in the
 #                victim's validation loss lets the most through (trust × step), knowing the
 #                victim's validation data and current limit — what the loss check cannot stop
-ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift", "loss-shift")
-DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95, "loss-shift": 0.95}
+#   rotate       sign-flip under a new identity in every packet (no reputation ever catches up)
+#   huge-count   sign-flip claiming 2^62 training samples (what weighted averaging trusts)
+ATTACKS = ("none", "sign-flip", "noise", "label-flip", "small-shift", "loss-shift", "rotate", "huge-count")
+DEFAULT_ATTACK_SCALE = {"sign-flip": 2.0, "noise": 3.0, "small-shift": 0.95, "loss-shift": 0.95, "rotate": 2.0,
+                        "huge-count": 2.0}
+HUGE_COUNT = 1 << 62
 # Trainer.step() evaluates every eval_every steps; the simulator evaluates on its own schedule.
 _NEVER = 1 << 62
 

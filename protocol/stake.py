@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from protocol.merge import Contribution, Verdict
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,14 @@ class Stakes:
 
     def __len__(self) -> int:
         return len(self._senders)
+
+    def bound(self, received: Contribution, own_samples: int) -> Contribution:
+        """``received`` with its claimed samples capped and its stake set: what a merge may use."""
+        return Contribution(received.tensors, samples=self.cap(received.samples, own_samples), age=received.age,
+                            sender=received.sender, weight=received.weight,
+                            stake=min(received.stake, self.stake(received.sender)))
+
+    def observe_verdicts(self, verdicts: Sequence[Verdict], claims: Mapping[str, int]) -> None:
+        """A merge's verdicts: every model not refused as an outlier earns its sender stake."""
+        for v in verdicts:
+            self.observe(v.sender, claims.get(v.sender, 0), taken=v.kind != "outlier")

@@ -79,8 +79,9 @@ def relay_from(source_host: str, target: str) -> Iterator[str]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handlers.add(asyncio.current_task())
-        up_reader, up_writer = await asyncio.open_connection(host, int(port), local_addr=(source_host, 0))
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):  # the relay closing
+            up_reader, up_writer = await asyncio.open_connection(host, int(port), local_addr=(source_host, 0))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
 
     stop: list[asyncio.Future] = []
 

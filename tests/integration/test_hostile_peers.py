@@ -17,7 +17,7 @@ from protocol.keyring import Keyring
 from tests.integration.hostile import (distance, fetch_model, model_state, packet, relay_from, send,
                                        unread_exchanges)
 
-QUIET = ["--membership", "static", "--seed", "1", "--max-steps", "30", "--steps-per-second", "0"]
+QUIET = ["--seed", "1", "--max-steps", "30", "--steps-per-second", "0"]
 
 
 def outliers(sender: str, count: int = 3) -> list[bytes]:
@@ -58,7 +58,8 @@ def test_framing_a_stranger_without_the_cluster_key_is_refused_unread_and_b_stay
 
 
 def test_framing_without_tls_or_keyring_a_claim_from_another_host_is_refused(launch) -> None:
-    (a,) = launch(1, lambda i, seeds: [*QUIET, "--gossip-interval", "600"])
+    (a,) = launch(1, lambda i, seeds: [*QUIET, "--merge", "bristle", "--gossip-interval", "600"])
+    wait_for(lambda: a.status().training_done, timeout=60, what="training to finish")
     honest_b = "127.0.0.1:7999"  # B is on A's host; the stranger connects from 127.0.0.2
     with relay_from("127.0.0.2", a.gossip_address) as through:
         for frame in outliers(honest_b, 4):
@@ -159,3 +160,53 @@ def test_idle_plaintext_connections_are_closed_and_descriptors_stay_bounded(laun
     finally:
         for s in silent:
             s.close()
+
+
+def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_refused(
+        launch, tmp_path: Path) -> None:
+    from peer import certs
+    from peer.transport.channels import TLS_CHANNEL_OPTIONS, channel_credentials
+    from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
+
+    certs.make_certs(tmp_path / "pki", ["peer-0", "peer-1", "mallory"], ips=["127.0.0.1"])
+    pki = tmp_path / "pki"
+
+    def tls(name: str) -> list[str]:
+        return ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / f"{name}.pem"),
+                "--tls-key", str(pki / f"{name}.key")]
+
+    a, b = launch(2, lambda i, seeds: [*QUIET, *tls(f"peer-{i}"), "--seeds", *seeds, "--gossip-interval", "0.5"])
+    wait_for(lambda: listed(a).get(b.gossip_address) and listed(a)[b.gossip_address].exchanges >= 2, timeout=60,
+             what="A and B exchanging")
+    mallory = channel_credentials(certs.load_identity(pki / "ca.pem", pki / "mallory.pem", pki / "mallory.key"))
+    with grpc.secure_channel(a.gossip_address, mallory, options=TLS_CHANNEL_OPTIONS) as channel:
+        stub = gossip_pb2_grpc.GossipStub(channel)
+        for frame in outliers(b.gossip_address):  # a valid cluster certificate, someone else's address
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Exchange(iter([gossip_pb2.Frame(data=frame, end=True)]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "impersonation" in err.value.details()
+    assert rejected(a, "impersonation") == 3
+    before = listed(a)[b.gossip_address].exchanges
+    wait_for(lambda: listed(a)[b.gossip_address].exchanges >= before + 3, timeout=60, what="A and B still exchanging")
+    assert not listed(a)[b.gossip_address].banned
+
+
+def test_membership_messages_without_the_cluster_key_are_refused_unread(launch, tmp_path: Path) -> None:
+    from hearsay.v1 import membership_pb2, membership_pb2_grpc
+    from protocol.membership import Ping
+    from protocol.membership_wire import to_wire
+
+    keyring = tmp_path / "keyring"
+    keyring.write_text(bytes(range(32)).hex() + "\n")
+    a, b = launch(2, lambda i, seeds: [*QUIET, "--keyring", str(keyring),
+                                        "--seeds", *seeds, "--gossip-interval", "0.5"])
+    wait_for(lambda: listed(a).get(b.gossip_address) and listed(a)[b.gossip_address].state == "alive", timeout=60,
+             what="SWIM with a keyring to see B alive")
+    before = rejected(a, "membership")
+    with grpc.insecure_channel(a.gossip_address) as channel:
+        ping = membership_pb2.Packet(data=to_wire(Ping(seq=1, source=b.gossip_address, target=a.gossip_address)))
+        with pytest.raises(grpc.RpcError) as err:
+            membership_pb2_grpc.MembershipStub(channel).Ping(ping, timeout=5)
+    assert "unauthenticated" in err.value.details()
+    assert rejected(a, "membership") == before + 1
+    assert listed(a)[b.gossip_address].state == "alive"

@@ -26,6 +26,7 @@ from protocol import codecs
 from protocol.membership import StaticMembership
 from protocol.merge import RULES, Contribution, make_rule, merge_batch
 from protocol.wire import Limits, decode_packet, fingerprint, specs_of
+from protocol.stake import Stakes
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,8 @@ def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name:
         daemon._merge(packet.tensors, packet.header.samples, sender)
         assert (in_daemon.digest() == before) == (i < batch - 1)  # buffered until the batch is full
     apply_models(in_sim, make_rule(rule_name),
-                 [Contribution(p.tensors, samples=p.header.samples, sender=s) for p, s in zip(packets, senders)])
+                 [Contribution(p.tensors, samples=p.header.samples, sender=s) for p, s in zip(packets, senders)],
+                 Stakes())  # the receiver's books of first-contact senders, as the daemon keeps them
     assert in_sim.digest() != before
     assert in_daemon.digest() == in_sim.digest()
 
