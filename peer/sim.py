@@ -60,6 +60,7 @@ from protocol.errors import Banned, WireError
 from protocol.membership import StaticMembership
 from protocol.merge import Contribution, MergeReport, MergeRule, make_rule, merge_received_report
 from protocol.reputation import Reputation, ReputationConfig
+from protocol.stake import Stakes
 from protocol.wire import Buffer, Limits, Packet, PacketHeader, TensorSpec, encode_packet, fingerprint, specs_of
 
 __all__ = ["ATTACKS", "DEFAULT_ATTACK_SCALE", "INITS", "TOPOLOGIES", "SimConfig", "SimStats", "Simulator",
@@ -142,9 +143,14 @@ def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0
                                                      sender=sender)])
 
 
-def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution]) -> MergeReport:
+def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution],
+                 stakes: Stakes | None = None) -> MergeReport:
     """Merge ``received`` into ``trainer`` at once with ``merge_received_report``, the function the
-    daemon's ``peer.defence.Defence`` calls; returns the report."""
+    daemon's ``peer.defence.Defence`` calls; returns the report. ``stakes``: the receiver's
+    books of its senders (protocol/stake.py), applied as the daemon's defence applies them."""
+    claims = {c.sender: c.samples for c in received}
+    if stakes is not None:
+        received = [stakes.bound(c, trainer.samples) for c in received]
     reports: list[MergeReport] = []
 
     def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -152,6 +158,8 @@ def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribut
         return reports[-1].tensors
 
     trainer.merge_with(merge)
+    if stakes is not None:
+        stakes.observe_verdicts(reports[-1].verdicts, claims)
     return reports[-1]
 
 

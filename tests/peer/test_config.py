@@ -133,7 +133,7 @@ def test_admin_tokens_are_long_and_unambiguous(tmp_path: Path, token: str, messa
 
 
 def test_unknown_model_lists_the_zoo_and_suggests_the_nearest() -> None:
-    with pytest.raises(ConfigError, match=r"model: 'resnet' is not one of mlp, cnn, cnn-wide .*PYTHONPATH"):
+    with pytest.raises(ConfigError, match=r"model: 'resnet' is not one of mlp, cnn, cnn-small, cnn-pooled, cnn-wide .*PYTHONPATH"):
         load(parse("--model", "resnet"), environ={})
     with pytest.raises(ConfigError, match="did you mean 'cnn-wide'"):
         load(parse("--model", "cnn_wide"), environ={})
