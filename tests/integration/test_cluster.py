@@ -169,14 +169,17 @@ def test_bad_cluster_options_are_one_line_errors_before_any_peer_starts(tmp_path
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_four_peers_learn_fashion_mnist_with_default_settings_and_no_false_deaths(tmp_path: Path) -> None:
-    """A smaller variant of issue 15's check (4 peers, the CNN, 180 s, every peer >= 0.85):
-    default evaluation settings, 120 s, every peer >= 0.8 on the full test set at the end."""
+    """A variant of issue 15's check (4 peers, the CNN, default settings, 180 s: every peer
+    reachable, exit 0, every peer >= 0.85, no false deaths) that holds on a loaded machine
+    too: it runs until every peer's live accuracy is >= 0.85 at once (at most 10 minutes),
+    then checks the full test set (0.82: the live figure is a 1000-sample subset, +-1.1
+    points, polled up to a second before the models are downloaded)."""
     code, output = finish(cluster(tmp_path, "-n", "4", "--dataset", "fashion-mnist", "--model", "cnn",
-                                  "--duration", "120"), timeout=400)
+                                  "--target-accuracy", "0.85", "--duration", "600"), timeout=900)
     assert code == 0, output[-3000:]
     r = results(tmp_path)
-    assert not r["unreachable"] and r["run_seconds"] <= 120 + FINAL_TIMEOUT + 1
+    assert r["all_reached_target"] and not r["unreachable"]
     for peer in r["peers"]:
         assert peer["state"] == "up", peer
-        assert peer["final_accuracy"] >= 0.8, peer
-        assert peer["deaths"] == 0, peer
+        assert peer["final_accuracy"] >= 0.82, peer
+        assert peer["deaths"] == 0, peer  # nobody was killed: every death would be a false one
