@@ -311,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", help="run N peers on loopback with a live progress table")
     p.add_argument("-n", type=int, default=4, help="number of peers (default: 4)")
-    p.add_argument("--duration", type=float, default=120.0, help="stop after this many seconds (default: 120)")
+    p.add_argument("--duration", type=float, default=120.0,
+                   help="stop this many seconds after launch, start-up included (default: 120)")
     p.add_argument("--target-accuracy", type=float, default=None, metavar="A",
-                   help="stop as soon as every peer reaches test accuracy A")
+                   help="stop as soon as every peer is at or above live test accuracy A in the same poll")
     p.add_argument("--out", default="results", metavar="DIR", help="where results.json and accuracy.png go")
     p.add_argument("--model", default="mlp", help="model of every peer (default: mlp)")
     p.add_argument("--dataset", default="digits",

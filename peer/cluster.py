@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -184,7 +185,24 @@ def _stop_all(peers: list[PeerProcess]) -> None:
         p.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_cluster(spec: ClusterSpec, console: Console | None = None) -> int:
+    """Run the cluster; SIGINT and SIGTERM end it early, still stopping every peer and
+    writing the results (a SIGINT ignored since start, as in a background job, is re-armed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _run_cluster(spec, console)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_cluster(spec, console)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_cluster(spec: ClusterSpec, console: Console | None) -> int:
     check_spec(spec)
     # Off a terminal (CI logs, pipes) rich would wrap the table at 80 columns.
     console = console or Console(width=None if sys.stdout.isatty() else 120)

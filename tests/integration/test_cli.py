@@ -68,8 +68,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_cluster_writes_results_and_plot(tmp_path: Path) -> None:
-    out = hearsay("cluster", "-n", "2", "--duration", "60", "--target-accuracy", "0.85", "--out",
-                  str(tmp_path), timeout=150)
+    # The run ends when both peers are at the target together; the duration only bounds a loaded machine.
+    out = hearsay("cluster", "-n", "2", "--duration", "300", "--target-accuracy", "0.85", "--out",
+                  str(tmp_path), timeout=420)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "results:" in out.stdout and "plot:" in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
