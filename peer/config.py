@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import socket
 import tomllib
@@ -17,6 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from peer.option_checks import (
+    ConfigError,
+    bounds,
+    check_token,
+    check_value,
+    default_of,
+    did_you_mean,
+    range_text,
+    show,
+)
 
 if TYPE_CHECKING:
     from peer.certs import TlsIdentity
@@ -39,18 +49,6 @@ def merge_rules() -> list[str]:
     return sorted(MERGE_RULES)
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the option."""
-
-
-# Bounds of a number option: (low, high, low_exclusive). Every number is also finite.
-# Options that declare none get these, so no value can reach the peer unbounded (a test
-# asks every number option to declare its own).
-DEFAULT_FLOAT_RANGE = (0.0, 1e6, False)
-DEFAULT_INT_RANGE = (0, 2**31 - 1, False)
-# Text options (ids, hosts, paths, tokens): printable UTF-8 of at most this many characters.
-MAX_TEXT_CHARS = 4096
-MAX_LIST_ITEMS = 1024
 SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
 
 
@@ -260,7 +258,7 @@ class PeerConfig:
             if not ok:
                 raise ConfigError(message)
         if ":" not in self.model and self.model not in ZOO_MODELS:
-            raise ConfigError(f"model: {_show(self.model)} is not one of {', '.join(ZOO_MODELS)}"
+            raise ConfigError(f"model: {show(self.model)} is not one of {', '.join(ZOO_MODELS)}"
                               f"{did_you_mean(self.model, ZOO_MODELS)} (or module:factory for your own; "
                               "its module must be importable, e.g. through PYTHONPATH)")
         for seed in self.seeds:
@@ -364,21 +362,6 @@ def _first_line(path: str, option: str, what: str) -> str:
         raise ConfigError(f"{option}: cannot read {what} from {path}: {reason}") from None
 
 
-MIN_TOKEN_CHARS = 16
-
-
-def check_token(token: str, source: str) -> str:
-    """``token`` if it is usable as an admin bearer token, else ``ConfigError`` (never echoing it)."""
-    if not token.strip():
-        raise ConfigError(f"{source}: the token is blank")
-    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-        raise ConfigError(f"{source}: the token must be printable ASCII without spaces")
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ConfigError(f"{source}: the token has {len(token)} characters, at least {MIN_TOKEN_CHARS} are needed "
-                          "(e.g. openssl rand -hex 16)")
-    return token
-
-
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -394,87 +377,6 @@ def _check_address(value: str, option: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(f"{option}: {value!r} is not host:port")
-
-
-# --- checking one value ------------------------------------------------------------------
-
-def did_you_mean(word: str, options: Sequence[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``options``, or ``""`` when none is close."""
-    import difflib
-
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to one short line (a value can be megabytes long)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def bounds(f: dataclasses.Field[Any]) -> tuple[float, float, bool] | None:
-    """(low, high, low excluded) of a number option, declared or default; ``None`` for others."""
-    kind = type(_default_of(f))
-    if kind not in (int, float):
-        return None
-    declared = f.metadata.get("range")
-    if declared is None:
-        return DEFAULT_INT_RANGE if kind is int else DEFAULT_FLOAT_RANGE
-    lo, hi, lo_open = declared
-    fallback = DEFAULT_INT_RANGE if kind is int else DEFAULT_FLOAT_RANGE
-    return (fallback[0] if lo is None else lo, fallback[1] if hi is None else hi, lo_open)
-
-
-def _range_text(limits: tuple[float, float, bool], kind: type) -> str:
-    lo, hi, lo_open = limits
-    return f"{lo}..{hi}" if kind is int else f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-
-
-def _check_text(name: str, value: Any, shown: str) -> None:
-    if not isinstance(value, str):
-        raise ConfigError(f"{name}: expected text, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{name}: {shown} is not valid UTF-8 text") from None
-    if len(value) > MAX_TEXT_CHARS:
-        raise ConfigError(f"{name}: {len(value)} characters, at most {MAX_TEXT_CHARS} allowed")
-    if not value.isprintable():
-        raise ConfigError(f"{name}: {shown} holds control characters")
-
-
-def check_value(f: dataclasses.Field[Any], value: Any) -> Any:
-    """``value`` if option ``f`` can take it; else ``ConfigError`` with a one-line reason.
-
-    Driven only by the option's definition (its default's type, its choices, its range),
-    so a new option is checked without a line of code of its own.
-    """
-    name, kind = f.name, type(_default_of(f))
-    shown = "the value" if f.metadata.get("secret") else _show(value)
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-        raise ConfigError(f"{name}: {shown} is not one of {', '.join(choices)}{hint}")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {shown}")
-    elif kind is list:
-        if not isinstance(value, list) or len(value) > MAX_LIST_ITEMS:
-            raise ConfigError(f"{name}: expected a list of at most {MAX_LIST_ITEMS} strings")
-        for item in value:
-            _check_text(name, item, _show(item))
-    elif kind is str:
-        _check_text(name, value, shown)
-    elif kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)):
-            raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {shown}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name}: {value} is not a finite number")
-        limits = bounds(f)
-        lo, hi, lo_open = limits  # type: ignore[misc]
-        if value < lo or value > hi or (lo_open and value == lo):
-            raise ConfigError(f"{name}: {shown} is out of range, must be in {_range_text(limits, kind)}")
-    return value
 
 
 def parse_option(name: str, text: str) -> Any:
@@ -497,7 +399,7 @@ SECRET_OPTIONS = frozenset(name for name, f in _fields().items() if f.metadata["
 
 def _convert(name: str, raw: Any, from_text: bool) -> Any:
     """Turn a file/env/flag value into the field's type, or raise ``ConfigError``."""
-    kind = type(_default_of(_fields()[name]))
+    kind = type(default_of(_fields()[name]))
     try:
         if kind is list:
             if isinstance(raw, str):
@@ -523,14 +425,8 @@ def _convert(name: str, raw: Any, from_text: bool) -> Any:
             return kind(raw)
         raise ValueError(f"expected {kind.__name__}")
     except (ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
-        shown = "the value" if _fields()[name].metadata.get("secret") else _show(raw)
+        shown = "the value" if _fields()[name].metadata.get("secret") else show(raw)
         raise ConfigError(f"{name}: cannot use {shown} ({str(e)[:80]})") from None
-
-
-def _default_of(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
 
 
 def from_file(path: str | Path) -> dict[str, Any]:
@@ -551,7 +447,7 @@ def from_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         hint = did_you_mean(unknown[0], list(fields)) if len(unknown) == 1 else ""
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(map(_show, unknown))}{hint}")
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(map(show, unknown))}{hint}")
     return {k: _convert(k, v, from_text=False) for k, v in data.items()}
 
 
@@ -571,7 +467,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if not f.metadata["flag"]:
             continue
         flag = "--" + name.replace("_", "-")
-        default = _default_of(f)
+        default = default_of(f)
         help_text = f"{f.metadata['help']} (default: {default!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
@@ -614,10 +510,10 @@ def options_table() -> str:
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
         if (limits := bounds(f)) is not None:
-            meaning += f" Range: {_range_text(limits, type(_default_of(f)))}."
+            meaning += f" Range: {range_text(limits, type(default_of(f)))}."
         flag = f"`--{name.replace('_', '-')}`" if f.metadata["flag"] else "(none)"
         rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` "
-                    f"| `{_default_of(f)!r}` | {meaning} |")
+                    f"| `{default_of(f)!r}` | {meaning} |")
     return "\n".join(rows)
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from peer import config
-from peer import config
 from peer.config import ConfigError, PeerConfig, add_flags, load, options_table
 
 ROOT = Path(__file__).resolve().parents[2]
