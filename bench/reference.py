@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.reference", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (bench.fmnist, 12k) or a peer.data spec")
     p.add_argument("--peers", type=int, default=8)
+    p.add_argument("--model", default="cnn", help="mlp or cnn (hearsay's zoo)")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=1)
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = fmnist.load(test_limit=args.test_limit) if args.dataset == "fashion-mnist" else load_dataset(args.dataset)
-    cfg = SimConfig(peers=args.peers, dataset=args.dataset, model="cnn", split="dirichlet", alpha=0.5,
+    cfg = SimConfig(peers=args.peers, dataset=args.dataset, model=args.model, split="dirichlet", alpha=0.5,
                     seed=args.seed, gossip_interval=float(args.local_steps))
     runs = {
         "ref": lambda: reference(cfg, data, args.rounds, args.local_steps, every=args.every),

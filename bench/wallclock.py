@@ -69,7 +69,8 @@ def run_method(method: str, cfg: SimConfig, data: Dataset, local_steps: int, dur
             t += local_steps
             sim.run_until(t)
             times.append(t)
-            accs.append(float(sim.accuracies().mean()))
+            # Scored right after each peer's latest merge, as the aggregate is (bench.learning --eval merge).
+            accs.append(float(sim.merged_accuracies().mean()))
         return times, accs
     sim = Simulator(replace(cfg, shared_init=True, merge="weighted"), data)
     timing = Timing([p.speed for p in sim.peers], LATENCY, BANDWIDTH,
