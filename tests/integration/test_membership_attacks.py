@@ -182,7 +182,7 @@ def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(la
 
 # --- 3. forged members are reaped ---------------------------------------------------
 
-@pytest.mark.slow
+@pytest.mark.slow  # the default run covers it in tests/protocol/test_membership_hardening.py
 def test_forged_members_die_and_are_forgotten_everywhere(launch) -> None:  # noqa: ANN001
     peers = start_swarm(launch, 3, period=0.5)
     send(peers[0].gossip_address, "PushPull", PushPull(STRANGER, made_up(10)))
@@ -204,6 +204,7 @@ def newcomer_packet(sender: str) -> bytes:
     return encode_packet(header, state, lambda _n, x: codecs.get("fp32" if x.dtype.kind == "f" else "raw"))
 
 
+@pytest.mark.slow  # the default run covers it in tests/peer/test_membership_side_tables.py
 def test_packets_from_ever_new_sender_addresses_add_at_most_the_quota(launch) -> None:  # noqa: ANN001
     (peer,) = launch(1, swarm_args(1.0))
     with grpc.insecure_channel(peer.gossip_address, options=BIG) as channel:
