@@ -14,7 +14,13 @@ replaced the model) and, implicitly, that it is a peer worth listening to at all
   grows by ``1 / ramp`` per contribution the merge rule took (verdict ok), to 1 after
   ``ramp`` of them. A refused contribution earns nothing. The stake scales the share of
   our model the received models take (``protocol.merge.vc_mixing_weights``): a fresh
-  identity moves us at most ``(1 − β) / ramp`` per packet (6.25 % with the defaults).
+  identity moves us at most ``(1 − β) / ramp`` per packet (25 % with the defaults).
+
+``ramp`` is 2, not more: in bench/byzantine.py's swarm (16 peers, 40 rounds) a peer
+hears from each other peer only about five times. Measured there without an attack
+(bristle+loss+rep, while refused models were kept out of its history): ramp 8 ended at
+0.756, ramp 2 at 0.806; with the history as it is, ramp 2 ends at 0.938 (0.940 before
+stakes existed).
 
 Pure bookkeeping, keyed on the sender's identity (peer/transport/identity.py), bounded
 memory (least recently heard forgotten first).
@@ -35,7 +41,7 @@ from protocol.merge import Contribution, Verdict
 @dataclass(frozen=True)
 class StakeConfig:
     cap_factor: float = 2.0   # claimed samples capped at this × the median established claim
-    ramp: int = 8             # contributions taken before a new sender counts in full
+    ramp: int = 2             # contributions taken before a new sender counts in full
     max_peers: int = 4096
 
     def __post_init__(self) -> None:

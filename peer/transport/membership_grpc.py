@@ -24,8 +24,8 @@ import grpc
 from hearsay.v1 import membership_pb2, membership_pb2_grpc
 from peer.transport.channels import ChannelPool
 from protocol import errors
-from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
 from protocol.keyring import MEMBERSHIP_REPLY, MEMBERSHIP_REQUEST, TAG_METADATA_KEY, Keyring
+from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
 from protocol.membership_wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)

@@ -77,11 +77,11 @@ def test_framing_without_tls_or_keyring_a_claim_from_another_host_is_refused(lau
 
 
 @pytest.mark.parametrize("merge, packets, bound", [
-    # The bound: each fresh identity moves us at most (1 − β)/ramp = 1/16 (vc, bristle), and a
-    # claimed count is capped at 2 × the median established claim (weighted: ≤ 2S·⅛/(S + 2S·⅛) = 0.2).
-    ("bristle", 12, 1 - (15 / 16) ** 12),   # before: 99 % replaced after 12 packets
-    ("vc", 3, 1 - (15 / 16) ** 3),          # the default; before: 87 % replaced
-    ("weighted", 1, 0.2),                   # before: 100 % replaced by one claim of 2^64 − 1
+    # The bound: each fresh identity moves us at most (1 − β)/ramp = 1/4 (vc, bristle), and a
+    # claimed count is capped at 2 × the median established claim (weighted: ≤ 2S·½/(S + 2S·½) = ½).
+    ("bristle", 12, 1 - (3 / 4) ** 12),     # before: 99 % replaced after 12 packets
+    ("vc", 3, 1 - (3 / 4) ** 3),            # the default; before: 87 % replaced
+    ("weighted", 1, 0.5),                   # before: 100 % replaced by one claim of 2^64 − 1
 ])
 def test_takeover_rotating_identities_claiming_huge_counts_move_the_model_by_at_most_the_bound(
         launch, merge: str, packets: int, bound: float) -> None:

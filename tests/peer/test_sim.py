@@ -25,8 +25,8 @@ from peer.trainer import Trainer
 from protocol import codecs
 from protocol.membership import StaticMembership
 from protocol.merge import RULES, Contribution, make_rule, merge_batch
-from protocol.wire import Limits, decode_packet, fingerprint, specs_of
 from protocol.stake import Stakes
+from protocol.wire import Limits, decode_packet, fingerprint, specs_of
 
 
 @pytest.fixture(scope="module")

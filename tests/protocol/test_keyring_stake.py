@@ -60,10 +60,12 @@ def test_claimed_samples_are_capped_by_established_claims() -> None:
 
 def test_a_first_contact_sender_earns_weight_and_refusals_earn_nothing() -> None:
     stakes = Stakes()
-    assert stakes.stake("new") == pytest.approx(1 / 8)
+    ramp = stakes.config.ramp
+    assert stakes.stake("new") == pytest.approx(1 / ramp)
     stakes.observe("new", 10, taken=False)
-    assert stakes.stake("new") == pytest.approx(1 / 8)
-    for _ in range(7):
+    assert stakes.stake("new") == pytest.approx(1 / ramp)
+    for _ in range(ramp - 1):
+        assert stakes.stake("new") < 1.0
         stakes.observe("new", 10, taken=True)
     assert stakes.stake("new") == 1.0
 

@@ -391,7 +391,7 @@ def test_bristle_loss_check_refuses_a_close_model_whose_merge_raises_the_validat
                                                      Contribution(shifted(local, 0.05), sender="friend")])
     assert [(v.sender, v.kind) for v in report.verdicts] == [("liar", "outlier"), ("friend", "ok")]
     assert "validation loss" in report.verdicts[0].reason and report.verdicts[1].reason == ""
-    assert rule.loss_check is not None and len(rule.loss_check.history) == 1  # only the rise of the model taken (issue 14)
+    assert rule.loss_check is not None and len(rule.loss_check.history) == 2  # both rises are on the books
 
 
 def test_loss_check_limit_is_the_median_rise_plus_a_floored_multiple_of_the_spread() -> None:
