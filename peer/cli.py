@@ -31,7 +31,11 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line: the problem, then the nearest option or the valid values."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self._hint(message)}\n")
+        # One line whatever the arguments hold: control characters and the surrogate escapes of
+        # bytes that are not UTF-8 (which stderr could not even encode) are shown escaped.
+        line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in f"{self.prog}: error: {message}{self._hint(message)}")
+        self.exit(EXIT_USAGE, line + "\n")
 
     def _hint(self, message: str) -> str:
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -411,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, which knows its options' names
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        # Only the names: a mistyped option's value may be a secret (--mqtt-password=...).
+        shown = [a.partition("=")[0] + "=..." if a.startswith("-") and "=" in a else a for a in extra]
+        commands[args.command].error(f"unrecognized arguments: {' '.join(shown)}")
     try:
         return args.func(args)
     except (ConfigError, PluginError) as e:

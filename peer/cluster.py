@@ -235,14 +235,15 @@ def _run_cluster(spec: ClusterSpec, console: Console | None) -> int:
             while True:
                 elapsed = time.monotonic() - started
                 remaining = spec.duration - elapsed
-                for pid in watch.poll(elapsed, max(0.2, min(STATUS_TIMEOUT, remaining))):
+                polled_at = round(elapsed, 2)  # one time stamp for this poll: history and first answers agree
+                for pid in watch.poll(polled_at, max(0.2, min(STATUS_TIMEOUT, remaining))):
                     p = next(q for q in peers if q.peer_id == pid)
                     failed.append(pid)
                     console.print(f"[red]peer {pid} exited[/red] (code {p.proc.returncode if p.proc else '?'})"
                                   f"; log: {p.log_path}\n{p.log_tail(8)}")
                 elapsed = time.monotonic() - started
                 up = {pid: r for pid, r in watch.rows.items() if r["state"] == UP}
-                history.append({"t": round(elapsed, 2), "accuracy": {pid: r["accuracy"] for pid, r in up.items()},
+                history.append({"t": polled_at, "accuracy": {pid: r["accuracy"] for pid, r in up.items()},
                                 "steps": {pid: r["steps"] for pid, r in up.items()},
                                 "state": {pid: r["state"] for pid, r in watch.rows.items()}})
                 if spec.target_accuracy is not None:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from peer.config import ZOO_MODELS
 from peer.procs import PeerProcess, free_ports, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 
@@ -215,7 +216,7 @@ def test_flag_mistakes_are_one_line_with_the_nearest_option_or_the_valid_values(
     assert "did you mean '--gossip-interval'" in one_line_error(hearsay("run", "--gossip-intervl", "1"), 2)
     assert "did you mean 'status'" in one_line_error(hearsay("stauts"), 2)
     line = one_line_error(hearsay("run", "--model", "resnet"), 2)
-    assert "mlp, cnn, cnn-wide" in line
+    assert ", ".join(ZOO_MODELS) in line
 
 
 def test_run_checks_flags_before_importing_torch() -> None:

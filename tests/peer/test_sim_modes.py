@@ -26,9 +26,9 @@ def test_fanout_exchanges_with_several_peers_and_merges_once_per_round(digits) -
     for p in sim.peers:  # count the inputs of each merge the defence makes
         original = p.engine.defence._merge_now
 
-        def spy(trainer, rule, batch, original=original):  # noqa: ANN001, ANN202
+        def spy(trainer, rule, batch, *rest, original=original):  # noqa: ANN001, ANN002, ANN202
             merged_inputs.append(len(batch))
-            return original(trainer, rule, batch)
+            return original(trainer, rule, batch, *rest)
         p.engine.defence._merge_now = spy
     sim.run_until(21.0)  # 4 ticks per peer (random phases in [0, 5))
     ticks = 4 * sim.config.peers
