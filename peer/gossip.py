@@ -480,16 +480,20 @@ class GossipEngine:
         it rarely matters, since SWIM rejoins through the seeds by itself. Banned peers
         (``protocol.reputation``) are never chosen.
         """
-        members = [m for m in self.membership.members() if not self.defence.is_banned(self.who(m.address))]
+        members = self._unbanned_members()
         partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
         return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
+
+    def _unbanned_members(self) -> list[Member]:
+        """Members whose identity (not merely their address) is not banned."""
+        return [m for m in self.membership.members() if not self.defence.is_banned(self.who(m.address))]
 
     def pick_partners(self, k: int) -> list[Member]:
         """``k`` distinct partners as ``pick_partner`` chooses one (k = 1: exactly ``pick_partner``)."""
         if k == 1:
             partner = self.pick_partner()
             return [] if partner is None else [partner]
-        members = [m for m in self.membership.members() if not self.defence.is_banned(m.address)]
+        members = self._unbanned_members()
         return (choose_partners(members, k, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
                 or choose_partners(members, k, self.rng, is_live=lambda m: m.state is not MemberState.LEFT))
 
