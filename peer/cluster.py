@@ -249,7 +249,7 @@ def _run_cluster(spec: ClusterSpec, console: Console | None) -> int:
                 if spec.target_accuracy is not None:
                     for pid, r in up.items():
                         if r["accuracy"] >= spec.target_accuracy:
-                            first_crossed.setdefault(pid, elapsed)
+                            first_crossed.setdefault(pid, polled_at)
                 if console.is_terminal:
                     live.update(table(title(elapsed), watch.rows), refresh=True)
                 elif elapsed - last_print >= 10:
@@ -259,7 +259,7 @@ def _run_cluster(spec: ClusterSpec, console: Console | None) -> int:
                     outcome = "all peers exited"
                     break
                 if spec.target_accuracy is not None and watch.all_at_least(spec.target_accuracy):
-                    reached_at = elapsed
+                    reached_at = polled_at  # the poll whose answers showed every peer at the target
                     outcome = "target reached"
                     break
                 if spec.settle_after_training is not None:
