@@ -1,8 +1,8 @@
 """Byzantine benchmark: how each merge rule holds up when some peers attack.
 
-16 peers (``peer.sim``, the daemon's protocol code on a virtual clock), digits, MLP,
+16 peers (``peer.sim.swarm``, the daemon's protocol code on a virtual clock), digits, MLP,
 non-IID (Dirichlet α = 0.5), every peer starting one exchange per round of
-``local_steps`` local steps. For each merge rule and each attack of ``peer.sim.ATTACKS``
+``local_steps`` local steps. For each merge rule and each attack of ``peer.sim.swarm.ATTACKS``
 it runs 0, 2 and 4 attackers and reports the honest peers' mean test accuracy at the end.
 A control run per rule, attack ``absent`` with 4 "attackers", leaves those 4 peers out
 of the swarm altogether: the honest peers' accuracy without the attackers' data and
@@ -33,7 +33,7 @@ defence is perfect). ``bristle+rep`` is ``bristle`` with per-peer reputation
 (``protocol.reputation``): banned peers are dropped and no longer chosen.
 ``bristle+loss+rep`` adds the loss check (``protocol.merge.LossCheck``) against each
 peer's local validation loss on its training shard; ``bristle+loss10+rep`` holds 10 %
-of the shard out for it instead (``peer.validation.split_validation``).
+of the shard out for it instead (``peer.runtime.validation.split_validation``).
 Runs go to ``--jobs`` worker processes (default 2, one torch thread each).
 """
 
@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from peer.data import load_dataset
-from peer.sim import ATTACKS, SimConfig, Simulator
+from peer.sim.swarm import ATTACKS, SimConfig, Simulator
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", default="", help="comma-separated labels of bench RULES")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attacks", default="", help="comma-separated attacks of peer.sim.ATTACKS (default: all)")
+    parser.add_argument("--attacks", default="", help="comma-separated attacks of peer.sim.swarm.ATTACKS (default: all)")
     parser.add_argument("--no-baselines", action="store_true",
                         help="leave out the no-attack and control runs (to add attacks to an earlier run)")
     parser.add_argument("--jobs", type=int, default=2)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from peer.cluster import ClusterSpec, run_cluster
+from peer.tools.cluster import ClusterSpec, run_cluster
 
 # name -> extra `hearsay run` flags. Same model, data, seeds, rates; only the wire changes.
 CONFIGS: dict[str, list[str]] = {

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peer.config import PeerConfig
-from peer.evaluation import EvalPolicy
-from peer.node import build_trainer
-from peer.trainer import Trainer
+from peer.runtime.config import PeerConfig
+from peer.runtime.evaluation import EvalPolicy
+from peer.runtime.node import build_trainer
+from peer.runtime.trainer import Trainer
 
 TICK = 0.02
 

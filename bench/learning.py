@@ -11,7 +11,7 @@ On the same data, model and compute budget, in one run, it compares
 for every (peers, split, model). One *round* is the same compute for every method:
 each of the N peers takes ``local_steps`` SGD steps (centralized takes N·local_steps
 steps on the pooled data); then FedAvg aggregates on its server, and every gossip
-peer starts one push-pull exchange with a uniformly random peer (``peer.sim``, the
+peer starts one push-pull exchange with a uniformly random peer (``peer.sim.swarm``, the
 daemon's protocol code on a virtual clock). FedAvg and gossip move the same number
 of packets per round (2N), so bytes compare directly.
 
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
-from peer.sim import SimConfig, Simulator, make_model, own_packet
+from peer.sim.swarm import SimConfig, Simulator, make_model, own_packet
 from bench import fmnist
 from bench.sampled import run_rounds
 from bench.wallclock import wallclock, wallclock_table
-from peer.trainer import Trainer
+from peer.runtime.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
 METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared",
@@ -188,7 +188,7 @@ def run_sampled(setting: Setting, budget: Budget, data: Dataset) -> Curve:
 
 def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
-    """Gossip through ``peer.sim``: every peer trains, and starts ``fanout`` exchanges per round."""
+    """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
     sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance())

@@ -5,7 +5,7 @@
 Writes ``{"real": {"peers", "detect_median_s", "detect_max_s", "false_deaths", "suspicions",
 ...}, "sim": [{"nodes", "loss", "join_periods", "crash_periods", "false_deaths",
 "periods_run", ...}, ...]}`` and prints a table. ``sim`` runs the state machine in the
-membership simulator (peer/membership_sim.py): a formed cluster with 1 % message loss,
+membership simulator (peer/sim/membership.py): a formed cluster with 1 % message loss,
 one node joins through a single seed, then one node crashes; ``join_periods`` /
 ``crash_periods`` are the probe periods until every running node holds the joiner
 alive / the crashed node dead, compared against ln(n+1). The 1,000-node run goes on
@@ -43,10 +43,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from peer.admin_client import AdminError
-from peer.membership_runtime import LoggedEvent, parse_event_line
-from peer.membership_sim import measure
-from peer.procs import PeerProcess, launch_peers, wait_for
+from peer.tools.admin_client import AdminError
+from peer.runtime.membership import LoggedEvent, parse_event_line
+from peer.sim.membership import measure
+from peer.tools.procs import PeerProcess, launch_peers, wait_for
 
 # (nodes, total periods to run for the false-death count; 0 = only the join/crash).
 FULL_SIM = [(100, 1_000), (1_000, 10_000), (10_000, 0)]
@@ -175,7 +175,7 @@ def _slow_peer_run(peers: list[PeerProcess], seconds: float) -> tuple[float, flo
     """``seconds`` with the CPU saturated and one peer's loop stalling; (start, end, polls off)."""
     slow = peers[0]
     hogs = _busy_loops(HOG_PROCESSES)
-    slow.signal(signal.SIGUSR1)  # starts the stall set by HEARSAY_DEBUG_LOOP_STALL (peer/node.py)
+    slow.signal(signal.SIGUSR1)  # starts the stall set by HEARSAY_DEBUG_LOOP_STALL (peer/runtime/node.py)
     started = time.time()
     not_alive = 0
     try:
@@ -270,8 +270,8 @@ async def _flood_served(data: bytes, baseline_s: float) -> dict[str, Any]:
     import grpc
 
     from hearsay.v1 import membership_pb2_grpc
-    from peer.membership_runtime import MembershipRuntime
-    from peer.procs import free_ports
+    from peer.runtime.membership import MembershipRuntime
+    from peer.tools.procs import free_ports
     from peer.transport.membership_grpc import MembershipClient, MembershipServicer
     from protocol.membership import Swim, SwimConfig
 

@@ -10,7 +10,7 @@ same shards, model and initialisations:
   a random order starts one push-pull with a uniformly random partner (both merge the
   other's pre-merge model: β = 1/2 average, each weight matrix rescaled to the received
   model's variance), then the accuracy of every peer is measured;
-- ``sim``: ``peer.sim`` (the daemon's protocol code on a virtual clock);
+- ``sim``: ``peer.sim.swarm`` (the daemon's protocol code on a virtual clock);
 
 with switches for each suspect (momentum at a merge, evaluation timing, phase).
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from peer.data import Dataset, load_dataset
 from bench import fmnist
-from peer.sim import SimConfig, Simulator, make_model, peer_seed, shards_for
+from peer.sim.swarm import SimConfig, Simulator, make_model, peer_seed, shards_for
 
 
 def _vc_merge(own: dict[str, torch.Tensor], other: dict[str, torch.Tensor], beta: float = 0.5) -> dict:
@@ -102,7 +102,7 @@ def reference(cfg: SimConfig, data: Dataset, rounds: int, local_steps: int, *, m
 
 
 def simulated(cfg: SimConfig, data: Dataset, rounds: int, local_steps: int, *, every: int = 1) -> dict[str, list[float]]:
-    """Mean peer accuracy of ``peer.sim`` at every ``every``-th round boundary (``round·local_steps``),
+    """Mean peer accuracy of ``peer.sim.swarm`` at every ``every``-th round boundary (``round·local_steps``),
     of the models as they are then and of each peer's model right after its latest merge."""
     sim = Simulator(cfg, data)
     start = float(sim.accuracies().mean())

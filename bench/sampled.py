@@ -6,7 +6,7 @@ Both are round-based: in round r the ``trainers`` start from the latest aggregat
 live client; sampled rounds pick trainers and the aggregator by hashing (round, peer id)
 over the live view (``protocol.rounds``), so no peer is special and a dead aggregator is
 replaced by the next in hash order. Models travel as the daemon's whole-model packets
-(``peer.sim.own_packet``); bytes count what crosses the network (a peer's own model to
+(``peer.sim.swarm.own_packet``); bytes count what crosses the network (a peer's own model to
 itself costs nothing).
 
 Time (``Timing``): a round lasts as long as its slowest trainer's local steps plus the
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peer.sim import Simulator, own_packet
+from peer.sim.swarm import Simulator, own_packet
 from protocol.merge import weighted_average
 from protocol.rounds import sample_round
 

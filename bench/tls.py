@@ -6,7 +6,7 @@ Two processes (``spawn``, uvloop, on loopback):
 
 - the *answering* process serves ``GossipServicer`` (registered with
   ``grpc_transport.add_to_server`` on a server with ``grpc_transport.server_options()``,
-  as ``peer.node`` does) on one ``grpc.aio`` server, bound on a TCP port
+  as ``peer.runtime.node`` does) on one ``grpc.aio`` server, bound on a TCP port
   (plaintext, as a peer without TLS serves) and on the private unix socket behind a
   ``peer.transport.tls_front.TlsFront`` (mutual TLS, as a peer with ``tls_*`` set
   serves). Its handler answers every packet with the packet itself, so both
@@ -17,7 +17,7 @@ Two processes (``spawn``, uvloop, on loopback):
   front costs over TLS done inside gRPC.
 - the *initiating* process calls ``GossipClient.exchange`` on each address: a
   plaintext client, and clients with ``channels.channel_credentials`` (a certificate
-  from a fresh cluster CA made by ``peer.certs``).
+  from a fresh cluster CA made by ``peer.tools.certs``).
 
 Measured, alternating plaintext and TLS repetition by repetition so a change in the
 machine's load hits both alike:
@@ -73,7 +73,7 @@ QUICK = Size(dense_bytes=20_000_000, dense_reps=3, small_exchanges=100, small_re
 
 
 def _make_certs(directory: Path) -> dict[str, Path]:
-    from peer import certs
+    from peer.tools import certs
 
     ca_key, ca_cert, _ = certs.load_or_create_ca(directory)
     server = certs.write_peer(directory, ca_key, ca_cert, "answering")
@@ -93,7 +93,7 @@ def _answering(files: dict[str, Path], conn: Any) -> None:
 async def _serve(files: dict[str, Path], conn: Any) -> None:
     import grpc
 
-    from peer import certs
+    from peer.tools import certs
     from peer.transport.grpc_transport import GossipServicer, add_to_server, server_options
     from peer.transport.tls_front import TlsFront, server_context
 
@@ -158,7 +158,7 @@ async def _measure(size: Size, files: dict[str, Path], ports: tuple[int, int, in
                    clock: _Clock) -> dict[str, dict[str, list[float]]]:
     import numpy as np
 
-    from peer import certs
+    from peer.tools import certs
     from peer.transport.channels import channel_credentials
     from peer.transport.grpc_transport import GossipClient
 

@@ -12,13 +12,13 @@ thread each, everything seeded), on loopback:
 - ``grpc``: the same bytes through a bare ``grpc.aio`` stream between two processes
   (ready-made 1 MiB ``bytes`` messages, identity serialisers, the daemon's server and
   channel options): what the library itself can move, the ceiling of any gRPC transport.
-- ``keyframe``: two *peer processes*, each a real ``peer.trainer.Trainer`` around a
-  ~25M-parameter MLP and a real ``peer.gossip.GossipEngine`` (codec ``topk_int8``,
+- ``keyframe``: two *peer processes*, each a real ``peer.runtime.trainer.Trainer`` around a
+  ~25M-parameter MLP and a real ``peer.runtime.gossip.GossipEngine`` (codec ``topk_int8``,
   ratio 0.01, fp32 keyframes, ``vc`` merge). The answering peer serves
   ``GossipServicer`` registered with ``grpc_transport.add_to_server`` on a server
   with ``grpc_transport.server_options()`` (``--pb-server``: a plain
   ``grpc.aio.server()`` and the generated ``add_GossipServicer_to_server``, as
-  ``peer.node`` registers it before it adopts those); the initiating peer calls
+  ``peer.runtime.node`` registers it before it adopts those); the initiating peer calls
   ``GossipEngine.exchange_with`` through ``GossipClient.exchange``. So the whole
   data path is the daemon's: ``trainer.state()``, ``Sender.prepare``,
   ``encode_packet``, ``to_frames``, gRPC, ``read_packet``, ``decode_packet``,
@@ -234,8 +234,8 @@ def _build_engine(size: Size, seed: int, address: str) -> Any:
     from torch import nn
 
     from peer.data.datasets import Dataset
-    from peer.gossip import GossipEngine
-    from peer.trainer import Trainer
+    from peer.runtime.gossip import GossipEngine
+    from peer.runtime.trainer import Trainer
     from protocol.membership import StaticMembership
     from protocol.merge import make_rule
     from protocol.wire import Limits
@@ -295,10 +295,10 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
     from peer.transport import grpc_transport
     from peer.transport.grpc_transport import GossipServicer
 
-    import peer.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
-    import peer.trainer  # noqa: F401
+    import peer.runtime.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
+    import peer.runtime.trainer  # noqa: F401
 
-    from peer.memory import return_large_blocks
+    from peer.runtime.memory import return_large_blocks
 
     return_large_blocks()  # as ``hearsay run`` does
     _load_training_code()
@@ -321,7 +321,7 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
                 timings["handle_inbound"].append(time.perf_counter() - started)
 
         servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected)
-        if pb_server:  # how peer.node registers it today
+        if pb_server:  # how peer.runtime.node registers it today
             gossip_pb2_grpc.add_GossipServicer_to_server(servicer, server)
         else:
             grpc_transport.add_to_server(servicer, server)
@@ -348,7 +348,7 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
 
 def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     _one_thread()
-    from peer.memory import return_large_blocks
+    from peer.runtime.memory import return_large_blocks
 
     return_large_blocks()  # as ``hearsay run`` does
     import asyncio
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--pb-server", action="store_true",
                         help="register the answering peer's servicer with the generated protobuf "
-                             "(de)serialisers, as peer.node did before grpc_transport.add_to_server")
+                             "(de)serialisers, as peer.runtime.node did before grpc_transport.add_to_server")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     ctx = mp.get_context("spawn")

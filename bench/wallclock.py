@@ -11,7 +11,7 @@ Scenarios, over N peers at 1 local step per virtual second (a round of ``local_s
 
 Methods: ``fedavg_sync`` (a round waits for its slowest live client), ``fedavg_deadline``
 (clients slower than 1.5x the median are dropped from the round), ``gossip_vc``
-(asynchronous gossip with variance correction, ``peer.sim``), ``gossip_vc_fanout``
+(asynchronous gossip with variance correction, ``peer.sim.swarm``), ``gossip_vc_fanout``
 (Epidemic Learning, fanout 2) and ``sampled`` (``bench.sampled``). Accuracy is the mean over
 all peers for gossip and the aggregate's for the round-based methods, every ``local_steps`` s.
 """
@@ -24,7 +24,7 @@ from dataclasses import replace
 
 from bench.sampled import Timing, run_rounds
 from peer.data import Dataset
-from peer.sim import SimConfig, Simulator
+from peer.sim.swarm import SimConfig, Simulator
 
 SCENARIOS = ("uniform", "stragglers", "churn50", "down80")
 METHODS = ("fedavg_sync", "fedavg_deadline", "gossip_vc", "gossip_vc_fanout", "sampled")

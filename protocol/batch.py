@@ -9,7 +9,7 @@ Two things merge several received models at once instead of one per exchange:
 
 Both keep, per sender, only its newest model, and age each model by the receiver's local
 steps since it arrived (``Contribution.age``, which the rules discount). The buffer holds
-no lock and no clock: the caller (``peer.defence``) serialises access and says when.
+no lock and no clock: the caller (``peer.runtime.defence``) serialises access and says when.
 """
 
 from __future__ import annotations

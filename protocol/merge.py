@@ -21,7 +21,7 @@ Rules, by registry name (``make_rule(name)`` builds each with its defaults):
   what it does not). ``median`` and ``trimmed`` want several received models per merge
   (``merge_batch(rule)``); the recommended robust default is ``RECOMMENDED_ROBUST``.
 
-Every merge — in the daemon (``peer.defence``) and in the simulator — goes through
+Every merge — in the daemon (``peer.runtime.defence``) and in the simulator — goes through
 ``merge_received_report`` (``merge_received`` with the rule's verdicts), so both produce
 bit-identical weights for the same inputs.
 """
@@ -884,7 +884,7 @@ def merge_received(rule: MergeRule, local_state: Tensors, local_samples: int,
                    received: Sequence[Contribution]) -> dict[str, np.ndarray]:
     """Merge ``received`` models into ``local_state`` with ``rule``: the one merge entry point.
 
-    The daemon (``peer.gossip``) and the simulator (``peer.sim``) both call this, so a
+    The daemon (``peer.runtime.gossip``) and the simulator (``peer.sim.swarm``) both call this, so a
     test can show they produce the same weights by construction, not by copy.
     """
     return rule.merge(Contribution(local_state, samples=local_samples, age=0), received)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.procs import PeerProcess, launch_peers
+from peer.tools.procs import PeerProcess, launch_peers
 
 # Every peer in the tests trains with one thread and a bounded step rate: the suite runs
 # on 2 cores, and several peers share them.

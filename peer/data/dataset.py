@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peer.plugins import PluginError
+from peer.runtime.plugins import PluginError
 
 
 class DatasetError(PluginError):

@@ -18,10 +18,10 @@ import numpy as np
 
 from peer.data.dataset import Dataset, DatasetError
 from peer.data.files import load_idx_dir, load_npz
-from peer.plugins import load_factory
+from peer.runtime.plugins import load_factory
 
 if TYPE_CHECKING:
-    from peer.config import PeerConfig
+    from peer.runtime.config import PeerConfig
 
 # Where Debian's dataset-fashion-mnist package puts the gzip IDX files.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from peer.plugins import PluginError, load_factory
+from peer.runtime.plugins import PluginError, load_factory
 
 
 class MLP(nn.Module):

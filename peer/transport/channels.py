@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from peer.certs import PEER_DNS_NAME, TlsIdentity
+from peer.tools.certs import PEER_DNS_NAME, TlsIdentity
 
 # Frames are 1 MiB: read the socket in large chunks rather than gRPC's default 8 KiB
 # minimum, so a frame is not assembled from a hundred small reads.
@@ -23,7 +23,7 @@ CHANNEL_OPTIONS = (
 
 # Peers are dialled by whatever address they were seeded or discovered with (often an IP):
 # the name checked against the partner's certificate is the one every peer certificate
-# carries, and the cluster CA's signature is what admits it (peer/certs.py).
+# carries, and the cluster CA's signature is what admits it (peer/tools/certs.py).
 TLS_CHANNEL_OPTIONS = CHANNEL_OPTIONS + (("grpc.ssl_target_name_override", PEER_DNS_NAME),)
 
 

@@ -1,7 +1,7 @@
 """gRPC transport for gossip: the ``Exchange`` server side and the client side.
 
 The transport moves bytes and maps errors; what the bytes mean is decided by the
-exchange handler (``peer.gossip``), so the in-memory transport of the simulator can
+exchange handler (``peer.runtime.gossip``), so the in-memory transport of the simulator can
 drive the same handler.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
-from peer import admission
-from peer.admission import Gate
+from peer.transport import admission
+from peer.transport.admission import Gate
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
 from peer.transport.frames import (
@@ -41,7 +41,7 @@ STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
     errors.FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnsupportedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PacketTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    # Admission (peer/admission.py): the peer is full, or the stream was too slow.
+    # Admission (peer/transport/admission.py): the peer is full, or the stream was too slow.
     admission.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     admission.TooManyFromPeer: grpc.StatusCode.RESOURCE_EXHAUSTED,
     admission.BufferBudget: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -100,7 +100,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         self._handle = handle
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
-        # Stream slots, buffer budget, timeouts and processing slots (peer/admission.py).
+        # Stream slots, buffer budget, timeouts and processing slots (peer/transport/admission.py).
         self.gate = gate or Gate()
         self.keyring = keyring
         self.certificate_of = certificate_of
@@ -247,7 +247,7 @@ class GossipClient:
         """Send ``packet`` (bytes-like, or a sequence of buffers sent one after the other)
         to ``address`` and return the packet it answers with, as one buffer."""
         # The size is declared up front so that the callee can refuse an oversize packet
-        # before reading it, and pace our stream against it (peer/admission.py).
+        # before reading it, and pace our stream against it (peer/transport/admission.py).
         keyring = self.keyring() if self.keyring is not None else None
         metadata: tuple[tuple[str, str], ...] = ((PACKET_BYTES_KEY, str(packet_size(packet))),)
         if keyring is not None:

@@ -9,7 +9,7 @@ message of the wrong kind for the method end the call with INVALID_ARGUMENT, and
 exception escapes the handler.
 
 The transport knows nothing of the state machine: the servicer hands decoded
-messages to a ``Receiver`` (peer/membership_runtime.py) and returns whatever reply
+messages to a ``Receiver`` (peer/runtime/membership.py) and returns whatever reply
 it gives for a push-pull.
 """
 

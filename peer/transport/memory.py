@@ -1,7 +1,7 @@
 """An in-process transport: ``GossipEngine``s exchange packets by direct calls, on a clock of the caller's.
 
 It stands where ``peer.transport.grpc_transport`` stands, with the same contract, so the
-simulator (``peer.sim``) runs the daemon's whole packet path: ``exchange`` is
+simulator (``peer.sim.swarm``) runs the daemon's whole packet path: ``exchange`` is
 ``GossipClient.exchange`` (the packet handed over as the reassembled ``bytearray`` the
 gRPC transport gives the callee, the reply returned as one ``bytearray``), and a refused
 packet surfaces as ``ExchangeRefused`` with the status code the gRPC servicer would

@@ -3,7 +3,7 @@
 Why: issue 6 asks that the compose topology (broker + 4 peers) reach the accuracy of
 `hearsay cluster -n 4`, and no container engine runs here. Each compose service
 instance gets its own network namespace on a Linux bridge with its own address
-(peer/netns.py), its own hostname (a UTS namespace, as a container has) and an
+(tests/netns.py), its own hostname (a UTS namespace, as a container has) and an
 /etc/hosts that maps service names the way Docker's DNS does (``mosquitto`` -> the
 broker's address, the hostname -> the container's own address). Inside, the test
 runs exactly what the compose file and the Dockerfile say: the image's entrypoint
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.netns import Endpoint, NetnsLab, cleanup_stale, run_prefix
-from peer.procs import wait_for
+from tests.netns import Endpoint, NetnsLab, cleanup_stale, run_prefix
+from peer.tools.procs import wait_for
 from tests.deploy.manifests import (
     DEPLOY,
     base_env,

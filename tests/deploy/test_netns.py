@@ -1,4 +1,4 @@
-"""peer/netns.py: namespaces on a bridge talk, cut() partitions, restore() heals, leftovers are found.
+"""tests/netns.py: namespaces on a bridge talk, cut() partitions, restore() heals, leftovers are found.
 
 The membership partition test and the compose test stand on these helpers; a helper
 that silently did nothing (a cut that does not cut) would make those tests lie.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from peer.netns import NetnsLab, cleanup_stale, links, namespaces, run_prefix
+from tests.netns import NetnsLab, cleanup_stale, links, namespaces, run_prefix
 
 TAG = "hct"
 
@@ -21,7 +21,7 @@ TAG = "hct"
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
     if os.geteuid() != 0:
-        pytest.fail("peer/netns.py tests need root (network namespaces, veth pairs, bridges)")
+        pytest.fail("tests/netns.py tests need root (network namespaces, veth pairs, bridges)")
     cleanup_stale(TAG)
     with NetnsLab(run_prefix(TAG)) as netns_lab:
         yield netns_lab

@@ -1,14 +1,14 @@
 """Groups of network namespaces, one bridge per group, bridges joined by one veth pair.
 
 Why: the partition test must split the swarm into two sides that each stay connected
-inside. ``peer.netns.NetnsLab.cut`` takes a single namespace off its bridge, so cutting
+inside. ``tests.netns.NetnsLab.cut`` takes a single namespace off its bridge, so cutting
 every namespace of one side would also cut that side's peers from each other. Here
 each group has its own bridge, the two bridges are joined by one veth pair (the
 "trunk"), and ``cut`` / ``restore`` take the trunk down / up: a clean partition with
 both sides intact. All addresses share one subnet, so the peers see one flat LAN.
 
-Everything is named ``<prefix>...`` (``peer.netns.run_prefix``), so ``close`` and
-``peer.netns.cleanup_stale`` remove it all, including after a killed run.
+Everything is named ``<prefix>...`` (``tests.netns.run_prefix``), so ``close`` and
+``tests.netns.cleanup_stale`` remove it all, including after a killed run.
 
 ``AdminAgent`` is a long-lived process inside one namespace that answers admin queries
 (status, peers) over a pipe: a peer's admin API listens on the namespace's own
@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from peer.netns import IFNAMSIZ, Endpoint, NetnsError, delete_namespace, ip
+from tests.netns import IFNAMSIZ, Endpoint, NetnsError, delete_namespace, ip
 
 
 @dataclass
@@ -155,7 +155,7 @@ class GroupLab:
 _AGENT = r"""
 import json, sys
 from google.protobuf.json_format import MessageToDict
-from peer.admin_client import AdminClient, AdminError
+from peer.tools.admin_client import AdminClient, AdminError
 
 def as_dict(m):
     return MessageToDict(m, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)

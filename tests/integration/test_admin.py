@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from hearsay.v1 import admin_pb2
-from peer.admin_client import AdminClient, AdminError
-from peer.procs import PeerProcess, launch_peers, wait_for
+from peer.tools.admin_client import AdminClient, AdminError
+from peer.tools.procs import PeerProcess, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 from tests.integration.test_metrics_http import metrics_url, scrape
 
@@ -26,7 +26,7 @@ from tests.integration.test_metrics_http import metrics_url, scrape
 def hearsay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "peer.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "peer.tools.cli", *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 

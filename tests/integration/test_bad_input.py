@@ -12,7 +12,7 @@ import torch
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc, membership_pb2, membership_pb2_grpc
 from peer.models import build_model
-from peer.procs import PeerProcess, wait_for
+from peer.tools.procs import PeerProcess, wait_for
 from peer.transport.frames import PACKET_BYTES_KEY
 from protocol import codecs
 from protocol.wire import FRAME_BYTES, PacketHeader, encode_packet, fingerprint, specs_of

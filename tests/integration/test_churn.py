@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.procs import PeerProcess, free_ports, wait_for
+from peer.tools.procs import PeerProcess, free_ports, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peer.config import ZOO_MODELS
-from peer.procs import PeerProcess, free_ports, launch_peers, wait_for
+from peer.runtime.config import ZOO_MODELS
+from peer.tools.procs import PeerProcess, free_ports, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 
 
 def hearsay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "peer.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "peer.tools.cli", *args], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -178,7 +178,7 @@ def test_status_json_has_numbers_and_text_shows_the_live_knobs(pair: list[PeerPr
 def test_top_fits_80_columns_measures_rates_and_writes_when_piped(pair: list[PeerProcess]) -> None:
     a, _ = pair
     env = {**os.environ, "COLUMNS": "80"}
-    out = subprocess.run([sys.executable, "-m", "peer.cli", "top", "--admin", a.admin_address, "--once"],
+    out = subprocess.run([sys.executable, "-m", "peer.tools.cli", "top", "--admin", a.admin_address, "--once"],
                          capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -190,7 +190,7 @@ def test_top_fits_80_columns_measures_rates_and_writes_when_piped(pair: list[Pee
     me = next(r for r in rows if r["self"])
     assert me["peer"] == "peer-0" and me["exchange_rate"] > 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "peer.cli", "top", "--admin", a.admin_address, "--interval", "0.3"],
+    proc = subprocess.Popen([sys.executable, "-m", "peer.tools.cli", "top", "--admin", a.admin_address, "--interval", "0.3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)
     seen = b""
     try:
@@ -220,7 +220,7 @@ def test_flag_mistakes_are_one_line_with_the_nearest_option_or_the_valid_values(
 
 
 def test_run_checks_flags_before_importing_torch() -> None:
-    script = ("import json, sys\nfrom peer.cli import main\nrc = main(sys.argv[1:])\n"
+    script = ("import json, sys\nfrom peer.tools.cli import main\nrc = main(sys.argv[1:])\n"
               "print(json.dumps({'rc': rc, 'heavy': sorted(m for m in ('torch', 'numpy', 'grpc') if m in sys.modules)}))")
     for flags in (["--lr", "inf"], ["--model", "resnet"], ["--data-seed", "-1"], ["--probe-period", "inf"]):
         out = subprocess.run([sys.executable, "-c", script, "run", *flags], capture_output=True, text=True, timeout=60)
@@ -269,7 +269,7 @@ def test_the_readme_plugin_example_runs_as_written(tmp_path: Path) -> None:
             return json.loads(lines[0]) if lines else None
 
         admin = wait_for(ready, timeout=120, what="the plug-in peer to start")["admin"]
-        from peer.admin_client import AdminClient
+        from peer.tools.admin_client import AdminClient
 
         with AdminClient(admin) as client:
             status = wait_for(lambda: (s := client.status()).accuracy >= 0.5 and s, timeout=90,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from peer.cluster import FINAL_TIMEOUT, STATUS_TIMEOUT, STOP_GRACE
+from peer.tools.cluster import FINAL_TIMEOUT, STATUS_TIMEOUT, STOP_GRACE
 from peer.data.datasets import FASHION_MNIST_DIR
-from peer.procs import wait_for
+from peer.tools.procs import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # Peers under test train with one thread; --peer-arg adds it to every `hearsay run`.
@@ -30,7 +30,7 @@ PEER_ARGS = ["--peer-arg=--threads=1"]
 
 def cluster(out: Path, *args: str) -> subprocess.Popen[str]:
     # A session of its own: on failure the test kills the cluster and its peers together.
-    return subprocess.Popen([sys.executable, "-m", "peer.cli", "cluster", "--out", str(out), *PEER_ARGS, *args],
+    return subprocess.Popen([sys.executable, "-m", "peer.tools.cli", "cluster", "--out", str(out), *PEER_ARGS, *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from peer import cli
-from peer.config import PeerConfig, bounds
-from peer.procs import PeerProcess, free_ports
+from peer.tools import cli
+from peer.runtime.config import PeerConfig, bounds
+from peer.tools.procs import PeerProcess, free_ports
 
 OPTIONS = [f for f in dataclasses.fields(PeerConfig)]
 NON_UTF8 = "caf\udce9"  # how Python holds the byte 0xe9 of a non-UTF-8 environment or argv
@@ -104,7 +104,7 @@ def test_non_utf8_bytes_through_a_real_process(tmp_path: Path) -> None:
     """The real decoding paths: bytes in argv, in the environment and in the file, as a user's shell passes them."""
     toml = tmp_path / "bad.toml"
     toml.write_bytes(b'peer_id = "caf\xe9"\n')
-    base = [sys.executable.encode(), b"-m", b"peer.cli", b"run", b"--check-config"]
+    base = [sys.executable.encode(), b"-m", b"peer.tools.cli", b"run", b"--check-config"]
     env = {k.encode(): v.encode() for k, v in os.environ.items() if not k.startswith("HEARSAY_")}
     for argv, extra_env in (([b"--peer-id", b"caf\xe9"], {}), ([], {b"HEARSAY_PEER_ID": b"caf\xe9"}),
                             ([b"--config", str(toml).encode()], {}), ([b"--host", b"\xff\xfe"], {}),

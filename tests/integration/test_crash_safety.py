@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from peer import checkpoint
-from peer.config import PeerConfig
-from peer.node import CHECKPOINT_FORMAT, build_trainer
-from peer.procs import PeerProcess, free_ports, wait_for
+from peer.runtime import checkpoint
+from peer.runtime.config import PeerConfig
+from peer.runtime.node import CHECKPOINT_FORMAT, build_trainer
+from peer.tools.procs import PeerProcess, free_ports, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 
 MODEL = "tests.peer.user_plugins:wide_mlp"

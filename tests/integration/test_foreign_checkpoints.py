@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from peer.procs import PeerProcess
+from peer.tools.procs import PeerProcess
 
 
 def test_a_peer_resumes_from_the_newest_valid_checkpoint_among_foreign_entries(launch, tmp_path: Path) -> None:

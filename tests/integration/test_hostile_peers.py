@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from peer.procs import wait_for
+from peer.tools.procs import wait_for
 from protocol.keyring import Keyring
 from tests.integration.hostile import (distance, fetch_model, model_state, packet, relay_from, send,
                                        unread_exchanges)
@@ -164,7 +164,7 @@ def test_idle_plaintext_connections_are_closed_and_descriptors_stay_bounded(laun
 
 def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_refused(
         launch, tmp_path: Path) -> None:
-    from peer import certs
+    from peer.tools import certs
     from peer.transport.channels import TLS_CHANNEL_OPTIONS, channel_credentials
     from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 

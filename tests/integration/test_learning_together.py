@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from peer.config import PeerConfig
-from peer.node import build_trainer
-from peer.procs import PeerProcess, wait_for
+from peer.runtime.config import PeerConfig
+from peer.runtime.node import build_trainer
+from peer.tools.procs import PeerProcess, wait_for
 
 PEERS = 3
 STEPS = 300

@@ -27,7 +27,7 @@ import torch
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc, membership_pb2, membership_pb2_grpc
 from peer.models import build_model
-from peer.procs import PeerProcess, wait_for
+from peer.tools.procs import PeerProcess, wait_for
 from protocol import codecs
 from protocol.membership import MAX_INCARNATION, Dead, MemberEntry, MemberState, Message, Ping, PushPull, SwimConfig
 from protocol.membership_wire import to_wire

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.membership_runtime import LoggedEvent, parse_event_line
-from peer.procs import PeerProcess, wait_for
+from peer.runtime.membership import LoggedEvent, parse_event_line
+from peer.tools.procs import PeerProcess, wait_for
 
 PERIOD = 0.5
 SIZES = [4, pytest.param(8, marks=pytest.mark.slow)]

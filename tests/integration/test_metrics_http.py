@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peer.procs import PeerProcess, launch_peers, wait_for
+from peer.tools.procs import PeerProcess, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from peer.procs import wait_for
+from peer.tools.procs import wait_for
 from tests.mqtt_broker import MosquittoBroker, mqtt_broker  # noqa: F401 - the fixture
 from tests.peer.test_mqtt_discovery import CLUSTER, retained_peers
 

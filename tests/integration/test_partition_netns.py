@@ -41,9 +41,9 @@ from typing import Any
 
 import pytest
 
-from peer.membership_runtime import parse_event_line
-from peer.netns import Endpoint, cleanup_stale, run_prefix
-from peer.procs import wait_for
+from peer.runtime.membership import parse_event_line
+from tests.netns import Endpoint, cleanup_stale, run_prefix
+from peer.tools.procs import wait_for
 from tests.integration.netns_groups import AdminAgent, GroupLab, ask_all
 
 TAG = "hpt"  # namespaces, bridges and veths are named hpt<pid>x...: leftovers of dead runs are recognisable
@@ -93,7 +93,7 @@ def lab() -> Iterator[GroupLab]:
 
 
 def _peer_argv(peer: Peer, index: int, count: int, seeds: list[str]) -> list[str]:
-    return [sys.executable, "-m", "peer.cli", "run", "--peer-id", peer.name,
+    return [sys.executable, "-m", "peer.tools.cli", "run", "--peer-id", peer.name,
             "--host", peer.endpoint.address, "--port", str(GOSSIP_PORT), "--admin-port", str(ADMIN_PORT),
             "--seeds", ",".join(seeds), "--probe-period", str(PERIOD), "--gossip-interval", str(GOSSIP_INTERVAL),
             "--shard-index", str(index), "--shard-count", str(count), "--seed", str(index),

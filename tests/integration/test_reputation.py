@@ -12,7 +12,7 @@ import torch
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.models import build_model
-from peer.procs import wait_for
+from peer.tools.procs import wait_for
 from protocol import codecs
 from protocol.wire import PacketHeader, encode_packet, fingerprint, specs_of
 
@@ -60,6 +60,6 @@ def test_a_peer_sending_outliers_is_banned_and_listed_with_the_reason(launch) ->
     assert "distance" in attacker.reputation_reason
     assert rejected == 1
 
-    out = subprocess.run([sys.executable, "-m", "peer.cli", "peers", "--admin", peer.admin_address],
+    out = subprocess.run([sys.executable, "-m", "peer.tools.cli", "peers", "--admin", peer.admin_address],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
     assert out.returncode == 0 and "BANNED" in out.stdout and "3 outlier" in out.stdout

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from peer.procs import wait_for
+from peer.tools.procs import wait_for
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,6 +1,6 @@
 """A slowloris holding a hundred half-open Exchange streams to one peer does not stop that
 peer from gossiping with its honest neighbours; its memory stays bounded, and every held
-stream ends with a counted reason (peer/admission.py).
+stream ends with a counted reason (peer/transport/admission.py).
 
 Three real peers on loopback gossip with each other. A client in this process opens 100
 ``Exchange`` streams to peer-0, each on its own connection (so the per-connection cap
@@ -28,7 +28,7 @@ import grpc
 import pytest
 
 from hearsay.v1 import gossip_pb2
-from peer.procs import PeerProcess, wait_for
+from peer.tools.procs import PeerProcess, wait_for
 from peer.transport.frames import PACKET_BYTES_KEY
 from peer.transport.grpc_transport import EXCHANGE_METHOD
 

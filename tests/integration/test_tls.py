@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from peer import certs
-from peer.certs import TlsIdentity
-from peer.cluster import tls_args
-from peer.config import PeerConfig
-from peer.node import build_trainer
-from peer.procs import PeerProcess, free_ports, wait_for
+from peer.tools import certs
+from peer.tools.certs import TlsIdentity
+from peer.tools.cluster import tls_args
+from peer.runtime.config import PeerConfig
+from peer.runtime.node import build_trainer
+from peer.tools.procs import PeerProcess, free_ports, wait_for
 from peer.transport.channels import channel_credentials
 from peer.transport.grpc_transport import ExchangeRefused, GossipClient, GossipServicer, add_to_server, server_options
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context

@@ -1,5 +1,5 @@
 """Admission of inbound exchanges: slots, the byte budget, shedding idle streams, and the
-paced reading that ends stalled or too slow streams (peer/admission.py)."""
+paced reading that ends stalled or too slow streams (peer/transport/admission.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from peer.admission import (
+from peer.transport.admission import (
     Admission,
     AdmissionLimits,
     BufferBudget,

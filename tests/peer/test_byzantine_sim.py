@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from peer.data import load_dataset
-from peer.sim import SimConfig, Simulator
+from peer.sim.swarm import SimConfig, Simulator
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from peer import certs
-from peer.certs import CertError, load_identity, make_certs
-from peer.cli import main
-from peer.config import ConfigError, PeerConfig, from_env
+from peer.tools import certs
+from peer.tools.certs import CertError, load_identity, make_certs
+from peer.tools.cli import main
+from peer.runtime.config import ConfigError, PeerConfig, from_env
 
 
 def mode(path: Path) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from peer import checkpoint
-from peer.checkpoint import CheckpointError
+from peer.runtime import checkpoint
+from peer.runtime.checkpoint import CheckpointError
 
 
 def state(step: int) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from peer import config
-from peer.config import ConfigError, PeerConfig, add_flags, load, options_table
+from peer.runtime import config
+from peer.runtime.config import ConfigError, PeerConfig, add_flags, load, options_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_every_option_has_documentation_and_the_readme_table_is_current() -> Non
     for f in dataclasses.fields(PeerConfig):
         assert len(f.metadata.get("help", "")) > 10, f"{f.name} is undocumented"
     readme = (ROOT / "README.md").read_text()
-    assert options_table() in readme, "README's option table is stale: run python -m peer.config README.md"
+    assert options_table() in readme, "README's option table is stale: run python -m peer.runtime.config README.md"
 
 
 @pytest.mark.parametrize("env, message", [
@@ -144,7 +144,7 @@ def test_the_name_lists_kept_here_match_their_modules() -> None:
     from peer.models import ZOO
     from protocol.merge import RULES
 
-    from peer.cli import DEFAULT_ADMIN_PORT
+    from peer.tools.cli import DEFAULT_ADMIN_PORT
 
     assert set(config.ZOO_MODELS) == set(ZOO)
     assert set(config.MERGE_RULES) == set(RULES)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peer.config import PeerConfig
+from peer.runtime.config import PeerConfig
 from peer.data import DatasetError, dataset_from_config, dirichlet_partition, iid_partition, load_dataset
 from peer.data.datasets import FASHION_MNIST_DIR
 from peer.data.files import IDX_FILES
-from peer.plugins import PluginError
+from peer.runtime.plugins import PluginError
 
 REPO = Path(__file__).resolve().parents[2]
 needs_fashion = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
@@ -195,8 +195,8 @@ def test_missing_and_damaged_files_give_one_line_errors(tmp_path: Path, monkeypa
 
 
 def test_plugin_factories_receive_the_users_dataset_args(tmp_path: Path) -> None:
-    from peer.cli import build_parser
-    from peer.config import load
+    from peer.tools.cli import build_parser
+    from peer.runtime.config import load
 
     args = build_parser().parse_args(["run", "--dataset", "tests.peer.user_plugins:sized_dataset",
                                       "--dataset-arg", "n=30", "--data-path", str(tmp_path), "--seeds",

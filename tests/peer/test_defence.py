@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from peer.config import PeerConfig
-from peer.defence import Defence
-from peer.node import Node, build_trainer, build_trainer_and_validation
-from peer.validation import split_validation
+from peer.runtime.config import PeerConfig
+from peer.runtime.defence import Defence
+from peer.runtime.node import Node, build_trainer, build_trainer_and_validation
+from peer.runtime.validation import split_validation
 from protocol.merge import BristleRule, Contribution, make_rule
 from protocol.reputation import Reputation
 
@@ -29,7 +29,7 @@ def shifted(state: dict[str, np.ndarray], by: float) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def trainer():  # noqa: ANN201 - a peer.trainer.Trainer
+def trainer():  # noqa: ANN201 - a peer.runtime.trainer.Trainer
     torch.set_num_threads(1)
     return build_trainer(PeerConfig(seed=3, steps_per_second=0))
 

@@ -8,10 +8,10 @@ import grpc
 import numpy as np
 import pytest
 
-from peer.config import PeerConfig
-from peer.gossip import GossipEngine, LinkBusy
+from peer.runtime.config import PeerConfig
+from peer.runtime.gossip import GossipEngine, LinkBusy
 from peer.transport.grpc_transport import ExchangeRefused
-from peer.node import build_trainer
+from peer.runtime.node import build_trainer
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
 from protocol.wire import Limits, decode_packet
@@ -157,13 +157,13 @@ async def test_an_overloaded_partner_is_not_a_failing_one(pair) -> None:
 
 
 def test_refusals_are_all_counted_but_logged_once_per_reason_per_interval(pair, caplog) -> None:
-    from peer.gossip import REFUSAL_LOG_SECONDS
+    from peer.runtime.gossip import REFUSAL_LOG_SECONDS
     from protocol.errors import MalformedPacket
 
     a, _ = pair
     now = [100.0]
     a.clock = lambda: now[0]
-    with caplog.at_level("WARNING", logger="peer.gossip"):
+    with caplog.at_level("WARNING", logger="peer.runtime.gossip"):
         for _ in range(50):  # an intruder retrying: 50 refusals within one interval
             a.count_rejected(MalformedPacket("junk"))
         now[0] += REFUSAL_LOG_SECONDS

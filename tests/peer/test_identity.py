@@ -1,4 +1,4 @@
-"""Identity from the connection (peer/transport/identity.py) and the reply bounds (peer/admission.py)."""
+"""Identity from the connection (peer/transport/identity.py) and the reply bounds (peer/transport/admission.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from peer.admission import AdmissionLimits, Gate, Overloaded, ReplyUnread
+from peer.transport.admission import AdmissionLimits, Gate, Overloaded, ReplyUnread
 from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, host_of_peer,
                                      resolve_identity)
 

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from hearsay.v1 import membership_pb2, membership_pb2_grpc
-from peer.logs import JsonFormatter
-from peer.membership_runtime import MembershipEvents, MembershipRuntime, count_event, parse_event_line
-from peer.procs import free_ports
+from peer.runtime.logs import JsonFormatter
+from peer.runtime.membership import MembershipEvents, MembershipRuntime, count_event, parse_event_line
+from peer.tools.procs import free_ports
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from protocol.membership import (
     Ack,
@@ -141,7 +141,7 @@ def test_events_are_counted_per_transition() -> None:
 
 
 def test_event_log_lines_parse_back() -> None:
-    logger = logging.getLogger("peer.membership_runtime")
+    logger = logging.getLogger("peer.runtime.membership")
     record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1,
                                "member %s %s -> %s incarnation %d peer %s",
                                ("127.0.0.1:7070", "suspect", "dead", 3, "peer-2"), None)

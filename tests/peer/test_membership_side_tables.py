@@ -10,11 +10,11 @@ import random
 
 import pytest
 
-from peer.config import PeerConfig
-from peer import gossip
-from peer.gossip import GossipEngine
-from peer.node import build_trainer
-from peer.recent import RecentMap
+from peer.runtime.config import PeerConfig
+from peer.runtime import gossip
+from peer.runtime.gossip import GossipEngine
+from peer.runtime.node import build_trainer
+from peer.runtime.recent import RecentMap
 from protocol import codecs
 from protocol.membership import Swim, SwimConfig
 from protocol.merge import make_rule

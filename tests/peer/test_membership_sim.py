@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from peer.membership_sim import MembershipSim, measure
+from peer.sim.membership import MembershipSim, measure
 from protocol.membership import MemberState, SwimConfig, suspicion_bounds
 
 ALIVE, DEAD_OR_LEFT = (1,), (3, 4)

@@ -10,7 +10,7 @@ import textwrap
 PROBE = textwrap.dedent("""
     import sys
     import numpy as np
-    from peer.memory import return_large_blocks
+    from peer.runtime.memory import return_large_blocks
 
     def rss():
         with open("/proc/self/status") as f:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from peer.model_files import ModelFileError, convert, safetensors_bytes, target_path, write_atomically
+from peer.tools.model_files import ModelFileError, convert, safetensors_bytes, target_path, write_atomically
 
 
 def test_safetensors_written_here_is_read_back_exactly_by_the_safetensors_library() -> None:

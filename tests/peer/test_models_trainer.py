@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from peer.config import PeerConfig
+from peer.runtime.config import PeerConfig
 from peer.data.datasets import FASHION_MNIST_DIR
-from peer.evaluation import EvalPolicy
+from peer.runtime.evaluation import EvalPolicy
 from peer.models import build_model
-from peer.node import build_trainer
-from peer.plugins import PluginError
-from peer.trainer import Trainer, resolve_device
+from peer.runtime.node import build_trainer
+from peer.runtime.plugins import PluginError
+from peer.runtime.trainer import Trainer, resolve_device
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -170,7 +170,7 @@ def test_eval_policy_subset_is_seeded_bounded_and_the_same_for_every_peer() -> N
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_peers_evaluate_on_the_same_bounded_subset_and_accuracy_matches_the_full_set_helper(tmp_path) -> None:  # noqa: ANN001
     from peer.data import load_dataset
-    from peer.evaluation import accuracy
+    from peer.runtime.evaluation import accuracy
 
     common = {"dataset": "fashion-mnist", "dataset_arg": ["limit=500"], "data_cache": str(tmp_path),
               "steps_per_second": 0, "data_seed": 2}

@@ -24,8 +24,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from peer.certs import PeerFiles, make_certs
-from peer.config import ConfigError, add_flags, load
+from peer.tools.certs import PeerFiles, make_certs
+from peer.runtime.config import ConfigError, add_flags, load
 from peer.discovery import mqtt as mqtt_discovery
 from peer.discovery.mqtt import (
     Announcement,
@@ -506,7 +506,7 @@ def test_the_broker_password_comes_from_a_file_or_the_environment_never_a_flag(t
     tls = load(parser.parse_args(["--mqtt-broker", "h", "--mqtt-tls"]), {})
     assert tls.mqtt_tls_files() == ("", "", "")
     # `run --check-config` prints the configuration with the password masked.
-    done = subprocess.run([sys.executable, "-m", "peer.cli", "run", *broker, "--check-config"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "peer.tools.cli", "run", *broker, "--check-config"], capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL,
                           env={**os.environ, "HEARSAY_MQTT_PASSWORD": "pw-env"})
     assert done.returncode == 0, done.stderr

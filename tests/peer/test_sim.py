@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from peer.data import load_dataset
-from peer.gossip import GossipEngine
-from peer.sim import (
+from peer.runtime.gossip import GossipEngine
+from peer.sim.swarm import (
     SimConfig,
     Simulator,
     apply_models,
@@ -21,7 +21,7 @@ from peer.sim import (
     own_packet,
     shard_floor,
 )
-from peer.trainer import Trainer
+from peer.runtime.trainer import Trainer
 from protocol import codecs
 from protocol.membership import StaticMembership
 from protocol.merge import RULES, Contribution, make_rule, merge_batch
@@ -169,7 +169,7 @@ def engine(t: Trainer, rule_name: str) -> GossipEngine:
 
 
 def received_packet(digits, index: int = 9):  # noqa: ANN001, ANN201 - a protocol.wire.Packet from a third peer
-    from peer.sim import VirtualPeer
+    from peer.sim.swarm import VirtualPeer
 
     sender = VirtualPeer(index, trainer(digits, index), [], 1.0, random.Random(index))
     sender.trainer.train_steps(3)
@@ -200,7 +200,7 @@ def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name:
 
 def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch) -> None:  # noqa: ANN001
     """Same code path, not a copy: the daemon's merge must call protocol.merge.merge_received_report."""
-    import peer.defence
+    import peer.runtime.defence
     import protocol.merge
 
     calls: list[int] = []
@@ -209,8 +209,8 @@ def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch
         calls.append(local_samples)
         return protocol.merge.merge_received_report(rule, local_state, local_samples, received)
 
-    # raising=True (the default): fails while peer.defence does not import merge_received_report.
-    monkeypatch.setattr(peer.defence, "merge_received_report", spy)
+    # raising=True (the default): fails while peer.runtime.defence does not import merge_received_report.
+    monkeypatch.setattr(peer.runtime.defence, "merge_received_report", spy)
     t = trainer(digits, 1)
     packet = received_packet(digits)
     engine(t, "vc")._merge(packet.tensors, packet.header.samples)

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from peer.data import load_dataset
-from peer.gossip import GossipEngine
-from peer.sim import SimConfig, Simulator, peer_seed
+from peer.runtime.gossip import GossipEngine
+from peer.sim.swarm import SimConfig, Simulator, peer_seed
 from peer.transport.grpc_transport import ExchangeRefused, GossipClient, GossipServicer, add_to_server, server_options
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
@@ -95,7 +95,7 @@ def recording(send: Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[
 
 
 async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], list[str]]:
-    """Two engines built as ``peer.node`` builds them (daemon defaults), on real gRPC servers."""
+    """Two engines built as ``peer.runtime.node`` builds them (daemon defaults), on real gRPC servers."""
     servers, addresses, engines = [], [], []
     handlers: list[GossipEngine] = []
     for i in range(2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peer.data import load_dataset
-from peer.sim import SimConfig, Simulator
+from peer.sim.swarm import SimConfig, Simulator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,7 @@ def test_merged_accuracies_score_each_peers_model_as_it_was_right_after_its_late
     import numpy as np
     import torch
 
-    from peer.sim import make_model
+    from peer.sim.swarm import make_model
 
     sim = Simulator(small(), digits)
     sim.run_until(12.0)

@@ -2,7 +2,7 @@
 
 ``SimConfig.attack`` and ``attackers`` turn chosen peers into attackers that follow the
 protocol (they train, exchange and merge through their ``GossipEngine``) but send
-poisoned models (``ATTACKS`` in ``peer.sim_config``), or train on flipped labels. The
+poisoned models (``ATTACKS`` in ``peer.sim.config``), or train on flipped labels. The
 attacker's engine frames the poisoned model for its victim as it would its own
 (``AttackerEngine``): keyframes, deltas against the link's replica, the same wire.
 """
@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from peer.data import Dataset
-from peer.gossip import GossipEngine
-from peer.sim_config import DEFAULT_ATTACK_SCALE, HUGE_COUNT, SimConfig
-from peer.trainer import Trainer
-from peer.validation import Validator, make_validator
+from peer.runtime.gossip import GossipEngine
+from peer.sim.config import DEFAULT_ATTACK_SCALE, HUGE_COUNT, SimConfig
+from peer.runtime.trainer import Trainer
+from peer.runtime.validation import Validator, make_validator
 from protocol.merge import LossCheck, MergeRule, delta_norm
 from protocol.wire import Buffer
 
 if TYPE_CHECKING:
-    from peer.sim import VirtualPeer
+    from peer.sim.swarm import VirtualPeer
 
 
 class PoisoningTrainer:
@@ -80,7 +80,7 @@ def configure_attacker(engine: AttackerEngine, attack: str) -> None:
 
 
 class AttackerMixin:
-    """The attacks and validators of ``peer.sim.Simulator``, whose fields these are."""
+    """The attacks and validators of ``peer.sim.swarm.Simulator``, whose fields these are."""
 
     config: SimConfig
     data: Dataset
@@ -107,7 +107,7 @@ class AttackerMixin:
 
     def _validator(self, peer: VirtualPeer) -> Validator:
         """Loss of a model on ``peer``'s validation split (its held-out samples, true labels;
-        its training shard when nothing is held out), as the daemon's ``peer.validation``."""
+        its training shard when nothing is held out), as the daemon's ``peer.runtime.validation``."""
         idx = self.validation[peer.index]
         return make_validator(self._scratch, torch.as_tensor(self.data.train_x[idx]),
                               torch.as_tensor(self.data.train_y[idx]))

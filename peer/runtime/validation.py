@@ -1,6 +1,6 @@
 """A peer's local validation split and the loss a robust merge rule checks models against.
 
-The daemon (``peer.node``) and the simulator (``peer.sim``) both build their validator
+The daemon (``peer.runtime.node``) and the simulator (``peer.sim.swarm``) both build their validator
 here, so the loss check (``protocol.merge.LossCheck``) sees the same numbers in both.
 """
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from peer import __version__
-from peer.config import SECRET_OPTIONS, ConfigError, add_flags, did_you_mean, load, merge_rules
-from peer.plugins import PluginError
+from peer.runtime.config import SECRET_OPTIONS, ConfigError, add_flags, did_you_mean, load, merge_rules
+from peer.runtime.plugins import PluginError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -104,7 +104,7 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from peer import logs
+    from peer.runtime import logs
 
     config = load(args)
     if args.check_config:
@@ -114,11 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "config": shown}))
         return 0
     logs.setup(config.log_level, config.log_json, config.resolved_peer_id())
-    from peer.ports import StartError, check_ports
+    from peer.transport.ports import StartError, check_ports
 
     try:
         check_ports(config)  # at once, not after loading torch, the data and the model
-        from peer.node import run
+        from peer.runtime.node import run
 
         return run(config)
     except StartError as e:  # a port taken, an address that cannot be bound: one line, no traceback
@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):  # noqa: ANN202 - AdminClient, imported lazily
-    from peer.admin_client import AdminClient, resolve_token
+    from peer.tools.admin_client import AdminClient, resolve_token
 
     return AdminClient(args.admin, args.timeout, token=resolve_token(args.token, args.token_file))
 
@@ -202,7 +202,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_pull_model(args: argparse.Namespace) -> int:
-    from peer.model_files import SUFFIXES, ModelFileError, convert, target_path, write_atomically
+    from peer.tools.model_files import SUFFIXES, ModelFileError, convert, target_path, write_atomically
 
     try:
         out = target_path(args.output, args.format)  # checked before the download, not after
@@ -244,15 +244,15 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from peer.top import run_top
+    from peer.tools.top import run_top
 
     with _client(args) as client:
         return run_top(client, args.admin, interval=args.interval, once=args.once, as_json=args.json)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from peer.certs import CertError
-    from peer.cluster import ClusterSpec, check_spec, preflight, run_cluster
+    from peer.tools.certs import CertError
+    from peer.tools.cluster import ClusterSpec, check_spec, preflight, run_cluster
 
     spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
                        out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
@@ -271,7 +271,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from peer.certs import CertError, make_certs
+    from peer.tools.certs import CertError, make_certs
 
     try:
         issued = make_certs(args.out, args.names, dns=args.dns, ips=args.ip, days=args.days)
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        admin_client = sys.modules.get("peer.admin_client")  # loaded if it could have raised
+        admin_client = sys.modules.get("peer.tools.admin_client")  # loaded if it could have raised
         if admin_client is not None and isinstance(e, admin_client.AdminError):
             print(f"hearsay {args.command}: error: {e}", file=sys.stderr)
             return EXIT_FAILURE

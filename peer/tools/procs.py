@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from peer.admin_client import AdminClient, AdminError
+from peer.tools.admin_client import AdminClient, AdminError
 
 T = TypeVar("T")
 
@@ -91,7 +91,7 @@ class PeerProcess:
         return f"{self.host}:{self.admin_port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "peer.cli", "run", "--peer-id", self.peer_id, "--host", self.host,
+        return [sys.executable, "-m", "peer.tools.cli", "run", "--peer-id", self.peer_id, "--host", self.host,
                 "--port", str(self.gossip_port), "--admin-host", self.host,
                 "--admin-port", str(self.admin_port), *self.args]
 

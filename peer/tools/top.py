@@ -21,7 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from peer.admin_client import AdminClient
+from peer.tools.admin_client import AdminClient
 
 # Two reports of a member closer together than this are the same report.
 SAME_REPORT_SECONDS = 0.05

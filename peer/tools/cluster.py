@@ -25,12 +25,12 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from peer.admin_client import AdminError
-from peer.certs import CA_CERT_FILE, make_certs
-from peer.config import PeerConfig
-from peer.cluster_report import (EXITED, STARTING, UNREACHABLE, UP, DataOptions, evaluate_full, membership_events,
+from peer.tools.admin_client import AdminError
+from peer.tools.certs import CA_CERT_FILE, make_certs
+from peer.runtime.config import PeerConfig
+from peer.tools.cluster_report import (EXITED, STARTING, UNREACHABLE, UP, DataOptions, evaluate_full, membership_events,
                                  plot_accuracy, table)
-from peer.procs import PeerProcess, launch_peers
+from peer.tools.procs import PeerProcess, launch_peers
 
 POLL_SECONDS = 1.0
 STATUS_TIMEOUT = 2.0      # a peer slower than this to answer status counts as unreachable in that poll
@@ -108,7 +108,7 @@ def preflight(spec: ClusterSpec) -> None:
     """Load the data set and build the model once here, before any peer starts: a bad spec
     is one error line, and the decoded data lands in the shared cache for the peers."""
     from peer.data import dataset_from_config, partition
-    from peer.evaluation import policy_from_config
+    from peer.runtime.evaluation import policy_from_config
 
     config = PeerConfig(dataset=spec.dataset, data_path=spec.data_path, dataset_arg=list(spec.dataset_args),
                         data_seed=spec.seed, model=spec.model)

@@ -1,7 +1,7 @@
 """Checking one option's value against its definition: type, range, choices, text, tokens.
 
 Everything here is driven by the option's ``dataclasses.Field`` (its default's type and
-the ``choices``/``range``/``secret`` metadata ``peer.config._opt`` records), so a new
+the ``choices``/``range``/``secret`` metadata ``peer.runtime.config._opt`` records), so a new
 option is checked without a line of code of its own. Light on purpose: the CLI checks
 every flag with it before torch or numpy are imported.
 """

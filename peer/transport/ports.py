@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from peer.config import PeerConfig
+from peer.runtime.config import PeerConfig
 
 
 class StartError(Exception):

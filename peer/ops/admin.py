@@ -12,11 +12,11 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
-from peer.gossip import LinkStats
+from peer.runtime.gossip import LinkStats
 from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
-    from peer.node import Node
+    from peer.runtime.node import Node
 
 
 # What server reflection on the admin port lists: exactly the services that port serves.

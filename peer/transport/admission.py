@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from protocol.errors import WireError
 
 if TYPE_CHECKING:
-    from peer.config import PeerConfig
+    from peer.runtime.config import PeerConfig
 
 
 class Overloaded(WireError):
@@ -101,7 +101,7 @@ class TooSlow(WireError):
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    """The limits, in bytes and seconds (peer/config.py documents the options they come from)."""
+    """The limits, in bytes and seconds (peer/runtime/config.py documents the options they come from)."""
 
     max_streams: int = 128
     max_per_connection: int = 8
@@ -361,7 +361,7 @@ class Gate:
 
 
 def limits_from_config(config: PeerConfig) -> AdmissionLimits:
-    """The inbound limits of ``config``'s documented options (peer/config.py)."""
+    """The inbound limits of ``config``'s documented options (peer/runtime/config.py)."""
     return AdmissionLimits(
         max_streams=config.max_inbound_streams, max_per_connection=config.max_streams_per_connection,
         buffer_bytes=int(config.inbound_buffer_mb * (1 << 20)), max_processing=config.max_inbound_processing,

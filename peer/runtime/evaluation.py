@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch loads only when a model is evaluated: option checks s
     import torch
     from torch import nn
 
-    from peer.config import PeerConfig
+    from peer.runtime.config import PeerConfig
 
 # Inputs per forward pass: bounds evaluation's extra memory whatever the test set's size.
 EVAL_CHUNK = 512
@@ -57,7 +57,7 @@ class EvalPolicy:
 
 def policy_from_config(config: PeerConfig) -> EvalPolicy:
     """The peer's evaluation settings; ``ConfigError`` naming the option that cannot work."""
-    from peer.config import ConfigError
+    from peer.runtime.config import ConfigError
 
     try:
         return EvalPolicy(samples=config.eval_samples, every=config.eval_every, budget=config.eval_budget,

@@ -5,10 +5,10 @@ to FedAvg's accuracy?) need dozens of peers and reproducible runs, which real
 processes on 2 cores cannot give. The simulator keeps everything that decides the
 *numbers* identical to the daemon and replaces only time and the network:
 
-- training: ``peer.trainer.Trainer.step()`` on shards from ``peer.data.partition``,
+- training: ``peer.runtime.trainer.Trainer.step()`` on shards from ``peer.data.partition``,
   models from ``peer.models.build_model`` (the trainer's thread is never started);
-- exchanges: every virtual peer has the daemon's ``peer.gossip.GossipEngine``, built
-  with the daemon's defaults (``peer.config.PeerConfig``), and exchanges through its
+- exchanges: every virtual peer has the daemon's ``peer.runtime.gossip.GossipEngine``, built
+  with the daemon's defaults (``peer.runtime.config.PeerConfig``), and exchanges through its
   own packet path: codec policy, per-link replicas and error feedback, keyframes, wire
   framing, freshness and validation of what arrives, the defence (reputation, batch
   buffering) and the merge. An in-memory transport (``peer.transport.memory``) stands
@@ -16,7 +16,7 @@ processes on 2 cores cannot give. The simulator keeps everything that decides th
 - partners: ``GossipEngine.pick_partner(s)`` over the peer's neighbours in the
   configured topology (full, ring, random k-regular), seeded as the peer's membership.
 
-Time is a number (``peer.sim_clock.VirtualClock``): events (a local step, a gossip tick,
+Time is a number (``peer.sim.clock.VirtualClock``): events (a local step, a gossip tick,
 a message arriving) sit in a heap ordered by (time, sequence), so a run is a pure
 function of its config and seed. Messages may be lost (Bernoulli: the caller waits its
 timeout) or delayed (fixed + uniform jitter + size / bandwidth); each peer steps at its
@@ -26,7 +26,7 @@ stale: the receiver trained meanwhile (``SimStats.max_age``).
 
 ``fanout`` > 1 is Epidemic Learning (de Vos et al. 2023), as the daemon's ``--fanout``:
 each tick a peer merges every model received since its last merge at once, then starts
-``fanout`` exchanges. Hostile peers: ``peer.sim_attacks``.
+``fanout`` exchanges. Hostile peers: ``peer.sim.attacks``.
 """
 
 from __future__ import annotations
@@ -42,18 +42,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from peer.config import PeerConfig
+from peer.runtime.config import PeerConfig
 from peer.data import Dataset, load_dataset
-from peer.defence import Defence
-from peer.gossip import GossipEngine
-from peer.sim_attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, configure_attacker
-from peer.sim_clock import VirtualClock
-from peer.sim_config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
-from peer.sim_setup import (initialise, make_model, neighbours, peer_seed, random_regular, shard_floor,
+from peer.runtime.defence import Defence
+from peer.runtime.gossip import GossipEngine
+from peer.sim.attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, configure_attacker
+from peer.sim.clock import VirtualClock
+from peer.sim.config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
+from peer.sim.setup import (initialise, make_model, neighbours, peer_seed, random_regular, shard_floor,
                             shards_for)
-from peer.trainer import Trainer
+from peer.runtime.trainer import Trainer
 from peer.transport.memory import MemoryNetwork
-from peer.validation import split_validation
+from peer.runtime.validation import split_validation
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import Banned, WireError
@@ -146,7 +146,7 @@ def apply_packet(trainer: Trainer, rule: MergeRule, packet: Packet, age: int = 0
 def apply_models(trainer: Trainer, rule: MergeRule, received: Sequence[Contribution],
                  stakes: Stakes | None = None) -> MergeReport:
     """Merge ``received`` into ``trainer`` at once with ``merge_received_report``, the function the
-    daemon's ``peer.defence.Defence`` calls; returns the report. ``stakes``: the receiver's
+    daemon's ``peer.runtime.defence.Defence`` calls; returns the report. ``stakes``: the receiver's
     books of its senders (protocol/stake.py), applied as the daemon's defence applies them."""
     claims = {c.sender: c.samples for c in received}
     if stakes is not None:
@@ -265,7 +265,7 @@ class Simulator(AttackerMixin):
         return peers
 
     def _engine(self, p: VirtualPeer) -> GossipEngine:
-        """The daemon's engine for ``p``, built as ``peer.node`` builds it (daemon defaults)."""
+        """The daemon's engine for ``p``, built as ``peer.runtime.node`` builds it (daemon defaults)."""
         cfg = self.config
         membership = StaticMembership(p.address)
         for j in p.neighbours:

@@ -17,7 +17,7 @@ from rich.table import Table
 # "unreachable" means it answered before and does not now (or never did, at the end).
 STARTING, UP, UNREACHABLE, EXITED = "starting", "up", "unreachable", "exited"
 
-# peer/membership_runtime.py logs every transition as "member <address> <old> -> <new> incarnation <n>".
+# peer/runtime/membership.py logs every transition as "member <address> <old> -> <new> incarnation <n>".
 _TRANSITION = re.compile(r"member (\S+) (\S+) -> (suspect|dead)\b")
 
 
@@ -111,7 +111,7 @@ def evaluate_full(models: dict[str, bytes], options: DataOptions) -> tuple[dict[
     import torch
 
     from peer.data import load_dataset, parse_dataset_args
-    from peer.evaluation import accuracy
+    from peer.runtime.evaluation import accuracy
     from peer.models import build_model
 
     started = time.monotonic()

@@ -3,7 +3,7 @@
 The model is shared between the training thread and the gossip loop; one lock
 guards it. Gossip reads a snapshot (``state``) and applies merges (``merge_with``)
 under that lock, so a merge never interleaves with an optimiser step. Evaluation
-copies the weights under the lock and runs outside it (``peer.evaluation``): the
+copies the weights under the lock and runs outside it (``peer.runtime.evaluation``): the
 lock is only ever held for one step, one merge or one copy, because the event loop
 takes it too (status digests, gossip snapshots).
 """
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from peer.data import Dataset
-from peer.evaluation import EvalPolicy, accuracy
+from peer.runtime.evaluation import EvalPolicy, accuracy
 
 log = logging.getLogger(__name__)
 

@@ -29,27 +29,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hearsay.v1 import admin_pb2_grpc, membership_pb2_grpc
-from peer import checkpoint, logs
-from peer.admin import ADMIN_PORT_SERVICES, AdminServicer
-from peer.admission import Gate, limits_from_config
-from peer.auth import BearerTokenInterceptor
-from peer.config import ConfigError, PeerConfig, did_you_mean, parse_option
+from peer.runtime import checkpoint, logs
+from peer.ops.admin import ADMIN_PORT_SERVICES, AdminServicer
+from peer.transport.admission import Gate, limits_from_config
+from peer.ops.auth import BearerTokenInterceptor
+from peer.runtime.config import ConfigError, PeerConfig, did_you_mean, parse_option
 from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
-from peer.evaluation import policy_from_config
-from peer.gossip import GossipEngine
-from peer.membership_runtime import MembershipEvents, MembershipRuntime
-from peer.metrics import NodeMetrics
-from peer.ports import StartError, check_port_free
+from peer.runtime.evaluation import policy_from_config
+from peer.runtime.gossip import GossipEngine
+from peer.runtime.membership import MembershipEvents, MembershipRuntime
+from peer.ops.metrics import NodeMetrics
+from peer.transport.ports import StartError, check_port_free
 from peer.models import build_model
-from peer.trainer import Trainer, resolve_device
+from peer.runtime.trainer import Trainer, resolve_device
 from peer.transport.channels import channel_credentials
 from peer.transport.grpc_transport import NO_REUSEPORT, GossipClient, GossipServicer, server_options
 from peer.transport.keyring_file import KeyringFile
 from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
-from peer.validation import Validator, make_validator, split_validation
+from peer.runtime.validation import Validator, make_validator, split_validation
 from protocol.membership import StaticMembership, Swim, SwimConfig
 from protocol.merge import BristleRule, MergeRule, make_rule
 from protocol.reputation import Reputation
@@ -529,9 +529,9 @@ def run(config: PeerConfig) -> int:
     """Entry point of `hearsay run`: one peer under uvloop."""
     import uvloop
 
-    from peer.memory import return_large_blocks
+    from peer.runtime.memory import return_large_blocks
 
-    return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/memory.py)
+    return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/runtime/memory.py)
 
     stall = os.environ.get(DEBUG_LOOP_STALL_ENV)
     if stall:

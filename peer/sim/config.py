@@ -1,4 +1,4 @@
-"""The simulator's configuration (``peer.sim``): one simulated swarm, checked before it runs."""
+"""The simulator's configuration (``peer.sim.swarm``): one simulated swarm, checked before it runs."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _NEVER = 1 << 62
 
 @dataclass(frozen=True)
 class SimConfig:
-    """One simulated swarm. Defaults mirror the daemon's (``peer.config.PeerConfig``)."""
+    """One simulated swarm. Defaults mirror the daemon's (``peer.runtime.config.PeerConfig``)."""
 
     peers: int = 16
     dataset: str = "digits"

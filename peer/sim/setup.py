@@ -11,7 +11,7 @@ from torch import nn
 from peer.data import Dataset
 from peer.data.partition import dirichlet_partition, partition
 from peer.models import build_model
-from peer.sim_config import SimConfig
+from peer.sim.config import SimConfig
 
 # --- topology -----------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from peer.defence import Defence
-from peer.recent import RecentMap
-from peer.trainer import Trainer
+from peer.runtime.defence import Defence
+from peer.runtime.recent import RecentMap
+from peer.runtime.trainer import Trainer
 from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
                                      resolve_identity)
 from protocol import codecs
@@ -386,7 +386,7 @@ class GossipEngine:
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
             if getattr(e, "code", None) in REFUSED_BEFORE_APPLYING:
-                # It was busy exchanging with us, or full (peer/admission.py), and refused
+                # It was busy exchanging with us, or full (peer/transport/admission.py), and refused
                 # before applying our frame: the link stays as it is, and a partner that is
                 # merely busy is not a failing one (the failure detector judges liveness).
                 self.sender.discard(link)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from peer.trainer import Trainer
+from peer.runtime.trainer import Trainer
 from protocol.batch import PendingModels
 from protocol.merge import (
     Contribution,

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from peer.option_checks import check_token
+from peer.runtime.option_checks import check_token
 
 # Health checks reveal nothing and must work for orchestrators that hold no token.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
