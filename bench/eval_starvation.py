@@ -35,7 +35,7 @@ import torch
 
 from peer.runtime.config import PeerConfig
 from peer.runtime.evaluation import EvalPolicy
-from peer.runtime.node import build_trainer
+from peer.runtime.node import build_trainer_and_validation
 from peer.runtime.trainer import Trainer
 
 TICK = 0.02
@@ -58,7 +58,7 @@ def measure(variant: str, steps: int) -> dict[str, float]:
     config = PeerConfig(dataset="fashion-mnist", model="cnn", shard_count=4, seed=1, steps_per_second=0,
                         eval_samples=0 if variant == "locked-full" else 1000, eval_every=25,
                         eval_budget=1.0 if variant == "locked-full" else 0.1)
-    trainer = build_trainer(config)
+    trainer = build_trainer_and_validation(config)[0]
     if variant in ("no-eval", "locked-full"):  # locked-full evaluates on the old schedule below
         trainer.eval_policy = EvalPolicy(every=1 << 62)
     old = LockedFullEval(trainer, trainer.test_x, trainer.test_y) if variant == "locked-full" else None

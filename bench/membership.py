@@ -14,8 +14,9 @@ to 10,000 periods to count false deaths (a running node declared dead by anyone)
 ``real`` runs 8 real peers on loopback (probe period 0.5 s): 10 times a random peer is
 SIGKILLed, the time until every other peer holds it dead is taken from the peers' own
 JSON logs, and it is restarted on the same ports; then 120 s with the CPU saturated by
-2 busy loops while one peer's event loop blocks 300 ms every second (the debug setting
-``HEARSAY_DEBUG_LOOP_STALL``, toggled with SIGUSR1). ``false_deaths`` / ``suspicions`` count
+2 busy loops while one peer's event loop blocks 300 ms every second (those peers run
+``tests.stalling_peer``, the CLI with a SIGUSR1-toggled loop stall that the shipped daemon
+does not have). ``false_deaths`` / ``suspicions`` count
 transitions, in any peer's view, about a peer that was running at that moment.
 
 ``flood`` (issue 14) serves one PushPull listing 66,000 made-up members to a real gRPC
@@ -47,6 +48,7 @@ from peer.tools.admin_client import AdminError
 from peer.runtime.membership import LoggedEvent, parse_event_line
 from peer.sim.membership import measure
 from peer.tools.procs import PeerProcess, launch_peers, wait_for
+from tests.stalling_peer import STALL_ENV, STALLING_PEER
 
 # (nodes, total periods to run for the false-death count; 0 = only the join/crash).
 FULL_SIM = [(100, 1_000), (1_000, 10_000), (10_000, 0)]
@@ -175,7 +177,7 @@ def _slow_peer_run(peers: list[PeerProcess], seconds: float) -> tuple[float, flo
     """``seconds`` with the CPU saturated and one peer's loop stalling; (start, end, polls off)."""
     slow = peers[0]
     hogs = _busy_loops(HOG_PROCESSES)
-    slow.signal(signal.SIGUSR1)  # starts the stall set by HEARSAY_DEBUG_LOOP_STALL (peer/runtime/node.py)
+    slow.signal(signal.SIGUSR1)  # starts the stall set by HEARSAY_DEBUG_LOOP_STALL (tests/stalling_peer.py)
     started = time.time()
     not_alive = 0
     try:
@@ -202,7 +204,7 @@ def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
     down: list[tuple[str, float, float]] = []
     logs = Path(tempfile.mkdtemp(prefix="hearsay-bench-membership-"))  # kept: the logs are the evidence
     print(f"  real: peer logs in {logs}", file=sys.stderr, flush=True)
-    peers = launch_peers(REAL_PEERS, logs, _real_args, env={"HEARSAY_DEBUG_LOOP_STALL": STALL})
+    peers = launch_peers(REAL_PEERS, logs, _real_args, env={STALL_ENV: STALL}, module=STALLING_PEER)
     try:
         for p in peers:
             p.wait_ready(120)

@@ -93,7 +93,7 @@ def _answering(files: dict[str, Path], conn: Any) -> None:
 async def _serve(files: dict[str, Path], conn: Any) -> None:
     import grpc
 
-    from peer.tools import certs
+    from peer.transport import tls_identity
     from peer.transport.grpc_transport import GossipServicer, add_to_server, server_options
     from peer.transport.tls_front import TlsFront, server_context
 
@@ -101,7 +101,7 @@ async def _serve(files: dict[str, Path], conn: Any) -> None:
         return packet
 
     refused: list[str] = []
-    identity = certs.load_identity(files["ca"], files["server_cert"], files["server_key"])
+    identity = tls_identity.load_identity(files["ca"], files["server_cert"], files["server_key"])
     front = TlsFront(server_context(identity), on_refused=lambda r: refused.append(r.reason))
     server = grpc.aio.server(options=server_options())
     add_to_server(GossipServicer(echo, 1 << 30, lambda e: refused.append(e.reason)), server)
@@ -158,11 +158,11 @@ async def _measure(size: Size, files: dict[str, Path], ports: tuple[int, int, in
                    clock: _Clock) -> dict[str, dict[str, list[float]]]:
     import numpy as np
 
-    from peer.tools import certs
+    from peer.transport import tls_identity
     from peer.transport.channels import channel_credentials
     from peer.transport.grpc_transport import GossipClient
 
-    identity = certs.load_identity(files["ca"], files["client_cert"], files["client_key"])
+    identity = tls_identity.load_identity(files["ca"], files["client_cert"], files["client_key"])
     tls = channel_credentials(identity)
     credentials = {"plaintext": None, "tls": tls, "grpc_tls": tls}
     addresses = {"plaintext": f"127.0.0.1:{ports[0]}", "tls": f"127.0.0.1:{ports[1]}",

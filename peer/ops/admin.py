@@ -16,7 +16,8 @@ from peer.runtime.gossip import LinkStats
 from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
-    from peer.runtime.node import Node
+    from peer.ops.metrics import NodeMetrics
+    from peer.ops.view import NodeView
 
 
 # What server reflection on the admin port lists: exactly the services that port serves.
@@ -56,8 +57,9 @@ def _incarnation(membership: object, address: str) -> int:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView, metrics: NodeMetrics) -> None:
         self._node = node
+        self._metrics = metrics
 
     async def Status(self, request: admin_pb2.StatusRequest,
                      context: grpc.aio.ServicerContext) -> admin_pb2.StatusResponse:
@@ -108,7 +110,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def GetMetrics(self, request: admin_pb2.GetMetricsRequest,
                          context: grpc.aio.ServicerContext) -> admin_pb2.GetMetricsResponse:
-        metrics = self._node.metrics
+        metrics = self._metrics
         return admin_pb2.GetMetricsResponse(prometheus_text=metrics.text(), samples=metrics.samples())
 
     async def SaveCheckpoint(self, request: admin_pb2.SaveCheckpointRequest,

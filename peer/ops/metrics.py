@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from peer.runtime.node import Node
+    from peer.ops.view import NodeView
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -59,7 +59,7 @@ class _BuildCollector(Collector):
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self._node = node
 
     def collect(self) -> Iterator[Metric]:
@@ -125,7 +125,7 @@ class _NodeCollector(Collector):
 class NodeMetrics:
     """A registry per peer (not the global one), so several peers can live in one process."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeView) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_NodeCollector(node))
         self.registry.register(_BuildCollector())

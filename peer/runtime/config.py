@@ -29,7 +29,7 @@ from peer.runtime.option_checks import (
 )
 
 if TYPE_CHECKING:
-    from peer.tools.certs import TlsIdentity
+    from peer.transport.tls_identity import TlsIdentity
 
 ENV_PREFIX = "HEARSAY_"
 # Codecs for model deltas (raw is for integer tensors only).
@@ -304,7 +304,7 @@ class PeerConfig:
         missing = [name for name, value in paths.items() if not value]
         if missing:
             raise ConfigError(f"tls_ca, tls_cert and tls_key go together: {', '.join(missing)} not set")
-        from peer.tools.certs import CertError, load_identity
+        from peer.transport.tls_identity import CertError, load_identity
 
         try:
             return load_identity(self.tls_ca, self.tls_cert, self.tls_key)

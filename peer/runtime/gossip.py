@@ -15,12 +15,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from peer.runtime.defence import Defence
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
+from peer.transport.errors import PartnerBusy
 from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
                                      resolve_identity)
 from protocol import codecs
@@ -52,12 +52,6 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
 REFUSAL_LOG_SECONDS = 10.0
 SIDE_TABLE_MIN = 1024  # least entries kept per side table (links, reports)
 
-# Status codes with which a partner refuses an exchange before applying our frame:
-# ABORTED (busy: it is exchanging with us right now) and RESOURCE_EXHAUSTED (full or
-# shedding load, or our packet is over its limits; peer/transport/grpc_transport.py).
-REFUSED_BEFORE_APPLYING = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
-
-
 class SelfExchange(WireError):
     """A peer reached itself through an alias of its own address; the caller drops that member."""
 
@@ -69,7 +63,8 @@ class LinkBusy(WireError):
 
     reason = "busy"
 
-# exchange(address, packet, timeout) -> reply packet; raises on refusal or unreachable partner.
+# exchange(address, packet, timeout) -> reply packet; raises peer.transport.errors.ExchangeRefused
+# (PartnerBusy, PartnerGone) on refusal or an unreachable partner.
 # The packet is one buffer or a sequence of buffers to send one after the other.
 Exchange = Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[Buffer]]
 
@@ -384,14 +379,14 @@ class GossipEngine:
             self.defence.record(self.who(link), "rejected", e.reason)  # its reply was invalid: its reputation pays
             self._fail(member)
             return False
+        except PartnerBusy as e:
+            # It was busy exchanging with us, or full (peer/transport/admission.py), and refused
+            # before applying our frame: the link stays as it is, and a partner that is
+            # merely busy is not a failing one (the failure detector judges liveness).
+            self.sender.discard(link)
+            log.debug("exchange with %s skipped: %s", link, e)
+            return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
-            if getattr(e, "code", None) in REFUSED_BEFORE_APPLYING:
-                # It was busy exchanging with us, or full (peer/transport/admission.py), and refused
-                # before applying our frame: the link stays as it is, and a partner that is
-                # merely busy is not a failing one (the failure detector judges liveness).
-                self.sender.discard(link)
-                log.debug("exchange with %s skipped: %s", link, e)
-                return False
             self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
             log.info("exchange with %s failed: %s", link, e)
             self._fail(member)

@@ -14,7 +14,6 @@ import asyncio
 import copy
 import json
 import logging
-import os
 import random
 import resource
 import signal
@@ -63,22 +62,6 @@ CHECKPOINT_FORMAT = 1
 
 # Runtime knobs the admin API's Set may change: options of PeerConfig, checked by its rules.
 SETTABLE = ("gossip_interval", "codec", "merge", "log_level")
-# Debug only, never through the admin API: with HEARSAY_DEBUG_LOOP_STALL=STALL@EVERY set at
-# start, SIGUSR1 toggles a stall of the event loop (Node.toggle_loop_stall). A signal needs
-# the peer's own user, so no caller on the network can make a peer slow on purpose.
-DEBUG_LOOP_STALL_ENV = "HEARSAY_DEBUG_LOOP_STALL"
-
-
-def parse_loop_stall(value: str) -> tuple[float, float]:
-    """``"STALL[@EVERY]"`` in seconds -> (stall, every); ``ValueError`` with a one-line reason."""
-    stall_s, _, every_s = value.partition("@")
-    try:
-        stall, every = float(stall_s), float(every_s or "1.0")
-    except ValueError:
-        raise ValueError(f"{DEBUG_LOOP_STALL_ENV}: {value!r} is not STALL[@EVERY] in seconds") from None
-    if not (0 < stall <= 10 and 0 < every <= 3600):
-        raise ValueError(f"{DEBUG_LOOP_STALL_ENV}: want 0 < STALL <= 10 and 0 < EVERY <= 3600")
-    return stall, every
 
 
 def _grpc_port(server: grpc.aio.Server, what: str, host: str, port: int) -> int:
@@ -91,24 +74,9 @@ def _grpc_port(server: grpc.aio.Server, what: str, host: str, port: int) -> int:
         raise StartError(f"{what} port {target}: cannot bind ({str(e).split(';')[0]})") from None
 
 
-async def _stall_loop(stall: float, every: float, stopping: asyncio.Event) -> None:
-    """Block the whole event loop for ``stall`` s every ``every`` s (a deliberately slow peer)."""
-    while not stopping.is_set():
-        try:
-            await asyncio.wait_for(stopping.wait(), timeout=every)
-            return
-        except TimeoutError:
-            pass
-        time.sleep(stall)  # on purpose: a blocking call on the loop is the fault being simulated
-
-
-def build_trainer(config: PeerConfig) -> Trainer:
-    """Data shard, model and optimiser for this peer, all seeded from the config."""
-    return build_trainer_and_validation(config)[0]
-
-
 def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[torch.Tensor, torch.Tensor]]:
-    """``build_trainer``, and the samples the loss check scores models on: the
+    """Data shard, model and optimiser for this peer, all seeded from the config, and the
+    samples the loss check scores models on: the
     ``validation_split`` held out of the shard, or the training shard itself when 0."""
     torch.set_num_threads(config.threads)
     data = dataset_from_config(config)
@@ -168,7 +136,6 @@ class Node:
         self.membership: StaticMembership | Swim
         self.swim: MembershipRuntime | None = None  # None with membership=static
         self.engine: GossipEngine
-        self._stall: asyncio.Task[None] | None = None
 
     def _max_packet_bytes(self) -> int:
         return int(self.config.max_packet_mb * (1 << 20))
@@ -271,20 +238,6 @@ class Node:
         log.info("set %s = %s (was %s)", key, parsed, previous)
         return previous, self.knobs()[key]
 
-    def toggle_loop_stall(self, stall: float, every: float) -> None:
-        """Debug only (SIGUSR1 with HEARSAY_DEBUG_LOOP_STALL): start or stop blocking the event loop.
-
-        This is how the no-false-positive benchmark makes one peer slow without killing it:
-        the detector of every other peer must suspect at most, never bury it.
-        """
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-            log.warning("debug loop stall off")
-            return
-        self._stall = asyncio.create_task(_stall_loop(stall, every, self.stopping))
-        log.warning("debug loop stall on: %.3f s every %.3f s", stall, every)
-
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
@@ -342,7 +295,7 @@ class Node:
                                              options=[NO_REUSEPORT])
         admin_port = _grpc_port(self._admin_server, "admin", cfg.admin_host, cfg.admin_port)
         self.admin_address = f"{cfg.admin_host}:{admin_port}"
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self), self._admin_server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self, self.metrics), self._admin_server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._admin_server)
         reflection.enable_server_reflection(ADMIN_PORT_SERVICES, self._admin_server)
@@ -472,8 +425,6 @@ class Node:
         # Leave first and keep the server answering while the leave spreads, so nobody
         # has to detect our absence as a failure; it overlaps the drain of the tasks.
         leaving = asyncio.create_task(self.swim.leave()) if self.swim is not None else None
-        if self._stall is not None:
-            self._stall.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         for task in self._tasks:
@@ -503,9 +454,6 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        stall = os.environ.get(DEBUG_LOOP_STALL_ENV)
-        if stall:
-            loop.add_signal_handler(signal.SIGUSR1, self.toggle_loop_stall, *parse_loop_stall(stall))
         await self.start()
         await self.stopping.wait()
         await self.stop()
@@ -533,12 +481,6 @@ def run(config: PeerConfig) -> int:
 
     return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/runtime/memory.py)
 
-    stall = os.environ.get(DEBUG_LOOP_STALL_ENV)
-    if stall:
-        try:
-            parse_loop_stall(stall)
-        except ValueError as e:
-            raise StartError(str(e)) from None
     raise_descriptor_limit()
 
     async def main() -> None:

@@ -26,7 +26,7 @@ from protocol.merge import LossCheck, MergeRule, delta_norm
 from protocol.wire import Buffer
 
 if TYPE_CHECKING:
-    from peer.sim.swarm import VirtualPeer
+    from peer.sim.virtual_peer import VirtualPeer
 
 
 class PoisoningTrainer:

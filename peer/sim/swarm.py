@@ -49,6 +49,7 @@ from peer.runtime.gossip import GossipEngine
 from peer.sim.attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, configure_attacker
 from peer.sim.clock import VirtualClock
 from peer.sim.config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
+from peer.sim.virtual_peer import VirtualPeer
 from peer.sim.setup import (initialise, make_model, neighbours, peer_seed, random_regular, shard_floor,
                             shards_for)
 from peer.runtime.trainer import Trainer
@@ -91,30 +92,6 @@ class SimStats:
     refused_by: Counter[tuple[str, bool]] = field(default_factory=Counter)
     # Keyframes sent (whole models: a link starting or recovering its sequence).
     keyframes: int = 0
-
-
-@dataclass
-class VirtualPeer:
-    """One simulated peer: a real Trainer and the daemon's GossipEngine."""
-
-    index: int
-    trainer: Trainer
-    neighbours: list[int]
-    speed: float
-    rng: random.Random
-    bytes_sent: int = 0
-    engine: GossipEngine | None = None
-    up: bool = True
-    name: str = ""   # peer id; default sim-<index>
-    addr: str = ""   # gossip address; default sim:<index>
-
-    @property
-    def peer_id(self) -> str:
-        return self.name or f"sim-{self.index}"
-
-    @property
-    def address(self) -> str:
-        return self.addr or f"sim:{self.index}"
 
 
 def choose_codec(codec: Codec) -> Callable[[str, np.ndarray], Codec]:

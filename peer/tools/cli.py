@@ -251,7 +251,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from peer.tools.certs import CertError
+    from peer.transport.tls_identity import CertError
     from peer.tools.cluster import ClusterSpec, check_spec, preflight, run_cluster
 
     spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
@@ -271,7 +271,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from peer.tools.certs import CertError, make_certs
+    from peer.tools.certs import make_certs
+    from peer.transport.tls_identity import CertError
 
     try:
         issued = make_certs(args.out, args.names, dns=args.dns, ips=args.ip, days=args.days)

@@ -80,6 +80,7 @@ class PeerProcess:
     log_path: Path
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
+    module: str = "peer.tools.cli"  # what `python -m` runs; tests may run a wrapper of the CLI
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,7 +92,7 @@ class PeerProcess:
         return f"{self.host}:{self.admin_port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "peer.tools.cli", "run", "--peer-id", self.peer_id, "--host", self.host,
+        return [sys.executable, "-m", self.module, "run", "--peer-id", self.peer_id, "--host", self.host,
                 "--port", str(self.gossip_port), "--admin-host", self.host,
                 "--admin-port", str(self.admin_port), *self.args]
 
@@ -164,7 +165,7 @@ class PeerProcess:
 
 
 def launch_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]], Sequence[str]],
-                 env: dict[str, str] | None = None) -> list[PeerProcess]:
+                 env: dict[str, str] | None = None, module: str = "peer.tools.cli") -> list[PeerProcess]:
     """Start ``count`` peers on loopback, each seeded with every other one's gossip address.
 
     ``args_for(i, seeds)`` returns the extra `hearsay run` flags of peer ``i``.
@@ -173,7 +174,8 @@ def launch_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]],
     peers = []
     for i in range(count):
         peers.append(PeerProcess(peer_id=f"peer-{i}", gossip_port=ports[2 * i], admin_port=ports[2 * i + 1],
-                                 args=[], log_path=log_dir / f"peer-{i}.log", env=dict(env or {})))
+                                 args=[], log_path=log_dir / f"peer-{i}.log", env=dict(env or {}),
+                                 module=module))
     for i, p in enumerate(peers):
         seeds = [q.gossip_address for q in peers if q is not p]
         p.args = list(args_for(i, seeds))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from peer.tools.certs import PEER_DNS_NAME, TlsIdentity
+from peer.transport.tls_identity import PEER_DNS_NAME, TlsIdentity
 
 # Frames are 1 MiB: read the socket in large chunks rather than gRPC's default 8 KiB
 # minimum, so a frame is not assembled from a hundred small reads.

@@ -16,6 +16,7 @@ import grpc
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.transport import admission
 from peer.transport.admission import Gate
+from peer.transport.errors import refusal
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
 from peer.transport.frames import (
@@ -64,15 +65,6 @@ def status_for(error: errors.WireError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INVALID_ARGUMENT
-
-
-class ExchangeRefused(Exception):
-    """The partner refused our packet or failed to answer; ``code`` is the gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
 
 
 # handler(packet, caller) -> reply packet. The packet is the reassembly buffer (a
@@ -261,7 +253,7 @@ class GossipClient:
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self.forget(address)  # a fresh channel next time, not one stuck in backoff
-            raise ExchangeRefused(e.code(), e.details() or "") from None
+            raise refusal(e.code(), e.details() or "") from None
         except errors.WireError:
             call.cancel()
             raise

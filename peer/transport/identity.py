@@ -45,9 +45,6 @@ class Caller:
     authenticated: bool = False  # the cluster keyring verified the packet's tag
 
 
-IN_PROCESS = Caller(connection="in-process")
-
-
 def host_of_peer(peer: str) -> str:
     """The IP in a gRPC peer string ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"); "" for others (unix)."""
     kind, _, rest = peer.partition(":")

@@ -45,7 +45,6 @@ class KeyringFile:
         self._keyring = read_keyring(self.path)
         self._stamp = self._stat()
         self._checked = clock()
-        self.reloads = 0
 
     def _stat(self) -> tuple[int, int]:
         try:
@@ -67,7 +66,6 @@ class KeyringFile:
                     log.error("%s; keeping the keys in use (primary %s)", e, self._keyring.primary_id)
                 else:
                     if keyring != self._keyring:
-                        self.reloads += 1
                         log.warning("keyring %s reloaded: %d keys, primary %s", self.path, len(keyring.keys),
                                     keyring.primary_id)
                     self._keyring = keyring

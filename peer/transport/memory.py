@@ -4,7 +4,7 @@ It stands where ``peer.transport.grpc_transport`` stands, with the same contract
 simulator (``peer.sim.swarm``) runs the daemon's whole packet path: ``exchange`` is
 ``GossipClient.exchange`` (the packet handed over as the reassembled ``bytearray`` the
 gRPC transport gives the callee, the reply returned as one ``bytearray``), and a refused
-packet surfaces as ``ExchangeRefused`` with the status code the gRPC servicer would
+packet surfaces as the error (peer/transport/errors.py) of the status code the gRPC servicer would
 have aborted with (``status_for``; a busy link is ABORTED, an unknown address or a
 lost message is UNAVAILABLE / DEADLINE_EXCEEDED), after the callee's ``on_rejected``
 counted it, as ``GossipServicer`` does.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from peer.transport.grpc_transport import ExchangeRefused, InboundHandler, status_for
+from peer.transport.errors import refusal
+from peer.transport.grpc_transport import InboundHandler, status_for
 from protocol import errors
 from protocol.wire import Buffer, packet_size
 
@@ -73,7 +74,7 @@ class MemoryNetwork:
         self._notify(src, dst, size, reply, "lost" if lost else "sent")
         if lost:
             await self.sleep(timeout)
-            raise ExchangeRefused(grpc.StatusCode.DEADLINE_EXCEEDED, "message lost")
+            raise refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "message lost")
         delay = self.latency(src, dst, size)
         if delay > 0:
             await self.sleep(delay)
@@ -87,19 +88,19 @@ class MemoryNetwork:
         endpoint = self._endpoints.get(dst)
         size = packet_size(packet)
         if endpoint is None or not endpoint.up:
-            raise ExchangeRefused(grpc.StatusCode.UNAVAILABLE, f"{dst} is not reachable")
+            raise refusal(grpc.StatusCode.UNAVAILABLE, f"{dst} is not reachable")
         if size > self.max_packet_bytes:  # the gRPC callee refuses a declared oversize packet unread
-            raise ExchangeRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"packet of {size} bytes is too large")
+            raise refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, f"packet of {size} bytes is too large")
         await self._leg(src, dst, size, False, timeout)
         if not endpoint.up:  # crashed while the packet was in flight
-            raise ExchangeRefused(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
+            raise refusal(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
         try:
             reply = await endpoint.handle(bytearray().join(_parts(packet)), src)
         except errors.WireError as e:
             if e.reason != "busy":
                 endpoint.on_rejected(e)
             code = grpc.StatusCode.ABORTED if e.reason == "busy" else status_for(e)
-            raise ExchangeRefused(code, f"packet refused ({e.reason}): {e.message}") from None
+            raise refusal(code, f"packet refused ({e.reason}): {e.message}") from None
         answer = bytearray().join(_parts(reply))
         await self._leg(dst, src, len(answer), True, timeout)
         return answer

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from peer.tools.certs import TlsIdentity
+from peer.transport.tls_identity import TlsIdentity
 from protocol.errors import WireError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ import torch
 
 from peer.runtime import checkpoint
 from peer.runtime.config import PeerConfig
-from peer.runtime.node import CHECKPOINT_FORMAT, build_trainer
+from peer.runtime.node import CHECKPOINT_FORMAT
+from tests.trainers import build_trainer
 from peer.tools.procs import PeerProcess, free_ports, wait_for
 from tests.conftest import COMMON_PEER_ARGS
 

@@ -165,6 +165,7 @@ def test_idle_plaintext_connections_are_closed_and_descriptors_stay_bounded(laun
 def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_refused(
         launch, tmp_path: Path) -> None:
     from peer.tools import certs
+    from peer.transport import tls_identity
     from peer.transport.channels import TLS_CHANNEL_OPTIONS, channel_credentials
     from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 
@@ -178,7 +179,7 @@ def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_r
     a, b = launch(2, lambda i, seeds: [*QUIET, *tls(f"peer-{i}"), "--seeds", *seeds, "--gossip-interval", "0.5"])
     wait_for(lambda: listed(a).get(b.gossip_address) and listed(a)[b.gossip_address].exchanges >= 2, timeout=60,
              what="A and B exchanging")
-    mallory = channel_credentials(certs.load_identity(pki / "ca.pem", pki / "mallory.pem", pki / "mallory.key"))
+    mallory = channel_credentials(tls_identity.load_identity(pki / "ca.pem", pki / "mallory.pem", pki / "mallory.key"))
     with grpc.secure_channel(a.gossip_address, mallory, options=TLS_CHANNEL_OPTIONS) as channel:
         stub = gossip_pb2_grpc.GossipStub(channel)
         for frame in outliers(b.gossip_address):  # a valid cluster certificate, someone else's address

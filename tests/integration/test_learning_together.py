@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peer.runtime.config import PeerConfig
-from peer.runtime.node import build_trainer
+from tests.trainers import build_trainer
 from peer.tools.procs import PeerProcess, wait_for
 
 PEERS = 3

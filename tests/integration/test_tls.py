@@ -22,13 +22,15 @@ import grpc
 import pytest
 
 from peer.tools import certs
-from peer.tools.certs import TlsIdentity
+from peer.transport import tls_identity
+from peer.transport.tls_identity import TlsIdentity
 from peer.tools.cluster import tls_args
 from peer.runtime.config import PeerConfig
-from peer.runtime.node import build_trainer
+from tests.trainers import build_trainer
 from peer.tools.procs import PeerProcess, free_ports, wait_for
 from peer.transport.channels import channel_credentials
-from peer.transport.grpc_transport import ExchangeRefused, GossipClient, GossipServicer, add_to_server, server_options
+from peer.transport.errors import ExchangeRefused
+from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
 from tests.conftest import COMMON_PEER_ARGS
 from tests.integration.test_learning_together import PEERS, SPLIT, STEPS, merged_from_both_others, peer_args
@@ -48,7 +50,7 @@ class Pki:
     other: Path
 
     def ours(self, name: str) -> TlsIdentity:
-        return certs.load_identity(self.cluster / "ca.pem", self.cluster / f"{name}.pem", self.cluster / f"{name}.key")
+        return tls_identity.load_identity(self.cluster / "ca.pem", self.cluster / f"{name}.pem", self.cluster / f"{name}.key")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 
 from peer.tools import certs
-from peer.tools.certs import CertError, load_identity, make_certs
+from peer.tools.certs import make_certs
+from peer.transport.tls_identity import PEER_DNS_NAME, CertError, load_identity
 from peer.tools.cli import main
 from peer.runtime.config import ConfigError, PeerConfig, from_env
 
@@ -31,7 +32,7 @@ def test_certs_are_signed_by_the_ca_and_name_every_peer_dns_name(cluster: Path) 
     cert = x509.load_pem_x509_certificate((cluster / "peer-0.pem").read_bytes())
     cert.verify_directly_issued_by(ca)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["peer-0", certs.PEER_DNS_NAME, "gossip.example"]
+    assert san.get_values_for_type(x509.DNSName) == ["peer-0", PEER_DNS_NAME, "gossip.example"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
     identity = load_identity(cluster / "ca.pem", cluster / "peer-1.pem", cluster / "peer-1.key")
     assert identity.subject == "peer-1"

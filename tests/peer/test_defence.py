@@ -10,7 +10,8 @@ import torch
 
 from peer.runtime.config import PeerConfig
 from peer.runtime.defence import Defence
-from peer.runtime.node import Node, build_trainer, build_trainer_and_validation
+from peer.runtime.node import Node, build_trainer_and_validation
+from tests.trainers import build_trainer
 from peer.runtime.validation import split_validation
 from protocol.merge import BristleRule, Contribution, make_rule
 from protocol.reputation import Reputation

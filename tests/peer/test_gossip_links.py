@@ -10,8 +10,8 @@ import pytest
 
 from peer.runtime.config import PeerConfig
 from peer.runtime.gossip import GossipEngine, LinkBusy
-from peer.transport.grpc_transport import ExchangeRefused
-from peer.runtime.node import build_trainer
+from peer.transport.errors import PartnerBusy
+from tests.trainers import build_trainer
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
 from protocol.wire import Limits, decode_packet
@@ -43,7 +43,7 @@ def route(*engines: GossipEngine):
         try:
             return await by_address[address].handle_inbound(packet, "in-process")
         except LinkBusy as e:  # what the gRPC transport turns it into
-            raise ExchangeRefused(grpc.StatusCode.ABORTED, e.message) from None
+            raise PartnerBusy(grpc.StatusCode.ABORTED, e.message) from None
     return exchange
 
 
@@ -147,7 +147,7 @@ async def test_an_overloaded_partner_is_not_a_failing_one(pair) -> None:
     a.trainer.train_steps(2)
 
     async def overloaded(address: str, packet: bytes, timeout: float) -> bytes:
-        raise ExchangeRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, "packet refused (overloaded): full")
+        raise PartnerBusy(grpc.StatusCode.RESOURCE_EXHAUSTED, "packet refused (overloaded): full")
 
     assert not await a.exchange_with(member, overloaded)
     assert a.link("b:1").failures == 0 and member.state.value == "alive"

@@ -13,7 +13,7 @@ import pytest
 from peer.runtime.config import PeerConfig
 from peer.runtime import gossip
 from peer.runtime.gossip import GossipEngine
-from peer.runtime.node import build_trainer
+from tests.trainers import build_trainer
 from peer.runtime.recent import RecentMap
 from protocol import codecs
 from protocol.membership import Swim, SwimConfig

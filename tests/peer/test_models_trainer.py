@@ -11,7 +11,7 @@ from peer.runtime.config import PeerConfig
 from peer.data.datasets import FASHION_MNIST_DIR
 from peer.runtime.evaluation import EvalPolicy
 from peer.models import build_model
-from peer.runtime.node import build_trainer
+from tests.trainers import build_trainer
 from peer.runtime.plugins import PluginError
 from peer.runtime.trainer import Trainer, resolve_device
 

@@ -169,7 +169,7 @@ def engine(t: Trainer, rule_name: str) -> GossipEngine:
 
 
 def received_packet(digits, index: int = 9):  # noqa: ANN001, ANN201 - a protocol.wire.Packet from a third peer
-    from peer.sim.swarm import VirtualPeer
+    from peer.sim.virtual_peer import VirtualPeer
 
     sender = VirtualPeer(index, trainer(digits, index), [], 1.0, random.Random(index))
     sender.trainer.train_steps(3)

@@ -15,7 +15,8 @@ import pytest
 from peer.data import load_dataset
 from peer.runtime.gossip import GossipEngine
 from peer.sim.swarm import SimConfig, Simulator, peer_seed
-from peer.transport.grpc_transport import ExchangeRefused, GossipClient, GossipServicer, add_to_server, server_options
+from peer.transport.errors import ExchangeRefused
+from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
 from protocol.wire import Buffer, Limits
