@@ -266,7 +266,7 @@ class PeerConfig:
         if self.advertise:
             _check_address(self.advertise, "advertise")
         if self.mqtt_broker:
-            from peer.discovery.mqtt import check_topic_level, split_host_port
+            from peer.discovery.announcements import check_topic_level, split_host_port
 
             try:
                 split_host_port(self.mqtt_broker, 1883)

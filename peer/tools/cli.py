@@ -1,4 +1,9 @@
-"""`hearsay` command line: run | cluster | status | peers | top | ...
+"""`hearsay` command line.
+
+Commands: ``run`` (one peer), ``cluster`` (N peers on loopback with a live table),
+``certs`` (a cluster CA and peer certificates); and, asking one running peer through
+its admin API: ``status``, ``peers``, ``metrics``, ``checkpoint``, ``pull-model``,
+``leave``, ``set`` (a runtime knob) and ``top`` (the whole swarm, live).
 
 Every failure the user can cause (bad option, unreachable peer, bad plug-in) ends
 with one line on stderr and a non-zero exit code, never a traceback. Flags and the

@@ -27,16 +27,15 @@ import pytest
 from peer.tools.certs import PeerFiles, make_certs
 from peer.runtime.config import ConfigError, add_flags, load
 from peer.discovery import mqtt as mqtt_discovery
-from peer.discovery.mqtt import (
+from peer.discovery.announcements import (
     Announcement,
     AnnouncementError,
-    BrokerTls,
-    MqttDiscovery,
     check_topic_level,
     decode_announcement,
     peers_topic,
     split_host_port,
 )
+from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from tests.mqtt_broker import MosquittoBroker, mqtt_broker  # noqa: F401 - the fixture is used by name
 
 CLUSTER = "test"
