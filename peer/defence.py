@@ -6,7 +6,7 @@ rules that want several at once), and what a peer's standing is (``ListPeers``).
 decisions themselves are pure code in ``protocol.merge`` (verdicts) and
 ``protocol.reputation`` (scores, bans); this module adds what a daemon needs around
 them: a clock, a lock (merges run in worker threads while the event loop asks about
-bans) and the per-sender buffer (``protocol.batch.PendingModels``) of
+bans) and the per-sender buffer (``protocol.merge.batch.PendingModels``) of
 ``protocol.merge.merge_batch`` rules and of Epidemic Learning's deferred merges
 (``defer``: everything received since the last ``flush`` is merged at once).
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from peer.trainer import Trainer
-from protocol.batch import PendingModels
+from protocol.merge.batch import PendingModels
 from protocol.merge import (
     Contribution,
     MergeReport,

@@ -26,8 +26,8 @@ from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impers
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import Banned, WireError
-from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
-from protocol.freshness import Freshness
+from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
+from protocol.replay import ReplayGuard
 from protocol.membership import Member, MemberState, StaticMembership
 from protocol.merge import Contribution, MergeRule
 from protocol.sampling import choose_partner, choose_partners
@@ -125,8 +125,8 @@ class GossipEngine:
         self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
                              max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
         self.receiver = Receiver(max_links=max_links)
-        # Link frames taken per partner: replayed or stale packets are refused (protocol/freshness.py).
-        self.freshness = Freshness(max_senders=4 * max_links)
+        # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
+        self.replay_guard = ReplayGuard(max_senders=4 * max_links)
         # One frame at a time per link, in both directions (frames must stay in sequence).
         self._link_locks: dict[str, asyncio.Lock] = {}
         # Partners whose last frame we could not apply: our next packet asks for a keyframe.
@@ -201,7 +201,7 @@ class GossipEngine:
         h = packet.header
         # Our packets are decoded from buffers nobody else holds (``decode``): a keyframe's
         # tensors become our copy of the partner's model without another copy.
-        result = self.receiver.accept(link, FrameHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors,
+        result = self.receiver.accept(link, LinkUpdateHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors,
                                       adopt=True)
         if isinstance(result, NeedKeyframe):
             self._want_keyframe.add(link)
@@ -321,7 +321,7 @@ class GossipEngine:
             raise LinkBusy(f"an exchange with {sender} is already in progress")
         async with lock:
             h = packet.header  # a replayed or stale frame is refused before the link or model moves
-            self.freshness.admit(sender, h.link_epoch, h.link_seq, h.model_version)
+            self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
             reply = await asyncio.to_thread(self.own_packet_parts, sender)
             self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
@@ -403,7 +403,7 @@ class GossipEngine:
         self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our frame
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
-        self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
+        self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
         model = self._accept(link, packet)
         if model is not None:
             await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
@@ -454,7 +454,7 @@ class GossipEngine:
                     log.info("bootstrap from %s failed: %s", link, e)
                     continue
                 self.sender.discard(link)  # the partner answers newcomers without applying their frame
-                self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq,
+                self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq,
                                     packet.header.model_version)
                 model = self._accept(link, packet)
             self._remember_report(link, packet)
