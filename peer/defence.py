@@ -86,7 +86,7 @@ class Defence:
             received = self.stakes.bound(received, trainer.samples)
         if merge_batch(rule) > 1 or self.defer:
             # A received model is a view of our copy of the sender's model, which the next
-            # frame on that link updates in place (another thread, under that link's lock):
+            # link update on that link changes in place (another thread, under that link's lock):
             # a model kept for later must be a snapshot of its own.
             received = Contribution({k: np.array(v, copy=True) for k, v in received.tensors.items()},
                                     samples=received.samples, age=received.age, sender=received.sender,

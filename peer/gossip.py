@@ -52,7 +52,7 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
 REFUSAL_LOG_SECONDS = 10.0
 SIDE_TABLE_MIN = 1024  # least entries kept per side table (links, reports)
 
-# Status codes with which a partner refuses an exchange before applying our frame:
+# Status codes with which a partner refuses an exchange before applying our link update:
 # ABORTED (busy: it is exchanging with us right now) and RESOURCE_EXHAUSTED (full or
 # shedding load, or our packet is over its limits; peer/transport/grpc_transport.py).
 REFUSED_BEFORE_APPLYING = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
@@ -99,7 +99,7 @@ class GossipStats:
     # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
     compression_ratio: float = 0.0
     keyframes_sent: int = 0
-    # Frames we could not apply, by reason (protocol.feedback.NeedKeyframe).
+    # Link updates we could not apply, by reason (protocol.feedback.NeedKeyframe).
     keyframe_requests: dict[str, int] = field(default_factory=dict)
     # Membership transitions this peer observed.
     suspicions: int = 0
@@ -127,9 +127,9 @@ class GossipEngine:
         self.receiver = Receiver(max_links=max_links)
         # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
         self.replay_guard = ReplayGuard(max_senders=4 * max_links)
-        # One frame at a time per link, in both directions (frames must stay in sequence).
+        # One link update at a time per link, in both directions (updates must stay in sequence).
         self._link_locks: dict[str, asyncio.Lock] = {}
-        # Partners whose last frame we could not apply: our next packet asks for a keyframe.
+        # Partners whose last update we could not apply: our next packet asks for a keyframe.
         self._want_keyframe: set[str] = set()
         self.limits = limits
         self.rng = rng
@@ -175,27 +175,27 @@ class GossipEngine:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
         what that partner already holds, as buffers to send one after the other (a dense
         keyframe's payloads are the link's replica itself, not copies: send them before
-        the next frame on this link). Call with the link's lock held. ``commit=False``
+        the next update on this link). Call with the link's lock held. ``commit=False``
         leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
         state = self.trainer.state()  # a fresh copy, handed over to the sender
         stats = self.trainer.stats()
-        frame = self.sender.prepare(link, state, commit=commit, adopt=True)
+        update = self.sender.prepare(link, state, commit=commit, adopt=True)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps,
                               samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
-                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
-                              link_seq=frame.header.seq, keyframe=frame.header.keyframe,
+                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=update.header.epoch,
+                              link_seq=update.header.seq, keyframe=update.header.keyframe,
                               need_keyframe=link in self._want_keyframe)
-        parts = encode_packet_parts(header, state, frame.chooser())
+        parts = encode_packet_parts(header, state, update.chooser())
         self._want_keyframe.discard(link)
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
-        if frame.header.keyframe:
+        if update.header.keyframe:
             self.stats.keyframes_sent += 1
         return parts
 
     def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
-        """Apply a partner's frame to our copy of its model; the model to merge, or None
-        when the frame does not fit our copy (we then ask for a keyframe)."""
+        """Apply a partner's update to our copy of its model; the model to merge, or None
+        when the update does not fit our copy (we then ask for a keyframe)."""
         if packet.header.need_keyframe:
             self.sender.invalidate(link)
         h = packet.header
@@ -317,10 +317,10 @@ class GossipEngine:
         lock = self._lock(sender)
         if lock.locked():
             # We are exchanging with this partner right now (it called us as we called it):
-            # frames on a link must stay in sequence, so this call is refused, not queued.
+            # updates on a link must stay in sequence, so this call is refused, not queued.
             raise LinkBusy(f"an exchange with {sender} is already in progress")
         async with lock:
-            h = packet.header  # a replayed or stale frame is refused before the link or model moves
+            h = packet.header  # a replayed or stale link update is refused before the link or model moves
             self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
             reply = await asyncio.to_thread(self.own_packet_parts, sender)
@@ -379,7 +379,7 @@ class GossipEngine:
             rtt = time.perf_counter() - started
             packet = await asyncio.to_thread(self.decode, reply)
         except WireError as e:
-            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
+            self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
             self.count_rejected(e)
             self.defence.record(self.who(link), "rejected", e.reason)  # its reply was invalid: its reputation pays
             self._fail(member)
@@ -387,12 +387,12 @@ class GossipEngine:
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
             if getattr(e, "code", None) in REFUSED_BEFORE_APPLYING:
                 # It was busy exchanging with us, or full (peer/admission.py), and refused
-                # before applying our frame: the link stays as it is, and a partner that is
+                # before applying our update: the link stays as it is, and a partner that is
                 # merely busy is not a failing one (the failure detector judges liveness).
                 self.sender.discard(link)
                 log.debug("exchange with %s skipped: %s", link, e)
                 return False
-            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
+            self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
             log.info("exchange with %s failed: %s", link, e)
             self._fail(member)
             return False
@@ -400,7 +400,7 @@ class GossipEngine:
             self.sender.invalidate(link)
             self.membership.note_failure(link, self.clock())
             return False
-        self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our frame
+        self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our update
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
         self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
@@ -453,7 +453,7 @@ class GossipEngine:
                     self.sender.invalidate(link)
                     log.info("bootstrap from %s failed: %s", link, e)
                     continue
-                self.sender.discard(link)  # the partner answers newcomers without applying their frame
+                self.sender.discard(link)  # the partner answers newcomers without applying their update
                 self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq,
                                     packet.header.model_version)
                 model = self._accept(link, packet)

@@ -117,7 +117,7 @@ class CheckedMean:
         return MergeReport(self.merge(local, received), ())
 
 
-def test_the_daemon_gives_its_validator_to_every_rule_with_a_loss_check_and_to_no_other(monkeypatch) -> None:  # noqa: ANN001
+def test_the_daemon_gives_its_validator_to_rules_with_a_loss_check_only(monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setitem(RULES, CheckedMean.name, CheckedMean)
     node = Node(PeerConfig(seed=3, steps_per_second=0, validation_split=0.25))
     checked = node._make_rule(CheckedMean.name)
