@@ -28,7 +28,8 @@ path, never from here.
 
 from __future__ import annotations
 
-# Imported in registration order: ``RULES`` lists the rules as the modules define them.
+# Importing the rule modules registers their rules; ``RULES`` keeps the order they were
+# registered in: averaging, variance (robust imports it first), robust.
 from protocol.merge.averaging import (
     MERGE_CHUNK,
     MeanRule,

@@ -1,7 +1,9 @@
 """Robust merge rules, for swarms with hostile peers: ``clip``, ``clip-vc``, ``median``,
 ``trimmed``, ``bristle``, ``bristle-vc`` (what each stops and what it does not: below).
 ``median`` and ``trimmed`` want several received models per merge (``merge_batch(rule)``);
-the recommended robust default is ``RECOMMENDED_ROBUST``.
+the recommended robust default is ``RECOMMENDED_ROBUST``. Each rule here is a ``RobustRule``
+(``protocol.merge.base``: it reports verdicts and says its batch size); ``bristle`` and
+``bristle-vc`` are ``LossCheckedRule`` too (``protocol.merge.loss_check``).
 """
 
 from __future__ import annotations
