@@ -8,16 +8,16 @@ goes out with the next delta. That is what lets a biased compressor (top-k) conv
 
 A link starts, and restarts after any doubt, with a keyframe: the dense model
 (through ``keyframe_policy``, e.g. fp16; the replica then holds the rounded model and
-the deltas correct the rounding). Every frame carries ``(epoch, seq)``: the epoch
-names one keyframe-started lineage of the sender's replica, ``seq`` counts frames in
-it. The receiver applies a delta only onto the same epoch at ``seq = last + 1``;
-anything else (a lost frame, a reordered one, a sender that restarted or evicted the
-link, a receiver that evicted it, a changed model architecture) answers
-``NeedKeyframe`` and the sender starts a new epoch. Both sides keep at most
-``max_links`` replicas, least recently used evicted first.
+the deltas correct the rounding). Every link update (``LinkUpdate``: a keyframe or a
+delta) carries ``(epoch, seq)``: the epoch names one keyframe-started lineage of the
+sender's replica, ``seq`` counts updates in it. The receiver applies a delta only onto
+the same epoch at ``seq = last + 1``; anything else (a lost update, a reordered one, a
+sender that restarted or evicted the link, a receiver that evicted it, a changed model
+architecture) answers ``NeedKeyframe`` and the sender starts a new epoch. Both sides keep
+at most ``max_links`` replicas, least recently used evicted first.
 
 Float tensors travel as deltas; non-float tensors (counters, masks) cannot be
-subtracted meaningfully, so every frame carries their value, exactly, with ``raw``.
+subtracted meaningfully, so every update carries their value, exactly, with ``raw``.
 
 Pure and synchronous: no I/O, no clock. Callers serialise calls for the same link
 (one exchange at a time per partner); calls for different links may run in
@@ -47,8 +47,8 @@ def spec_of(model: Model) -> Spec:
 
 
 @dataclass(frozen=True)
-class FrameHeader:
-    """What identifies a frame on its link; travels in the packet header."""
+class LinkUpdateHeader:
+    """What identifies a link update on its link; travels in the packet header."""
 
     epoch: int
     seq: int
@@ -57,7 +57,7 @@ class FrameHeader:
 
 @dataclass(frozen=True)
 class EncodedTensor:
-    """One tensor of a frame: the codec that encoded it and its output."""
+    """One tensor of an update: the codec that encoded it and its output."""
 
     name: str
     shape: tuple[int, ...]
@@ -67,10 +67,11 @@ class EncodedTensor:
 
 
 @dataclass(frozen=True)
-class Frame:
-    """What the sender puts on the wire for one link: header + tensors in model order."""
+class LinkUpdate:
+    """One encoded model update sent on one link — a keyframe (the dense model) or an
+    error-feedback delta — as the sender puts it on the wire: header + tensors in model order."""
 
-    header: FrameHeader
+    header: LinkUpdateHeader
     tensors: tuple[EncodedTensor, ...]
 
     @property
@@ -78,8 +79,8 @@ class Frame:
         return sum(len(t.encoded.payload) for t in self.tensors)
 
     def chooser(self) -> Callable[[str, np.ndarray], _Replay]:
-        """A ``protocol.wire.CodecChooser`` that frames this frame's encodings as they are:
-        ``encode_packet(header, model, frame.chooser())`` puts on the wire exactly what
+        """A ``protocol.wire.CodecChooser`` that frames this update's encodings as they are:
+        ``encode_packet(header, model, update.chooser())`` puts on the wire exactly what
         ``prepare`` encoded (and applied to ``x̂``), without encoding anything twice."""
         by_name = {t.name: _Replay(t) for t in self.tensors}
         return lambda name, _x: by_name[name]
@@ -101,8 +102,8 @@ class _Replay:
 
 @dataclass(frozen=True)
 class Applied:
-    """The frame was applied; ``model`` is the receiver's (read-only) copy of the sender's
-    model, valid until the next frame on this link is accepted."""
+    """The update was applied; ``model`` is the receiver's (read-only) copy of the sender's
+    model, valid until the next update on this link is accepted."""
 
     model: Mapping[str, np.ndarray]
     keyframe: bool
@@ -110,7 +111,7 @@ class Applied:
 
 @dataclass(frozen=True)
 class NeedKeyframe:
-    """The frame cannot be applied; ask the sender for a keyframe. ``reason`` is a short
+    """The update cannot be applied; ask the sender for a keyframe. ``reason`` is a short
     stable label (for metrics): ``unknown_link``, ``epoch``, ``gap``, ``stale``, ``spec``,
     ``non_finite`` (the delta would overflow the copy)."""
 
@@ -150,7 +151,7 @@ def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
     """Whether ``replica + delta`` is finite everywhere, checked before anything is changed.
 
     Finite values can still overflow when added (3e38 + 3e38 in float32). The cheap bound
-    ``max|x̂| + max|Δ|`` clears almost every frame; only near the edge is the sum computed.
+    ``max|x̂| + max|Δ|`` clears almost every update; only near the edge is the sum computed.
     """
     for name, d in deltas.items():
         hat = replica[name]
@@ -226,7 +227,7 @@ class _SenderLink:
 
 
 class Sender:
-    """The sending side of every link: keeps ``x̂`` per link, produces frames.
+    """The sending side of every link: keeps ``x̂`` per link, produces updates.
 
     ``policy`` chooses the codec of each delta tensor, ``keyframe_policy`` that of each
     keyframe tensor (default: fp32 for floats, raw otherwise). ``rng`` draws epochs; pass
@@ -242,7 +243,7 @@ class Sender:
         self.feedback = feedback
         self.keyframe_policy = keyframe_policy or SizeAdaptive(make("fp32"))
         self._links = _Lru(max_links)
-        # link -> the replica update of a frame sent but not yet known to be applied.
+        # link -> the replica change of an update sent but not yet known to be applied.
         self._pending: dict[str, Callable[[], None]] = {}
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
@@ -251,45 +252,45 @@ class Sender:
         with self._rng_lock:
             return self._rng.getrandbits(63)
 
-    def prepare(self, link: str, model: Model, *, commit: bool = True, adopt: bool = False) -> Frame:
-        """The frame to send on ``link`` for the current ``model``.
+    def prepare(self, link: str, model: Model, *, commit: bool = True, adopt: bool = False) -> LinkUpdate:
+        """The update to send on ``link`` for the current ``model``.
 
         ``adopt=True`` hands ``model``'s arrays over (the caller made them for this call
-        and never touches them again): a keyframe then lends them to the frame as its
+        and never touches them again): a keyframe then lends them to the update as its
         payload and keeps them as ``x̂`` wherever the keyframe codec is exact, instead of
         two copies of the whole model.
 
-        With ``commit=True`` ``x̂`` is updated at once, as if the frame was delivered (the
+        With ``commit=True`` ``x̂`` is updated at once, as if the update was delivered (the
         answering side of an exchange, which never learns the outcome). With
         ``commit=False`` the update waits for ``commit(link)`` — the initiator calls it once
         the partner answered — or is dropped by ``discard(link)`` when the partner is known
-        not to have applied the frame; when the outcome is unknown, ``invalidate(link)``.
+        not to have applied the update; when the outcome is unknown, ``invalidate(link)``.
         """
         spec = spec_of(model)
         state = self._links.get(link)
         if not isinstance(state, _SenderLink) or state.spec != spec:
-            frame, apply = self._keyframe(link, model, spec, adopt)
+            update, apply = self._keyframe(link, model, spec, adopt)
         else:
-            frame, apply = self._delta(state, model)
+            update, apply = self._delta(state, model)
         self._pending.pop(link, None)
         if commit:
             apply()
         else:
             self._pending[link] = apply
-        return frame
+        return update
 
     def commit(self, link: str) -> None:
-        """The partner applied the last uncommitted frame: update ``x̂`` as it did."""
+        """The partner applied the last uncommitted update: update ``x̂`` as it did."""
         apply = self._pending.pop(link, None)
         if apply is not None:
             apply()
 
     def discard(self, link: str) -> None:
-        """The partner refused the last uncommitted frame before applying it: forget it,
-        ``x̂`` stays what the partner still holds, and the next frame reuses its sequence."""
+        """The partner refused the last uncommitted update before applying it: forget it,
+        ``x̂`` stays what the partner still holds, and the next update reuses its sequence."""
         self._pending.pop(link, None)
 
-    def _delta(self, state: _SenderLink, model: Model) -> tuple[Frame, Callable[[], None]]:
+    def _delta(self, state: _SenderLink, model: Model) -> tuple[LinkUpdate, Callable[[], None]]:
         seq = state.seq + 1
         tensors = []
         for name, x in model.items():
@@ -320,10 +321,10 @@ class Sender:
                     hat[...] = _decode(enc)
             state.seq = seq
 
-        return Frame(FrameHeader(state.epoch, seq, keyframe=False), tuple(tensors)), apply
+        return LinkUpdate(LinkUpdateHeader(state.epoch, seq, keyframe=False), tuple(tensors)), apply
 
     def _keyframe(self, link: str, model: Model, spec: Spec, adopt: bool = False
-                  ) -> tuple[Frame, Callable[[], None]]:
+                  ) -> tuple[LinkUpdate, Callable[[], None]]:
         tensors: list[EncodedTensor] = []
         adopted: dict[str, np.ndarray] = {}
         for name, x in model.items():
@@ -342,7 +343,7 @@ class Sender:
             replica = {t.name: adopted[t.name] if t.name in adopted else _own(_decode(t)) for t in tensors}
             self._links.put(link, _SenderLink(epoch=epoch, seq=0, spec=spec, replica=replica))
 
-        return Frame(FrameHeader(epoch, 0, keyframe=True), tuple(tensors)), apply
+        return LinkUpdate(LinkUpdateHeader(epoch, 0, keyframe=True), tuple(tensors)), apply
 
     def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
         """A read-only view of what this sender believes ``link``'s receiver holds."""
@@ -350,7 +351,7 @@ class Sender:
         return _readonly(state.replica) if isinstance(state, _SenderLink) else None
 
     def invalidate(self, link: str) -> None:
-        """Forget ``link``'s replica: the receiver asked for a keyframe, or a frame may have
+        """Forget ``link``'s replica: the receiver asked for a keyframe, or an update may have
         been lost. The next ``prepare`` for it sends a keyframe with a new epoch."""
         self._pending.pop(link, None)
         self._links.pop(link)
@@ -374,8 +375,8 @@ class Receiver:
     def __init__(self, *, max_links: int = 16) -> None:
         self._links = _Lru(max_links)
 
-    def accept(self, link: str, header: FrameHeader, tensors: Model, *, adopt: bool = False) -> AcceptResult:
-        """Apply a frame whose tensors the wire layer has already decoded (deltas for float
+    def accept(self, link: str, header: LinkUpdateHeader, tensors: Model, *, adopt: bool = False) -> AcceptResult:
+        """Apply an update whose tensors the wire layer has already decoded (deltas for float
         tensors, values for the others). Nothing changes unless the result is ``Applied``.
 
         ``adopt=True`` hands the tensors over (e.g. views of a received buffer nobody else

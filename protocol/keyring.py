@@ -15,8 +15,8 @@ SHA-256) says which key signed, so verification costs one HMAC, not one per key.
 
 The *purpose* (exchange request, exchange reply, membership request, ...) is part of
 what is signed, so a captured reply cannot be replayed as a request, nor a membership
-message as a gossip packet. Replays of the same kind are the freshness windows' job
-(protocol/freshness.py) and SWIM's (incarnations).
+message as a gossip packet. Replays of the same kind are the replay guard's job
+(protocol/replay.py) and SWIM's (incarnations).
 
 Pure: no I/O. ``parse_keyring`` reads the text of a keyring file; the daemon
 (peer/transport/keyring_file.py) reads the file and notices rotations.

@@ -73,10 +73,6 @@ class Stakes:
         self._senders.move_to_end(sender)
         return s
 
-    def established(self, sender: str) -> bool:
-        s = self._senders.get(sender)
-        return s is not None and s.taken >= self.config.ramp
-
     def stake(self, sender: str) -> float:
         """The share multiplier for ``sender``'s next model, in (0, 1]."""
         s = self._senders.get(sender)
@@ -98,9 +94,6 @@ class Stakes:
         s.claimed = int(claimed)
         if taken:
             s.taken += 1
-
-    def __len__(self) -> int:
-        return len(self._senders)
 
     def bound(self, received: Contribution, own_samples: int) -> Contribution:
         """``received`` with its claimed samples capped and its stake set: what a merge may use."""

@@ -6,7 +6,7 @@ rules that want several at once), and what a peer's standing is (``ListPeers``).
 decisions themselves are pure code in ``protocol.merge`` (verdicts) and
 ``protocol.reputation`` (scores, bans); this module adds what a daemon needs around
 them: a clock, a lock (merges run in worker threads while the event loop asks about
-bans) and the per-sender buffer (``protocol.batch.PendingModels``) of
+bans) and the per-sender buffer (``protocol.merge.batch.PendingModels``) of
 ``protocol.merge.merge_batch`` rules and of Epidemic Learning's deferred merges
 (``defer``: everything received since the last ``flush`` is merged at once).
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from peer.runtime.trainer import Trainer
-from protocol.batch import PendingModels
+from protocol.merge.batch import PendingModels
 from protocol.merge import (
     Contribution,
     MergeReport,
@@ -86,7 +86,7 @@ class Defence:
             received = self.stakes.bound(received, trainer.samples)
         if merge_batch(rule) > 1 or self.defer:
             # A received model is a view of our copy of the sender's model, which the next
-            # frame on that link updates in place (another thread, under that link's lock):
+            # link update on that link changes in place (another thread, under that link's lock):
             # a model kept for later must be a snapshot of its own.
             received = Contribution({k: np.array(v, copy=True) for k, v in received.tensors.items()},
                                     samples=received.samples, age=received.age, sender=received.sender,

@@ -26,8 +26,8 @@ from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impers
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.errors import Banned, WireError
-from protocol.feedback import FrameHeader, NeedKeyframe, Receiver, Sender
-from protocol.freshness import Freshness
+from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
+from protocol.replay import ReplayGuard
 from protocol.membership import Member, MemberState, StaticMembership
 from protocol.merge import Contribution, MergeRule
 from protocol.sampling import choose_partner, choose_partners
@@ -94,7 +94,7 @@ class GossipStats:
     # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
     compression_ratio: float = 0.0
     keyframes_sent: int = 0
-    # Frames we could not apply, by reason (protocol.feedback.NeedKeyframe).
+    # Link updates we could not apply, by reason (protocol.feedback.NeedKeyframe).
     keyframe_requests: dict[str, int] = field(default_factory=dict)
     # Membership transitions this peer observed.
     suspicions: int = 0
@@ -120,11 +120,11 @@ class GossipEngine:
         self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
                              max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
         self.receiver = Receiver(max_links=max_links)
-        # Link frames taken per partner: replayed or stale packets are refused (protocol/freshness.py).
-        self.freshness = Freshness(max_senders=4 * max_links)
-        # One frame at a time per link, in both directions (frames must stay in sequence).
+        # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
+        self.replay_guard = ReplayGuard(max_senders=4 * max_links)
+        # One link update at a time per link, in both directions (updates must stay in sequence).
         self._link_locks: dict[str, asyncio.Lock] = {}
-        # Partners whose last frame we could not apply: our next packet asks for a keyframe.
+        # Partners whose last update we could not apply: our next packet asks for a keyframe.
         self._want_keyframe: set[str] = set()
         self.limits = limits
         self.rng = rng
@@ -170,33 +170,33 @@ class GossipEngine:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
         what that partner already holds, as buffers to send one after the other (a dense
         keyframe's payloads are the link's replica itself, not copies: send them before
-        the next frame on this link). Call with the link's lock held. ``commit=False``
+        the next update on this link). Call with the link's lock held. ``commit=False``
         leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
         state = self.trainer.state()  # a fresh copy, handed over to the sender
         stats = self.trainer.stats()
-        frame = self.sender.prepare(link, state, commit=commit, adopt=True)
+        update = self.sender.prepare(link, state, commit=commit, adopt=True)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps,
                               samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
-                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=frame.header.epoch,
-                              link_seq=frame.header.seq, keyframe=frame.header.keyframe,
+                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=update.header.epoch,
+                              link_seq=update.header.seq, keyframe=update.header.keyframe,
                               need_keyframe=link in self._want_keyframe)
-        parts = encode_packet_parts(header, state, frame.chooser())
+        parts = encode_packet_parts(header, state, update.chooser())
         self._want_keyframe.discard(link)
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
-        if frame.header.keyframe:
+        if update.header.keyframe:
             self.stats.keyframes_sent += 1
         return parts
 
     def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
-        """Apply a partner's frame to our copy of its model; the model to merge, or None
-        when the frame does not fit our copy (we then ask for a keyframe)."""
+        """Apply a partner's update to our copy of its model; the model to merge, or None
+        when the update does not fit our copy (we then ask for a keyframe)."""
         if packet.header.need_keyframe:
             self.sender.invalidate(link)
         h = packet.header
         # Our packets are decoded from buffers nobody else holds (``decode``): a keyframe's
         # tensors become our copy of the partner's model without another copy.
-        result = self.receiver.accept(link, FrameHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors,
+        result = self.receiver.accept(link, LinkUpdateHeader(h.link_epoch, h.link_seq, h.keyframe), packet.tensors,
                                       adopt=True)
         if isinstance(result, NeedKeyframe):
             self._want_keyframe.add(link)
@@ -312,11 +312,11 @@ class GossipEngine:
         lock = self._lock(sender)
         if lock.locked():
             # We are exchanging with this partner right now (it called us as we called it):
-            # frames on a link must stay in sequence, so this call is refused, not queued.
+            # updates on a link must stay in sequence, so this call is refused, not queued.
             raise LinkBusy(f"an exchange with {sender} is already in progress")
         async with lock:
-            h = packet.header  # a replayed or stale frame is refused before the link or model moves
-            self.freshness.admit(sender, h.link_epoch, h.link_seq, h.model_version)
+            h = packet.header  # a replayed or stale link update is refused before the link or model moves
+            self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
             reply = await asyncio.to_thread(self.own_packet_parts, sender)
             self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
@@ -374,7 +374,7 @@ class GossipEngine:
             rtt = time.perf_counter() - started
             packet = await asyncio.to_thread(self.decode, reply)
         except WireError as e:
-            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
+            self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
             self.count_rejected(e)
             self.defence.record(self.who(link), "rejected", e.reason)  # its reply was invalid: its reputation pays
             self._fail(member)
@@ -387,7 +387,7 @@ class GossipEngine:
             log.debug("exchange with %s skipped: %s", link, e)
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
-            self.sender.invalidate(link)  # our frame may or may not have arrived: restart the link
+            self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
             log.info("exchange with %s failed: %s", link, e)
             self._fail(member)
             return False
@@ -395,10 +395,10 @@ class GossipEngine:
             self.sender.invalidate(link)
             self.membership.note_failure(link, self.clock())
             return False
-        self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our frame
+        self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our update
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
-        self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
+        self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
         model = self._accept(link, packet)
         if model is not None:
             await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
@@ -448,8 +448,8 @@ class GossipEngine:
                     self.sender.invalidate(link)
                     log.info("bootstrap from %s failed: %s", link, e)
                     continue
-                self.sender.discard(link)  # the partner answers newcomers without applying their frame
-                self.freshness.note(link, packet.header.link_epoch, packet.header.link_seq,
+                self.sender.discard(link)  # the partner answers newcomers without applying their update
+                self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq,
                                     packet.header.model_version)
                 model = self._accept(link, packet)
             self._remember_report(link, packet)

@@ -50,7 +50,7 @@ from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
 from peer.runtime.validation import Validator, make_validator, split_validation
 from protocol.membership import StaticMembership, Swim, SwimConfig
-from protocol.merge import BristleRule, MergeRule, make_rule
+from protocol.merge import LossCheckedRule, MergeRule, make_rule
 from protocol.reputation import Reputation
 from protocol.wire import Limits
 
@@ -202,7 +202,7 @@ class Node:
     def _make_rule(self, name: str) -> MergeRule:
         """``make_rule(name)``; a rule with a loss check gets this peer's validator (config loss_check)."""
         rule = make_rule(name)
-        if self.config.loss_check and isinstance(rule, BristleRule):
+        if self.config.loss_check and isinstance(rule, LossCheckedRule):
             if self._validator is None:
                 x, y = self._validation_data
                 self._validator = make_validator(copy.deepcopy(self.trainer.model), x, y)

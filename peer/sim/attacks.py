@@ -22,7 +22,7 @@ from peer.runtime.gossip import GossipEngine
 from peer.sim.config import DEFAULT_ATTACK_SCALE, HUGE_COUNT, SimConfig
 from peer.runtime.trainer import Trainer
 from peer.runtime.validation import Validator, make_validator
-from protocol.merge import LossCheck, MergeRule, delta_norm
+from protocol.merge import LossCheckedRule, MergeRule, delta_norm
 from protocol.wire import Buffer
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class AttackerMixin:
                 t.train_y = (classes - 1) - t.train_y
         if self.config.validate:
             for p, rule in zip(self.peers, self.rules):
-                if hasattr(rule, "validator"):
+                if isinstance(rule, LossCheckedRule):
                     rule.validator = self._validator(p)
 
     def _validator(self, peer: VirtualPeer) -> Validator:
@@ -139,8 +139,9 @@ class AttackerMixin:
         """The step along ``direction`` (of ``r_max · 2^−i``, i = 0..12) of which the victim's loss
         check takes the most (``trust × step``); ``r_max`` when the victim has no loss check, 0 when
         no step passes (the attacker then sends the victim's own model and keeps its reputation)."""
-        check = getattr(self.rules[victim.index], "loss_check", None)
-        if not isinstance(check, LossCheck):
+        rule = self.rules[victim.index]
+        check = rule.loss_check if isinstance(rule, LossCheckedRule) else None
+        if check is None:
             return r_max
         limit = check.limit()
         steps = [r_max * 0.5 ** i for i in range(13)]

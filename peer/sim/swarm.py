@@ -10,7 +10,7 @@ processes on 2 cores cannot give. The simulator keeps everything that decides th
 - exchanges: every virtual peer has the daemon's ``peer.runtime.gossip.GossipEngine``, built
   with the daemon's defaults (``peer.runtime.config.PeerConfig``), and exchanges through its
   own packet path: codec policy, per-link replicas and error feedback, keyframes, wire
-  framing, freshness and validation of what arrives, the defence (reputation, batch
+  framing, the replay guard and validation of what arrives, the defence (reputation, batch
   buffering) and the merge. An in-memory transport (``peer.transport.memory``) stands
   where gRPC stands, with gRPC's refusal codes;
 - partners: ``GossipEngine.pick_partner(s)`` over the peer's neighbours in the

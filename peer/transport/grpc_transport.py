@@ -30,7 +30,7 @@ from peer.transport.frames import (
     to_frames,
     to_raw_frames,
 )
-from protocol import errors, freshness
+from protocol import errors, replay
 from protocol.keyring import EXCHANGE_REPLY, EXCHANGE_REQUEST, TAG_METADATA_KEY, Keyring, Unauthenticated
 from protocol.membership_wire import MembershipLimits
 from protocol.wire import FRAME_BYTES
@@ -51,11 +51,11 @@ STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
     admission.ReplyUnread: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,  # no valid cluster HMAC (protocol/keyring.py)
     Impersonation: grpc.StatusCode.PERMISSION_DENIED,  # claims an address its connection cannot speak for
-    # Freshness (protocol/freshness.py): a frame this peer already took is ALREADY_EXISTS;
+    # The replay guard (protocol/replay.py): a link update this peer already took is ALREADY_EXISTS;
     # an older model on the same link epoch is FAILED_PRECONDITION (the sender must restart
     # the link, i.e. send a keyframe in a new epoch, before it is heard again).
-    freshness.Replayed: grpc.StatusCode.ALREADY_EXISTS,
-    freshness.Stale: grpc.StatusCode.FAILED_PRECONDITION,
+    replay.Replayed: grpc.StatusCode.ALREADY_EXISTS,
+    replay.Stale: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Banned: grpc.StatusCode.PERMISSION_DENIED,  # reputation below the ban threshold (protocol/reputation.py)
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from protocol.feedback import Applied, FrameHeader, NeedKeyframe, Receiver, spec_of
+from protocol.feedback import Applied, LinkUpdateHeader, NeedKeyframe, Receiver, spec_of
 from tests.fuzz.harness import TALLY, fuzz
 
 MAX_LINKS = 2
@@ -100,7 +100,7 @@ def test_receiver_answers_every_frame_as_the_rules_say_and_changes_nothing_it_re
         tensors = model_for(edit, seed)
         spec = spec_of(tensors)
         before = {name: _snapshot(receiver, name) for name in receiver.links()}
-        result = receiver.accept(link, FrameHeader(epoch, seq, keyframe), tensors)
+        result = receiver.accept(link, LinkUpdateHeader(epoch, seq, keyframe), tensors)
 
         if keyframe:
             want: Any = "applied"
@@ -153,8 +153,8 @@ def test_thousands_of_links_keep_at_most_max_links_replicas() -> None:
     receiver = Receiver(max_links=16)
     model = model_for("same", 0)
     for i in range(5000):
-        assert isinstance(receiver.accept(f"peer{i}", FrameHeader(i, 0, True), model), Applied)
-        assert isinstance(receiver.accept(f"peer{i}", FrameHeader(i, 1, False), model), Applied)
+        assert isinstance(receiver.accept(f"peer{i}", LinkUpdateHeader(i, 0, True), model), Applied)
+        assert isinstance(receiver.accept(f"peer{i}", LinkUpdateHeader(i, 1, False), model), Applied)
     assert len(receiver.links()) == 16
     assert receiver.links() == [f"peer{i}" for i in range(4984, 5000)]
 
@@ -164,8 +164,8 @@ def test_thousands_of_links_keep_at_most_max_links_replicas() -> None:
 def test_receiver_never_hands_out_a_non_finite_model() -> None:
     receiver = Receiver()
     big = {"w": np.full(4, 3e38, np.float32)}
-    receiver.accept("p", FrameHeader(1, 0, True), big)
+    receiver.accept("p", LinkUpdateHeader(1, 0, True), big)
     with np.errstate(over="ignore"):
-        result = receiver.accept("p", FrameHeader(1, 1, False), big)
+        result = receiver.accept("p", LinkUpdateHeader(1, 1, False), big)
     if isinstance(result, Applied):
         assert np.isfinite(result.model["w"]).all(), result.model["w"]

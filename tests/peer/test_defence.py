@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from peer.runtime.defence import Defence
 from peer.runtime.node import Node, build_trainer_and_validation
 from tests.trainers import build_trainer
 from peer.runtime.validation import split_validation
-from protocol.merge import BristleRule, Contribution, make_rule
+from protocol.merge import RULES, BristleRule, Contribution, LossCheck, MergeReport, Validator, make_rule
 from protocol.reputation import Reputation
 
 
@@ -97,3 +98,33 @@ def test_the_daemon_holds_out_its_validation_split_and_gives_bristle_a_loss_chec
     off = Node(PeerConfig(seed=3, steps_per_second=0, merge="bristle", loss_check=False))
     rule_off = off._make_rule("bristle")
     assert isinstance(rule_off, BristleRule) and rule_off.validator is None
+
+
+class CheckedMean:
+    """A loss-checked rule of no class ``peer.runtime.node`` knows: only the ``LossCheckedRule`` protocol
+    can tell the daemon to give it the validator."""
+
+    name = "checked-mean"
+    buffer = 1
+
+    def __init__(self) -> None:
+        self.validator: Validator | None = None
+        self.loss_check: LossCheck | None = None
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return make_rule("mean").merge(local, received)
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        return MergeReport(self.merge(local, received), ())
+
+
+def test_the_daemon_gives_its_validator_to_rules_with_a_loss_check_only(monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setitem(RULES, CheckedMean.name, CheckedMean)
+    node = Node(PeerConfig(seed=3, steps_per_second=0, validation_split=0.25))
+    checked = node._make_rule(CheckedMean.name)
+    assert isinstance(checked, CheckedMean) and checked.validator is not None
+    assert math.isfinite(checked.validator(node.trainer.state()))
+    for name in ("clip", "median", "vc"):  # robust or not, without a loss check: nothing to give
+        assert not hasattr(node._make_rule(name), "validator")
+    off = Node(PeerConfig(seed=3, steps_per_second=0, loss_check=False))
+    assert off._make_rule(CheckedMean.name).validator is None

@@ -6,8 +6,7 @@ import random
 
 import numpy as np
 
-from protocol.batch import PendingModels
-from protocol.merge import Contribution
+from protocol.merge import Contribution, PendingModels
 from protocol.sampling import choose_partner, choose_partners
 
 

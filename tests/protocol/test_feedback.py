@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from protocol import codecs
 from protocol.codecs import get
-from protocol.feedback import Applied, Frame, FrameHeader, NeedKeyframe, Receiver, Sender
+from protocol.feedback import Applied, LinkUpdate, LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.wire import PacketHeader, decode_packet, encode_packet, fingerprint, specs_of
 
 CODECS = ["topk", "topk_int8", "randk", "int8", "int4", "fp16", "fp32"]
@@ -36,7 +36,7 @@ def sender(codec: str = "topk", max_links: int = 8, **options: object) -> Sender
                   rng=random.Random(1))
 
 
-def decoded(frame: Frame) -> dict[str, np.ndarray]:
+def decoded(frame: LinkUpdate) -> dict[str, np.ndarray]:
     """What the receiver's wire layer hands over: each tensor decoded by its registered codec."""
     return {t.name: get(t.codec).decode(t.encoded.payload, t.shape, np.dtype(t.dtype), t.encoded.params)
             for t in frame.tensors}
@@ -219,7 +219,7 @@ def test_a_delta_from_another_epoch_is_refused() -> None:
     s, r = sender(), Receiver()
     deliver(s, r, "peer", model(0))
     frame = s.prepare("peer", model(1))
-    other = FrameHeader(frame.header.epoch + 1, frame.header.seq, keyframe=False)
+    other = LinkUpdateHeader(frame.header.epoch + 1, frame.header.seq, keyframe=False)
     assert r.accept("peer", other, decoded(frame)) == NeedKeyframe("epoch")
 
 
@@ -242,7 +242,7 @@ def test_a_changed_architecture_starts_over_with_a_keyframe() -> None:
     delta = s2.prepare("peer", model(1))
     r2 = Receiver()
     first = s.prepare("x", model(0))
-    r2.accept("peer", FrameHeader(delta.header.epoch, 0, True), {**decoded(first), "extra": np.ones(1)})
+    r2.accept("peer", LinkUpdateHeader(delta.header.epoch, 0, True), {**decoded(first), "extra": np.ones(1)})
     assert r2.accept("peer", delta.header, decoded(delta)) == NeedKeyframe("spec")
 
 

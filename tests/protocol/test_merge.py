@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -17,20 +17,24 @@ from protocol.merge import (
     Contribution,
     CoordinateMedianRule,
     LossCheck,
+    LossCheckedRule,
+    MergeReport,
     NormHistory,
+    RobustRule,
     TrimmedMeanRule,
     clip_toward,
     delta_norm,
     merge_batch,
     merge_received_report,
+    merge_report,
     trimmed_count,
     VarianceCorrectedBlendRule,
     VarianceCorrectedRule,
     VarianceCorrectedSelfRule,
+    Verdict,
     contribution_weights,
     is_variance_corrected,
     make_rule,
-    merge_received,
     vc_mixing_weights,
 )
 
@@ -252,10 +256,10 @@ def test_inputs_are_not_modified() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
-def test_merge_received_is_the_rule_applied_to_a_fresh_local_contribution(name: str) -> None:
+def test_merge_received_report_is_the_rule_applied_to_a_fresh_local_contribution(name: str) -> None:
     local, other = model(4), Contribution(model(5), samples=30, age=2)
     rule = make_rule(name)
-    got = merge_received(rule, local, 12, [other])
+    got = merge_received_report(rule, local, 12, [other]).tensors
     want = rule.merge(Contribution(local, samples=12), [other])
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
@@ -448,6 +452,38 @@ def test_robust_rules_ignore_claimed_sample_counts(name: str) -> None:
     many = make_rule(name).merge(Contribution(local, samples=10), [Contribution(other, samples=10**9)] * 4)
     for key in few:
         np.testing.assert_array_equal(few[key], many[key])
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rules_declare_their_abilities_through_the_protocols(name: str) -> None:
+    """Callers ask ``RobustRule`` / ``LossCheckedRule``, never a concrete class: a robust rule
+    is exactly one that judges (verdicts, a batch size), a loss-checked one one that takes a validator."""
+    rule = make_rule(name)
+    assert isinstance(rule, RobustRule) == (name in ROBUST)
+    assert isinstance(rule, LossCheckedRule) == name.startswith("bristle")
+    assert merge_batch(rule) == (rule.buffer if isinstance(rule, RobustRule) else 1)
+
+
+class Judging:
+    """A robust rule of no class the package knows: the protocol alone must make it one."""
+
+    name = "judging"
+    buffer = 3
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return {k: np.array(v, copy=True) for k, v in local.tensors.items()}
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        return MergeReport(self.merge(local, received),
+                           tuple(Verdict(c.sender, "outlier", 1.0, 0.0) for c in received))
+
+
+def test_any_rule_with_verdicts_and_a_buffer_is_robust_and_is_asked_for_both() -> None:
+    rule = Judging()
+    assert isinstance(rule, RobustRule) and not isinstance(rule, LossCheckedRule)
+    assert merge_batch(rule) == 3
+    report = merge_report(rule, Contribution(model(0)), [Contribution(model(1), sender="x")])
+    assert [(v.sender, v.kind) for v in report.verdicts] == [("x", "outlier")]
 
 
 def test_plain_rules_report_every_model_as_ok() -> None:

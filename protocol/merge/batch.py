@@ -2,7 +2,7 @@
 
 Two things merge several received models at once instead of one per exchange:
 
-- batch rules (``median``, ``trimmed``: ``protocol.merge.merge_batch(rule) > 1``) want a
+- batch rules (``median``, ``trimmed``: ``protocol.merge.base.merge_batch(rule) > 1``) want a
   full batch of *distinct* senders, or one peer could fill it alone;
 - Epidemic Learning (``--mode gossip --fanout s``, de Vos et al. 2023) merges every model
   received since the peer's last merge in one variance-corrected merge of K inputs.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from protocol.merge import Contribution
+from protocol.merge.base import Contribution
 
 
 @dataclass

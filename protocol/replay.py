@@ -1,14 +1,14 @@
-"""Refusing replayed and stale packets: which link frames a peer has already taken.
+"""The replay guard: refusing replayed and stale packets, by the link updates a peer has already taken.
 
-Every packet on a link carries ``(epoch, seq)`` (protocol.feedback) and the sender's
-model version. Within one epoch an honest sender only moves forward: ``seq`` grows by
-one per frame the receiver applied, and the model version never falls (it bumps on
+Every packet on a link carries a link update's ``(epoch, seq)`` (protocol.feedback) and the
+sender's model version. Within one epoch an honest sender only moves forward: ``seq`` grows by
+one per update the receiver applied, and the model version never falls (it bumps on
 every training step and merge). So a packet whose ``(sender, epoch, seq)`` was already
 taken is a replay (a duplicate from the network, or someone resending captured
 bytes), and one whose model version falls within the same epoch is stale. Both are
 refused before the link replica or the model is touched: ``feedback.Receiver`` would
 otherwise reset the link on an old keyframe, or answer a replayed delta with our next
-frame and knock the real link out of sequence.
+update and knock the real link out of sequence.
 
 A restarted sender draws a new epoch (epochs are random 63-bit numbers), so it is
 accepted at once even though its versions may start again from zero. A few epochs are
@@ -27,7 +27,7 @@ from protocol.errors import WireError
 
 
 class Replayed(WireError):
-    """A frame ``(sender, epoch, seq)`` this peer has already taken."""
+    """A link update ``(sender, epoch, seq)`` this peer has already taken."""
 
     reason = "replayed"
 
@@ -46,7 +46,7 @@ class _Seen:
     version: int
 
 
-class Freshness:
+class ReplayGuard:
     """What each sender has sent us, per epoch; ``admit`` refuses what goes backwards.
 
     ``max_senders`` bounds the senders remembered (least recently heard from forgotten
@@ -63,7 +63,7 @@ class Freshness:
         self._senders: OrderedDict[str, OrderedDict[int, _Seen]] = OrderedDict()
 
     def check(self, sender: str, epoch: int, seq: int, version: int) -> None:
-        """Raise ``Replayed`` or ``Stale`` if the frame goes backwards; change nothing."""
+        """Raise ``Replayed`` or ``Stale`` if the update goes backwards; change nothing."""
         epochs = self._senders.get(sender)
         seen = epochs.get(epoch) if epochs is not None else None
         if seen is None:
@@ -74,13 +74,13 @@ class Freshness:
             raise Stale(f"{sender} sent model version {version} after {seen.version} on link epoch {epoch:#x}")
 
     def admit(self, sender: str, epoch: int, seq: int, version: int) -> None:
-        """``check``, then remember the frame as taken. Call it once the frame will be
+        """``check``, then remember the update as taken. Call it once the update will be
         applied (the caller holds the link, so nothing else moves it meanwhile)."""
         self.check(sender, epoch, seq, version)
         self.note(sender, epoch, seq, version)
 
     def note(self, sender: str, epoch: int, seq: int, version: int) -> None:
-        """Remember a frame taken without ``check`` (e.g. a reply to an exchange we
+        """Remember an update taken without ``check`` (e.g. a reply to an exchange we
         started: its link advances too, so a later replay of it must be caught)."""
         epochs = self._senders.get(sender)
         if epochs is None:
