@@ -31,7 +31,7 @@ from peer.transport.frames import (
 )
 from protocol import errors, freshness
 from protocol.keyring import EXCHANGE_REPLY, EXCHANGE_REQUEST, TAG_METADATA_KEY, Keyring, Unauthenticated
-from protocol.membership_wire import MembershipLimits
+from protocol.membership.wire import MembershipLimits
 from protocol.wire import FRAME_BYTES
 
 EXCHANGE_METHOD = "/hearsay.v1.Gossip/Exchange"
@@ -199,7 +199,7 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
     The message limit is set explicitly, not left to gRPC's default: it is the largest
     message either service accepts (a 1 MiB frame, a membership message), so gRPC refuses
     anything larger with RESOURCE_EXHAUSTED from its length prefix, before the message
-    is buffered or parsed; our own checks (``read_packet``, ``membership_wire.from_wire``)
+    is buffered or parsed; our own checks (``read_packet``, ``membership.wire.from_wire``)
     then bound what is below it.
     """
     largest = max(FRAME_BYTES, membership_limits.max_message_bytes) + _ENVELOPE_BYTES

@@ -26,7 +26,7 @@ from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.keyring import MEMBERSHIP_REPLY, MEMBERSHIP_REQUEST, TAG_METADATA_KEY, Keyring
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
-from protocol.membership_wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
+from protocol.membership.wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)
 
