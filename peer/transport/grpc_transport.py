@@ -37,7 +37,7 @@ from protocol.wire import FRAME_BYTES
 EXCHANGE_METHOD = "/hearsay.v1.Gossip/Exchange"
 
 # What the callee answers for each kind of refused packet.
-STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
+STATUS_FOR: dict[type[errors.Refusal], grpc.StatusCode] = {
     errors.FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnsupportedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PacketTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -59,7 +59,7 @@ STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
 }
 
 
-def status_for(error: errors.WireError) -> grpc.StatusCode:
+def status_for(error: errors.Refusal) -> grpc.StatusCode:
     for kind, code in STATUS_FOR.items():
         if isinstance(error, kind):
             return code
@@ -95,7 +95,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     """
 
     def __init__(self, handle: InboundHandler, max_packet_bytes: int,
-                 on_rejected: Callable[[errors.WireError], None], gate: Gate | None = None,
+                 on_rejected: Callable[[errors.Refusal], None], gate: Gate | None = None,
                  keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None) -> None:
         self._handle = handle
         self._max_packet_bytes = max_packet_bytes
@@ -135,14 +135,14 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
 
     async def Exchange(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
                        context: grpc.aio.ServicerContext) -> None:
-        refusal: errors.WireError | None = None
+        refusal: errors.Refusal | None = None
         try:
             reply, size = await self._receive(request_iterator, context)
             # The reply is written under a deadline and a bound too: a caller that never
             # grants flow-control window would otherwise hold it (a whole model) for good.
             frames = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
             await self.gate.write_reply(frames, context.write, size)
-        except errors.WireError as e:
+        except errors.Refusal as e:
             refusal = _detached(e)
         # Aborting outside the except clause: an abort raised inside it would chain the refusal
         # (and through its traceback, the reading path's frames and the packet buffer) onto
@@ -163,7 +163,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             await context.abort(status_for(refusal), f"packet refused ({refusal.reason}): {refusal.message}")
 
 
-def _detached(error: errors.WireError) -> errors.WireError:
+def _detached(error: errors.Refusal) -> errors.Refusal:
     """``error`` without its traceback and chained exceptions, which hold the frames (and so
     the buffers) of the code that raised it."""
     error.__traceback__ = None
@@ -262,7 +262,7 @@ class GossipClient:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self.forget(address)  # a fresh channel next time, not one stuck in backoff
             raise ExchangeRefused(e.code(), e.details() or "") from None
-        except errors.WireError:
+        except errors.Refusal:
             call.cancel()
             raise
 
