@@ -77,18 +77,33 @@ _FIXEXT = {0xd4: 1, 0xd5: 2, 0xd6: 4, 0xd7: 8, 0xd8: 16}
 _TIMESTAMP = -1  # msgpack's one predefined extension; its body is never empty
 
 
+def _truncated() -> MsgpackError:
+    return MsgpackError(Fault.TRUNCATED, "input ended before its declared contents")
+
+
+def _too_large(n: int, most: int | None, kind: Kind) -> MsgpackError:
+    return MsgpackError(Fault.TOO_LARGE, f"{kind.value} of length {n} exceeds {most}", kind)
+
+
 class Reader:
-    """Reads msgpack values one after another from one buffer (``pos`` is the offset)."""
+    """Reads msgpack values one after another from one buffer (``pos`` is the offset).
+
+    Written for speed in plain Python (a full state is tens of thousands of small rows):
+    the common types (small integers, strings, arrays) are read in place, without a
+    slice or a call per header.
+    """
 
     def __init__(self, data: bytes | bytearray | memoryview, limits: ReadLimits, writable: bool = False) -> None:
         view = memoryview(data).cast("B")
         self.view = view if writable and not view.readonly else view.toreadonly()
+        self.size = len(self.view)
         self.pos = 0
         self.limits = limits
+        self._max_str, self._max_array, self._max_depth = limits.max_str, limits.max_array, limits.max_depth
 
     @property
     def at_end(self) -> bool:
-        return self.pos == len(self.view)
+        return self.pos == self.size
 
     def read(self) -> Any:
         """The next value."""
@@ -108,34 +123,43 @@ class Reader:
             n = int.from_bytes(self._take(_LENGTH[b]), "big")
         else:
             raise MsgpackError(Fault.NOT_ARRAY, f"expected an array, found type byte 0x{b:02x}")
-        return self._bounded(n, self.limits.max_array, Kind.ARRAY)
+        if n > self._max_array:
+            raise _too_large(n, self._max_array, Kind.ARRAY)
+        return n
 
     def _take(self, n: int) -> memoryview:
         end = self.pos + n
-        if end > len(self.view):
-            raise MsgpackError(Fault.TRUNCATED, "input ended before its declared contents")
+        if end > self.size:
+            raise _truncated()
         out = self.view[self.pos:end]
         self.pos = end
         return out
 
-    @staticmethod
-    def _bounded(n: int, most: int | None, kind: Kind) -> int:
-        if most is not None and n > most:
-            raise MsgpackError(Fault.TOO_LARGE, f"{kind.value} of length {n} exceeds {most}", kind)
-        return n
-
     def _read(self, depth: int) -> Any:
-        if depth > self.limits.max_depth:
-            raise MsgpackError(Fault.TOO_DEEP, f"nested deeper than {self.limits.max_depth}")
-        b = self._take(1)[0]
-        if b <= 0x7f:
+        view, pos = self.view, self.pos
+        if pos >= self.size:
+            raise _truncated()
+        b = view[pos]
+        pos += 1
+        if b <= 0x7f:  # positive fixint
+            self.pos = pos
             return b
-        if b >= 0xe0:
-            return b - 0x100
-        if 0xa0 <= b <= 0xbf:
-            return self._str(b & 0x1f)
-        if 0x90 <= b <= 0x9f:
+        if 0xa0 <= b <= 0xbf or b == 0xd9:  # fixstr, str 8
+            if b == 0xd9:
+                if pos >= self.size:
+                    raise _truncated()
+                n = view[pos]
+                pos += 1
+            else:
+                n = b & 0x1f
+            self.pos = pos
+            return self._str(n)
+        if 0x90 <= b <= 0x9f:  # fixarray
+            self.pos = pos
             return self._array(b & 0x0f, depth)
+        self.pos = pos
+        if b >= 0xe0:  # negative fixint
+            return b - 0x100
         if 0x80 <= b <= 0x8f:
             return self._map(b & 0x0f, depth)
         if b == 0xc0:
@@ -151,7 +175,10 @@ class Reader:
         if width is not None:
             n = int.from_bytes(self._take(width), "big")
             if b <= 0xc6:
-                return self._take(self._bounded(n, self.limits.max_bin, Kind.BIN))  # a view, no copy
+                most = self.limits.max_bin
+                if most is not None and n > most:
+                    raise _too_large(n, most, Kind.BIN)
+                return self._take(n)  # a view of the input, no copy
             if b <= 0xdb:
                 return self._str(n)
             if b <= 0xdd:
@@ -160,18 +187,32 @@ class Reader:
         return self._ext(b)
 
     def _str(self, n: int) -> str:
-        raw = self._take(self._bounded(n, self.limits.max_str, Kind.STR))
+        # The limit first: a declared length is refused before its bytes are looked for.
+        if n > self._max_str:
+            raise _too_large(n, self._max_str, Kind.STR)
+        start = self.pos
+        end = start + n
+        if end > self.size:
+            raise _truncated()
+        self.pos = end
         try:
-            return str(raw, "utf-8")
+            return str(self.view[start:end], "utf-8")
         except UnicodeDecodeError as e:
             raise MsgpackError(Fault.INVALID, str(e)) from None
 
     def _array(self, n: int, depth: int) -> list[Any]:
-        self._bounded(n, self.limits.max_array, Kind.ARRAY)
-        return [self._read(depth + 1) for _ in range(n)]
+        if n > self._max_array:
+            raise _too_large(n, self._max_array, Kind.ARRAY)
+        if n and depth >= self._max_depth:
+            raise MsgpackError(Fault.TOO_DEEP, f"nested deeper than {self._max_depth}")
+        read, inner = self._read, depth + 1
+        return [read(inner) for _ in range(n)]
 
     def _map(self, n: int, depth: int) -> dict[Any, Any]:
-        self._bounded(n, self.limits.max_map, Kind.MAP)
+        if n > self.limits.max_map:
+            raise _too_large(n, self.limits.max_map, Kind.MAP)
+        if n and depth >= self._max_depth:
+            raise MsgpackError(Fault.TOO_DEEP, f"nested deeper than {self._max_depth}")
         out = {}
         for _ in range(n):
             key = self._read(depth + 1)
@@ -186,7 +227,8 @@ class Reader:
         if self.limits.max_ext is None or not (b in _FIXEXT or b in _EXT_LENGTH):
             raise MsgpackError(Fault.UNSUPPORTED, f"unsupported type byte 0x{b:02x}")
         n = _FIXEXT[b] if b in _FIXEXT else int.from_bytes(self._take(_EXT_LENGTH[b]), "big")
-        self._bounded(n, self.limits.max_ext, Kind.EXT)
+        if n > self.limits.max_ext:
+            raise _too_large(n, self.limits.max_ext, Kind.EXT)
         code = struct.unpack(">b", self._take(1))[0]
         body = bytes(self._take(n))
         if code == _TIMESTAMP:

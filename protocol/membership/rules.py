@@ -115,7 +115,6 @@ class UpdateRules(MemberTable):
         if not self._left and self._queue.transmits(self.address) is None:
             self._broadcast(Alive(self.address, self.peer_id, self._inc[self._me]))
 
-
     def _on_alive(self, a: Alive, now: float) -> None:
         idx = self.book.get(a.address)
         if idx == self._me:

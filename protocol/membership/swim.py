@@ -429,6 +429,7 @@ class Swim(UpdateRules):
             else:
                 segment[3] = stop
 
+    # --- the view the runtime reads (beyond the table's) ------------------------------
     def suspicion_deadline(self, address: str) -> float | None:
         """When a suspect will be declared dead unless refuted (None: not suspected)."""
         idx = self.book.get(address)
@@ -443,7 +444,6 @@ class Swim(UpdateRules):
     def health(self) -> int:
         """Lifeguard's local-health score: 0 is healthy; the detector runs (score+1)× slower."""
         return self._awareness
-
 
     @property
     def pending_broadcasts(self) -> int:

@@ -33,8 +33,6 @@ from protocol.membership.states import (
 )
 from protocol.membership.suspicion import Suspicion
 
-# --- names -----------------------------------------------------------------------------
-
 class AddressBook:
     """Address ↔ table index, plus the last peer id seen for each address.
 
@@ -48,7 +46,7 @@ class AddressBook:
         self.peer_ids: list[str] = []
         self._index: dict[str, int] = {}
         self._entries: dict[tuple[int, int, int, str], MemberEntry] = {}
-        # Full-state snapshots by table content (see Swim._snapshot_states).
+        # Full-state snapshots by table content (see MemberTable._snapshot_states).
         self.snapshots: dict[tuple[bytes, bytes, int], tuple[MemberEntry, ...]] = {}
         self.ids_version = 0
         self._free: list[int] = []  # indices of released addresses, reused first
@@ -106,7 +104,6 @@ class AddressBook:
         self._entries.clear()
         self.snapshots.clear()
         self.ids_version += 1
-
 
 
 _CODES = tuple(StateCode)  # StateCode by value, without the enum's call overhead
@@ -233,7 +230,9 @@ class MemberTable:
         """The state this node holds for the member at book index ``idx`` (NONE: not a member)."""
         return _CODES[self._code(idx)]
 
+    # --- outputs, sampling, the full state ----------------------------------------------
     def _begin(self, now: float) -> list[Output]:
+        """Start handling an entry point at ``now``: its outputs go to a fresh list."""
         self._now = now
         self._out = []
         return self._out
