@@ -330,7 +330,7 @@ def run_flood(quick: bool) -> dict[str, Any]:
     import asyncio
 
     from protocol.membership import PushPull, Swim, SwimConfig
-    from protocol.membership_wire import from_wire, to_wire
+    from protocol.membership.wire import from_wire, to_wire
 
     data = to_wire(PushPull("127.0.0.1:9", _made_up(FLOOD_ROWS)))
     served = asyncio.run(_flood_served(data, 1.0))

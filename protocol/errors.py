@@ -1,20 +1,30 @@
-"""Typed errors for everything that can be wrong with bytes a peer received.
+"""Typed refusals: every reason a peer will not take a packet.
 
-Every failure of validation is one of these, never a bare exception from a parser:
-the runtime maps them to gRPC status codes and counts them by ``reason``.
+``Refusal`` is the base of them all: the runtime maps refusals to gRPC status codes and
+counts them by ``reason``. ``WireError`` is the family of bytes that are wrong in
+themselves (not msgpack, wrong schema, too large, another model): every failure of
+validation is one of these, never a bare exception from a parser. Refusals for other
+reasons (a banned sender, an overloaded peer, a failed authentication) derive from
+``Refusal`` directly, next to their cause.
 """
 
 from __future__ import annotations
 
 
-class WireError(Exception):
-    """A packet that must be refused. ``reason`` is a short stable label for metrics."""
+class Refusal(Exception):
+    """A packet this peer will not take. ``reason`` is a short stable label for metrics."""
 
-    reason = "invalid"
+    reason = "refused"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class WireError(Refusal):
+    """A packet whose bytes are wrong: it fails decoding or validation."""
+
+    reason = "invalid"
 
 
 class MalformedPacket(WireError):
@@ -65,7 +75,7 @@ class UnknownCodec(WireError):
     reason = "codec"
 
 
-class Banned(WireError):
+class Banned(Refusal):
     """A packet from a peer whose reputation fell below the ban threshold (``protocol.reputation``):
     dropped without merging or answering until the ban lifts."""
 

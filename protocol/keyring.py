@@ -31,7 +31,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.errors import WireError
+from protocol.errors import Refusal
 from protocol.wire import Buffer
 
 # AES-128/192/256 key sizes, as Serf accepts; HMAC-SHA256 takes any, but a short secret is guessable.
@@ -46,7 +46,7 @@ MEMBERSHIP_REQUEST = b"hearsay/membership/request"
 MEMBERSHIP_REPLY = b"hearsay/membership/reply"
 
 
-class Unauthenticated(WireError):
+class Unauthenticated(Refusal):
     """A message without a tag, signed by a key we do not hold, or whose tag does not verify."""
 
     reason = "unauthenticated"

@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from protocol.errors import WireError
+from protocol.errors import Refusal
 
 
-class Replayed(WireError):
+class Replayed(Refusal):
     """A link update ``(sender, epoch, seq)`` this peer has already taken."""
 
     reason = "replayed"
 
 
-class Stale(WireError):
+class Stale(Refusal):
     """A model version older than one this sender already sent on the same link epoch."""
 
     reason = "stale"

@@ -2,7 +2,7 @@
 
 A swarm has no server to ban anyone, so every peer keeps its own books. Each received
 model gets a verdict from the merge rule (``protocol.merge.Verdict``: ok, clipped,
-outlier) and each refused packet a rejection (a ``WireError`` reason); each event moves
+outlier) and each refused packet a rejection (a ``Refusal`` reason); each event moves
 the sender's score:
 
     score starts at 1.0 (the maximum)

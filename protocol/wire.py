@@ -12,15 +12,15 @@ A packet is one msgpack map::
 ``decode_packet`` never lets a parser exception escape: every way the bytes can be
 wrong maps to a ``protocol.errors.WireError`` subclass, and every declared size is
 checked against limits and against what actually arrived before anything
-proportional to it is allocated.
+proportional to it is allocated (the msgpack layer is ``protocol.msgpack_reader``,
+shared with the membership codec).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from protocol.errors import (
     UnsupportedVersion,
     WireError,
 )
+from protocol.msgpack_reader import Fault, MsgpackError, ReadLimits, unpack
 
 FORMAT_VERSION = 1
 # gRPC's default message limit is 4 MiB; frames stay well below it.
@@ -187,126 +188,24 @@ def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
     return b"".join(encode_packet_parts(header, tensors, choose_codec))
 
 
-def split_frames(data: bytes, frame_bytes: int = FRAME_BYTES) -> Iterator[memoryview]:
-    """Slices of ``data`` of at most ``frame_bytes`` each, without copying."""
-    view = memoryview(data)
-    for start in range(0, max(len(view), 1), frame_bytes):
-        yield view[start:start + frame_bytes]
-
-
 # --- decoding ---------------------------------------------------------------------------------
 
-class _Truncated(Exception):
-    pass
-
-
-_MAX_DEPTH = 32
-_FIXED = {0xca: (">f", 4), 0xcb: (">d", 8), 0xcc: (">B", 1), 0xcd: (">H", 2), 0xce: (">I", 4), 0xcf: (">Q", 8),
-          0xd0: (">b", 1), 0xd1: (">h", 2), 0xd2: (">i", 4), 0xd3: (">q", 8)}
-_LENGTH = {0xc4: 1, 0xc5: 2, 0xc6: 4, 0xd9: 1, 0xda: 2, 0xdb: 4, 0xdc: 2, 0xdd: 4, 0xde: 2, 0xdf: 4}
-
-
-class _Reader:
-    """A msgpack reader over one buffer whose ``bin`` values are zero-copy memoryviews.
-
-    ``msgpack.unpackb`` copies every bin into a new ``bytes``; for a model packet that
-    is a second copy of the whole model. This reader returns read-only slices of the
-    packet instead, so decoded tensors can be views of the received buffer. It accepts
-    exactly what ``unpackb(raw=False, strict_map_key=True, use_list=True)`` accepts,
-    minus ext types, within the same length limits.
-    """
-
-    def __init__(self, view: memoryview, limits: Limits) -> None:
-        self.view = view
-        self.pos = 0
-        self.max_str = max(limits.max_string, 64)
-        self.max_array = max(limits.max_tensors, limits.max_rank, 16)
-        self.max_map = max(limits.max_params, 16)
-
-    def take(self, n: int) -> memoryview:
-        end = self.pos + n
-        if end > len(self.view):
-            raise _Truncated
-        out = self.view[self.pos:end]
-        self.pos = end
-        return out
-
-    def read(self, depth: int = 0) -> Any:
-        if depth > _MAX_DEPTH:
-            raise MalformedPacket(f"msgpack nested deeper than {_MAX_DEPTH}")
-        b = self.take(1)[0]
-        if b <= 0x7f:
-            return b
-        if b >= 0xe0:
-            return b - 0x100
-        if 0xa0 <= b <= 0xbf:
-            return self._str(b & 0x1f)
-        if 0x90 <= b <= 0x9f:
-            return self._array(b & 0x0f, depth)
-        if 0x80 <= b <= 0x8f:
-            return self._map(b & 0x0f, depth)
-        if b == 0xc0:
-            return None
-        if b == 0xc2:
-            return False
-        if b == 0xc3:
-            return True
-        fixed = _FIXED.get(b)
-        if fixed is not None:
-            return struct.unpack(fixed[0], self.take(fixed[1]))[0]
-        width = _LENGTH.get(b)
-        if width is None:
-            raise MalformedPacket(f"not a msgpack packet: unsupported type byte 0x{b:02x}")
-        n = int.from_bytes(self.take(width), "big")
-        if b <= 0xc6:
-            return self.take(n)  # bin: a view of the packet, no copy
-        if b <= 0xdb:
-            return self._str(n)
-        if b <= 0xdd:
-            return self._array(n, depth)
-        return self._map(n, depth)
-
-    def _str(self, n: int) -> str:
-        if n > self.max_str:
-            raise MalformedPacket(f"not a msgpack packet: string of {n} bytes exceeds {self.max_str}")
-        try:
-            return str(self.take(n), "utf-8")
-        except UnicodeDecodeError as e:
-            raise MalformedPacket(f"not a msgpack packet: {e}") from None
-
-    def _array(self, n: int, depth: int) -> list[Any]:
-        if n > self.max_array:
-            raise MalformedPacket(f"not a msgpack packet: array of {n} items exceeds {self.max_array}")
-        return [self.read(depth + 1) for _ in range(n)]
-
-    def _map(self, n: int, depth: int) -> dict[Any, Any]:
-        if n > self.max_map:
-            raise MalformedPacket(f"not a msgpack packet: map of {n} entries exceeds {self.max_map}")
-        out = {}
-        for _ in range(n):
-            key = self.read(depth + 1)
-            if isinstance(key, memoryview):
-                key = bytes(key)
-            elif not isinstance(key, str):
-                raise MalformedPacket(f"not a msgpack packet: {type(key).__name__} is not allowed for map key")
-            out[key] = self.read(depth + 1)
-        return out
+def _read_limits(limits: Limits) -> ReadLimits:
+    return ReadLimits(max_str=max(limits.max_string, 64), max_array=max(limits.max_tensors, limits.max_rank, 16),
+                      max_map=max(limits.max_params, 16))
 
 
 def _unpack(data: bytes | bytearray | memoryview, limits: Limits, writable: bool = False) -> Any:
-    view = memoryview(data).cast("B")
-    reader = _Reader(view if writable and not view.readonly else view.toreadonly(), limits)
+    """The packet's msgpack value, its ``bin`` values views of ``data`` (no second copy of
+    the model); every fault of the bytes becomes a ``WireError``."""
     try:
-        obj = reader.read()
-    except _Truncated:
-        raise TruncatedPacket("packet ended before its declared contents") from None
-    except WireError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any parser failure is a malformed packet, by contract
-        raise MalformedPacket(f"not a msgpack packet: {type(e).__name__}: {e}") from None
-    if reader.pos != len(reader.view):
-        raise MalformedPacket("trailing bytes after the packet")
-    return obj
+        return unpack(data, _read_limits(limits), writable)
+    except MsgpackError as e:
+        if e.fault is Fault.TRUNCATED:
+            raise TruncatedPacket("packet ended before its declared contents") from None
+        if e.fault is Fault.TRAILING:
+            raise MalformedPacket("trailing bytes after the packet") from None
+        raise MalformedPacket(f"not a msgpack packet: {e.detail}") from None
 
 
 def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:

@@ -25,7 +25,7 @@ from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impers
                                      resolve_identity)
 from protocol import codecs
 from protocol.codecs.base import Codec
-from protocol.errors import Banned, WireError
+from protocol.errors import Banned, Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
 from protocol.membership import Member, MemberState, StaticMembership
@@ -52,13 +52,13 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
 REFUSAL_LOG_SECONDS = 10.0
 SIDE_TABLE_MIN = 1024  # least entries kept per side table (links, reports)
 
-class SelfExchange(WireError):
+class SelfExchange(Refusal):
     """A peer reached itself through an alias of its own address; the caller drops that member."""
 
     reason = "self"
 
 
-class LinkBusy(WireError):
+class LinkBusy(Refusal):
     """An inbound exchange on a link that is already exchanging; the caller retries later."""
 
     reason = "busy"
@@ -237,7 +237,7 @@ class GossipEngine:
     def link(self, address: str) -> LinkStats:
         return self.links.setdefault(address, LinkStats())
 
-    def count_rejected(self, error: WireError) -> None:
+    def count_rejected(self, error: Refusal) -> None:
         self.stats.rejected += 1
         self.stats.rejected_by_reason[error.reason] = self.stats.rejected_by_reason.get(error.reason, 0) + 1
         # Every refusal is counted; the log gets one line per reason per REFUSAL_LOG_SECONDS,
@@ -275,7 +275,7 @@ class GossipEngine:
 
         ``caller`` is what the connection proves (peer/transport/identity.py); a bare
         string is an in-process caller (tests, the simulator), whose claim stands.
-        Raises ``WireError`` (the model untouched) when the packet is refused.
+        Raises ``Refusal`` (the model untouched) when the packet is refused.
         """
         data = as_buffer(data)
         if isinstance(caller, str):
@@ -373,7 +373,7 @@ class GossipEngine:
             reply = await exchange(link, own, self.timeout)
             rtt = time.perf_counter() - started
             packet = await asyncio.to_thread(self.decode, reply)
-        except WireError as e:
+        except Refusal as e:
             self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
             self.count_rejected(e)
             self.defence.record(self.who(link), "rejected", e.reason)  # its reply was invalid: its reputation pays

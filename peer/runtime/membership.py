@@ -35,15 +35,12 @@ from dataclasses import dataclass
 
 from peer.transport.membership_grpc import MembershipClient
 from protocol.membership import MemberState, Message, Output, PushPull, Send, Swim, Timer
+from protocol.membership.states import STATE_OF
 
 log = logging.getLogger(__name__)
 
 # Rows of a push-pull merged per loop callback: ~1-10 µs a row keeps each to a few ms.
 MERGE_CHUNK = 256
-
-# The machine's compact state codes (protocol.membership): 0 = not a member.
-_STATES: dict[int, MemberState | None] = {0: None, 1: MemberState.ALIVE, 2: MemberState.SUSPECT,
-                                          3: MemberState.DEAD, 4: MemberState.LEFT}
 
 
 @dataclass
@@ -214,7 +211,7 @@ class MembershipRuntime:
     def _observe(self, swim: Swim, idx: int, old_code: int, new_code: int, now: float) -> None:
         if idx == swim.book.get(swim.address):
             return  # our own leave
-        old, new = _STATES.get(old_code), _STATES.get(new_code)
+        old, new = STATE_OF.get(old_code), STATE_OF.get(new_code)  # None: not a member
         count_event(self.events, old, new)
         address = swim.book.addresses[idx]
         level = logging.DEBUG if new is MemberState.ALIVE and old is None else logging.INFO

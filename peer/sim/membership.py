@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import random
 import time
 from collections.abc import Callable
@@ -24,19 +23,14 @@ from dataclasses import dataclass, field
 
 from protocol.membership import (
     AddressBook,
-    MemberState,
-    Message,
     Output,
     Send,
+    StateCode,
     Swim,
     SwimConfig,
     Timer,
 )
 
-_DEAD_CODES = (3, 4)  # the table codes of DEAD and LEFT (protocol.membership)
-_ALIVE_CODE = 1
-_SUSPECT_CODE = 2
-_DEAD_CODE = 3
 _STOP = object()  # sentinel event: a node that left stops running
 
 
@@ -101,11 +95,11 @@ class MembershipSim:
         return i not in self.crashed and i not in self.paused and i not in self.left
 
     def _observe(self, node: Swim, subject: int, old: int, new: int, now: float) -> None:
-        if new == _SUSPECT_CODE:
+        if new == StateCode.SUSPECT:
             self.stats.suspicions += 1
             if self.running(subject):
                 self.stats.false_suspicions += 1
-        elif new == _DEAD_CODE:
+        elif new == StateCode.DEAD:
             self.stats.deaths += 1
             if self.running(subject):
                 self.stats.false_deaths += 1
@@ -191,24 +185,13 @@ class MembershipSim:
     def heal(self) -> None:
         self.side = None
 
-    def deliver(self, to: int, message: Message) -> None:
-        """Inject a message now (tests)."""
-        self._dispatch(to, [Send(self.nodes[to].address, message)])
-
     # --- observation ---------------------------------------------------------------
-    def observers(self) -> list[int]:
-        return [i for i in range(len(self.nodes)) if self.running(i)]
-
-    def known_by_all(self, subject: int, codes: tuple[int, ...]) -> bool:
+    def known_by_all(self, subject: int, codes: tuple[StateCode, ...]) -> bool:
         """Does every running node (other than ``subject``) hold ``subject`` in ``codes``?"""
         for i, node in enumerate(self.nodes):
-            if i != subject and self.running(i) and node._code(subject) not in codes:
+            if i != subject and self.running(i) and node.state_code(subject) not in codes:
                 return False
         return True
-
-    def count_holding(self, subject: int, state: MemberState) -> int:
-        return sum(1 for i, n in enumerate(self.nodes)
-                   if i != subject and self.running(i) and n.state_of(self.nodes[subject].address) is state)
 
     def periods_until(self, done: Callable[[], bool], limit: float, step: float = 1.0) -> float | None:
         """Advance in ``step``s until ``done()``; the periods it took, or None past ``limit``."""
@@ -253,10 +236,10 @@ def measure(nodes: int, *, loss: float = 0.01, seed: int = 0, warmup: float = 3.
     sim.run_until(warmup)
     pick = random.Random(seed + 1)
     joiner = sim.join([pick.randrange(nodes)])
-    join_p = sim.periods_until(lambda: sim.known_by_all(joiner, (_ALIVE_CODE,)), limit, step)
+    join_p = sim.periods_until(lambda: sim.known_by_all(joiner, (StateCode.ALIVE,)), limit, step)
     victim = pick.randrange(nodes)
     sim.crash(victim)
-    crash_p = sim.periods_until(lambda: sim.known_by_all(victim, _DEAD_CODES), limit, step)
+    crash_p = sim.periods_until(lambda: sim.known_by_all(victim, (StateCode.DEAD, StateCode.LEFT)), limit, step)
     if periods > sim.now:
         sim.run_until(periods)
     wall = time.perf_counter() - t0
@@ -266,8 +249,3 @@ def measure(nodes: int, *, loss: float = 0.01, seed: int = 0, warmup: float = 3.
                          false_suspicions=s.false_suspicions, periods_run=round(sim.now, 3),
                          events=s.events, messages=s.messages_sent, wall_s=round(wall, 2),
                          setup_s=round(setup, 2))
-
-
-def log_periods(n: int) -> float:
-    """ln(n+1): the yardstick the dissemination periods are compared against."""
-    return math.log(n + 1)

@@ -57,7 +57,7 @@ from peer.transport.memory import MemoryNetwork
 from peer.runtime.validation import split_validation
 from protocol import codecs
 from protocol.codecs.base import Codec
-from protocol.errors import Banned, WireError
+from protocol.errors import Banned, Refusal
 from protocol.membership import StaticMembership
 from protocol.merge import Contribution, MergeReport, MergeRule, make_rule, merge_received_report
 from protocol.reputation import Reputation, ReputationConfig
@@ -263,8 +263,8 @@ class Simulator(AttackerMixin):
         engine.fanout = cfg.fanout
         return engine
 
-    def _refusal_counter(self, engine: GossipEngine) -> Callable[[WireError], None]:
-        def refused(error: WireError) -> None:
+    def _refusal_counter(self, engine: GossipEngine) -> Callable[[Refusal], None]:
+        def refused(error: Refusal) -> None:
             engine.count_rejected(error)
             if isinstance(error, Banned):
                 self.stats.dropped += 1  # banned: dropped unread, no reply

@@ -57,43 +57,43 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from protocol.errors import WireError
+from protocol.errors import Refusal
 
 if TYPE_CHECKING:
     from peer.runtime.config import PeerConfig
 
 
-class Overloaded(WireError):
+class Overloaded(Refusal):
     """Too many exchanges at once (in total), or this one was shed to make room."""
 
     reason = "overloaded"
 
 
-class TooManyFromPeer(WireError):
+class TooManyFromPeer(Refusal):
     """Too many exchanges at once over one connection."""
 
     reason = "too_many_from_peer"
 
 
-class BufferBudget(WireError):
+class BufferBudget(Refusal):
     """Incomplete inbound packets already hold all the bytes this peer buffers."""
 
     reason = "buffer_budget"
 
 
-class Stalled(WireError):
+class Stalled(Refusal):
     """No frame for longer than the idle timeout."""
 
     reason = "stalled"
 
 
-class ReplyUnread(WireError):
+class ReplyUnread(Refusal):
     """The caller did not read our reply within its deadline (it granted no flow-control window)."""
 
     reason = "reply_unread"
 
 
-class TooSlow(WireError):
+class TooSlow(Refusal):
     """Frames keep coming, but slower on average than the minimum rate."""
 
     reason = "too_slow"
@@ -140,7 +140,7 @@ class Ticket:
     trusted: bool = False
     received: int = 0
     reading: bool = True
-    shed: WireError | None = None
+    shed: Refusal | None = None
     # Set by the asyncio side: wakes the stream's reader when it is shed.
     wake: Callable[[], None] | None = field(default=None, repr=False)
 
@@ -169,7 +169,7 @@ class Admission:
     def reading(self) -> int:
         return len(self._reading)
 
-    def _shed_one(self, now: float, why: WireError, asking: Ticket) -> Ticket | None:
+    def _shed_one(self, now: float, why: Refusal, asking: Ticket) -> Ticket | None:
         """End the reading stream idle longest, if it has been idle ``shed_after`` (or, for
         a trusted ``asking`` stream, is untrusted); never ``asking`` itself."""
         others = [t for t in self._reading if t is not asking]
@@ -218,7 +218,7 @@ class Admission:
         self.buffered += nbytes
         return shed
 
-    def deadline(self, ticket: Ticket) -> tuple[float, WireError]:
+    def deadline(self, ticket: Ticket) -> tuple[float, Refusal]:
         """When the next frame must have arrived by, and the refusal if it has not."""
         lim = self.limits
         idle = ticket.last_activity + lim.idle_timeout

@@ -32,13 +32,13 @@ from peer.transport.frames import (
 )
 from protocol import errors, replay
 from protocol.keyring import EXCHANGE_REPLY, EXCHANGE_REQUEST, TAG_METADATA_KEY, Keyring, Unauthenticated
-from protocol.membership_wire import MembershipLimits
+from protocol.membership.wire import MembershipLimits
 from protocol.wire import FRAME_BYTES
 
 EXCHANGE_METHOD = "/hearsay.v1.Gossip/Exchange"
 
 # What the callee answers for each kind of refused packet.
-STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
+STATUS_FOR: dict[type[errors.Refusal], grpc.StatusCode] = {
     errors.FingerprintMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.UnsupportedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PacketTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -60,7 +60,7 @@ STATUS_FOR: dict[type[errors.WireError], grpc.StatusCode] = {
 }
 
 
-def status_for(error: errors.WireError) -> grpc.StatusCode:
+def status_for(error: errors.Refusal) -> grpc.StatusCode:
     for kind, code in STATUS_FOR.items():
         if isinstance(error, kind):
             return code
@@ -70,7 +70,7 @@ def status_for(error: errors.WireError) -> grpc.StatusCode:
 # handler(packet, caller) -> reply packet. The packet is the reassembly buffer (a
 # bytearray: bytes-like, read in place by protocol.wire); the caller is what the
 # connection proves (peer/transport/identity.py); the reply is bytes-like, or a sequence
-# of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises WireError.
+# of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises a protocol.errors.Refusal.
 InboundHandler = Callable[[bytearray, Caller], Awaitable[Buffer | Sequence[Buffer]]]
 KeyringSource = Callable[[], Keyring]
 
@@ -87,7 +87,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     """
 
     def __init__(self, handle: InboundHandler, max_packet_bytes: int,
-                 on_rejected: Callable[[errors.WireError], None], gate: Gate | None = None,
+                 on_rejected: Callable[[errors.Refusal], None], gate: Gate | None = None,
                  keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None) -> None:
         self._handle = handle
         self._max_packet_bytes = max_packet_bytes
@@ -127,14 +127,14 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
 
     async def Exchange(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
                        context: grpc.aio.ServicerContext) -> None:
-        refusal: errors.WireError | None = None
+        refusal: errors.Refusal | None = None
         try:
             reply, size = await self._receive(request_iterator, context)
             # The reply is written under a deadline and a bound too: a caller that never
             # grants flow-control window would otherwise hold it (a whole model) for good.
             frames = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
             await self.gate.write_reply(frames, context.write, size)
-        except errors.WireError as e:
+        except errors.Refusal as e:
             refusal = _detached(e)
         # Aborting outside the except clause: an abort raised inside it would chain the refusal
         # (and through its traceback, the reading path's frames and the packet buffer) onto
@@ -155,7 +155,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             await context.abort(status_for(refusal), f"packet refused ({refusal.reason}): {refusal.message}")
 
 
-def _detached(error: errors.WireError) -> errors.WireError:
+def _detached(error: errors.Refusal) -> errors.Refusal:
     """``error`` without its traceback and chained exceptions, which hold the frames (and so
     the buffers) of the code that raised it."""
     error.__traceback__ = None
@@ -191,7 +191,7 @@ def server_options(membership_limits: MembershipLimits = MembershipLimits()) -> 
     The message limit is set explicitly, not left to gRPC's default: it is the largest
     message either service accepts (a 1 MiB frame, a membership message), so gRPC refuses
     anything larger with RESOURCE_EXHAUSTED from its length prefix, before the message
-    is buffered or parsed; our own checks (``read_packet``, ``membership_wire.from_wire``)
+    is buffered or parsed; our own checks (``read_packet``, ``membership.wire.from_wire``)
     then bound what is below it.
     """
     largest = max(FRAME_BYTES, membership_limits.max_message_bytes) + _ENVELOPE_BYTES
@@ -254,7 +254,7 @@ class GossipClient:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self.forget(address)  # a fresh channel next time, not one stuck in backoff
             raise refusal(e.code(), e.details() or "") from None
-        except errors.WireError:
+        except errors.Refusal:
             call.cancel()
             raise
 

@@ -26,10 +26,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from protocol.errors import WireError
+from protocol.errors import Refusal
 
 
-class Impersonation(WireError):
+class Impersonation(Refusal):
     """A packet claiming a sender address its connection cannot speak for."""
 
     reason = "impersonation"

@@ -26,7 +26,7 @@ from peer.transport.channels import ChannelPool
 from protocol import errors
 from protocol.keyring import MEMBERSHIP_REPLY, MEMBERSHIP_REQUEST, TAG_METADATA_KEY, Keyring
 from protocol.membership import Ack, Gossip, Message, Nack, Ping, PingReq, PushPull
-from protocol.membership_wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
+from protocol.membership.wire import MembershipLimits, from_wire_in_parts, from_wire_in_steps, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
             tag = dict(context.invocation_metadata() or ()).get(TAG_METADATA_KEY)
             try:
                 self.keyring().verify(MEMBERSHIP_REQUEST, request.data, tag)
-            except errors.WireError as e:
+            except errors.Refusal as e:
                 await self._refuse(context, f"{method}: {e.reason}: {e.message}")
                 return None  # not reached: abort raises
         reply: Message | None = None
@@ -88,7 +88,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
                 message = next(parts)
             except StopIteration:
                 return reply
-            except errors.WireError as e:
+            except errors.Refusal as e:
                 await self._refuse(context, f"{method}: {e.reason}: {e.message}")
                 return None  # not reached: abort raises
             except Exception as e:  # noqa: BLE001 - a decoder gap is still the sender's bad bytes
@@ -182,7 +182,7 @@ class MembershipClient:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 await self.forget(to)  # a fresh channel next time, not one waiting out a backoff
             return None
-        except errors.WireError as e:
+        except errors.Refusal as e:
             self.failed += 1
             log.warning("membership: push-pull reply from %s refused (%s): %s", to, e.reason, e.message)
             return None

@@ -31,7 +31,7 @@ from protocol.wire import Buffer, packet_size
 @dataclass
 class Endpoint:
     handle: InboundHandler
-    on_rejected: Callable[[errors.WireError], None]
+    on_rejected: Callable[[errors.Refusal], None]
     up: bool = True
 
 
@@ -55,7 +55,7 @@ class MemoryNetwork:
         self.observers: list[Observer] = []
         self._endpoints: dict[str, Endpoint] = {}
 
-    def serve(self, address: str, handle: InboundHandler, on_rejected: Callable[[errors.WireError], None]) -> None:
+    def serve(self, address: str, handle: InboundHandler, on_rejected: Callable[[errors.Refusal], None]) -> None:
         self._endpoints[address] = Endpoint(handle, on_rejected)
 
     def set_up(self, address: str, up: bool) -> None:
@@ -96,7 +96,7 @@ class MemoryNetwork:
             raise refusal(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
         try:
             reply = await endpoint.handle(bytearray().join(_parts(packet)), src)
-        except errors.WireError as e:
+        except errors.Refusal as e:
             if e.reason != "busy":
                 endpoint.on_rejected(e)
             code = grpc.StatusCode.ABORTED if e.reason == "busy" else status_for(e)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import cast
 
 from peer.transport.tls_identity import TlsIdentity
-from protocol.errors import WireError
+from protocol.errors import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ TLS_REASONS = ("tls_unknown_ca", "tls_no_certificate", "tls_expired", "tls_not_t
                "tls_timeout", "tls_other")
 
 
-class TlsRefused(WireError):
+class TlsRefused(Refusal):
     """A connection whose TLS handshake failed; ``reason`` is one of ``TLS_REASONS``."""
 
     def __init__(self, reason: str, source: str, detail: str) -> None:

@@ -69,7 +69,7 @@ def _warm_up() -> None:
     thread pools paged in, numpy/msgpack/zstd first use) are not counted as growth."""
     from protocol import codecs
     from protocol.membership import Ping
-    from protocol.membership_wire import from_wire, to_wire
+    from protocol.membership.wire import from_wire, to_wire
     from protocol.wire import decode_packet
     from tests.fuzz.corpus import seeds
 

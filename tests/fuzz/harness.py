@@ -2,7 +2,7 @@
 
 The fuzz suite feeds hostile bytes and hostile messages to every decoder and handler
 a remote peer can reach (``protocol.wire.decode_packet`` and the tensor codecs,
-``protocol.membership_wire.from_wire`` and ``Swim.on_message``,
+``protocol.membership.wire.from_wire`` and ``Swim.on_message``,
 ``protocol.feedback.Receiver.accept``) and checks one contract everywhere: a valid,
 well-formed result or the module's typed error, never another exception, and no
 memory growth beyond a stated bound.

@@ -285,7 +285,7 @@ def test_packet_declaring_huge_tensors_with_tiny_payloads_is_refused_before_allo
     b"\x81\xa1t\xdd\x7f\xff\xff\xff",  # {"t": array of 2 G entries}
 ])
 def test_msgpack_headers_declaring_gigabytes_are_refused_before_allocating(header: bytes) -> None:
-    from protocol.membership_wire import from_wire
+    from protocol.membership.wire import from_wire
 
     for decode in (lambda: decode_packet(header + b"\x00" * 16), lambda: from_wire(header + b"\x00" * 16)):
         peak, error = _peak_during(decode)

@@ -48,7 +48,7 @@ from protocol.membership import (
     Timer,
     TimerKind,
 )
-from protocol.membership_wire import MembershipLimits, from_wire, to_wire
+from protocol.membership.wire import MembershipLimits, from_wire, to_wire
 from tests.fuzz.corpus import HOSTILE_INTS, msgpack_values, scalars
 from tests.fuzz.harness import TALLY, fuzz
 

@@ -195,7 +195,7 @@ def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_r
 def test_membership_messages_without_the_cluster_key_are_refused_unread(launch, tmp_path: Path) -> None:
     from hearsay.v1 import membership_pb2, membership_pb2_grpc
     from protocol.membership import Ping
-    from protocol.membership_wire import to_wire
+    from protocol.membership.wire import to_wire
 
     keyring = tmp_path / "keyring"
     keyring.write_text(bytes(range(32)).hex() + "\n")

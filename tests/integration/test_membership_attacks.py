@@ -30,7 +30,7 @@ from peer.models import build_model
 from peer.tools.procs import PeerProcess, wait_for
 from protocol import codecs
 from protocol.membership import MAX_INCARNATION, Dead, MemberEntry, MemberState, Message, Ping, PushPull, SwimConfig
-from protocol.membership_wire import to_wire
+from protocol.membership.wire import to_wire
 from protocol.wire import PacketHeader, encode_packet, fingerprint, specs_of
 
 STRANGER = "127.0.0.1:9"  # nobody listens there

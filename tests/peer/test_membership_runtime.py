@@ -25,7 +25,7 @@ from protocol.membership import (
     Swim,
     SwimConfig,
 )
-from protocol.membership_wire import to_wire
+from protocol.membership.wire import to_wire
 
 PERIOD = 0.1  # fast enough that a death is declared within a couple of seconds
 
@@ -112,7 +112,7 @@ async def test_hostile_or_misrouted_bytes_are_invalid_argument_and_the_server_ke
         # A well-formed push-pull from a stranger is answered with the full state.
         hello = PushPull("127.0.0.1:1", (MemberEntry("127.0.0.1:1", "stranger", 0, MemberState.ALIVE),), join=True)
         reply = await stub.PushPull(membership_pb2.Packet(data=to_wire(hello)), timeout=2)
-    from protocol.membership_wire import from_wire
+    from protocol.membership.wire import from_wire
 
     answer = from_wire(reply.data)
     assert isinstance(answer, PushPull) and answer.reply and answer.source == a.address

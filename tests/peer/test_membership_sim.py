@@ -10,9 +10,9 @@ import math
 import pytest
 
 from peer.sim.membership import MembershipSim, measure
-from protocol.membership import MemberState, SwimConfig, suspicion_bounds
+from protocol.membership import MemberState, StateCode, SwimConfig, suspicion_bounds
 
-ALIVE, DEAD_OR_LEFT = (1,), (3, 4)
+ALIVE, DEAD_OR_LEFT = (StateCode.ALIVE,), (StateCode.DEAD, StateCode.LEFT)
 
 
 def test_fifty_nodes_with_one_percent_loss_agree_on_a_crash_within_a_log_n_bound() -> None:
@@ -101,7 +101,7 @@ def test_a_graceful_leave_reaches_everyone_within_two_periods() -> None:
     sim = MembershipSim(40, loss=0.01, seed=8)
     sim.run_until(4.0)
     sim.leave(11)
-    took = sim.periods_until(lambda: sim.known_by_all(11, (4,)), limit=10, step=0.5)
+    took = sim.periods_until(lambda: sim.known_by_all(11, (StateCode.LEFT,)), limit=10, step=0.5)
     assert took is not None and took <= 2
     sim.run_until(60.0)
     assert sim.stats.deaths == 0  # a leave is never mistaken for a death

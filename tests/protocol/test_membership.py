@@ -41,7 +41,7 @@ from protocol.membership import (
     suspicion_bounds,
     suspicion_timeout,
 )
-from protocol.membership_wire import MembershipLimits, from_wire, to_wire
+from protocol.membership.wire import MembershipLimits, from_wire, to_wire
 
 CFG = SwimConfig()  # 1 s period: virtual seconds read as periods
 

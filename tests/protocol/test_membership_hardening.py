@@ -35,7 +35,7 @@ from protocol.membership import (
     suspicion_bounds,
 )
 from protocol.errors import WireError
-from protocol.membership_wire import from_wire, from_wire_in_steps, to_wire
+from protocol.membership.wire import from_wire, from_wire_in_steps, to_wire
 from tests.protocol.test_membership import CFG, Net, deaths_of_live_nodes
 
 STRANGER = "evil:1"

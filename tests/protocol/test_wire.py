@@ -28,8 +28,8 @@ from protocol.wire import (
     encode_packet,
     fingerprint,
     specs_of,
-    split_frames,
 )
+from tests.protocol.frames import split_frames
 
 
 def model(seed: int = 0) -> dict[str, np.ndarray]:

@@ -19,29 +19,28 @@ layout is compact and the decoder can check every position::
 
 ``from_wire`` never lets a parser exception escape: every way the bytes can be wrong
 maps to a ``protocol.errors.WireError`` subclass, and sizes are bounded by the parser
-before anything proportional to them is allocated.
+(``protocol.msgpack_reader``, shared with the model-packet codec) before anything
+proportional to them is allocated.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from protocol.errors import MalformedPacket, PacketTooLarge, TruncatedPacket, UnsupportedVersion, WireError
-from protocol.membership import (
-    MAX_INCARNATION,
+from protocol.membership.config import MAX_INCARNATION
+from protocol.membership.messages import (
     Ack,
     Alive,
     Dead,
     Gossip,
     Leave,
     MemberEntry,
-    MemberState,
     Message,
     Nack,
     Ping,
@@ -50,15 +49,16 @@ from protocol.membership import (
     Suspect,
     Update,
 )
+from protocol.membership.states import ALIVE, CODE_OF, DEAD, LEFT, STATE_OF, SUSPECT
+from protocol.msgpack_reader import Fault, Kind, MsgpackError, Reader, ReadLimits, unpack
 
 WIRE_VERSION = 1
 _MAX_SEQ = 2**32 - 1
 _MAX_NACK_AFTER = 3600.0
 
 _PING, _ACK, _NACK, _PING_REQ, _GOSSIP, _PUSH_PULL = 1, 2, 3, 4, 5, 6
-_ALIVE, _SUSPECT, _DEAD, _LEAVE = 1, 2, 3, 4
-_STATE_CODES = {MemberState.ALIVE: 1, MemberState.SUSPECT: 2, MemberState.DEAD: 3, MemberState.LEFT: 4}
-_CODE_STATES = {v: k for k, v in _STATE_CODES.items()}
+# An update's kind is the state code (protocol.membership.states.StateCode) of the state
+# it announces, and so is a full-state row's state.
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,12 @@ class MembershipLimits:
 
 def _update(u: Update) -> list[Any]:
     if isinstance(u, Alive):
-        return [_ALIVE, u.address, u.incarnation, u.peer_id]
+        return [ALIVE, u.address, u.incarnation, u.peer_id]
     if isinstance(u, Suspect):
-        return [_SUSPECT, u.address, u.incarnation, u.accuser]
+        return [SUSPECT, u.address, u.incarnation, u.accuser]
     if isinstance(u, Dead):
-        return [_DEAD, u.address, u.incarnation, u.accuser]
-    return [_LEAVE, u.address, u.incarnation]
+        return [DEAD, u.address, u.incarnation, u.accuser]
+    return [LEFT, u.address, u.incarnation]
 
 
 def to_wire(msg: Message) -> bytes:
@@ -98,7 +98,7 @@ def to_wire(msg: Message) -> bytes:
     elif isinstance(msg, Gossip):
         body = [_GOSSIP, msg.source, ups]
     elif isinstance(msg, PushPull):
-        states = [[e.address, e.peer_id, e.incarnation, _STATE_CODES[e.state]] for e in msg.states]
+        states = [[e.address, e.peer_id, e.incarnation, CODE_OF[e.state]] for e in msg.states]
         body = [_PUSH_PULL, msg.source, msg.join, msg.reply, states]
     else:
         raise TypeError(f"not a membership message: {type(msg).__name__}")
@@ -107,40 +107,33 @@ def to_wire(msg: Message) -> bytes:
 
 # --- decoding ------------------------------------------------------------------------
 
-def _unpacker_options(limits: MembershipLimits) -> dict[str, Any]:
-    return dict(raw=False, use_list=True, strict_map_key=True, max_str_len=limits.max_string,
-                max_bin_len=0, max_map_len=0, max_ext_len=0,
-                max_array_len=max(limits.max_states, limits.max_updates, 8))
+def _read_limits(limits: MembershipLimits) -> ReadLimits:
+    # Maps, binaries and extensions are not part of the format: only empty ones get past
+    # the reader (as msgpack's own limits of 0 let them), and the schema refuses those.
+    return ReadLimits(max_str=limits.max_string, max_array=max(limits.max_states, limits.max_updates, 8),
+                      max_map=0, max_bin=0, max_ext=0)
 
 
-@contextmanager
-def _parser_errors() -> Iterator[None]:
-    """Map every way msgpack can fail to a ``WireError`` (none escapes, by contract)."""
-    try:
-        yield
-    except msgpack.exceptions.ExtraData:
-        raise MalformedPacket("trailing bytes after the message") from None
-    except msgpack.exceptions.OutOfData:
-        raise TruncatedPacket("message ended before its declared contents") from None
-    except WireError:
-        raise
-    except ValueError as e:
-        if "incomplete" in str(e).lower():
-            raise TruncatedPacket("message ended before its declared contents") from None
-        if any(k in str(e) for k in ("max_map_len", "max_bin_len", "max_ext_len")):
-            raise MalformedPacket(f"maps, binaries and extensions are not part of the format: {e}") from None
-        if "exceeds max" in str(e).lower():
-            raise PacketTooLarge(f"membership message field too large: {e}") from None
-        if "unexpected type" in str(e).lower():
-            raise MalformedPacket("states must be an array") from None
-        raise MalformedPacket(f"not a msgpack message: {e}") from None
-    except Exception as e:  # noqa: BLE001 - any parser failure is malformed, by contract
-        raise MalformedPacket(f"not a msgpack message: {type(e).__name__}: {e}") from None
+def _refusal(e: MsgpackError) -> WireError:
+    """The membership refusal for a fault of the msgpack layer."""
+    if e.fault is Fault.TRUNCATED:
+        return TruncatedPacket("message ended before its declared contents")
+    if e.fault is Fault.TRAILING:
+        return MalformedPacket("trailing bytes after the message")
+    if e.fault is Fault.TOO_LARGE and e.kind in (Kind.MAP, Kind.BIN, Kind.EXT):
+        return MalformedPacket(f"maps, binaries and extensions are not part of the format: {e.detail}")
+    if e.fault is Fault.TOO_LARGE:
+        return PacketTooLarge(f"membership message field too large: {e.detail}")
+    if e.fault is Fault.NOT_ARRAY:
+        return MalformedPacket(f"an array was expected: {e.detail}")
+    return MalformedPacket(f"not a msgpack message: {e.detail}")
 
 
 def _unpack(data: bytes | memoryview, limits: MembershipLimits) -> Any:
-    with _parser_errors():
-        return msgpack.unpackb(data, **_unpacker_options(limits))
+    try:
+        return unpack(data, _read_limits(limits))
+    except MsgpackError as e:
+        raise _refusal(e) from None
 
 
 def _int(v: Any, what: str, top: int) -> int:
@@ -180,17 +173,17 @@ def _updates(v: Any, limits: MembershipLimits) -> tuple[Update, ...]:
         if type(u) is not list or len(u) not in (3, 4) or type(u[0]) is not int:
             raise MalformedPacket(f"{what} must be [kind, address, incarnation, ...]")
         kind = u[0]
-        if (kind == _LEAVE) != (len(u) == 3):
+        if (kind == LEFT) != (len(u) == 3):
             raise MalformedPacket(f"{what}: kind {kind} has the wrong number of fields")
         addr = _str(u[1], f"{what} address", limits)
         inc = _int(u[2], f"{what} incarnation", MAX_INCARNATION)
-        if kind == _ALIVE:
+        if kind == ALIVE:
             out.append(Alive(addr, _str(u[3], f"{what} peer id", limits, empty=True), inc))
-        elif kind == _SUSPECT:
+        elif kind == SUSPECT:
             out.append(Suspect(addr, inc, _str(u[3], f"{what} accuser", limits)))
-        elif kind == _DEAD:
+        elif kind == DEAD:
             out.append(Dead(addr, inc, _str(u[3], f"{what} accuser", limits)))
-        elif kind == _LEAVE:
+        elif kind == LEFT:
             out.append(Leave(addr, inc))
         else:
             raise MalformedPacket(f"{what}: unknown kind {kind}")
@@ -205,10 +198,10 @@ def _state_row(r: Any, i: int, seen: set[str], limits: MembershipLimits) -> Memb
         raise MalformedPacket(f"state {i}: address {addr!r} listed twice")
     seen.add(addr)
     code = r[3]
-    if type(code) is not int or code not in _CODE_STATES:
+    if type(code) is not int or code not in STATE_OF:
         raise MalformedPacket(f"state {i}: unknown state {code!r:.20}")
     return MemberEntry(addr, _str(r[1], f"state {i} peer id", limits, empty=True),
-                       _int(r[2], f"state {i} incarnation", MAX_INCARNATION), _CODE_STATES[code])
+                       _int(r[2], f"state {i} incarnation", MAX_INCARNATION), STATE_OF[code])
 
 
 def _states(v: Any, limits: MembershipLimits) -> tuple[MemberEntry, ...]:
@@ -285,26 +278,29 @@ def from_wire_in_parts(data: bytes | memoryview, limits: MembershipLimits = Memb
         yield from_wire(data, limits)
         return
     _check_size(data, limits)
-    up = msgpack.Unpacker(max_buffer_size=len(data), **_unpacker_options(limits))
-    up.feed(data)
-    with _parser_errors():
-        fields = up.read_array_header()
-        head = [up.unpack() for _ in range(min(fields, 5))]
+    try:
+        yield from _push_pull_in_parts(data, limits, rows)
+    except MsgpackError as e:
+        raise _refusal(e) from None
+
+
+def _push_pull_in_parts(data: bytes | memoryview, limits: MembershipLimits, rows: int) -> Iterator[Message]:
+    up = Reader(data, _read_limits(limits))
+    fields = up.read_array_header()
+    head = [up.read() for _ in range(min(fields, 5))]
     if fields != _ARITY[_PUSH_PULL] or head[0] != WIRE_VERSION or type(head[0]) is not int \
             or head[1] != _PUSH_PULL or type(head[1]) is not int:
         yield from_wire(data, limits)  # only a full state is ever this large: the one-shot path
         return
     source, join, reply = _str(head[2], "source", limits), _bool(head[3], "join"), _bool(head[4], "reply")
-    with _parser_errors():
-        count = up.read_array_header()
+    count = up.read_array_header()
     if count > limits.max_states:
         raise PacketTooLarge(f"states has {count} entries, more than {limits.max_states}")
     seen: set[str] = set()
     for start in range(0, max(count, 1), rows):
-        with _parser_errors():
-            chunk = [up.unpack() for _ in range(min(rows, count - start))]
+        chunk = [up.read() for _ in range(min(rows, count - start))]
         part = tuple([_state_row(r, start + i, seen, limits) for i, r in enumerate(chunk)])
-        if start + rows >= count and up.tell() != len(data):
+        if start + rows >= count and not up.at_end:
             raise MalformedPacket("trailing bytes after the message")
         yield PushPull(source, part, join=join, reply=reply)
 
