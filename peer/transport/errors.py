@@ -40,6 +40,6 @@ _KIND_BY_NAME: dict[str, type[ExchangeRefused]] = {
 }
 
 
-def refusal(code: enum.Enum, details: str) -> ExchangeRefused:
+def exchange_error(code: enum.Enum, details: str) -> ExchangeRefused:
     """The error for a failed exchange with status ``code`` (an enum member named as gRPC names it)."""
     return _KIND_BY_NAME.get(code.name, ExchangeRefused)(code, details)

@@ -16,7 +16,7 @@ import grpc
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.transport import admission
 from peer.transport.admission import Gate
-from peer.transport.errors import refusal
+from peer.transport.errors import exchange_error
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
 from peer.transport.frames import (
@@ -253,7 +253,7 @@ class GossipClient:
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await self.forget(address)  # a fresh channel next time, not one stuck in backoff
-            raise refusal(e.code(), e.details() or "") from None
+            raise exchange_error(e.code(), e.details() or "") from None
         except errors.Refusal:
             call.cancel()
             raise

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from peer.transport.errors import refusal
+from peer.transport.errors import exchange_error
 from peer.transport.grpc_transport import InboundHandler, status_for
 from protocol import errors
 from protocol.wire import Buffer, packet_size
@@ -74,7 +74,7 @@ class MemoryNetwork:
         self._notify(src, dst, size, reply, "lost" if lost else "sent")
         if lost:
             await self.sleep(timeout)
-            raise refusal(grpc.StatusCode.DEADLINE_EXCEEDED, "message lost")
+            raise exchange_error(grpc.StatusCode.DEADLINE_EXCEEDED, "message lost")
         delay = self.latency(src, dst, size)
         if delay > 0:
             await self.sleep(delay)
@@ -88,19 +88,19 @@ class MemoryNetwork:
         endpoint = self._endpoints.get(dst)
         size = packet_size(packet)
         if endpoint is None or not endpoint.up:
-            raise refusal(grpc.StatusCode.UNAVAILABLE, f"{dst} is not reachable")
+            raise exchange_error(grpc.StatusCode.UNAVAILABLE, f"{dst} is not reachable")
         if size > self.max_packet_bytes:  # the gRPC callee refuses a declared oversize packet unread
-            raise refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, f"packet of {size} bytes is too large")
+            raise exchange_error(grpc.StatusCode.RESOURCE_EXHAUSTED, f"packet of {size} bytes is too large")
         await self._leg(src, dst, size, False, timeout)
         if not endpoint.up:  # crashed while the packet was in flight
-            raise refusal(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
+            raise exchange_error(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
         try:
             reply = await endpoint.handle(bytearray().join(_parts(packet)), src)
         except errors.Refusal as e:
             if e.reason != "busy":
                 endpoint.on_rejected(e)
             code = grpc.StatusCode.ABORTED if e.reason == "busy" else status_for(e)
-            raise refusal(code, f"packet refused ({e.reason}): {e.message}") from None
+            raise exchange_error(code, f"packet refused ({e.reason}): {e.message}") from None
         answer = bytearray().join(_parts(reply))
         await self._leg(dst, src, len(answer), True, timeout)
         return answer

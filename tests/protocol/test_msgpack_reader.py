@@ -93,3 +93,39 @@ def test_the_membership_codec_maps_the_reasons_to_its_refusals() -> None:
 def assert_refusal(data: bytes, error: type[Exception], limits: MembershipLimits = MembershipLimits()) -> None:
     with pytest.raises(error):
         from_wire(data, limits)
+
+
+def test_the_fast_path_and_the_reader_agree_on_values_and_faults() -> None:
+    """Without binaries, ``unpack`` takes msgpack's C unpacker for valid input: on seeded
+    random and corrupted inputs (nesting around the depth bound, truncations, flipped
+    bytes) it must return what the reader returns, or refuse with the reader's fault."""
+    import random
+
+    limits = ReadLimits(max_str=8, max_array=6, max_map=0, max_bin=0, max_ext=0, max_depth=4)
+    rng = random.Random(7)
+
+    def value(depth: int) -> object:
+        roll = rng.random()
+        if depth > 6 or roll < 0.3:
+            return rng.choice([1, "ab", "x" * 9, None, True, 2.5, -7, 2**40])
+        if roll < 0.4:
+            return []
+        return [value(depth + 1) for _ in range(rng.randint(1, 7))]
+
+    def outcome(data: bytes, writable: bool) -> tuple[str, object]:
+        try:
+            return ("value", unpack(data, limits, writable=writable))  # writable: the reader alone
+        except MsgpackError as e:
+            return ("fault", (e.fault, e.kind))
+
+    seen = set()
+    for _ in range(5000):
+        data = msgpack.packb(value(0))
+        if rng.random() < 0.4:
+            corrupt = bytearray(data)
+            corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+            data = bytes(corrupt[: rng.randrange(len(corrupt) + 1)] if rng.random() < 0.5 else corrupt)
+        fast, reader = outcome(data, False), outcome(data, True)
+        assert fast == reader, data
+        seen.add(fast[0] if fast[0] == "value" else fast[1][0])
+    assert {"value", Fault.TOO_DEEP, Fault.TOO_LARGE, Fault.TRUNCATED} <= seen
