@@ -201,3 +201,20 @@ def test_the_wheel_ships_every_package_and_no_test_code(wheel: zipfile.ZipFile) 
     assert not [m for m in modules if m.rpartition(".")[2] in TEST_ONLY]
     # Every source module of peer/ and protocol/ is in it, so an installed peer runs.
     assert set(source_modules()) <= modules
+
+
+def test_both_memberships_offer_the_view_the_engine_uses() -> None:
+    """The gossip engine, admin and metrics see a ``MembershipView``; Swim and the static
+    view must both offer every method of it, with the same parameters."""
+    import inspect
+
+    from protocol.membership import MembershipView, StaticMembership, Swim
+
+    wanted = {n: inspect.signature(f) for n, f in vars(MembershipView).items()
+              if callable(f) and not n.startswith("_")}
+    assert {"members", "live", "note_contact", "note_failure", "incarnation_of"} <= set(wanted)
+    for cls in (Swim, StaticMembership):
+        for name, sig in wanted.items():
+            assert list(inspect.signature(getattr(cls, name)).parameters) == list(sig.parameters), (cls, name)
+    engine_source = (ROOT / "peer" / "runtime" / "gossip.py").read_text()
+    assert "membership: MembershipView" in engine_source

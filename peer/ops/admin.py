@@ -49,13 +49,6 @@ def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerRepor
 LIST_PEERS_MAX = 4096  # ~150 bytes a row: well inside the 4 MiB default message limit
 
 
-def _incarnation(membership: object, address: str) -> int:
-    """SWIM's incarnation of ``address`` (0 for the static view, which has none)."""
-    incarnation_of = getattr(membership, "incarnation_of", None)
-    value = incarnation_of(address) if incarnation_of is not None else None
-    return int(value or 0)
-
-
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: NodeView, metrics: NodeMetrics) -> None:
         self._node = node
@@ -102,7 +95,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 exchanges=link.exchanges, merges=link.merges, bytes_sent=link.bytes_sent,
                 bytes_received=link.bytes_received, failures=link.failures,
                 source="seed" if m.address in seeds else m.source.value,
-                incarnation=_incarnation(node.membership, m.address),
+                incarnation=node.membership.incarnation_of(m.address) or 0,
                 rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
                 report=_report(node.engine.reports.get(m.address), now),
                 reputation=score, banned=banned, reputation_reason=reason))

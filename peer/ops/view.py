@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from peer.runtime.gossip import GossipEngine
     from peer.runtime.membership import MembershipEvents
     from peer.runtime.trainer import Trainer
-    from protocol.membership import StaticMembership, Swim
+    from protocol.membership import MembershipView
 
 
 class NodeView(Protocol):
@@ -35,7 +35,7 @@ class NodeView(Protocol):
     @property
     def engine(self) -> GossipEngine: ...
     @property
-    def membership(self) -> StaticMembership | Swim: ...
+    def membership(self) -> MembershipView: ...
     @property
     def data_dir(self) -> Path | None: ...
     @property

@@ -28,7 +28,7 @@ from protocol.codecs.base import Codec
 from protocol.errors import Banned, Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
-from protocol.membership import Member, MemberState, StaticMembership
+from protocol.membership import Member, MembershipView, MemberState
 from protocol.merge import Contribution, MergeRule
 from protocol.sampling import choose_partner, choose_partners
 from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts, fingerprint,
@@ -102,7 +102,7 @@ class GossipStats:
 
 
 class GossipEngine:
-    def __init__(self, *, peer_id: str, address: str, trainer: Trainer, membership: StaticMembership,
+    def __init__(self, *, peer_id: str, address: str, trainer: Trainer, membership: MembershipView,
                  merge_rule: MergeRule, codec: str, limits: Limits, rng: random.Random,
                  interval: float, timeout: float, clock: Callable[[], float] = time.monotonic,
                  topk_ratio: float = 0.01, keyframe_codec: str = "fp32", error_feedback: bool = True,

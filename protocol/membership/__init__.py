@@ -137,6 +137,7 @@ from protocol.membership.messages import (
 from protocol.membership.states import (
     Member,
     MemberState,
+    MembershipView,
     Source,
     StateCode,
 )
@@ -166,6 +167,7 @@ __all__ = [
     "Member",
     "MemberEntry",
     "MemberState",
+    "MembershipView",
     "Message",
     "Nack",
     "Observer",

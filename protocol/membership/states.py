@@ -1,5 +1,6 @@
-"""The membership view's vocabulary: member states, where a member came from, and the
-compact state codes the SWIM member table stores (one byte a member).
+"""The membership view: its vocabulary (member states, where a member came from, the
+compact state codes the SWIM member table stores, one byte a member) and
+``MembershipView``, what the rest of hearsay may ask of a membership.
 
 ``StateCode`` is the one definition of those codes; the table, the membership wire
 format (a push-pull row's state, an update's kind), the daemon's event log and the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 
 class MemberState(str, enum.Enum):
@@ -64,3 +66,19 @@ STATE_OF: dict[int, MemberState] = {ALIVE: MemberState.ALIVE, SUSPECT: MemberSta
                                     DEAD: MemberState.DEAD, LEFT: MemberState.LEFT}
 CODE_OF: dict[MemberState, StateCode] = {MemberState.ALIVE: ALIVE, MemberState.SUSPECT: SUSPECT,
                                         MemberState.DEAD: DEAD, MemberState.LEFT: LEFT}
+
+
+class MembershipView(Protocol):
+    """What the gossip engine, the admin service and the metrics use of a membership.
+
+    Both ``Swim`` (the default) and ``StaticMembership`` (membership=static) offer it,
+    so nothing outside protocol/membership/ needs to know which one runs.
+    """
+
+    def members(self) -> list[Member]: ...
+    def live(self) -> list[Member]: ...
+    def get(self, address: str) -> Member | None: ...
+    def add_seed(self, address: str) -> None: ...
+    def note_contact(self, address: str, peer_id: str, now: float, inbound: bool = False) -> Member | None: ...
+    def note_failure(self, address: str, now: float) -> None: ...
+    def incarnation_of(self, address: str) -> int | None: ...

@@ -65,3 +65,7 @@ class StaticMembership:
     def live(self) -> list[Member]:
         """Members that may be chosen as gossip partners."""
         return [m for m in self._members.values() if m.live]
+
+    def incarnation_of(self, address: str) -> int | None:
+        """The static view has no incarnations (SWIM's refutation counter)."""
+        return None
