@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +172,19 @@ class Endpoint:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
 
+def remove_endpoints(endpoints: Iterable[Endpoint]) -> list[str]:
+    """Kill every process in the endpoints' namespaces and delete the namespaces and their
+    host veth legs; the errors, one line each, for the caller to raise after its own cleanup."""
+    errors = []
+    for endpoint in endpoints:
+        try:
+            delete_namespace(endpoint.namespace)
+        except NetnsError as e:
+            errors.append(str(e))
+        ip("link", "delete", endpoint.host_link, check=False)  # gone with the namespace, normally
+    return errors
+
+
 @dataclass
 class NetnsLab:
     """A Linux bridge and namespaces attached to it, all named ``<prefix>...``; ``close`` removes all.
@@ -259,13 +272,7 @@ class NetnsLab:
 
     def close(self) -> None:
         """Kill every process in the lab's namespaces and delete namespaces, veths and the bridge."""
-        errors = []
-        for endpoint in self.endpoints.values():
-            try:
-                delete_namespace(endpoint.namespace)
-            except NetnsError as e:
-                errors.append(str(e))
-            ip("link", "delete", endpoint.host_link, check=False)  # gone with the namespace, normally
+        errors = remove_endpoints(self.endpoints.values())
         self.endpoints.clear()
         if self._bridge is not None:
             ip("link", "delete", self._bridge, check=False)

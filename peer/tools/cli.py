@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from peer import __version__
@@ -163,11 +163,16 @@ def _as_dict(message) -> dict[str, Any]:  # noqa: ANN001 - a protobuf message
     return numbers(message.DESCRIPTOR, as_json)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _ask(args: argparse.Namespace, call: Callable[[Any], Any], text: Callable[[Any], str]) -> int:
+    """One admin call: its reply as JSON with ``--json``, else as ``text(reply)``."""
     with _client(args) as client:
-        s = client.status()
-    print(json.dumps(_as_dict(s)) if args.json else "\n".join(_status_lines(s)))
+        reply = call(client)
+    print(json.dumps(_as_dict(reply)) if args.json else text(reply))
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _ask(args, lambda client: client.status(), lambda s: "\n".join(_status_lines(s)))
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -199,11 +204,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        c = client.save_checkpoint()
-    print(json.dumps(_as_dict(c)) if args.json else
-          f"checkpoint {c.path} (step {c.step}, {c.size_bytes} bytes, sha256 {c.sha256[:16]})")
-    return 0
+    return _ask(args, lambda client: client.save_checkpoint(),
+                lambda c: f"checkpoint {c.path} (step {c.step}, {c.size_bytes} bytes, sha256 {c.sha256[:16]})")
 
 
 def cmd_pull_model(args: argparse.Namespace) -> int:
@@ -230,11 +232,8 @@ def cmd_pull_model(args: argparse.Namespace) -> int:
 
 
 def cmd_leave(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        r = client.leave()
-    print(json.dumps(_as_dict(r)) if args.json else
-          f"leaving: draining {r.in_flight} exchange(s) in flight, then stopping")
-    return 0
+    return _ask(args, lambda client: client.leave(),
+                lambda r: f"leaving: draining {r.in_flight} exchange(s) in flight, then stopping")
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -242,10 +241,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     if not sep or not key:
         print(f"hearsay set: error: expected KEY=VALUE, got {args.assignment!r}", file=sys.stderr)
         return EXIT_USAGE
-    with _client(args) as client:
-        r = client.set(key.strip(), value.strip())
-    print(json.dumps(_as_dict(r)) if args.json else f"{r.key} = {r.value} (was {r.previous})")
-    return 0
+    return _ask(args, lambda client: client.set(key.strip(), value.strip()),
+                lambda r: f"{r.key} = {r.value} (was {r.previous})")
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -308,6 +305,14 @@ def _add_admin_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", default=None, metavar="FILE", help="file holding the admin bearer token")
 
 
+def _admin_command(sub: Any, name: str, help: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """A command that asks one running peer through its admin API."""
+    p = sub.add_parser(name, help=help)
+    _add_admin_flags(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="hearsay", description="Gossip-learning peer daemon.")
     parser.add_argument("--version", action="version", version=f"hearsay {__version__}")
@@ -365,47 +370,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=825, help="validity of the peer certificates (default: 825)")
     p.set_defaults(func=cmd_certs)
 
-    p = sub.add_parser("status", help="show one peer's status")
-    _add_admin_flags(p)
-    p.set_defaults(func=cmd_status)
+    _admin_command(sub, "status", "show one peer's status", cmd_status)
+    _admin_command(sub, "peers", "list the members one peer knows", cmd_peers)
+    _admin_command(sub, "metrics", "print a peer's Prometheus metrics", cmd_metrics)
+    _admin_command(sub, "checkpoint", "make a peer write a checkpoint now", cmd_checkpoint)
 
-    p = sub.add_parser("peers", help="list the members one peer knows")
-    _add_admin_flags(p)
-    p.set_defaults(func=cmd_peers)
-
-    p = sub.add_parser("metrics", help="print a peer's Prometheus metrics")
-    _add_admin_flags(p)
-    p.set_defaults(func=cmd_metrics)
-
-    p = sub.add_parser("checkpoint", help="make a peer write a checkpoint now")
-    _add_admin_flags(p)
-    p.set_defaults(func=cmd_checkpoint)
-
-    p = sub.add_parser("pull-model", help="download a peer's current model (torch.load-able or safetensors)")
-    _add_admin_flags(p)
+    p = _admin_command(sub, "pull-model", "download a peer's current model (torch.load-able or safetensors)",
+                       cmd_pull_model)
     p.add_argument("-o", "--output", required=True, metavar="PATH",
                    help="file to write the state_dict to (replaced atomically), or an existing directory "
                         "(the file is then named after the peer: <peer_id>.pt or .safetensors)")
     p.add_argument("--format", choices=("torch", "safetensors"), default="torch",
                    help="torch: torch.save of the state_dict; safetensors: the safetensors format (default: torch)")
-    p.set_defaults(func=cmd_pull_model)
 
-    p = sub.add_parser("leave", help="make a peer leave the swarm gracefully and stop")
-    _add_admin_flags(p)
-    p.set_defaults(func=cmd_leave)
+    _admin_command(sub, "leave", "make a peer leave the swarm gracefully and stop", cmd_leave)
 
-    p = sub.add_parser("set", help="change a runtime knob: gossip_interval, codec, merge, log_level")
-    _add_admin_flags(p)
+    p = _admin_command(sub, "set", "change a runtime knob: gossip_interval, codec, merge, log_level", cmd_set)
     p.add_argument("assignment", metavar="KEY=VALUE")
-    p.set_defaults(func=cmd_set)
 
-    p = sub.add_parser("top", help="live view of the whole swarm through one peer")
-    _add_admin_flags(p)
+    p = _admin_command(sub, "top", "live view of the whole swarm through one peer", cmd_top)
     p.add_argument("--interval", type=seconds, default=1.0,
                    help="seconds between refreshes, and between the two samples of --once (default: 1)")
     p.add_argument("--once", action="store_true",
                    help="print one snapshot (exchange rates from two samples --interval apart) and exit")
-    p.set_defaults(func=cmd_top)
     return parser
 
 

@@ -69,8 +69,25 @@ def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.2, 
         time.sleep(interval)
 
 
+class LoggedChild:
+    """A child process whose output goes to ``log_path``: whether it runs, and its last lines.
+    Shared by the peer processes here and the tests' processes in network namespaces."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
 @dataclass
-class PeerProcess:
+class PeerProcess(LoggedChild):
     """One `hearsay run` child process with its ports and log file."""
 
     peer_id: str
@@ -103,15 +120,6 @@ class PeerProcess:
                                      env={**os.environ, **self.env})
         log.close()
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def admin(self, timeout: float = 5.0) -> AdminClient:
         return AdminClient(self.admin_address, timeout)

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import Endpoint, NetnsLab, cleanup_stale, run_prefix
-from peer.tools.procs import wait_for
+from peer.tools.procs import LoggedChild, wait_for
 from tests.deploy.manifests import (
     DEPLOY,
     base_env,
@@ -65,7 +65,7 @@ def _container_id(i: int) -> str:
 
 
 @dataclass
-class Instance:
+class Instance(LoggedChild):
     """One compose container: its namespace, hostname, process and log."""
 
     name: str
@@ -74,15 +74,6 @@ class Instance:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def _start(instance: Instance, argv: list[str], cwd: Path) -> None:

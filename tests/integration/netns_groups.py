@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.netns import IFNAMSIZ, Endpoint, NetnsError, delete_namespace, ip
+from tests.netns import IFNAMSIZ, Endpoint, NetnsError, ip, remove_endpoints
 
 
 @dataclass
@@ -126,13 +126,7 @@ class GroupLab:
 
     def close(self) -> None:
         """Kill every process in the namespaces; delete namespaces, veths, trunk and bridges."""
-        errors = []
-        for endpoint in self.endpoints.values():
-            try:
-                delete_namespace(endpoint.namespace)
-            except NetnsError as e:
-                errors.append(str(e))
-            ip("link", "delete", endpoint.host_link, check=False)  # gone with the namespace, normally
+        errors = remove_endpoints(self.endpoints.values())
         self.endpoints.clear()
         self.groups.clear()
         if self._trunk is not None:

@@ -43,7 +43,7 @@ import pytest
 
 from peer.runtime.membership import parse_event_line
 from tests.netns import Endpoint, cleanup_stale, run_prefix
-from peer.tools.procs import wait_for
+from peer.tools.procs import LoggedChild, wait_for
 from tests.integration.netns_groups import AdminAgent, GroupLab, ask_all
 
 TAG = "hpt"  # namespaces, bridges and veths are named hpt<pid>x...: leftovers of dead runs are recognisable
@@ -57,7 +57,7 @@ SIZES = [2, pytest.param(3, marks=pytest.mark.slow)]
 
 
 @dataclass
-class Peer:
+class Peer(LoggedChild):
     name: str
     group: str
     endpoint: Endpoint
@@ -68,15 +68,6 @@ class Peer:
     @property
     def address(self) -> str:
         return f"{self.endpoint.address}:{GOSSIP_PORT}"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 @pytest.fixture
