@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.tools.admin_client import AdminError
-from peer.runtime.membership import LoggedEvent, parse_event_line
+from peer.runtime.membership import read_events
 from peer.sim.membership import measure
 from peer.tools.procs import PeerProcess, launch_peers, wait_for
 from tests.stalling_peer import STALL_ENV, STALLING_PEER
@@ -127,17 +127,6 @@ def _formed(peers: list[PeerProcess]) -> bool:
                for p, v in zip(peers, _views(peers)))
 
 
-def _events(peers: list[PeerProcess]) -> list[LoggedEvent]:
-    """Every membership transition every peer logged (all its lives: logs are appended)."""
-    out = []
-    for p in peers:
-        for line in p.log_path.read_text(errors="replace").splitlines():
-            e = parse_event_line(line)
-            if e is not None:
-                out.append(e)
-    return out
-
-
 def _was_down(address: str, at: float, down: list[tuple[str, float, float]]) -> bool:
     return any(a == address and start <= at <= end for a, start, end in down)
 
@@ -154,7 +143,7 @@ def _kill_trials(peers: list[PeerProcess], trials: int, rng: random.Random,
         wait_for(lambda: _all_see(others, victim, "dead"), timeout=60, interval=0.1,
                  what=f"trial {trial}: every peer to mark {victim.peer_id} dead")
         first: dict[str, float] = {}
-        for e in _events(others):
+        for e in read_events(p.log_path for p in others):
             if e.address == victim.gossip_address and e.new == "dead" and e.at >= killed_at:
                 first[e.observer] = min(e.at, first.get(e.observer, e.at))
         detections.append(max(first.values()) - killed_at)
@@ -213,7 +202,7 @@ def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
         print(f"  slow-peer run: {hog_seconds:.0f} s, {HOG_PROCESSES} CPU hogs, {peers[0].peer_id} "
               f"stalling {STALL}", file=sys.stderr, flush=True)
         hog_start, hog_end, polls_off = _slow_peer_run(peers, hog_seconds)
-        events = _events(peers)
+        events = read_events(p.log_path for p in peers)
     finally:
         for p in peers:
             p.stop(timeout=15)

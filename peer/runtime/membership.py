@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from peer.transport.membership_grpc import MembershipClient
 from protocol.membership import MemberState, Message, Output, PushPull, Send, Swim, Timer
@@ -257,6 +258,18 @@ def parse_event_line(line: str) -> LoggedEvent | None:
     if m is None:
         return None
     return LoggedEvent(float(entry["ts"]), str(entry.get("peer", "-")), m[1], m[2], m[3], int(m[4]), m[5])
+
+
+def read_events(log_paths: Iterable[Path]) -> list[LoggedEvent]:
+    """Every membership event logged in these JSON log files, file by file (a restarted
+    peer appends to its log, so all its lives are there)."""
+    out = []
+    for path in log_paths:
+        for line in path.read_text(errors="replace").splitlines():
+            event = parse_event_line(line)
+            if event is not None:
+                out.append(event)
+    return out
 
 
 def _take_reply(outs: list[Output], to: str) -> Message | None:

@@ -57,6 +57,22 @@ class SeedStream:
         return splitmix64(self._base ^ splitmix64(next(self._counter))) >> 1  # 63 bits
 
 
+class SeededFloatCodec:
+    """The common part of the codecs that draw random numbers (stochastic rounding,
+    sampled positions): they take floating-point tensors, and each call uses a fresh
+    seed of the codec's stream unless the caller names one. The seed travels in the
+    packet's params, so the receiver never needs the stream."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._seeds = SeedStream(seed)
+
+    def supports(self, dtype: np.dtype) -> bool:
+        return np.dtype(dtype).kind == "f"
+
+    def _seed(self, seed: int | None) -> int:
+        return self._seeds.next() if seed is None else seed
+
+
 def block_offset(seed: int, block: int) -> int:
     """Where block ``block`` of a call seeded ``seed`` starts reading the noise table."""
     return splitmix64(seed ^ (block * 0x2545F4914F6CDD1D & _MASK)) % PERIOD

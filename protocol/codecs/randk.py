@@ -20,7 +20,7 @@ import numpy as np
 from protocol.codecs import blocks, sparse
 from protocol.codecs.base import Encoded, Params
 from protocol.codecs.checks import SEED_LIMIT, expect_keys, expect_length, float_dtype, int_param, numel
-from protocol.codecs.noise import SeedStream, splitmix64, splitmix64_array
+from protocol.codecs.noise import SeededFloatCodec, splitmix64, splitmix64_array
 
 
 def positions(seed: int, k: int, n: int) -> np.ndarray:
@@ -34,7 +34,7 @@ def positions(seed: int, k: int, n: int) -> np.ndarray:
     return lo + (h % span.astype(np.uint64)).astype(np.int64)
 
 
-class RandKCodec:
+class RandKCodec(SeededFloatCodec):
     """A ``ratio`` fraction of the entries at seed-derived positions, values as float32."""
 
     name = "randk"
@@ -43,13 +43,10 @@ class RandKCodec:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
         self.ratio = ratio
-        self._seeds = SeedStream(seed)
-
-    def supports(self, dtype: np.dtype) -> bool:
-        return np.dtype(dtype).kind == "f"
+        super().__init__(seed)
 
     def encode(self, x: np.ndarray, *, seed: int | None = None) -> Encoded:
-        seed = self._seeds.next() if seed is None else seed
+        seed = self._seed(seed)
         src = blocks.flat_f32(x)
         k = sparse.count_for(self.ratio, src.size)
         return Encoded(src[positions(seed, k, src.size)].tobytes(), {"k": k, "seed": seed})

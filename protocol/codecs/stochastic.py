@@ -12,11 +12,11 @@ import numpy as np
 from protocol.codecs import blocks, quant
 from protocol.codecs.base import Encoded, Params
 from protocol.codecs.checks import SEED_LIMIT, expect_keys, expect_length, float_dtype, int_param, numel
-from protocol.codecs.noise import SeedStream
+from protocol.codecs.noise import SeededFloatCodec
 from protocol.errors import MalformedPacket
 
 
-class QuantCodec:
+class QuantCodec(SeededFloatCodec):
     """Stochastically rounded ``levels.bits``-bit codes with one float32 scale per chunk.
 
     ``chunk`` trades scale overhead (4 bytes per chunk) against error (a smaller chunk
@@ -30,13 +30,10 @@ class QuantCodec:
         self.name = name
         self.levels = levels
         self.chunk = chunk
-        self._seeds = SeedStream(seed)
-
-    def supports(self, dtype: np.dtype) -> bool:
-        return np.dtype(dtype).kind == "f"
+        super().__init__(seed)
 
     def encode(self, x: np.ndarray, *, seed: int | None = None) -> Encoded:
-        seed = self._seeds.next() if seed is None else seed
+        seed = self._seed(seed)
         src = blocks.flat_f32(x)
         out = blocks.empty(self.levels.payload_bytes(src.size, self.chunk), np.uint8)
         quant.quantise(blocks.view(src), self.chunk, self.levels, seed, out)

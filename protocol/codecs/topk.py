@@ -21,11 +21,11 @@ import numpy as np
 from protocol.codecs import blocks, indices, quant, sparse
 from protocol.codecs.base import Encoded, Params
 from protocol.codecs.checks import SEED_LIMIT, expect_keys, expect_length, float_dtype, int_param, numel
-from protocol.codecs.noise import SeedStream
+from protocol.codecs.noise import SeededFloatCodec
 from protocol.errors import MalformedPacket
 
 
-class TopKCodec:
+class TopKCodec(SeededFloatCodec):
     """The ``ratio`` fraction of largest magnitudes, values as float32 or quantised.
 
     ``levels=None`` sends float32 values; otherwise values are quantised with
@@ -42,10 +42,7 @@ class TopKCodec:
         self.ratio = ratio
         self.levels = levels
         self.chunk = chunk
-        self._seeds = SeedStream(seed)
-
-    def supports(self, dtype: np.dtype) -> bool:
-        return np.dtype(dtype).kind == "f"
+        super().__init__(seed)
 
     def _keys(self) -> tuple[str, ...]:
         return ("k", "iw", "il") if self.levels is None else ("k", "iw", "il", "c", "seed")
@@ -54,7 +51,7 @@ class TopKCodec:
         return 4 * k if self.levels is None else self.levels.payload_bytes(k, chunk)
 
     def encode(self, x: np.ndarray, *, seed: int | None = None) -> Encoded:
-        seed = self._seeds.next() if seed is None else seed
+        seed = self._seed(seed)
         src = blocks.flat_f32(x)
         where = sparse.select(src, sparse.count_for(self.ratio, src.size), seed)
         values = src[where]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.runtime.membership import LoggedEvent, parse_event_line
+from peer.runtime.membership import read_events
 from peer.tools.procs import PeerProcess, wait_for
 
 PERIOD = 0.5
@@ -57,21 +57,11 @@ def start_swarm(launch, count: int) -> list[PeerProcess]:  # noqa: ANN001 - the 
     return peers
 
 
-def events(peers: list[PeerProcess]) -> list[LoggedEvent]:
-    out = []
-    for p in peers:
-        for line in p.log_path.read_text(errors="replace").splitlines():
-            event = parse_event_line(line)
-            if event is not None:
-                out.append(event)
-    return out
-
-
 def last_transition(observers: list[PeerProcess], subject: PeerProcess, new: str, since: float) -> float:
     """When the last of ``observers`` logged ``subject`` turning ``new`` (wall clock)."""
     ids = {p.peer_id for p in observers}
     first_per_observer: dict[str, float] = {}
-    for e in events(observers):
+    for e in read_events(p.log_path for p in observers):
         if e.address == subject.gossip_address and e.new == new and e.at >= since and e.observer in ids:
             first_per_observer[e.observer] = min(e.at, first_per_observer.get(e.observer, e.at))
     assert set(first_per_observer) == ids, f"no '{new}' event logged by {ids - set(first_per_observer)}"
@@ -127,7 +117,8 @@ def test_a_graceful_leave_is_seen_as_left_by_all_within_two_periods(launch, coun
     print(f"{count} peers: leave seen by all {len(others)} others {spread:.2f} s after it was announced")
     assert spread <= 2 * PERIOD, f"the leave took {spread:.2f} s to reach everyone (2 periods = {2 * PERIOD} s)"
     assert leaver.proc is not None and leaver.proc.wait(timeout=30) == 0
-    assert not any(e.new == "dead" for e in events(others) if e.address == leaver.gossip_address), \
+    assert not any(e.new == "dead" for e in read_events(p.log_path for p in others)
+                   if e.address == leaver.gossip_address), \
         "a peer that left was declared dead"
 
 
