@@ -122,6 +122,7 @@ class GossipEngine:
         self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
                              max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
         self.receiver = Receiver(max_links=max_links)
+        self.max_links = max_links
         # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
         self.replay_guard = ReplayGuard(max_senders=4 * max_links)
         # One link update at a time per link, in both directions (updates must stay in sequence).
