@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -65,6 +70,36 @@ async def serve(listen: str, hidden: int, layers: int, seed: int, codec: str) ->
     print(json.dumps({"address": address}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
     await server.stop(None)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(listen: str, hidden: int, layers: int, wrap: Sequence[str] = (), codec: str = "fp32",
+          seed: int = 2) -> tuple[subprocess.Popen[str], str]:
+    """Start an answering peer (``wrap``: e.g. ``ShapedLink.command([])``); it and its address."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([*wrap, sys.executable, "-m", "tests.exchange_peer", "--listen", listen,
+                             "--hidden", str(hidden), "--layers", str(layers), "--codec", codec, "--seed", str(seed)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the peer prints its address once it serves (or exits: "")
+    if not line:
+        proc.wait(timeout=10)
+        raise RuntimeError(f"exchange peer exited with {proc.returncode} before serving")
+    return proc, json.loads(line)["address"]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Resume (if stopped) and end an answering peer: closing its stdin ends it."""
+    proc.send_signal(signal.SIGCONT)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:

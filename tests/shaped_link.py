@@ -27,7 +27,7 @@ QUEUE_SECONDS = 0.05  # tbf's ``latency``: how long a packet may queue before it
 
 
 def tc(*args: str) -> None:
-    done = subprocess.run(["tc", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(["tc", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"tc {' '.join(args)}: {done.stderr.strip()}")
 
@@ -72,7 +72,7 @@ class ShapedLink:
     def unshape(self) -> None:
         for argv in (["tc", "qdisc", "del", "dev", self.host_link, "root"],
                      ["tc", "-n", self.namespace, "qdisc", "del", "dev", self.far_link, "root"]):
-            subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL)  # absent already is fine
+            subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # absent already is fine
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run at the far end."""

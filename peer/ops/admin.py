@@ -10,8 +10,8 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
-
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
+
 from peer.runtime.footprint import footprint
 from peer.runtime.gossip import LinkStats
 from protocol.deadlines import LinkEstimate

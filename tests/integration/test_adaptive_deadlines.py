@@ -10,48 +10,24 @@ stopped, and so that the link between the two is a real socket.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
 from peer.transport.grpc_transport import GossipClient
 from protocol.deadlines import DeadlinePolicy
-from tests.exchange_peer import build_engine
+from tests.exchange_peer import build_engine, spawn, stop
 
-ROOT = Path(__file__).resolve().parents[2]
 HIDDEN, LAYERS = 1000, 5  # 5.08M parameters: 20.3 MB in fp32
 OLD_FIXED_TIMEOUT = 10.0  # gossip_timeout's default before adaptive deadlines
 
 
 def start_peer(listen: str, wrap: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([*wrap, sys.executable, "-m", "tests.exchange_peer", "--listen", listen,
-                             "--hidden", str(HIDDEN), "--layers", str(LAYERS)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the peer prints its address once it serves (or exits: "")
-    if not line:
-        proc.wait(timeout=10)
-        raise RuntimeError(f"exchange peer exited with {proc.returncode} before serving")
-    return proc, json.loads(line)["address"]
-
-
-def stop_peer(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGCONT)
-    assert proc.stdin is not None
-    proc.stdin.close()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return spawn(listen, HIDDEN, LAYERS, wrap)
 
 
 @pytest.fixture
@@ -60,7 +36,7 @@ def loopback_peer() -> Iterator[tuple[subprocess.Popen[str], str]]:
     try:
         yield proc, address
     finally:
-        stop_peer(proc)
+        stop(proc)
 
 
 def test_a_sigstopped_partner_is_given_up_within_3_s_at_loopback_rtt(loopback_peer) -> None:
@@ -114,7 +90,7 @@ def test_a_large_model_on_a_slow_link_completes_where_the_fixed_timeout_cut_it()
 
             merged, elapsed, budget = asyncio.run(scenario())
         finally:
-            stop_peer(proc)
+            stop(proc)
     assert merged, "the exchange over the 10 Mbit/s link did not complete"
     assert elapsed > OLD_FIXED_TIMEOUT  # the old fixed timeout would have cut it
     # Measured now: the next exchange's deadline covers the time the bytes take, and a
