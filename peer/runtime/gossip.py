@@ -21,34 +21,19 @@ from peer.runtime.defence import Defence
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
 from peer.transport.errors import PartnerBusy, PartnerSlow
-from peer.transport.identity import (
-    AddressOwners,
-    Caller,
-    HostResolver,
-    Impersonation,
-    needs_lookup,
-    resolve_identity,
-)
+from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
+                                     resolve_identity)
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.deadlines import Budget, DeadlinePolicy, LinkEstimate
 from protocol.errors import Banned, Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
+from protocol.replay import ReplayGuard
 from protocol.membership import Member, MembershipView, MemberState
 from protocol.merge import Contribution, MergeRule
-from protocol.replay import ReplayGuard
 from protocol.sampling import choose_partner, choose_partners
-from protocol.wire import (
-    Buffer,
-    Limits,
-    Packet,
-    PacketHeader,
-    decode_packet,
-    encode_packet_parts,
-    fingerprint,
-    packet_size,
-    specs_of,
-)
+from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts, fingerprint,
+                           packet_size, specs_of)
 
 log = logging.getLogger(__name__)
 

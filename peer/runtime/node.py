@@ -26,34 +26,29 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from hearsay.v1 import admin_pb2_grpc, membership_pb2_grpc
 
+from hearsay.v1 import admin_pb2_grpc, membership_pb2_grpc
+from peer.runtime import checkpoint, logs
+from peer.ops.admin import ADMIN_PORT_SERVICES, AdminServicer
+from peer.transport.admission import Gate, limits_from_config
+from peer.ops.auth import BearerTokenInterceptor
+from peer.runtime.config import ConfigError, PeerConfig, did_you_mean, parse_option
 from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
-from peer.models import build_model
-from peer.ops.admin import ADMIN_PORT_SERVICES, AdminServicer
-from peer.ops.auth import BearerTokenInterceptor
-from peer.ops.metrics import NodeMetrics
-from peer.runtime import checkpoint, logs
-from peer.runtime.config import ConfigError, PeerConfig, did_you_mean, parse_option
 from peer.runtime.evaluation import policy_from_config
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.membership import MembershipEvents, MembershipRuntime
-from peer.runtime.trainer import Trainer, resolve_device
-from peer.runtime.validation import Validator, make_validator, split_validation
-from peer.transport.admission import Gate, limits_from_config
-from peer.transport.channels import channel_credentials
-from peer.transport.grpc_transport import (
-    NO_REUSEPORT,
-    GossipClient,
-    GossipServicer,
-    server_options,
-)
-from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
-from peer.transport.keyring_file import KeyringFile
-from peer.transport.membership_grpc import MembershipClient, MembershipServicer
+from peer.ops.metrics import NodeMetrics
 from peer.transport.ports import StartError, check_port_free
+from peer.models import build_model
+from peer.runtime.trainer import Trainer, resolve_device
+from peer.transport.channels import channel_credentials
+from peer.transport.grpc_transport import NO_REUSEPORT, GossipClient, GossipServicer, server_options
+from peer.transport.keyring_file import KeyringFile
+from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
+from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
+from peer.runtime.validation import Validator, make_validator, split_validation
 from protocol.deadlines import DeadlinePolicy
 from protocol.membership import StaticMembership, Swim, SwimConfig
 from protocol.merge import LossCheckedRule, MergeRule, make_rule
