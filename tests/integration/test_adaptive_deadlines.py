@@ -62,6 +62,7 @@ def test_a_sigstopped_partner_is_given_up_within_3_s_at_loopback_rtt(loopback_pe
         return elapsed, budget.idle
 
     elapsed, idle = asyncio.run(scenario())
+    print(f"stopped partner given up after {elapsed:.2f} s (idle limit {idle:.2f} s)")
     assert idle < 3.0
     assert elapsed < 3.0, f"a stopped partner took {elapsed:.2f} s to give up"
 
@@ -89,6 +90,7 @@ def test_a_large_model_on_a_slow_link_completes_where_the_fixed_timeout_cut_it()
                 return merged, elapsed, engine.budget(address, engine.dense_bytes)
 
             merged, elapsed, budget = asyncio.run(scenario())
+            print(f"20 MB at 10 Mbit/s: {elapsed:.1f} s; next deadline {budget.total:.1f} s, idle {budget.idle:.2f} s")
         finally:
             stop(proc)
     assert merged, "the exchange over the 10 Mbit/s link did not complete"
