@@ -528,6 +528,9 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         # What one push-pull adds over the peer's steady state (its link's replicas made).
         "exchange_added_rss_over_model": (steady_hwm - peers["steady_rss"]) / nbytes,
         "steady_rss_bytes": peers["steady_rss"],
+        # Of it, the keyframe exchanges alone (the deltas ran after them; the mark is cumulative).
+        "keyframe_added_rss_over_model": (max([k["server"]["hwm"] for k in kf[1:]] or [peers["steady_rss"]])
+                                          - peers["steady_rss"]) / nbytes,
         "peak_rss_bytes": hwm,
         "baseline_rss_bytes": baseline,
         "setup_rss_bytes": hello["setup_rss"],
