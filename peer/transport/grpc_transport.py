@@ -255,10 +255,12 @@ class GossipClient:
             metadata += ((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REQUEST, packet)),)
         loop = asyncio.get_running_loop()
         waiting = [budget.idle]  # the limit of the current wait, for the message
+        active = [True]  # gRPC's request task may ask for the next frame after we are done
         async with asyncio.timeout(loop.time() + budget.idle) as guard:
             def progress(allowance: float) -> None:
-                waiting[0] = allowance
-                guard.reschedule(loop.time() + allowance)
+                if active[0]:
+                    waiting[0] = allowance
+                    guard.reschedule(loop.time() + allowance)
 
             frames = _watched_request(to_raw_frames(packet), lambda: progress(budget.idle),
                                       lambda: progress(budget.answer))
@@ -284,6 +286,8 @@ class GossipClient:
                     raise PartnerGone(grpc.StatusCode.DEADLINE_EXCEEDED,
                                       f"no progress for {waiting[0]:.2f} s") from None
                 raise
+            finally:
+                active[0] = False
         raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
     async def forget(self, address: str) -> None:
