@@ -6,7 +6,8 @@ its full length for a partner that died. So an exchange gets two limits, sized p
 * ``idle``: the longest time without progress (no frame written or read). A live
   partner moves a frame every ``frame_bytes / rate`` seconds plus a round trip; a dead
   (crashed, SIGSTOPped, partitioned) one moves nothing, and is given up after
-  ``idle_rtts`` round trips (never under ``idle_floor``), whatever the model's size.
+  ``idle_rtts`` round trips plus one frame's time (never under ``idle_floor``), whatever
+  the model's size.
 * ``total``: the whole exchange, a backstop against a partner that trickles. It is
   ``safety`` times the expected time ``rtt + bytes / rate``, clamped to
   ``[floor, ceiling]``. ``answer`` bounds the partner's silence between our last frame
@@ -108,8 +109,8 @@ class LinkEstimate:
         """The limits of an exchange moving at most ``nbytes`` (both ways) on this link."""
         rate = self.rate if self.rate is not None else policy.assumed_rate
         rtt = self.rtt if self.rtt is not None else 0.0
-        idle = clamp(policy.idle_rtts * rtt + policy.safety * policy.frame_bytes / rate,
-                     policy.idle_floor, policy.ceiling)
+        step = min(policy.frame_bytes, nbytes)  # a small packet moves in one step smaller than a frame
+        idle = clamp(policy.idle_rtts * rtt + policy.safety * step / rate, policy.idle_floor, policy.ceiling)
         expected = rtt + nbytes / rate
         total = clamp(policy.safety * expected + idle, policy.floor, policy.ceiling)
         answer = min(idle + policy.safety * expected, total)

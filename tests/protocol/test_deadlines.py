@@ -74,6 +74,10 @@ def test_an_unmeasured_link_is_sized_at_the_assumed_rate() -> None:
     b = LinkEstimate().budget(POLICY, 4 * MB)
     assert b.total == pytest.approx(POLICY.safety * 4 * MB / POLICY.assumed_rate + b.idle)
     assert b.idle == pytest.approx(POLICY.safety * POLICY.frame_bytes / POLICY.assumed_rate)
+    # A packet smaller than a frame is waited for as long as it takes, not a frame's time.
+    small = LinkEstimate().budget(POLICY, 64 << 10)
+    assert small.idle == pytest.approx(max(POLICY.idle_floor, POLICY.safety * (64 << 10) / POLICY.assumed_rate))
+    assert small.idle < b.idle
 
 
 def test_the_rtt_falls_at_once_and_rises_slowly() -> None:
