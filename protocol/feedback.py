@@ -217,6 +217,12 @@ class _Lru:
         with self._lock:
             return list(self._items)
 
+    def held_bytes(self) -> dict[str, int]:
+        """key -> bytes of the arrays its item's ``replica`` holds."""
+        with self._lock:
+            items = list(self._items.items())
+        return {key: sum(x.nbytes for x in getattr(item, "replica", {}).values()) for key, item in items}
+
 
 @dataclass
 class _SenderLink:
@@ -360,6 +366,10 @@ class Sender:
         """Links with a replica, least recently used first."""
         return self._links.keys()
 
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes each link's replica holds (at most ``max_links`` links)."""
+        return self._links.held_bytes()
+
 
 @dataclass
 class _ReceiverLink:
@@ -421,3 +431,7 @@ class Receiver:
 
     def links(self) -> list[str]:
         return self._links.keys()
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes each link's copy holds (at most ``max_links`` links)."""
+        return self._links.held_bytes()

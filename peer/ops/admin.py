@@ -10,9 +10,11 @@ import grpc
 import torch
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
-
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
+
+from peer.runtime.footprint import footprint
 from peer.runtime.gossip import LinkStats
+from protocol.deadlines import LinkEstimate
 from protocol.wire import FRAME_BYTES
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ def _report(entry: tuple[dict, float] | None, now: float) -> admin_pb2.PeerRepor
         age_seconds=now - at)
 
 
+def _rate(estimate: LinkEstimate | None) -> float:
+    return estimate.rate if estimate is not None and estimate.rate is not None else -1.0
+
+
 LIST_PEERS_MAX = 4096  # ~150 bytes a row: well inside the 4 MiB default message limit
 
 
@@ -61,6 +67,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         g = node.engine.stats
         knobs = node.knobs()
         resumed_from, resumed_step, resumed_digest = node.resumed or ("", 0, "")
+        memory = footprint(node.engine)
         return admin_pb2.StatusResponse(
             peer_id=node.peer_id, gossip_address=node.address, steps=t.steps,
             accuracy=t.accuracy, loss=t.loss, known_peers=len(node.membership.live()),
@@ -74,7 +81,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             last_checkpoint=str(node.last_checkpoint.path) if node.last_checkpoint else "",
             last_checkpoint_step=node.last_checkpoint_step, checkpoint_age_seconds=node.checkpoint_age(),
             resumed_from=resumed_from, resumed_step=resumed_step, resumed_digest=resumed_digest,
-            leaving=node.leaving, bootstrapped_from=node.bootstrapped_from, fanout=node.engine.fanout)
+            leaving=node.leaving, bootstrapped_from=node.bootstrapped_from, fanout=node.engine.fanout,
+            memory_model_bytes=memory.model, memory_optimizer_bytes=memory.optimizer,
+            memory_sender_bytes=memory.sender_total, memory_receiver_bytes=memory.receiver_total,
+            sender_links=len(memory.sender), receiver_links=len(memory.receiver), max_links=memory.max_links,
+            memory_bound_bytes=memory.bound)
 
     async def ListPeers(self, request: admin_pb2.ListPeersRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:
@@ -86,6 +97,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         # limit): live members first, then the rest, LIST_PEERS_MAX in all. Reading
         # never creates a link entry.
         members = sorted(node.membership.members(), key=lambda m: not m.live)[:LIST_PEERS_MAX]
+        memory = footprint(node.engine)
         for m in members:
             link = node.engine.links.get(m.address) or LinkStats()
             score, banned, reason = node.engine.defence.standing(m.address)
@@ -98,7 +110,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 incarnation=node.membership.incarnation_of(m.address) or 0,
                 rtt_ms=link.rtt * 1000.0 if link.rtt is not None else -1.0,
                 report=_report(node.engine.reports.get(m.address), now),
-                reputation=score, banned=banned, reputation_reason=reason))
+                reputation=score, banned=banned, reputation_reason=reason,
+                sender_replica_bytes=memory.sender.get(m.address, 0),
+                receiver_copy_bytes=memory.receiver.get(m.address, 0),
+                rate_bytes_per_second=_rate(node.engine.estimates.get(m.address)),
+                exchange_deadline_seconds=node.engine.budget(m.address, node.engine.dense_bytes).total))
         return admin_pb2.ListPeersResponse(peers=peers)
 
     async def GetMetrics(self, request: admin_pb2.GetMetricsRequest,

@@ -28,6 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from peer.runtime.footprint import footprint
+
 if TYPE_CHECKING:
     from peer.ops.view import NodeView
 
@@ -90,6 +92,20 @@ class _NodeCollector(Collector):
                                 "Learning).", value=node.engine.fanout)
         yield GaugeMetricFamily("hearsay_compression_ratio", "fp32 model bytes / packet bytes of the last packet sent.",
                                 value=g.compression_ratio)
+        memory = footprint(node.engine)
+        m = GaugeMetricFamily("hearsay_memory_bytes", "Steady-state memory by component: model, optimizer, the "
+                              "sender replicas and the receiver copies of all links.", labels=["component"])
+        for component, n in (("model", memory.model), ("optimizer", memory.optimizer),
+                             ("sender_replicas", memory.sender_total), ("receiver_copies", memory.receiver_total)):
+            m.add_metric([component], n)
+        yield m
+        yield GaugeMetricFamily("hearsay_memory_bound_bytes", "What the steady state can never exceed: model + "
+                                "optimizer + 2 * max_links * model.", value=memory.bound)
+        m = GaugeMetricFamily("hearsay_memory_links", "Links with a replica kept, by side (at most max_links each).",
+                              labels=["side"])
+        m.add_metric(["sender"], len(memory.sender))
+        m.add_metric(["receiver"], len(memory.receiver))
+        yield m
         yield CounterMetricFamily("hearsay_train_steps", "Local optimiser steps.", value=t.steps)
         yield GaugeMetricFamily("hearsay_test_accuracy", "Test accuracy at the last evaluation.", value=t.accuracy)
         yield GaugeMetricFamily("hearsay_train_loss", "Mean training loss over the last evaluation window.",

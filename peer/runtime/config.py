@@ -150,7 +150,8 @@ class PeerConfig:
                                     lo=0, hi=2**53)
     gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.",
                                   lo=0.001, hi=3600.0, seconds=True)
-    gossip_timeout: float = _opt(10.0, "Seconds an exchange may take before it is abandoned.",
+    gossip_timeout: float = _opt(300.0, "Most seconds an exchange may take: the ceiling of its deadline, which "
+                                        "otherwise follows the link's measured rate and RTT (exchange_* options).",
                                  lo=0.01, hi=3600.0, seconds=True)
     fanout: int = _opt(1, "Exchanges started per gossip interval. Above 1: Epidemic Learning (de Vos et al. "
                           "2023): models received since the last round are merged at once, in one merge, "
@@ -175,6 +176,20 @@ class PeerConfig:
                           lo=1, hi=1 << 20)
     max_packet_mb: float = _opt(256.0, "Largest packet accepted from a peer, in MiB.",
                                 lo=0.0, hi=16384.0, lo_open=True)
+    # Per-link exchange deadlines (protocol/deadlines.py): total = safety x (rtt + bytes / rate),
+    # clamped to [exchange_deadline_floor, gossip_timeout]; no progress for the idle limit gives up.
+    exchange_deadline_floor: float = _opt(2.0, "Least seconds an exchange is given in all, however fast its link.",
+                                          lo=0.01, hi=3600.0, seconds=True)
+    exchange_idle_floor: float = _opt(1.0, "Least seconds without progress (no frame written or read) before an "
+                                           "exchange is given up: a dead partner costs about this, not its deadline.",
+                                      lo=0.01, hi=3600.0, seconds=True)
+    exchange_idle_rtts: float = _opt(4.0, "Seconds without progress allowed, in round trips of the link (plus the "
+                                          "time one frame takes at its measured rate).", lo=0.5, hi=1000.0)
+    exchange_deadline_safety: float = _opt(3.0, "An exchange's deadline, as a multiple of the time its bytes take "
+                                                "at the link's measured rate and RTT.", lo=1.0, hi=100.0)
+    exchange_assumed_rate_kb: float = _opt(128.0, "Rate, in KiB/s, assumed of a link before its first exchange "
+                                                  "is measured (the slowest link a first exchange fits).",
+                                           lo=1.0, hi=1e8)
     # --- inbound limits (peer/transport/admission.py): what a peer's inbound exchanges may cost it
     stream_idle_timeout: float = _opt(5.0, "Longest pause, in seconds, between two frames of an inbound packet "
                                            "(and before its first); longer ends the exchange as stalled.",

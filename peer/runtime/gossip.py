@@ -20,11 +20,12 @@ import numpy as np
 from peer.runtime.defence import Defence
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
-from peer.transport.errors import PartnerBusy
+from peer.transport.errors import PartnerBusy, PartnerSlow
 from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
                                      resolve_identity)
 from protocol import codecs
 from protocol.codecs.base import Codec
+from protocol.deadlines import Budget, DeadlinePolicy, LinkEstimate
 from protocol.errors import Banned, Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
@@ -63,10 +64,11 @@ class LinkBusy(Refusal):
 
     reason = "busy"
 
-# exchange(address, packet, timeout) -> reply packet; raises peer.transport.errors.ExchangeRefused
-# (PartnerBusy, PartnerGone) on refusal or an unreachable partner.
-# The packet is one buffer or a sequence of buffers to send one after the other.
-Exchange = Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[Buffer]]
+# exchange(address, packet, budget) -> reply packet; raises peer.transport.errors.ExchangeRefused
+# (PartnerBusy, PartnerGone, PartnerSlow) on refusal, an unreachable or silent partner, or a
+# missed deadline. The packet is one buffer or a sequence of buffers to send one after the
+# other; the budget (protocol.deadlines.Budget) holds the exchange's limits.
+Exchange = Callable[[str, Buffer | Sequence[Buffer], Budget], Awaitable[Buffer]]
 
 
 @dataclass
@@ -106,7 +108,7 @@ class GossipEngine:
                  merge_rule: MergeRule, codec: str, limits: Limits, rng: random.Random,
                  interval: float, timeout: float, clock: Callable[[], float] = time.monotonic,
                  topk_ratio: float = 0.01, keyframe_codec: str = "fp32", error_feedback: bool = True,
-                 max_links: int = 64, small_codec: str = "fp32") -> None:
+                 max_links: int = 64, small_codec: str = "fp32", deadlines: DeadlinePolicy | None = None) -> None:
         self.peer_id = peer_id
         self.address = address
         self.trainer = trainer
@@ -120,6 +122,7 @@ class GossipEngine:
         self.sender = Sender(self._policy(codec), keyframe_policy=codecs.policy(keyframe_codec),
                              max_links=max_links, rng=random.Random(rng.getrandbits(64)), feedback=error_feedback)
         self.receiver = Receiver(max_links=max_links)
+        self.max_links = max_links
         # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
         self.replay_guard = ReplayGuard(max_senders=4 * max_links)
         # One link update at a time per link, in both directions (updates must stay in sequence).
@@ -131,6 +134,10 @@ class GossipEngine:
         self._interval_changed = asyncio.Event()
         self.interval = interval
         self.timeout = timeout
+        # Per-link deadlines from measured rate and RTT (protocol/deadlines.py); without a
+        # policy every exchange gets the fixed ``timeout`` (simulations, tests).
+        self.deadlines = deadlines if deadlines is not None else DeadlinePolicy.fixed(timeout)
+        self.estimates: dict[str, LinkEstimate] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
         self.clock = clock
         self.specs = specs_of(trainer.state())
         self.fingerprint = fingerprint(self.specs)
@@ -368,10 +375,12 @@ class GossipEngine:
         if self.defence.is_banned(self.who(link)):  # pick_partner skips banned peers; this covers other callers
             return False
         own = await asyncio.to_thread(self.own_packet_parts, link, False)
+        estimate = self.estimates.setdefault(link, LinkEstimate())
         try:
             started = time.perf_counter()
-            reply = await exchange(link, own, self.timeout)
+            reply = await exchange(link, own, self.budget(link, packet_size(own)))
             rtt = time.perf_counter() - started
+            estimate.observe(packet_size(own) + len(reply), rtt)
             packet = await asyncio.to_thread(self.decode, reply)
         except Refusal as e:
             self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
@@ -388,6 +397,8 @@ class GossipEngine:
             return False
         except Exception as e:  # noqa: BLE001 - unreachable or refusing partner: count, move on
             self.sender.invalidate(link)  # our update may or may not have arrived: restart the link
+            if isinstance(e, PartnerSlow):
+                estimate.missed(self.deadlines)  # the next exchange on this link gets twice the time
             log.info("exchange with %s failed: %s", link, e)
             self._fail(member)
             return False
@@ -410,6 +421,12 @@ class GossipEngine:
         if self.on_exchange is not None:
             self.on_exchange(rtt)
         return True
+
+    def budget(self, link: str, sending: int) -> Budget:
+        """The limits of an exchange that sends ``sending`` bytes on ``link``: sized for a
+        reply as large as a dense keyframe of our model (a partner may restart the link)."""
+        estimate = self.estimates.get(link) or LinkEstimate()
+        return estimate.budget(self.deadlines, sending + self.dense_bytes)
 
     def _fail(self, member: Member) -> None:
         self.link(member.address).failures += 1
@@ -442,7 +459,7 @@ class GossipEngine:
             async with self._lock(link):
                 own = await asyncio.to_thread(self.own_packet, link, False, 0)
                 try:
-                    reply = await exchange(link, own, self.timeout)
+                    reply = await exchange(link, own, self.budget(link, len(own)))
                     packet = await asyncio.to_thread(self.decode, reply)
                 except Exception as e:  # noqa: BLE001 - try the next candidate
                     self.sender.invalidate(link)

@@ -49,6 +49,7 @@ from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
 from peer.runtime.validation import Validator, make_validator, split_validation
+from protocol.deadlines import DeadlinePolicy
 from protocol.membership import StaticMembership, Swim, SwimConfig
 from protocol.merge import LossCheckedRule, MergeRule, make_rule
 from protocol.reputation import Reputation
@@ -269,7 +270,11 @@ class Node:
             limits=Limits(max_packet_bytes=self._max_packet_bytes()), rng=random.Random(cfg.seed),
             interval=cfg.gossip_interval, timeout=cfg.gossip_timeout, clock=self.clock,
             topk_ratio=cfg.topk_ratio, keyframe_codec=cfg.keyframe_codec, error_feedback=cfg.error_feedback,
-            max_links=cfg.max_links, small_codec=cfg.small_codec)
+            max_links=cfg.max_links, small_codec=cfg.small_codec,
+            deadlines=DeadlinePolicy(floor=min(cfg.exchange_deadline_floor, cfg.gossip_timeout),
+                                     ceiling=cfg.gossip_timeout, idle_floor=cfg.exchange_idle_floor,
+                                     idle_rtts=cfg.exchange_idle_rtts, safety=cfg.exchange_deadline_safety,
+                                     assumed_rate=cfg.exchange_assumed_rate_kb * 1024))
         self.engine.fanout = cfg.fanout
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe

@@ -105,7 +105,15 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"bytes in/out  {s.bytes_received} / {s.bytes_sent}",
         f"model         version {s.model_version}, digest {s.model_digest[:16]}",
         f"uptime        {s.uptime_seconds:.1f} s",
+        f"memory        model {_mb(s.memory_model_bytes)}, optimizer {_mb(s.memory_optimizer_bytes)}, "
+        f"sender replicas {_mb(s.memory_sender_bytes)} ({s.sender_links} links), "
+        f"receiver copies {_mb(s.memory_receiver_bytes)} ({s.receiver_links} links); "
+        f"bound {_mb(s.memory_bound_bytes)} at max_links {s.max_links}",
     ]
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

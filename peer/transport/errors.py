@@ -33,10 +33,15 @@ class PartnerGone(ExchangeRefused):
     """The partner could not be reached, or did not answer in time."""
 
 
+class PartnerSlow(PartnerGone):
+    """The exchange's total deadline passed while the partner was still at it: the link
+    is slower than estimated (protocol/deadlines.py backs its estimate off)."""
+
+
 # Which failures mean what, by status name: the one table both transports use.
 _KIND_BY_NAME: dict[str, type[ExchangeRefused]] = {
     "ABORTED": PartnerBusy, "RESOURCE_EXHAUSTED": PartnerBusy,
-    "UNAVAILABLE": PartnerGone, "DEADLINE_EXCEEDED": PartnerGone,
+    "UNAVAILABLE": PartnerGone, "DEADLINE_EXCEEDED": PartnerSlow,
 }
 
 

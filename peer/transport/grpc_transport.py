@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import grpc
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.transport import admission
 from peer.transport.admission import Gate
-from peer.transport.errors import exchange_error
+from peer.transport.errors import PartnerGone, exchange_error
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
 from peer.transport.frames import (
     PACKET_BYTES_KEY,
     Buffer,
+    RawFrame,
     packet_size,
     parse_declared,
     parse_frame,
@@ -31,6 +32,7 @@ from peer.transport.frames import (
     to_raw_frames,
 )
 from protocol import errors, replay
+from protocol.deadlines import Budget
 from protocol.keyring import EXCHANGE_REPLY, EXCHANGE_REQUEST, TAG_METADATA_KEY, Keyring, Unauthenticated
 from protocol.membership.wire import MembershipLimits
 from protocol.wire import FRAME_BYTES
@@ -235,31 +237,78 @@ class GossipClient:
         return channel.stream_stream(EXCHANGE_METHOD, request_serializer=serialize_frame,
                                      response_deserializer=parse_frame)
 
-    async def exchange(self, address: str, packet: Buffer | Sequence[Buffer], timeout: float) -> bytearray:
+    async def exchange(self, address: str, packet: Buffer | Sequence[Buffer],
+                       timeout: float | Budget) -> bytearray:
         """Send ``packet`` (bytes-like, or a sequence of buffers sent one after the other)
-        to ``address`` and return the packet it answers with, as one buffer."""
+        to ``address`` and return the packet it answers with, as one buffer.
+
+        ``timeout`` is a ``protocol.deadlines.Budget`` (or seconds for all its limits):
+        gRPC enforces its total; a watchdog gives the exchange up as ``PartnerGone`` when
+        no frame is written or read for ``idle`` seconds, or the partner's first reply
+        frame comes ``answer`` seconds after our last frame (a dead partner, not a slow one)."""
+        budget = Budget.of(timeout)
         # The size is declared up front so that the callee can refuse an oversize packet
         # before reading it, and pace our stream against it (peer/transport/admission.py).
         keyring = self.keyring() if self.keyring is not None else None
         metadata: tuple[tuple[str, str], ...] = ((PACKET_BYTES_KEY, str(packet_size(packet))),)
         if keyring is not None:
             metadata += ((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REQUEST, packet)),)
-        call = self._exchange_method(address)(to_raw_frames(packet), timeout=timeout, metadata=metadata)
-        try:
-            reply = await read_packet(call, self._max_packet_bytes)
-            if keyring is not None:  # a reply that does not verify is refused before it is decoded
-                keyring.verify(EXCHANGE_REPLY, reply, dict(await call.initial_metadata() or ()).get(TAG_METADATA_KEY))
-            return reply
-        except grpc.aio.AioRpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                await self.forget(address)  # a fresh channel next time, not one stuck in backoff
-            raise exchange_error(e.code(), e.details() or "") from None
-        except errors.Refusal:
-            call.cancel()
-            raise
+        loop = asyncio.get_running_loop()
+        waiting = [budget.idle]  # the limit of the current wait, for the message
+        active = [True]  # gRPC's request task may ask for the next frame after we are done
+        async with asyncio.timeout(loop.time() + budget.idle) as guard:
+            def progress(allowance: float) -> None:
+                if active[0]:
+                    waiting[0] = allowance
+                    guard.reschedule(loop.time() + allowance)
+
+            frames = _watched_request(to_raw_frames(packet), lambda: progress(budget.idle),
+                                      lambda: progress(budget.answer))
+            call = self._exchange_method(address)(frames, timeout=budget.total, metadata=metadata)
+            try:
+                reply = await read_packet(_watched_reply(call, lambda: progress(budget.idle)),
+                                          self._max_packet_bytes)
+                if keyring is not None:  # a reply that does not verify is refused before it is decoded
+                    keyring.verify(EXCHANGE_REPLY, reply,
+                                   dict(await call.initial_metadata() or ()).get(TAG_METADATA_KEY))
+                return reply
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    await self.forget(address)  # a fresh channel next time, not one stuck in backoff
+                raise exchange_error(e.code(), e.details() or "") from None
+            except errors.Refusal:
+                call.cancel()
+                raise
+            except asyncio.CancelledError:
+                call.cancel()
+                if guard.expired():
+                    await self.forget(address)
+                    raise PartnerGone(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"no progress for {waiting[0]:.2f} s") from None
+                raise
+            finally:
+                active[0] = False
+        raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
 
     async def forget(self, address: str) -> None:
         await self._pool.forget(address)
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def _watched_request(frames: Iterator[RawFrame], sent: Callable[[], None],
+                     done: Callable[[], None]) -> Iterator[RawFrame]:
+    """``frames``, calling ``sent`` each time gRPC asks for the next one (it has written
+    the one before) and ``done`` once the last is written (the partner's turn)."""
+    for frame in frames:
+        sent()
+        yield frame
+    done()
+
+
+async def _watched_reply(call: AsyncIterator[RawFrame], received: Callable[[], None]) -> AsyncIterator[RawFrame]:
+    """The reply's frames, calling ``received`` as each arrives."""
+    async for frame in call:
+        received()
+        yield frame

@@ -25,6 +25,7 @@ import grpc
 from peer.transport.errors import exchange_error
 from peer.transport.grpc_transport import InboundHandler, status_for
 from protocol import errors
+from protocol.deadlines import Budget
 from protocol.wire import Buffer, packet_size
 
 
@@ -62,9 +63,10 @@ class MemoryNetwork:
         """A peer that is down answers nothing (a crashed process: UNAVAILABLE)."""
         self._endpoints[address].up = up
 
-    def client(self, address: str) -> Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[bytearray]]:
+    def client(self, address: str) -> Callable[[str, Buffer | Sequence[Buffer], float | Budget],
+                                                Awaitable[bytearray]]:
         """The ``Exchange`` callable of the peer at ``address`` (``GossipEngine.exchange_with``'s argument)."""
-        async def exchange(dst: str, packet: Buffer | Sequence[Buffer], timeout: float) -> bytearray:
+        async def exchange(dst: str, packet: Buffer | Sequence[Buffer], timeout: float | Budget) -> bytearray:
             return await self.exchange(address, dst, packet, timeout)
         return exchange
 
@@ -84,14 +86,18 @@ class MemoryNetwork:
         for observe in self.observers:
             observe(src, dst, size, reply, event)
 
-    async def exchange(self, src: str, dst: str, packet: Buffer | Sequence[Buffer], timeout: float) -> bytearray:
+    async def exchange(self, src: str, dst: str, packet: Buffer | Sequence[Buffer],
+                       timeout: float | Budget) -> bytearray:
+        """``timeout`` (seconds, or a ``protocol.deadlines.Budget``): a lost message costs
+        its total, as a gRPC deadline would."""
+        total = Budget.of(timeout).total
         endpoint = self._endpoints.get(dst)
         size = packet_size(packet)
         if endpoint is None or not endpoint.up:
             raise exchange_error(grpc.StatusCode.UNAVAILABLE, f"{dst} is not reachable")
         if size > self.max_packet_bytes:  # the gRPC callee refuses a declared oversize packet unread
             raise exchange_error(grpc.StatusCode.RESOURCE_EXHAUSTED, f"packet of {size} bytes is too large")
-        await self._leg(src, dst, size, False, timeout)
+        await self._leg(src, dst, size, False, total)
         if not endpoint.up:  # crashed while the packet was in flight
             raise exchange_error(grpc.StatusCode.UNAVAILABLE, f"{dst} went down")
         try:
@@ -102,7 +108,7 @@ class MemoryNetwork:
             code = grpc.StatusCode.ABORTED if e.reason == "busy" else status_for(e)
             raise exchange_error(code, f"packet refused ({e.reason}): {e.message}") from None
         answer = bytearray().join(_parts(reply))
-        await self._leg(dst, src, len(answer), True, timeout)
+        await self._leg(dst, src, len(answer), True, total)
         return answer
 
 

@@ -11,7 +11,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from", "fanout")
+    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from", "fanout", "memory_model_bytes", "memory_optimizer_bytes", "memory_sender_bytes", "memory_receiver_bytes", "sender_links", "receiver_links", "max_links", "memory_bound_bytes")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,14 @@ class StatusResponse(_message.Message):
     LEAVING_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAPPED_FROM_FIELD_NUMBER: _ClassVar[int]
     FANOUT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_OPTIMIZER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SENDER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RECEIVER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SENDER_LINKS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_LINKS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LINKS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BOUND_BYTES_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     gossip_address: str
     steps: int
@@ -76,7 +84,15 @@ class StatusResponse(_message.Message):
     leaving: bool
     bootstrapped_from: str
     fanout: int
-    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ..., fanout: _Optional[int] = ...) -> None: ...
+    memory_model_bytes: int
+    memory_optimizer_bytes: int
+    memory_sender_bytes: int
+    memory_receiver_bytes: int
+    sender_links: int
+    receiver_links: int
+    max_links: int
+    memory_bound_bytes: int
+    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ..., fanout: _Optional[int] = ..., memory_model_bytes: _Optional[int] = ..., memory_optimizer_bytes: _Optional[int] = ..., memory_sender_bytes: _Optional[int] = ..., memory_receiver_bytes: _Optional[int] = ..., sender_links: _Optional[int] = ..., receiver_links: _Optional[int] = ..., max_links: _Optional[int] = ..., memory_bound_bytes: _Optional[int] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
@@ -101,7 +117,7 @@ class PeerReport(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., exchanges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., age_seconds: _Optional[float] = ...) -> None: ...
 
 class PeerInfo(_message.Message):
-    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures", "incarnation", "rtt_ms", "report", "reputation", "banned", "reputation_reason")
+    __slots__ = ("peer_id", "address", "state", "last_contact_seconds_ago", "exchanges", "merges", "bytes_sent", "bytes_received", "source", "failures", "incarnation", "rtt_ms", "report", "reputation", "banned", "reputation_reason", "sender_replica_bytes", "receiver_copy_bytes", "rate_bytes_per_second", "exchange_deadline_seconds")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +134,10 @@ class PeerInfo(_message.Message):
     REPUTATION_FIELD_NUMBER: _ClassVar[int]
     BANNED_FIELD_NUMBER: _ClassVar[int]
     REPUTATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    SENDER_REPLICA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_COPY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RATE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     address: str
     state: str
@@ -134,7 +154,11 @@ class PeerInfo(_message.Message):
     reputation: float
     banned: bool
     reputation_reason: str
-    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ..., incarnation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., report: _Optional[_Union[PeerReport, _Mapping]] = ..., reputation: _Optional[float] = ..., banned: _Optional[bool] = ..., reputation_reason: _Optional[str] = ...) -> None: ...
+    sender_replica_bytes: int
+    receiver_copy_bytes: int
+    rate_bytes_per_second: float
+    exchange_deadline_seconds: float
+    def __init__(self, peer_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., last_contact_seconds_ago: _Optional[float] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., source: _Optional[str] = ..., failures: _Optional[int] = ..., incarnation: _Optional[int] = ..., rtt_ms: _Optional[float] = ..., report: _Optional[_Union[PeerReport, _Mapping]] = ..., reputation: _Optional[float] = ..., banned: _Optional[bool] = ..., reputation_reason: _Optional[str] = ..., sender_replica_bytes: _Optional[int] = ..., receiver_copy_bytes: _Optional[int] = ..., rate_bytes_per_second: _Optional[float] = ..., exchange_deadline_seconds: _Optional[float] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
