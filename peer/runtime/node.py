@@ -347,7 +347,9 @@ class Node:
         cfg = self.config
         if cfg.membership == "static":
             return StaticMembership(self.address)
-        swim_config = SwimConfig.for_period(cfg.probe_period)
+        # With a keyring or mTLS every membership message is authenticated: a relayed Leave is believed.
+        swim_config = SwimConfig.for_period(cfg.probe_period,
+                                            authenticated=self.keyring is not None or self.tls is not None)
         # Seeded per peer so runs repeat, distinct per address so peers do not probe in lockstep.
         swim = Swim(self.address, self.peer_id, rng=random.Random(f"{cfg.seed}/{self.address}"), config=swim_config)
         # Push-pull carries the whole member table and is off the detector's critical path: more time than a ping.
