@@ -48,7 +48,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -87,6 +87,7 @@ RULES: dict[str, RuleSpec] = {
     "bristle+loss10+rep": RuleSpec("bristle", reputation=True, validate=True, validation_split=0.1),
     "vc+rep": RuleSpec("vc", reputation=True),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
+    "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),
     "bristle+loss+rep/own": RuleSpec("bristle", reputation=True, validate=True, shared_init=False),
 }
