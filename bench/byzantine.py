@@ -23,10 +23,11 @@ attackers only, 40 rounds (under 10 minutes on 2 cores); at 20 rounds the swarm 
 still learning and the ranking of close results was not stable (measured: a
 perfect defence then ended 3.6 points under no attack, at 40 rounds 0.9).
 
-Setting notes. All peers start from a shared initialisation (the same ``--seed`` on
-every daemon): with independent initialisations every honest model is, in the first
-rounds, as far from ours as an attacker's, and no distance-based rule can tell them
-apart (measured: clip-vc and bristle-vc fall to 10-30 % under sign-flip from
+Setting notes. All peers start from a shared initialisation, seeded from the cluster
+name as the daemon's default ``init = shared`` does (rules ending ``/own`` give each peer
+its own, the daemon's ``init = own``): with independent initialisations every honest
+model is, in the first rounds, as far from ours as an attacker's, and no distance-based
+rule can tell them apart (measured: clip-vc and bristle-vc fall to 10-30 % under sign-flip from
 independent inits). Attackers are the last peers (their shards are lost to the swarm
 in every run with attackers, which costs the honest peers a little even when the
 defence is perfect). ``bristle+rep`` is ``bristle`` with per-peer reputation
@@ -34,6 +35,8 @@ defence is perfect). ``bristle+rep`` is ``bristle`` with per-peer reputation
 ``bristle+loss+rep`` adds the loss check (``protocol.merge.LossCheck``) against each
 peer's local validation loss on its training shard; ``bristle+loss10+rep`` holds 10 %
 of the shard out for it instead (``peer.runtime.validation.split_validation``).
+``default`` is whatever a peer started without options runs (``peer.runtime.config``:
+merge rule, reputation, loss check, validation split, initialisation).
 Runs go to ``--jobs`` worker processes (default 2, one torch thread each).
 """
 
@@ -45,12 +48,13 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from peer.data import load_dataset
+from peer.runtime.config import PeerConfig
 from peer.sim.swarm import ATTACKS, SimConfig, Simulator
 
 
@@ -60,9 +64,18 @@ class RuleSpec:
     reputation: bool = False     # protocol.reputation: ban, drop, skip as partner
     validate: bool = False       # the rule's loss check on each peer's validation split
     validation_split: float = 0.0  # shard fraction held out for it (0: the training shard)
+    shared_init: bool = True     # one initial model for all (the daemon's init=shared), else each its own
+
+
+def daemon_defaults() -> RuleSpec:
+    """What a peer started with no options runs: its merge rule, reputation, loss check and start."""
+    d = PeerConfig()
+    return RuleSpec(d.merge, reputation=d.reputation, validate=d.loss_check, validation_split=d.validation_split,
+                    shared_init=d.init == "shared")
 
 
 RULES: dict[str, RuleSpec] = {
+    "default": daemon_defaults(),
     "vc": RuleSpec("vc"),
     "clip": RuleSpec("clip"),
     "clip-vc": RuleSpec("clip-vc"),
@@ -72,6 +85,11 @@ RULES: dict[str, RuleSpec] = {
     "bristle+rep": RuleSpec("bristle", reputation=True),
     "bristle+loss+rep": RuleSpec("bristle", reputation=True, validate=True),
     "bristle+loss10+rep": RuleSpec("bristle", reputation=True, validate=True, validation_split=0.1),
+    "vc+rep": RuleSpec("vc", reputation=True),
+    # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
+    "default/own": replace(daemon_defaults(), shared_init=False),
+    "vc/own": RuleSpec("vc", shared_init=False),
+    "bristle+loss+rep/own": RuleSpec("bristle", reputation=True, validate=True, shared_init=False),
 }
 ROBUST = "bristle+loss+rep"  # the rule the must-hold is about
 QUICK_RULES = ("vc", "bristle", ROBUST)
@@ -97,7 +115,7 @@ def run(job: Job) -> dict:
     spec = RULES[job.rule]
     chosen = tuple(range(PEERS - job.attackers, PEERS))
     control = job.attack == CONTROL
-    cfg = SimConfig(peers=PEERS, split="dirichlet", alpha=0.5, merge=spec.merge, shared_init=True,
+    cfg = SimConfig(peers=PEERS, split="dirichlet", alpha=0.5, merge=spec.merge, shared_init=spec.shared_init,
                     gossip_interval=float(job.local_steps), seed=job.seed,
                     attack="none" if control else job.attack, attackers=() if control else chosen,
                     absent=chosen if control else (), reputation=spec.reputation, validate=spec.validate,
@@ -218,14 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     wall = round(time.perf_counter() - started, 1)
     gaps = not_stopped(runs, rules)
     load = os.getloadavg()
-    result = {"peers": PEERS, "split": "dirichlet", "alpha": 0.5, "model": "mlp", "shared_init": True,
+    result = {"peers": PEERS, "split": "dirichlet", "alpha": 0.5, "model": "mlp",
               "load_average_at_end": [round(x, 2) for x in load],
               "rounds": rounds, "local_steps": local_steps, "seed": args.seed, "quick": args.quick,
               "tolerance": TOLERANCE, "not_stopped_at_4": gaps, "wall_s": wall, "runs": runs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    print(f"\n{PEERS} peers, digits, MLP, Dirichlet α=0.5, shared init, {rounds} rounds of {local_steps} local "
-          f"steps; honest peers' mean test accuracy at the end; wall time {wall:.0f} s "
+    print(f"\n{PEERS} peers, digits, MLP, Dirichlet α=0.5, shared init unless /own, {rounds} rounds of "
+          f"{local_steps} local steps; honest peers' mean test accuracy at the end; wall time {wall:.0f} s "
           f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end)\n")
     print(table(runs, rules, counts))
     print(f"\nAttacks not stopped with 4 of {PEERS} attacking (honest accuracy more than {TOLERANCE:.0%} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import socket
 import tomllib
@@ -50,6 +51,13 @@ def merge_rules() -> list[str]:
 
 
 SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
+
+
+def cluster_init_seed(cluster: str) -> int:
+    """The seed of a cluster's shared initial model (``init = shared``): a hash of the
+    cluster name, so peers that never spoke start from the same weights. The simulator
+    (``peer.sim.setup``) derives its shared start the same way."""
+    return int.from_bytes(hashlib.sha256(f"hearsay-init/{cluster}".encode()).digest()[:4], "big")
 
 
 def _opt(default: Any, help: str, choices: Sequence[str] | None = None, *, lo: float | None = None,
@@ -120,8 +128,13 @@ class PeerConfig:
     shard_count: int = _opt(1, "Number of shards the training data is split into (peers in the swarm).",
                             lo=1, hi=2**31 - 1)
     data_seed: int = _opt(0, "Seed of the test split and the partition; equal on every peer.", lo=0, hi=SEED_MAX)
-    seed: int = _opt(0, "Seed of this peer's model initialisation, batch order and partner choice.",
-                     lo=0, hi=SEED_MAX)
+    seed: int = _opt(0, "Seed of this peer's batch order and partner choice (and of its initial model with "
+                        "init=own).", lo=0, hi=SEED_MAX)
+    init: str = _opt("shared", "Initial model: shared = every peer of the cluster starts from the same weights, "
+                               "seeded from the cluster name (as FedAvg starts every client from one model; the "
+                               "robust merge rules tell honest models from attacks by their distance, which "
+                               "independent starts hide); own = seeded from this peer's seed.",
+                     choices=("shared", "own"))
     # --- training
     device: str = _opt("auto", "Where training runs: auto uses CUDA when present.",
                        choices=("auto", "cpu", "cuda"))

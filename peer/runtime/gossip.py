@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peer.runtime.defence import Defence
+from peer.runtime.link_locks import LinkLocks
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
 from peer.transport.errors import PartnerBusy, PartnerSlow
@@ -126,7 +127,7 @@ class GossipEngine:
         # Link updates taken per partner: replayed or stale packets are refused (protocol/replay.py).
         self.replay_guard = ReplayGuard(max_senders=4 * max_links)
         # One link update at a time per link, in both directions (updates must stay in sequence).
-        self._link_locks: dict[str, asyncio.Lock] = {}
+        self._link_locks = LinkLocks()
         # Partners whose last update we could not apply: our next packet asks for a keyframe.
         self._want_keyframe: set[str] = set()
         self.limits = limits
@@ -210,9 +211,6 @@ class GossipEngine:
             self.stats.keyframe_requests[result.reason] = self.stats.keyframe_requests.get(result.reason, 0) + 1
             return None
         return result.model
-
-    def _lock(self, link: str) -> asyncio.Lock:
-        return self._link_locks.setdefault(link, asyncio.Lock())
 
     def telemetry(self) -> dict[str, float | int]:
         t = self.trainer.stats()
@@ -316,12 +314,11 @@ class GossipEngine:
             raise Banned(f"{who} is banned ({self.defence.standing(who)[2]})")
         if packet.header.samples == 0:
             return await self._answer_newcomer(sender, packet, data)
-        lock = self._lock(sender)
-        if lock.locked():
+        if self._link_locks.locked(sender):
             # We are exchanging with this partner right now (it called us as we called it):
             # updates on a link must stay in sequence, so this call is refused, not queued.
             raise LinkBusy(f"an exchange with {sender} is already in progress")
-        async with lock:
+        async with self._link_locks.hold(sender):
             h = packet.header  # a replayed or stale link update is refused before the link or model moves
             self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
@@ -364,10 +361,9 @@ class GossipEngine:
             self.in_flight -= 1
 
     async def _exchange_with(self, member: Member, exchange: Exchange) -> bool:
-        lock = self._lock(member.address)
-        if lock.locked():
+        if self._link_locks.locked(member.address):
             return False  # that partner is exchanging with us right now
-        async with lock:
+        async with self._link_locks.hold(member.address):
             return await self._exchange_locked(member, exchange)
 
     async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
@@ -456,7 +452,7 @@ class GossipEngine:
                 continue
             link = fresh[self.rng.randrange(len(fresh))]
             last_try[link] = now
-            async with self._lock(link):
+            async with self._link_locks.hold(link):
                 own = await asyncio.to_thread(self.own_packet, link, False, 0)
                 try:
                     reply = await exchange(link, own, self.budget(link, len(own)))

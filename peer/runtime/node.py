@@ -32,7 +32,7 @@ from peer.runtime import checkpoint, logs
 from peer.ops.admin import ADMIN_PORT_SERVICES, AdminServicer
 from peer.transport.admission import Gate, limits_from_config
 from peer.ops.auth import BearerTokenInterceptor
-from peer.runtime.config import ConfigError, PeerConfig, did_you_mean, parse_option
+from peer.runtime.config import ConfigError, PeerConfig, cluster_init_seed, did_you_mean, parse_option
 from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.runtime.evaluation import policy_from_config
@@ -83,8 +83,11 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
     data = dataset_from_config(config)
     shards = partition(data.train_y, config.shard_count, config.partition, config.alpha, config.data_seed)
     shard, held = split_validation(shards[config.shard_index], config.validation_split, config.seed)
-    torch.manual_seed(config.seed)
+    # init=shared: the whole cluster starts from one model (see PeerConfig.init); whatever
+    # else draws from torch's global generator afterwards stays seeded per peer.
+    torch.manual_seed(cluster_init_seed(config.cluster) if config.init == "shared" else config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes)
+    torch.manual_seed(config.seed)
     trainer = Trainer(model, data, shard, device=resolve_device(config.device),
                       seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                       max_steps=config.max_steps, steps_per_second=config.steps_per_second,
@@ -349,7 +352,9 @@ class Node:
         cfg = self.config
         if cfg.membership == "static":
             return StaticMembership(self.address)
-        swim_config = SwimConfig.for_period(cfg.probe_period)
+        # With a keyring or mTLS every membership message is authenticated: a relayed Leave is believed.
+        swim_config = SwimConfig.for_period(cfg.probe_period,
+                                            authenticated=self.keyring is not None or self.tls is not None)
         # Seeded per peer so runs repeat, distinct per address so peers do not probe in lockstep.
         swim = Swim(self.address, self.peer_id, rng=random.Random(f"{cfg.seed}/{self.address}"), config=swim_config)
         # Push-pull carries the whole member table and is off the detector's critical path: more time than a ping.

@@ -47,7 +47,11 @@ class SimConfig:
     degree: int = 4                     # k of the random k-regular topology
     merge: str = "vc"                   # protocol.merge.RULES name
     codec: str = "fp32"                 # protocol.codecs name for float tensors
-    shared_init: bool = False           # every peer starts from the same weights
+    # Every peer starts from the same weights, seeded from ``cluster`` as the daemon's
+    # init=shared does (peer.sim.setup.initial_model_seed). Off by default here, unlike the
+    # daemon, so the learning benchmarks and tests keep measuring independent starts too.
+    shared_init: bool = False
+    cluster: str = "default"            # the daemon's default cluster name
     init: str = "default"               # "default" (PyTorch's) or "xavier" (uniform, zero bias)
     batch_size: int = 32
     lr: float = 0.05

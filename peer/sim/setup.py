@@ -11,6 +11,7 @@ from torch import nn
 from peer.data import Dataset
 from peer.data.partition import dirichlet_partition, partition
 from peer.models import build_model
+from peer.runtime.config import cluster_init_seed
 from peer.sim.config import SimConfig
 
 # --- topology -----------------------------------------------------------------------------------
@@ -113,6 +114,13 @@ def make_model(config: SimConfig, data: Dataset, seed: int) -> nn.Module:
     """A model from the zoo, initialised from ``seed`` (the daemon seeds torch the same way)."""
     torch.manual_seed(seed)
     return initialise(build_model(config.model, data.input_shape, data.num_classes), config.init)
+
+
+def initial_model_seed(config: SimConfig, index: int) -> int:
+    """Peer ``index``'s initial-model seed, derived as the daemon derives it
+    (``peer.runtime.node.build_trainer_and_validation``): with ``shared_init`` the cluster's
+    seed (``init = shared``), otherwise the peer's own (``init = own``)."""
+    return cluster_init_seed(config.cluster) if config.shared_init else peer_seed(config, index)
 
 
 def peer_seed(config: SimConfig, index: int) -> int:

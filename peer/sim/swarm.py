@@ -50,8 +50,8 @@ from peer.sim.attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, co
 from peer.sim.clock import VirtualClock
 from peer.sim.config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
 from peer.sim.virtual_peer import VirtualPeer
-from peer.sim.setup import (initialise, make_model, neighbours, peer_seed, random_regular, shard_floor,
-                            shards_for)
+from peer.sim.setup import (initial_model_seed, initialise, make_model, neighbours, peer_seed, random_regular,
+                            shard_floor, shards_for)
 from peer.runtime.trainer import Trainer
 from peer.transport.memory import MemoryNetwork
 from peer.runtime.validation import split_validation
@@ -224,13 +224,10 @@ class Simulator(AttackerMixin):
         cfg = self.config
         graph = neighbours(cfg.topology, cfg.peers, cfg.degree, self.rng)
         graph = [[j for j in g if j not in cfg.absent] for g in graph]
-        shared = make_model(cfg, self.data, cfg.seed).state_dict() if cfg.shared_init else None
         speeds = self._speeds()
         peers = []
         for i in range(cfg.peers):
-            model = make_model(cfg, self.data, peer_seed(cfg, i))
-            if shared is not None:
-                model.load_state_dict(shared)
+            model = make_model(cfg, self.data, initial_model_seed(cfg, i))
             train, held = split_validation(self.shards[i], cfg.validation_split if cfg.validate else 0.0,
                                            peer_seed(cfg, i))
             self.validation.append(held if len(held) else train)

@@ -76,6 +76,10 @@ class SwimConfig:
     # ... other dead members are kept this long as reconnect targets (Serf's
     # reconnect_timeout, there 24 h), so a long partition can still heal.
     reconnect_timeout: float = 3600.0
+    # Every message this node receives is authenticated (cluster keyring or mTLS), so a
+    # member's relay of another member's Leave is believed. Without it only the member's
+    # own message announces its leave; a relayed one is checked with the member.
+    authenticated: bool = False
 
     @classmethod
     def for_period(cls, period: float, **overrides: object) -> SwimConfig:

@@ -30,6 +30,8 @@ class UpdateRules(MemberTable):
         self._awareness = 0          # Lifeguard's local-health score
         self._left = False
         self._started = False
+        # Members someone said left (unverified) -> when we last asked them (_check_leave).
+        self._leave_checks: dict[str, float] = {}
         self._gossiping = False
         # Counters for metrics and tests.
         self.suspicions_raised = 0
@@ -191,7 +193,11 @@ class UpdateRules(MemberTable):
         if sus is None or now < sus.deadline or self._code(idx) != SUSPECT \
                 or self._inc[idx] != sus.incarnation:
             return
-        self._bury(idx, DEAD, Dead(self.book.addresses[idx], sus.incarnation, self.address), now)
+        address = self.book.addresses[idx]
+        if address in self._leave_checks:  # said to be leaving, and gone quiet since: it left
+            self._bury(idx, LEFT, Leave(address, sus.incarnation), now)
+            return
+        self._bury(idx, DEAD, Dead(address, sus.incarnation, self.address), now)
 
     def _about_me(self, incarnation: int, now: float) -> None:
         """Someone says we are dead or gone: refute (a stale claim: say we are alive again)."""
@@ -227,7 +233,16 @@ class UpdateRules(MemberTable):
         ahead = self._plausible(lv.incarnation, idx)
         if ahead is None or ahead < 0:
             return
+        if lv.address != self._src and not self.config.authenticated:
+            # Only a member announces its own leave (issue 14): a relay nobody vouches for
+            # (no keyring, no mTLS) could be forged, so ask the member, whose answer
+            # carries its Leave while it lingers.
+            self._check_leave(idx, now)
+            return
         self._bury(idx, LEFT, lv, now)
+
+    def _check_leave(self, idx: int, now: float) -> None:
+        """Ask member ``idx`` directly whether it left (the machine sends the message)."""
 
     def _bury(self, idx: int, code: int, update: Update, now: float) -> None:
         self._set(idx, code, update.incarnation, now)

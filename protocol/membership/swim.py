@@ -96,7 +96,10 @@ class Swim(UpdateRules):
         return self._seq
 
     def _piggyback(self, to: int | None = None, first: Sequence[Update] = ()) -> tuple[Update, ...]:
-        """Updates to ride on a message; a member we hold dead is told so, to refute."""
+        """Updates to ride on a message; a member we hold dead is told so, to refute.
+        After our leave, every message we send says so first-hand (see ``_check_leave``)."""
+        if self._left:
+            first = (Leave(self.address, self._inc[self._me]), *first)
         if not first and not self._queue and (to is None or self._code(to) != DEAD):
             return ()  # the steady state: nothing to tell
         hint: list[Update] = list(first)
@@ -111,6 +114,20 @@ class Swim(UpdateRules):
 
     def _send(self, to: str, message: Message) -> None:
         self._out.append(Send(to, message))
+
+    def _check_leave(self, idx: int, now: float) -> None:
+        """Someone relayed member ``idx``'s Leave: ping the member, at most once a probe
+        interval. A member that left answers with its own Leave while it lingers; one that
+        did not answers without; one already gone is found out by the usual probes."""
+        address = self.book.addresses[idx]
+        asked = self._leave_checks.pop(address, None)
+        if asked is not None and now - asked < self.config.probe_interval:
+            self._leave_checks[address] = asked
+            return
+        self._leave_checks[address] = now
+        if len(self._leave_checks) > self._MAX_ASKED:
+            del self._leave_checks[next(iter(self._leave_checks))]
+        self._send(address, Ping(self._next_seq(), self.address, address, self._piggyback(idx)))
 
     def _next_target(self) -> int | None:
         """Round robin over a fresh random permutation of the table each pass."""
@@ -224,6 +241,8 @@ class Swim(UpdateRules):
                 self._apply(update, now)
         finally:
             self._src, self._trusted = self.address, True
+        if sender is not None and self._code(sender) in LIVE:
+            self._leave_checks.pop(msg.source, None)  # it speaks and has not left: the report was false
         if sender is not None and self.track_contacts:
             self._contacts[sender] = now
         if isinstance(msg, Ping):

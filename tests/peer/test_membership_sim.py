@@ -98,13 +98,32 @@ def test_a_short_pause_is_no_death() -> None:
 
 
 def test_a_graceful_leave_reaches_everyone_within_two_periods() -> None:
-    sim = MembershipSim(40, loss=0.01, seed=8)
+    # Messages authenticated (a keyring): every member's relay of the leave is believed.
+    sim = MembershipSim(40, loss=0.01, seed=8, config=SwimConfig(authenticated=True))
     sim.run_until(4.0)
     sim.leave(11)
     took = sim.periods_until(lambda: sim.known_by_all(11, (StateCode.LEFT,)), limit=10, step=0.5)
     assert took is not None and took <= 2
     sim.run_until(60.0)
     assert sim.stats.deaths == 0  # a leave is never mistaken for a death
+
+
+def test_without_a_keyring_a_relayed_leave_is_checked_and_is_still_no_death() -> None:
+    """Only the leaver's own word counts: a relay makes us ask it; whoever asked too late
+    (it has gone) buries it as left, not dead, when its own suspicion runs out."""
+    sim = MembershipSim(40, loss=0.01, seed=8)
+    sim.run_until(4.0)
+    sim.leave(11)
+    leaver = sim.nodes[11].address
+    sim.run_until(6.0)  # two periods: the leaver answered nearly everyone who asked
+    views = [n.state_of(leaver) for i, n in enumerate(sim.nodes) if i != 11]
+    assert sum(v is MemberState.LEFT for v in views) >= 0.9 * len(views)  # measured: 38 of 39
+    for _ in range(170):  # to 90 s: left (or forgotten after that), never dead
+        sim.run_until(sim.now + 0.5)
+        assert all(n.state_of(leaver) in (MemberState.ALIVE, MemberState.SUSPECT, MemberState.LEFT, None)
+                   for n in sim.nodes)
+    assert sim.stats.deaths == 0
+    assert all(n.state_of(leaver) in (MemberState.LEFT, None) for i, n in enumerate(sim.nodes) if i != 11)
 
 
 def test_a_partition_is_seen_as_deaths_and_heals_through_reconnects() -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peer.data import load_dataset
+from peer.runtime.config import PeerConfig
 from peer.runtime.gossip import GossipEngine
 from peer.sim.swarm import (
     SimConfig,
@@ -27,6 +28,7 @@ from protocol.membership import StaticMembership
 from protocol.merge import RULES, Contribution, make_rule, merge_batch
 from protocol.stake import Stakes
 from protocol.wire import Limits, decode_packet, fingerprint, specs_of
+from tests.trainers import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,22 @@ def test_shared_init_starts_every_peer_from_the_same_weights(digits) -> None:  #
     assert consensus_distance(shared.states()) == 0.0
     assert consensus_distance(independent.states()) > 1.0
     assert len(set(digests(independent))) == independent.config.peers
+
+
+def test_shared_init_is_the_daemons_start_derived_from_the_cluster_name(digits) -> None:  # noqa: ANN001
+    """The simulator's shared start is the model a daemon with ``init = shared`` builds for
+    the same cluster, whatever each peer's seed; ``init = own`` and another cluster differ."""
+    def daemon(**kw) -> list[str]:  # noqa: ANN003
+        trainer = build_trainer(PeerConfig(steps_per_second=0, **kw))
+        return [trainer.digest()]
+
+    assert daemon(seed=1) == daemon(seed=2) == daemon(seed=7, shard_count=4, shard_index=3)
+    assert daemon(seed=1, init="own") != daemon(seed=2, init="own")
+    assert daemon(seed=1, cluster="other") != daemon(seed=1)
+    assert daemon(seed=1, init="own") != daemon(seed=1)
+    sim = Simulator(small(shared_init=True, cluster="default"), digits)
+    assert set(digests(sim)) == set(daemon(seed=3))
+    assert set(digests(Simulator(small(shared_init=True, cluster="other"), digits))) == set(daemon(cluster="other"))
 
 
 def test_gossip_brings_independent_peers_together_and_they_learn(digits) -> None:  # noqa: ANN001

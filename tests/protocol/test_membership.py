@@ -208,7 +208,9 @@ _updates_about_x = st.lists(st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(updates=_updates_about_x)
 def test_incarnation_ordering_matches_the_swim_rules(updates: list) -> None:
-    node = Swim("me", rng=random.Random(0))
+    # Authenticated messages: a member's relay of x's Leave is believed, as SWIM has it
+    # (without a keyring the relay is checked with x first; test_membership_hardening.py).
+    node = Swim("me", rng=random.Random(0), config=SwimConfig(authenticated=True))
     node.start(0.0)
     timers: list[tuple[float, int, Timer]] = []
     tie = itertools.count()
@@ -408,8 +410,10 @@ def test_a_node_that_was_declared_dead_refutes_when_told() -> None:
 
 
 def test_push_pull_repairs_what_gossip_missed_and_scales_with_n() -> None:
-    a = Swim("a", "ida", rng=random.Random(0))
-    b = Swim("b", "idb", rng=random.Random(1))
+    # Authenticated messages (a keyring): a member's word on y's leave is believed.
+    keyed = SwimConfig(authenticated=True)
+    a = Swim("a", "ida", rng=random.Random(0), config=keyed)
+    b = Swim("b", "idb", rng=random.Random(1), config=keyed)
     a.preload(["a", "x", "y"])
     b.preload(["b", "y"])
     a.on_message(Gossip("x", (Leave("y", 0),)), 0.0)
@@ -417,6 +421,12 @@ def test_push_pull_repairs_what_gossip_missed_and_scales_with_n() -> None:
     assert b.state_of("x") is MemberState.ALIVE and b.state_of("y") is MemberState.LEFT
     reply = [o.message for o in outs if isinstance(o, Send) and isinstance(o.message, PushPull)]
     assert reply and reply[0].reply and {e.address for e in reply[0].states} >= {"b"}
+    # Without: the full state's word on y's leave is checked with y itself.
+    plain = Swim("b", "idb", rng=random.Random(1))
+    plain.preload(["b", "y"])
+    outs = plain.on_message(PushPull("a", tuple(_rows(a)), join=True), 1.0)
+    assert plain.state_of("y") is MemberState.ALIVE
+    assert any(isinstance(o, Send) and o.to == "y" and isinstance(o.message, Ping) for o in outs)
     assert push_pull_scale(30.0, 32) == 30.0 and push_pull_scale(30.0, 1000) == 30.0 * 6
 
 

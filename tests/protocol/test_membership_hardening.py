@@ -102,6 +102,44 @@ def test_the_forged_top_incarnation_dead_of_issue_14_buries_nobody() -> None:
     assert 2 <= net.nodes[3].incarnation <= 3 and deaths_of_live_nodes(net) == 0
 
 
+# --- only the member announces its own leave ------------------------------------------
+
+def test_a_forged_leave_relayed_by_a_stranger_makes_nobody_left() -> None:
+    net = Net(6, seed=22)
+    net.run(2.0)
+    forged = Gossip(STRANGER, (Leave("n3", 0), Leave("n3", 1)))
+    net.emit(1, [Send("n0", forged), Send("n2", forged)])
+    for _ in range(100):  # 10 s in 0.1 s steps: n3 is never left anywhere
+        net.run(net.now + 0.1)
+        assert all(s is MemberState.ALIVE for s in net.views(3))
+    assert deaths_of_live_nodes(net) == 0
+
+
+def test_a_relayed_leave_is_checked_with_the_member_unless_messages_are_authenticated() -> None:
+    node = node_with(["m1", "m2"])
+    outs = node.on_message(Gossip("m1", (Leave("m2", 0),)), 1.0)
+    assert node.state_of("m2") is MemberState.ALIVE
+    asks = [o for o in outs if isinstance(o, Send) and o.to == "m2" and isinstance(o.message, Ping)]
+    assert len(asks) == 1
+    again = node.on_message(Gossip("m1", (Leave("m2", 0),)), 1.1)  # asked already this probe interval
+    assert not [o for o in again if isinstance(o, Send) and o.to == "m2" and isinstance(o.message, Ping)]
+    # The member itself answers that it left: believed.
+    node.on_message(Ack(asks[0].message.seq, "m2", (Leave("m2", 0),)), 1.2)
+    assert node.state_of("m2") is MemberState.LEFT
+    # With every message authenticated (keyring, mTLS), a member's relay is believed at once.
+    trusting = node_with(["m1", "m2"], config=SwimConfig(authenticated=True))
+    trusting.on_message(Gossip("m1", (Leave("m2", 0),)), 1.0)
+    assert trusting.state_of("m2") is MemberState.LEFT
+
+
+def test_a_member_that_left_says_so_on_every_answer() -> None:
+    node = node_with(["m1"])
+    node.leave(1.0)
+    outs = node.on_message(Ping(7, "m1", "me", ()), 1.5)
+    acks = [o.message for o in outs if isinstance(o, Send) and isinstance(o.message, Ack)]
+    assert acks and Leave("me", node.incarnation) in acks[0].updates
+
+
 # --- a Dead from someone else is an accusation ---------------------------------------
 
 def test_a_third_party_dead_is_a_suspicion_cut_to_its_floor_and_our_timer_buries() -> None:
