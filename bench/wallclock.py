@@ -62,7 +62,7 @@ def live_function(cfg: SimConfig) -> Callable[[int, float], bool]:
 def run_method(method: str, cfg: SimConfig, data: Dataset, local_steps: int, duration: float) -> tuple[list[float], list[float]]:
     """(times, mean accuracies) of ``method`` on ``cfg`` for ``duration`` virtual seconds."""
     if method.startswith("gossip"):
-        sim = Simulator(replace(cfg, merge="vc", fanout=2 if method.endswith("fanout") else 1), data)
+        sim = Simulator(replace(cfg, merge="vc", shared_init=False, fanout=2 if method.endswith("fanout") else 1), data)
         times, accs = [0.0], [float(sim.accuracies().mean())]
         t = 0.0
         while t < duration:

@@ -495,7 +495,7 @@ class GossipEngine:
     @property
     def fanout(self) -> int:
         """Exchanges started per interval; above 1, Epidemic Learning: received models wait in the
-        defence and are merged at once, in one merge of K inputs, before the next round's pushes."""
+        defence and are merged at once, in one merge of K inputs, after the round's exchanges."""
         return self._fanout
 
     @fanout.setter
