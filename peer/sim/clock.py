@@ -67,8 +67,6 @@ class VirtualClock:
         self._events: list[_Event] = []
         self._seq = itertools.count()
         self._loop = shared_loop()
-        self._running = 0  # coroutines started or woken, not yet asleep or done
-        self._idle: asyncio.Event | None = None
         self._failure: BaseException | None = None
 
     def __call__(self) -> float:
@@ -79,35 +77,30 @@ class VirtualClock:
         heapq.heappush(self._events, _Event(max(when, self.now), next(self._seq), action))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` now (inside the current event); it must wait only through ``sleep``."""
-        self._running += 1
+        """Run ``coro`` now (inside the current event); it must wait only through ``sleep``
+        (or on tasks that do: ``asyncio.gather`` of exchanges, as fanout starts them)."""
         self._loop.create_task(coro).add_done_callback(self._finished)
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` of virtual time (the transport's ``sleep``)."""
         woken = self._loop.create_future()
-        self.at(self.now + seconds, lambda: self._wake(woken))
-        self._stopped()
+        self.at(self.now + seconds, lambda: woken.set_result(None))
         await woken
-
-    def _wake(self, future: asyncio.Future) -> None:
-        self._running += 1
-        future.set_result(None)
 
     def _finished(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None and self._failure is None:
             self._failure = task.exception()
-        self._stopped()
-
-    def _stopped(self) -> None:
-        self._running -= 1
-        if self._running == 0 and self._idle is not None:
-            self._idle.set()
 
     async def _settle(self) -> None:
-        while self._running:
-            self._idle = asyncio.Event()
-            await self._idle.wait()
+        """Return once every coroutine the event started or woke waits on virtual time or is
+        done: nothing is left in the loop's ready queue but this one. (Counting running
+        coroutines instead missed the tasks ``asyncio.gather`` creates, and a fanout round
+        with latency hung the simulator.) Everything runs in this thread (``InlineExecutor``),
+        so an empty ready queue means nothing else can move until virtual time does."""
+        while True:
+            await asyncio.sleep(0)
+            if not self._loop._ready:  # type: ignore[attr-defined] # CPython's asyncio loop
+                return
 
     async def _drive(self, until: float) -> None:
         while self._events and self._events[0].time <= until:
