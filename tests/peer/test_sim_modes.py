@@ -93,3 +93,13 @@ def test_fanout_2_learns_no_slower_than_fanout_1_at_equal_rounds(digits) -> None
 
     one, two = last_rounds(1), last_rounds(2)
     assert two >= one, (one, two)  # measured: 0.861 (fanout 1), 0.879 (fanout 2)
+
+
+def test_fanout_rounds_over_links_with_latency_end(digits) -> None:  # noqa: ANN001
+    """A fanout round gathers its exchanges in child tasks; with link latency they all sleep on
+    the virtual clock at once. The clock used to count only the coroutines it spawned, so
+    this hung forever (bench/wallclock.py's gossip_vc_fanout never returned)."""
+    sim = Simulator(small(fanout=2, delay=0.05, bandwidth=10e6), digits)
+    sim.run_until(21.0)
+    assert sim.stats.exchanges == 2 * 4 * sim.config.peers and sim.stats.merges > 0
+    assert sim.now == 21.0
