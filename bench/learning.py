@@ -380,8 +380,9 @@ SPLITS: tuple[tuple[str, float | None], ...] = (("iid", None), ("dirichlet", 0.1
 
 def grid(quick: bool) -> tuple[list[Setting], Budget]:
     """``--quick``: digits, 16 peers, the MLP on iid and Dirichlet 0.5, and Fashion-MNIST (12k
-    images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds. Full: 16 and 64 peers x 3 splits x
-    MLP and CNN on both data sets, 60 rounds."""
+    images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds (``QUICK_METHODS``; 437 s of CPU,
+    13 min wall on the shared 2-core machine: bench/RESULTS.md). Full: 16 and 64 peers x 3
+    splits x MLP and CNN on both data sets, 60 rounds."""
     if quick:
         settings = [Setting(16, s, a, "mlp") for s, a in (("iid", None), ("dirichlet", 0.5))]
         settings.append(Setting(16, "dirichlet", 0.5, "mlp", "fashion-mnist"))
