@@ -19,7 +19,7 @@ all peers for gossip and the aggregate's for the round-based methods, every ``lo
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from bench.sampled import Timing, run_rounds
@@ -62,7 +62,7 @@ def live_function(cfg: SimConfig) -> Callable[[int, float], bool]:
 def run_method(method: str, cfg: SimConfig, data: Dataset, local_steps: int, duration: float) -> tuple[list[float], list[float]]:
     """(times, mean accuracies) of ``method`` on ``cfg`` for ``duration`` virtual seconds."""
     if method.startswith("gossip"):
-        sim = Simulator(replace(cfg, merge="vc", fanout=2 if method.endswith("fanout") else 1), data)
+        sim = Simulator(replace(cfg, merge="vc", shared_init=False, fanout=2 if method.endswith("fanout") else 1), data)
         times, accs = [0.0], [float(sim.accuracies().mean())]
         t = 0.0
         while t < duration:
@@ -85,13 +85,14 @@ def time_to(times: list[float], accs: list[float], target: float) -> float | Non
 
 
 def wallclock(dataset: str, base: SimConfig, data: Dataset, local_steps: int, duration: float,
-              log: Callable[[str], None] = print) -> list[dict]:
-    """The ``wallclock`` JSON rows for every scenario and method; the mark is 95 % of the same
-    scenario's synchronous FedAvg's final accuracy."""
+              log: Callable[[str], None] = print, methods: Sequence[str] = METHODS) -> list[dict]:
+    """The ``wallclock`` JSON rows for every scenario and method of ``methods`` (``fedavg_sync``
+    is always run); the mark is 95 % of the same scenario's synchronous FedAvg's final accuracy."""
     rows = []
     for scenario in SCENARIOS:
         cfg = scenario_config(base, scenario, duration)
-        curves = {m: run_method(m, cfg, data, local_steps, duration) for m in METHODS}
+        curves = {m: run_method(m, cfg, data, local_steps, duration) for m in METHODS
+                  if m in methods or m == "fedavg_sync"}
         mark = TARGET_FRACTION * curves["fedavg_sync"][1][-1]
         for m, (times, accs) in curves.items():
             rows.append({"dataset": dataset, "scenario": scenario, "method": m,

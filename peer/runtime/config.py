@@ -167,8 +167,9 @@ class PeerConfig:
                                         "otherwise follows the link's measured rate and RTT (exchange_* options).",
                                  lo=0.01, hi=3600.0, seconds=True)
     fanout: int = _opt(1, "Exchanges started per gossip interval. Above 1: Epidemic Learning (de Vos et al. "
-                          "2023): models received since the last round are merged at once, in one merge, "
-                          "before the next round's exchanges.", lo=1, hi=64)
+                          "2023): right after the round's exchanges, every model received since the last "
+                          "merge (the replies included) is merged at once, the local model and each received "
+                          "one weighing alike under vc.", lo=1, hi=64)
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging, chosen from bench/learning.py's evidence. With hostile peers use bristle, "
                             "which needs a shared initialisation (README, hostile peers).",

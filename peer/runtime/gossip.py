@@ -508,7 +508,7 @@ class GossipEngine:
     @property
     def fanout(self) -> int:
         """Exchanges started per interval; above 1, Epidemic Learning: received models wait in the
-        defence and are merged at once, in one merge of K inputs, before the next round's pushes."""
+        defence and are merged at once, in one merge of K inputs, after the round's exchanges."""
         return self._fanout
 
     @fanout.setter
@@ -519,11 +519,14 @@ class GossipEngine:
         self.defence.defer = k > 1
 
     async def gossip_round(self, exchange: Exchange) -> list[bool]:
-        """One interval's work: with fanout > 1 first merge what arrived since the last round
-        (Epidemic Learning), then exchange with ``fanout`` partners at once."""
+        """One interval's work: exchange with ``fanout`` partners at once; with fanout > 1 then
+        merge everything that arrived since the last round, the replies included, in one merge
+        (Epidemic Learning: train, send, aggregate). Merging before the pushes instead left the
+        replies waiting a whole round of local steps, discounted for their age."""
+        done = list(await asyncio.gather(*(self.exchange_with(m, exchange) for m in self.pick_partners(self.fanout))))
         if self.fanout > 1:
             await asyncio.to_thread(self.defence.flush, self.trainer, self.merge_rule)
-        return list(await asyncio.gather(*(self.exchange_with(m, exchange) for m in self.pick_partners(self.fanout))))
+        return done
 
     def set_codec(self, name: str) -> None:
         """Switch the delta codec; links keep their replicas (decoding is by name per tensor)."""

@@ -25,8 +25,8 @@ peers may crash and come back (``churn``). A model that travels for a while arri
 stale: the receiver trained meanwhile (``SimStats.max_age``).
 
 ``fanout`` > 1 is Epidemic Learning (de Vos et al. 2023), as the daemon's ``--fanout``:
-each tick a peer merges every model received since its last merge at once, then starts
-``fanout`` exchanges. Hostile peers: ``peer.sim.attacks``.
+each tick a peer starts ``fanout`` exchanges, then merges every model received since its
+last merge (the replies included) at once. Hostile peers: ``peer.sim.attacks``.
 """
 
 from __future__ import annotations

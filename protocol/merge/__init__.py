@@ -83,6 +83,7 @@ from protocol.merge.variance import (
     VarianceCorrectedSelfRule,
     is_variance_corrected,
     rescale_to_variance,
+    received_share,
     target_variance,
     variance,
     vc_mixing_weights,
@@ -96,6 +97,6 @@ __all__ = [
     "VarianceCorrectedBlendRule", "VarianceCorrectedRule", "VarianceCorrectedSelfRule", "Verdict",
     "VerdictKind", "WeightedRule", "age_discount", "clip_toward", "contribution_weights", "delta_norm",
     "is_mergeable", "is_variance_corrected", "make_rule", "merge_batch", "merge_received_report",
-    "merge_report", "model_norm", "register", "rescale_to_variance", "target_variance", "toward",
+    "merge_report", "model_norm", "received_share", "register", "rescale_to_variance", "target_variance", "toward",
     "trimmed_count", "variance", "vc_mixing_weights", "weighted_average",
 ]

@@ -106,7 +106,7 @@ def _inner_rule(inner: str, beta: float) -> MergeRule:
     if inner == "mean":
         return BetaMeanRule(beta)
     if inner == "vc":
-        return VarianceCorrectedRule(beta=beta)
+        return VarianceCorrectedRule(beta=beta, fixed_share=True)
     raise ValueError(f"inner rule must be 'mean' or 'vc', got {inner!r}")
 
 
@@ -121,7 +121,7 @@ class BetaMeanRule:
         self.decay = decay
 
     def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
-        w = vc_mixing_weights(local, received, self.beta, self.decay)
+        w = vc_mixing_weights(local, received, self.beta, self.decay, fixed_share=True)
         return weighted_average([c.tensors for c in (local, *received)], w)
 
 

@@ -62,7 +62,9 @@ def _mean_var(chunks: Callable[[], Iterator[np.ndarray]], n: int) -> tuple[float
     squares = 0.0
     for c in chunks():
         c -= mean
-        squares += float(np.dot(c, c))
+        # einsum, not np.dot: dot hands vectors to multithreaded BLAS, whose threads, on a
+        # loaded 2-core machine, made this 6 ms a call (half of a simulated swarm's time).
+        squares += float(np.einsum("i,i->", c, c))
     return mean, squares / n
 
 
@@ -100,23 +102,45 @@ def _rescaled_average(models: Sequence[Tensors], w: np.ndarray, name: str, targe
 Target = Literal["others", "self", "blend"]
 
 
+def received_share(k: int, beta: float) -> float:
+    """The share of the average ``k`` fresh received models of established senders take together.
+
+    ``β`` is the local model's share against *one* received model (the paper's merge of
+    two); against ``k`` the local model counts as ``β / (1 − β)`` received models, so each
+    model keeps the weight it has in a merge of two: ``k(1 − β) / (β + k(1 − β))``. With the
+    paper's β = 1/2 that is Epidemic Learning's ``1/(k + 1)`` for every one of the ``k + 1``
+    models (de Vos et al. 2023); a fixed ``1 − β`` would leave the local model half of the
+    average however many models arrived, and fanout 2 mixed more slowly than fanout 1
+    (bench/RESULTS.md, "Fanout weighting"). ``k = 1`` gives exactly ``1 − β``.
+    """
+    if k <= 0:
+        return 0.0
+    return k * (1.0 - beta) / (beta + k * (1.0 - beta))
+
+
 def vc_mixing_weights(local: Contribution, received: Sequence[Contribution], beta: float,
-                      decay: float = DEFAULT_DECAY) -> np.ndarray:
+                      decay: float = DEFAULT_DECAY, *, fixed_share: bool = False) -> np.ndarray:
     """Weights of ``[local, *received]`` in the variance-corrected average; they sum to one.
 
-    The local model keeps ``β``; the received models share ``1 − β`` in proportion to
-    samples · decay^age. Staleness also shrinks that share as a whole: it is scaled by
-    the received models' mean age discount (``age_discount``, weighted by samples), and the local model takes
-    up the rest — with one received model, normalising alone would make its age moot. The
-    senders' stakes (``Contribution.stake``) scale the share the same way. Fresh models of
-    established senders get exactly the paper's ``β`` / ``1 − β``.
+    The ``K`` received models share ``received_share(K, β)`` (``1 − β`` for one model; each
+    of the ``K + 1`` models ``1/(K + 1)`` at β = 1/2: a batch of Epidemic Learning), in
+    proportion to samples · decay^age; the local model keeps the rest. Staleness also
+    shrinks that share as a whole: it is scaled by the received models' mean age discount
+    (``age_discount``, weighted by samples), and the local model takes up the rest — with
+    one received model, normalising alone would make its age moot. The senders' stakes
+    (``Contribution.stake``) scale the share the same way. One fresh model of an
+    established sender gets exactly the paper's ``β`` / ``1 − β``.
+
+    ``fixed_share``: the received models share ``1 − β`` however many there are — for the
+    robust rules, which promise that one merge moves the local model at most ``(1 − β)·τ``.
     """
     if not received:
         return np.ones(1)
     samples = np.array([max(c.samples, 1) * c.weight for c in received], dtype=np.float64)
     discount = np.array([age_discount(c.age, decay) for c in received], dtype=np.float64)
     stake = np.array([min(max(c.stake, 0.0), 1.0) for c in received], dtype=np.float64)
-    share = (1.0 - beta) * float((samples * discount * stake).sum() / samples.sum())
+    k = 1 if fixed_share else len(received)
+    share = received_share(k, beta) * float((samples * discount * stake).sum() / samples.sum())
     inner = samples * discount / (samples * discount).sum()
     return np.concatenate([[1.0 - share], share * inner])
 
@@ -148,14 +172,17 @@ def rescale_to_variance(x: np.ndarray, target: float, eps: float) -> np.ndarray:
 class VarianceCorrectedRule:
     """Per-layer variance-corrected average (DESIGN.md, "Variance-corrected averaging").
 
-    For every tensor: ``W̄ = β·W_self + (1−β)·Σ_k w_k W_k`` (``vc_mixing_weights``); for
+    For every tensor: ``W̄ = β_K·W_self + (1−β_K)·Σ_k w_k W_k`` (``vc_mixing_weights``: β_K = β
+    for one received model, the local model's equal share 1/(K+1) of a batch of K at β = 1/2); for
     weight tensors (``is_variance_corrected``) the average is then rescaled around its
     mean to the target variance (``target_variance``). Everything else is the plain
     ``W̄`` (biases, BatchNorm statistics, 0-d floats) or stays local (integer counters).
 
     ``beta`` (default 0.5, the paper's) is the local model's share; ``eps`` (1e-8)
     keeps the rescale finite; ``decay`` (0.98) discounts stale models;
-    ``include_biases`` (False) extends the correction to rank-1 ``*bias`` tensors.
+    ``include_biases`` (False) extends the correction to rank-1 ``*bias`` tensors;
+    ``fixed_share`` (False) keeps the received models' share at ``1 − β`` in a batch too
+    (``vc_mixing_weights``; the robust rules' inner merge, which bounds each merge's move).
     ε must stay far below every layer's variance: at ε = 1e-3 (the MLP's weight
     variances are ~5e-3) the correction is damped and gossip needed 17 rounds instead
     of 12 in the ablation; β in [0.5, 0.75] made no difference, 0.25 was slightly slower.
@@ -165,7 +192,7 @@ class VarianceCorrectedRule:
     target: Target = "others"
 
     def __init__(self, beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS, decay: float = DEFAULT_DECAY,
-                 include_biases: bool = False) -> None:
+                 include_biases: bool = False, fixed_share: bool = False) -> None:
         _check_unit("beta", beta)
         _check_unit("decay", decay, open_low=True)
         if not (math.isfinite(eps) and eps >= 0):
@@ -174,9 +201,10 @@ class VarianceCorrectedRule:
         self.eps = eps
         self.decay = decay
         self.include_biases = include_biases
+        self.fixed_share = fixed_share
 
     def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
-        w = vc_mixing_weights(local, received, self.beta, self.decay)
+        w = vc_mixing_weights(local, received, self.beta, self.decay, fixed_share=self.fixed_share)
         models = [c.tensors for c in (local, *received)]
         received_w = w[1:] / w[1:].sum() if received else w[1:]
         trust = float(np.dot(received_w, [min(max(c.stake, 0.0), 1.0) for c in received])) if received else 1.0

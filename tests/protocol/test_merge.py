@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ from protocol.merge import (
     contribution_weights,
     is_variance_corrected,
     make_rule,
+    received_share,
     vc_mixing_weights,
 )
 
@@ -130,14 +132,71 @@ def test_contribution_weights_sum_to_one_and_favour_fresh_large_models(models: l
 
 @PROPS
 @given(merges, st.floats(0.0, 1.0))
-def test_vc_mixing_weights_sum_to_one_and_keep_beta_for_fresh_models(models: list[Contribution],
-                                                                       beta: float) -> None:
+def test_vc_mixing_weights_sum_to_one_and_keep_the_local_share_for_fresh_models(models: list[Contribution],
+                                                                                beta: float) -> None:
     local, received = models[0], models[1:]
+    kept = 1.0 - received_share(len(received), beta)  # β for one received model
     w = vc_mixing_weights(local, received, beta)
     assert w.sum() == pytest.approx(1.0) and np.all(w >= 0)
-    assert w[0] >= beta - 1e-12  # staleness only ever moves weight back to the local model
+    assert w[0] >= kept - 1e-12  # staleness only ever moves weight back to the local model
     fresh = [Contribution(c.tensors, c.samples, age=0) for c in received]
-    assert vc_mixing_weights(local, fresh, beta)[0] == pytest.approx(beta)
+    assert vc_mixing_weights(local, fresh, beta)[0] == pytest.approx(kept)
+    if len(received) == 1:
+        assert kept == pytest.approx(beta)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+def test_a_batch_of_k_fresh_models_weights_all_k_plus_1_equally_at_the_papers_beta(k: int) -> None:
+    """Epidemic Learning's merge (de Vos et al. 2023): the local model and every one of the K
+    received ones count 1/(K+1); one received model is the paper's β = 1/2 merge of two."""
+    local, *received = [Contribution(model(i), samples=40) for i in range(k + 1)]
+    np.testing.assert_allclose(vc_mixing_weights(local, received, 0.5), np.full(k + 1, 1 / (k + 1)))
+    # Samples still set the received models' split among themselves, not the local share.
+    uneven = [Contribution(c.tensors, samples=10 * (i + 1)) for i, c in enumerate(received)]
+    w = vc_mixing_weights(local, uneven, 0.5)
+    assert w[0] == pytest.approx(1 / (k + 1))
+    np.testing.assert_allclose(w[1:] / w[1:].sum(), np.arange(1, k + 1) / np.arange(1, k + 1).sum())
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_beta_is_the_local_share_against_one_model_and_each_received_model_keeps_its_weight(
+        beta: float, k: int) -> None:
+    """Against K models the local model counts as β/(1 − β) received models (K = 1: exactly β)."""
+    local, *received = [Contribution(model(i), samples=40) for i in range(k + 1)]
+    w = vc_mixing_weights(local, received, beta)
+    assert w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w[1:], np.full(k, w[1]))
+    assert w[0] * (1 - beta) == pytest.approx(w[1] * beta)  # the ratio of a merge of two
+    if k == 1:
+        assert w[0] == pytest.approx(beta)
+
+
+def test_stale_models_and_strangers_move_a_batch_less_than_fresh_established_senders() -> None:
+    local, *received = [Contribution(model(i), samples=40) for i in range(3)]
+    fresh = vc_mixing_weights(local, received, 0.5)[0]
+    stale = vc_mixing_weights(local, [received[0], Contribution(received[1].tensors, samples=40, age=20)], 0.5)[0]
+    stranger = vc_mixing_weights(local, [received[0], Contribution(received[1].tensors, samples=40, stake=0.5)],
+                                 0.5)[0]
+    assert fresh == pytest.approx(1 / 3) and stale > fresh and stranger > fresh
+
+
+def test_a_batch_merge_is_rescaled_to_the_received_models_variance() -> None:
+    """The variance correction applies to the batch average (DESIGN.md): W̄ over the K + 1
+    models, then each weight layer rescaled to the received models' mean variance."""
+    local, *received = [Contribution(model(i, scale=1 + i), samples=40) for i in range(4)]
+    out = VarianceCorrectedRule(eps=0.0).merge(local, received)
+    for name in ("conv.weight", "fc.weight"):
+        stack = [np.asarray(c.tensors[name], dtype=np.float64) for c in (local, *received)]
+        average = sum(stack) / 4
+        assert np.asarray(out[name], dtype=np.float64).mean() == pytest.approx(average.mean(), abs=1e-6)
+        target = float(np.mean([np.var(x) for x in stack[1:]]))
+        assert np.var(np.asarray(out[name], dtype=np.float64)) == pytest.approx(target, rel=1e-5)
+        # The rescale is around the mean: the result is the average's deviations, scaled.
+        got = np.asarray(out[name], dtype=np.float64) - average.mean()
+        np.testing.assert_allclose(got, (average - average.mean()) * math.sqrt(target / np.var(average)),
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["fc.bias"], sum(np.asarray(c.tensors["fc.bias"]) for c in (local, *received)) / 4)
 
 
 @PROPS
