@@ -1,4 +1,12 @@
-"""Shared fixtures: real peer processes on loopback, stopped at the end of each test."""
+"""Shared fixtures: real peer processes on loopback, stopped at the end of each test.
+
+Also how the default run is spread over pytest-xdist workers (``-n 2 --dist loadfile`` in
+pyproject's addopts): every test module is one unit of work, so a module's shared peers
+(module-scoped fixtures) start once, in one worker; the fuzz package is one unit, because
+its session checks (tests/fuzz/test_zz_session.py) count the inputs of every fuzz test
+in their own process. The modules that start real peers go first, so the many short unit
+tests fill the workers' tails instead of one long system test running alone at the end.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,40 @@ from peer.tools.procs import PeerProcess, launch_peers
 COMMON_PEER_ARGS = ["--threads", "1", "--log-level", "info"]
 
 LaunchPeers = Callable[..., list[PeerProcess]]
+
+# Test directories in the order their modules are handed out: longest-running first.
+RUN_ORDER = ("integration", "deploy", "fuzz", "peer", "protocol")
+
+
+def _directory(item: pytest.Item) -> str:
+    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+    return parts[0] if len(parts) > 1 else ""
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fuzz conftest moves its session checks behind the fuzz tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(RUN_ORDER)}
+    items.sort(key=lambda item: rank.get(_directory(item), len(RUN_ORDER)))  # stable: file order kept within
+
+
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # without pytest-xdist (-p no:xdist or not installed) the suite runs in one process
+    LoadFileScheduling = None
+
+if LoadFileScheduling is not None:
+    class ModuleScheduling(LoadFileScheduling):
+        """``--dist loadfile``, with the whole fuzz package as one unit of work.
+
+        (xdist's own loadgroup marks its groups by rewriting node ids, which pytest 9 ignores.)
+        """
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/fuzz" if path.startswith("tests/fuzz/") else path
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
+        return ModuleScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 @pytest.fixture
