@@ -236,35 +236,11 @@ def bench_grpc(ctx: Any, size: int, reps: int) -> list[float]:
 # --- peer processes ----------------------------------------------------------------------------
 
 def _build_engine(size: Size, seed: int, address: str) -> Any:
-    import random
+    """The answering engine of the benchmark: the tests' exchange peer (a synthetic MLP of
+    ``size``) sending top-k int8 deltas, with a timeout no exchange here comes near."""
+    from tests.exchange_peer import build_engine
 
-    import numpy as np
-    import torch
-    from torch import nn
-
-    from peer.data.datasets import Dataset
-    from peer.runtime.gossip import GossipEngine
-    from peer.runtime.trainer import Trainer
-    from protocol.membership import StaticMembership
-    from protocol.merge import make_rule
-    from protocol.wire import Limits
-
-    torch.manual_seed(seed)
-    h = size.hidden
-    layers: list[nn.Module] = [nn.Linear(64, h), nn.ReLU()]
-    for _ in range(size.layers):
-        layers += [nn.Linear(h, h), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(h, 10))
-    rng = np.random.default_rng(seed)
-    data = Dataset("synthetic", rng.standard_normal((64, 64)).astype(np.float32),
-                   rng.integers(0, 10, 64).astype(np.int64), rng.standard_normal((16, 64)).astype(np.float32),
-                   rng.integers(0, 10, 16).astype(np.int64), 10)
-    trainer = Trainer(model, data, np.arange(64), device=torch.device("cpu"), seed=seed, batch_size=32,
-                      lr=0.01, momentum=0.9)
-    return GossipEngine(peer_id=f"bench{seed}", address=address, trainer=trainer,
-                        membership=StaticMembership(address), merge_rule=make_rule("vc"), codec="topk_int8",
-                        limits=Limits(max_packet_bytes=1 << 30), rng=random.Random(seed), interval=1.0,
-                        timeout=120.0, topk_ratio=0.01, keyframe_codec="fp32")
+    return build_engine(size.hidden, size.layers, seed, address, codec="topk_int8", timeout=120.0)
 
 
 def _load_training_code() -> None:

@@ -125,8 +125,19 @@ class BetaMeanRule:
         return weighted_average([c.tensors for c in (local, *received)], w)
 
 
+class JudgingRule:
+    """The robust rules that judge every received model: ``merge`` is the tensors of their
+    ``merge_report`` (verdicts and all), so both answer from one computation."""
+
+    def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        raise NotImplementedError
+
+    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+        return self.merge_report(local, received).tensors
+
+
 @register
-class ClipRule:
+class ClipRule(JudgingRule):
     """Centred clipping of every received delta to ``multiplier · median(recent norms)``.
 
     Defaults: ``multiplier`` 2.0 (honest non-IID deltas spread well within 2x of their
@@ -167,8 +178,6 @@ class ClipRule:
         self.history.add(norms)
         return MergeReport(self._inner.merge(local, clipped), tuple(verdicts))
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
-        return self.merge_report(local, received).tensors
 
 
 @register
@@ -205,7 +214,7 @@ def _centre_verdicts(out: Tensors, received: Sequence[Contribution], factor: flo
 
 
 @register
-class CoordinateMedianRule:
+class CoordinateMedianRule(JudgingRule):
     """Coordinate-wise median of the local model and the received ones.
 
     Robust to up to ``⌈n/2⌉ − 1`` arbitrary models among n: the caller must buffer
@@ -242,8 +251,6 @@ class CoordinateMedianRule:
             _robust_vc(out, local, received, self.eps)
         return MergeReport(out, _centre_verdicts(out, received, self.outlier_factor))
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
-        return self.merge_report(local, received).tensors
 
 
 def trimmed_count(n: int, trim: float) -> int:
@@ -279,7 +286,7 @@ class TrimmedMeanRule(CoordinateMedianRule):
 
 
 @register
-class BristleRule:
+class BristleRule(JudgingRule):
     """Distance-based prioritiser: leave out far models, prefer close ones, optionally validate.
 
     Defaults: ``outlier_factor`` 2.0 × the running median of observed distances (same
@@ -368,8 +375,6 @@ class BristleRule:
             self.loss_check.record(list(rises.values()))
         return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
-        return self.merge_report(local, received).tensors
 
 
 @register
