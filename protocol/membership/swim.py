@@ -38,6 +38,10 @@ from protocol.membership.states import ALIVE, DEAD, LEFT, LIVE, NONE, SUSPECT, M
 from protocol.membership.table import AddressBook
 
 
+# The most members a leaving node tells itself when its messages are not authenticated.
+LEAVE_DIRECT_MAX = 512
+
+
 @dataclass(slots=True)
 class _Probe:
     target: int
@@ -211,9 +215,13 @@ class Swim(UpdateRules):
         self._set(self._me, LEFT, inc, now)
         update = Leave(self.address, inc)
         self._queue.push(update)
-        # Tell a few members directly: a leave should be known within a period or two.
-        for i in self._random_members(max(self.config.gossip_nodes, self.config.indirect_checks),
-                                      LIVE, ()):
+        # Tell members directly: a leave should be known within a period or two. Without
+        # authenticated messages a relayed Leave is only a hint (rules.py asks the member
+        # first), so the leaver tells every live member itself, up to LEAVE_DIRECT_MAX: one
+        # small message each, once. With a keyring or mTLS a few suffice and gossip relays it.
+        direct = (max(self.config.gossip_nodes, self.config.indirect_checks) if self.config.authenticated
+                  else LEAVE_DIRECT_MAX)
+        for i in self._random_members(direct, LIVE, ()):
             self._send(self.book.addresses[i], Gossip(self.address, self._piggyback(i)))
         if not self._gossiping and self.config.gossip_nodes > 0:
             self._gossiping = True

@@ -108,6 +108,18 @@ def test_a_graceful_leave_reaches_everyone_within_two_periods() -> None:
     assert sim.stats.deaths == 0  # a leave is never mistaken for a death
 
 
+def test_without_a_keyring_the_leaver_tells_everyone_itself_within_two_periods() -> None:
+    """Unauthenticated, a relayed leave is only a hint, so the leaver sends its Leave to
+    every live member itself: the same two periods as with a keyring."""
+    sim = MembershipSim(40, loss=0.01, seed=8)
+    sim.run_until(4.0)
+    sim.leave(11)
+    took = sim.periods_until(lambda: sim.known_by_all(11, (StateCode.LEFT,)), limit=10, step=0.5)
+    assert took is not None and took <= 2
+    sim.run_until(60.0)
+    assert sim.stats.deaths == 0
+
+
 def test_without_a_keyring_a_relayed_leave_is_checked_and_is_still_no_death() -> None:
     """Only the leaver's own word counts: a relay makes us ask it; whoever asked too late
     (it has gone) buries it as left, not dead, when its own suspicion runs out."""
