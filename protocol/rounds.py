@@ -10,9 +10,14 @@ models (an aggregate of round r starts round r + 1's training).
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.merge import weighted_average
 
 
 def ranking(round_number: int, peer_ids: Sequence[str], role: str) -> list[str]:
@@ -40,3 +45,104 @@ def sample_round(round_number: int, peer_ids: Sequence[str], trainers: int, aggr
         return tuple([p for p in ranking(round_number, peer_ids, role) if is_live(p)][:k])
 
     return RoundSample(round_number, first_live("train", trainers), first_live("aggregate", aggregators))
+
+
+# --- what a peer's model is, and what a received one is to it -------------------------------
+# Every packet of a peer in sampled mode says what its model is (``RoundLabel``, carried in
+# the packet's telemetry map): the aggregate of round r, a model being trained in round r
+# (never used: a snapshot taken mid-training), or the model trained in round r.
+AGGREGATE, TRAINING, TRAINED = "agg", "busy", "trained"
+KINDS = (AGGREGATE, TRAINING, TRAINED)
+_KIND_KEY, _ROUND_KEY = "rk", "rn"
+
+
+@dataclass(frozen=True)
+class RoundLabel:
+    kind: str
+    round_number: int
+
+    def telemetry(self) -> dict[str, str | int]:
+        return {_KIND_KEY: self.kind, _ROUND_KEY: self.round_number}
+
+    @staticmethod
+    def from_telemetry(telemetry: Mapping[str, object]) -> RoundLabel | None:
+        """The label a packet carries; None for a packet without one (a peer in gossip mode)
+        or with a malformed one (another peer's claims are never trusted to be well formed)."""
+        kind, number = telemetry.get(_KIND_KEY), telemetry.get(_ROUND_KEY)
+        if kind not in KINDS or not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            return None
+        return RoundLabel(str(kind), number)
+
+
+class Take(enum.Enum):
+    ADOPT = "adopt"        # a newer aggregate: start from it
+    COLLECT = "collect"    # a trained model of a round we have not seen aggregated: average it
+    IGNORE = "ignore"
+
+
+def judge(label: RoundLabel | None, adopted: int, inbound: bool) -> Take:
+    """What a peer holding the aggregate of round ``adopted`` does with a received model.
+
+    A newer aggregate is adopted whichever way it came. A trained model is collected only
+    when its sender sent it to us (``inbound``): the sender chose us as an aggregator of its
+    round, in its view, so a replacement aggregator takes what a dead one would have; a
+    trained model in the *reply* to our own packet is the partner's own business. Models of
+    rounds already aggregated, and snapshots taken mid-training, are ignored.
+    """
+    if label is None or label.kind == TRAINING:
+        return Take.IGNORE
+    if label.kind == AGGREGATE:
+        return Take.ADOPT if label.round_number > adopted else Take.IGNORE
+    return Take.COLLECT if inbound and label.round_number > adopted else Take.IGNORE
+
+
+@dataclass
+class Collection:
+    """What an aggregator has received for one round: the senders' models and sample counts."""
+
+    round_number: int
+    opened_at: float
+    arrived: dict[str, tuple[Mapping[str, np.ndarray], int]] = field(default_factory=dict)
+
+    def add(self, sender: str, model: Mapping[str, np.ndarray], samples: int) -> None:
+        self.arrived[sender] = (model, samples)  # a resend replaces the sender's earlier model
+
+    def ready(self, expected: Iterable[str], now: float, deadline: float) -> bool:
+        """Complete (every expected live trainer sent), or past the deadline with at least one
+        model: a dead or slow trainer delays a round by at most ``deadline``, never stalls it."""
+        if not self.arrived:
+            return False
+        return set(expected) <= set(self.arrived) or now - self.opened_at >= deadline
+
+    def aggregate(self) -> dict[str, np.ndarray]:
+        """FedAvg: the models weighted by their sample counts, in sender order (so the result
+        does not depend on the order they arrived in)."""
+        senders = sorted(self.arrived)
+        return weighted_average([self.arrived[s][0] for s in senders],
+                                [max(self.arrived[s][1], 1) for s in senders])
+
+
+class RoundBook:
+    """One peer's rounds: the round of the aggregate it holds, and the rounds it is collecting."""
+
+    def __init__(self) -> None:
+        self.adopted = 0  # 0: the initial model (every peer of a cluster starts from one model)
+        self.collecting: dict[int, Collection] = {}
+        self.aggregated = 0  # rounds this peer closed as an aggregator
+
+    def collect(self, round_number: int, sender: str, model: Mapping[str, np.ndarray], samples: int,
+                now: float) -> None:
+        if round_number <= self.adopted:
+            return
+        self.collecting.setdefault(round_number, Collection(round_number, now)).add(sender, model, samples)
+
+    def adopt(self, round_number: int) -> None:
+        """We hold the aggregate of ``round_number``: rounds up to it need no aggregating here."""
+        self.adopted = max(self.adopted, round_number)
+        for r in [r for r in self.collecting if r <= self.adopted]:
+            del self.collecting[r]
+
+    def due(self, expected: Callable[[int], Iterable[str]], now: float, deadline: float) -> list[Collection]:
+        """Collections ready to close, newest first (closing the newest makes the older moot)."""
+        return sorted((c for r, c in self.collecting.items() if c.ready(expected(r), now, deadline)),
+                      key=lambda c: -c.round_number)

@@ -55,6 +55,14 @@ def _rate(estimate: LinkEstimate | None) -> float:
 LIST_PEERS_MAX = 4096  # ~150 bytes a row: well inside the 4 MiB default message limit
 
 
+def round_fields(node: NodeView) -> dict[str, int | str]:
+    """Status's sampled-round fields (zero and empty in gossip mode)."""
+    rounds = node.rounds
+    if rounds is None:
+        return {}
+    return {"round": rounds.round_number, "round_role": rounds.role(), "rounds_aggregated": rounds.book.aggregated}
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: NodeView, metrics: NodeMetrics) -> None:
         self._node = node
@@ -85,7 +93,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             memory_model_bytes=memory.model, memory_optimizer_bytes=memory.optimizer,
             memory_sender_bytes=memory.sender_total, memory_receiver_bytes=memory.receiver_total,
             sender_links=len(memory.sender), receiver_links=len(memory.receiver), max_links=memory.max_links,
-            memory_bound_bytes=memory.bound)
+            memory_bound_bytes=memory.bound, mode=node.config.mode, **round_fields(node))
 
     async def ListPeers(self, request: admin_pb2.ListPeersRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:

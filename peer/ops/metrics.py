@@ -25,7 +25,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from peer.runtime.footprint import footprint
@@ -90,6 +90,16 @@ class _NodeCollector(Collector):
         yield c
         yield GaugeMetricFamily("hearsay_fanout", "Exchanges started per gossip interval (above 1: Epidemic "
                                 "Learning).", value=node.engine.fanout)
+        info = InfoMetricFamily("hearsay_mode", "How this peer learns: gossip, or sampled rounds.")
+        info.add_metric([], {"mode": node.config.mode})
+        yield info
+        if node.rounds is not None:
+            yield GaugeMetricFamily("hearsay_round", "Round of the aggregate this peer holds (mode=sampled; 0: the "
+                                    "initial model).", value=node.rounds.round_number)
+            yield CounterMetricFamily("hearsay_rounds_aggregated", "Rounds this peer closed as an aggregator.",
+                                      value=node.rounds.book.aggregated)
+            yield CounterMetricFamily("hearsay_round_contributions", "Trained models this peer delivered to a "
+                                      "round's aggregators.", value=node.rounds.contributions)
         yield GaugeMetricFamily("hearsay_compression_ratio", "fp32 model bytes / packet bytes of the last packet sent.",
                                 value=g.compression_ratio)
         memory = footprint(node.engine)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from peer.runtime.config import PeerConfig
     from peer.runtime.gossip import GossipEngine
     from peer.runtime.membership import MembershipEvents
+    from peer.runtime.sampled_rounds import SampledRounds
     from peer.runtime.trainer import Trainer
     from protocol.membership import MembershipView
 
@@ -36,6 +37,8 @@ class NodeView(Protocol):
     def engine(self) -> GossipEngine: ...
     @property
     def membership(self) -> MembershipView: ...
+    @property
+    def rounds(self) -> SampledRounds | None: ...  # mode=sampled only
     @property
     def data_dir(self) -> Path | None: ...
     @property

@@ -170,6 +170,20 @@ class PeerConfig:
                           "2023): right after the round's exchanges, every model received since the last "
                           "merge (the replies included) is merged at once, the local model and each received "
                           "one weighing alike under vc.", lo=1, hi=64)
+    mode: str = _opt("gossip", "gossip = asynchronous pairwise exchanges (fanout partners per interval); sampled = "
+                               "server-free sampled rounds (MoDeST): each round, trainers and aggregators are "
+                               "chosen by hashing the round number over the live view; trainers take round_steps "
+                               "steps from the latest aggregate and send to the aggregators, which average them "
+                               "(FedAvg weights) and pass the aggregate to the next round's trainers.",
+                      choices=("gossip", "sampled"))
+    round_trainers: int = _opt(0, "mode=sampled: trainers per round (0 = every live peer).", lo=0, hi=1 << 20)
+    round_aggregators: int = _opt(1, "mode=sampled: aggregators per round (each averages what reaches it; more "
+                                     "keep a round going when one dies).", lo=1, hi=64)
+    round_steps: int = _opt(20, "mode=sampled: local steps a trainer takes per round.", lo=1, hi=1 << 20)
+    round_deadline: float = _opt(10.0, "mode=sampled: seconds an aggregator waits for a round's trainers after the "
+                                       "first model arrives (a dead trainer delays a round by at most this); also "
+                                       "how long a peer waits for an aggregate before asking again.",
+                                 lo=0.1, hi=3600.0, seconds=True)
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging, chosen from bench/learning.py's evidence. With hostile peers use bristle, "
                             "which needs a shared initialisation (README, hostile peers).",

@@ -157,6 +157,11 @@ class GossipEngine:
         # Called with the seconds one merge took (metrics histogram).
         self.on_merge: Callable[[float], None] | None = None
         self.on_exchange: Callable[[float], None] | None = None
+        # Sampled rounds (peer/runtime/sampled_rounds.py) take every received model instead of
+        # the merge: on_model(link, header, model, inbound) -> True when it took the model.
+        # extra_telemetry() adds what our packets say of our model (its round and kind).
+        self.on_model: Callable[[str, PacketHeader, Mapping[str, np.ndarray], bool], bool] | None = None
+        self.extra_telemetry: Callable[[], dict[str, str | int]] | None = None
         # Reputation and batched merges (issue 7); the node gives it a protocol.reputation.Reputation.
         self.defence = Defence(clock=clock)
         # Who speaks for which address (peer/transport/identity.py): reputation and bans key
@@ -215,8 +220,13 @@ class GossipEngine:
     def telemetry(self) -> dict[str, float | int]:
         t = self.trainer.stats()
         g = self.stats
-        return {"steps": t.steps, "acc": t.accuracy, "exch": g.exchanges, "out": g.bytes_sent,
-                "in": g.bytes_received, "ratio": g.compression_ratio}
+        own = {"steps": t.steps, "acc": t.accuracy, "exch": g.exchanges, "out": g.bytes_sent,
+               "in": g.bytes_received, "ratio": g.compression_ratio}
+        return own if self.extra_telemetry is None else {**own, **self.extra_telemetry()}
+
+    def _taken(self, link: str, packet: Packet, model: Mapping[str, np.ndarray], inbound: bool) -> bool:
+        """Whether ``on_model`` took the received model (then it is not merged)."""
+        return self.on_model is not None and self.on_model(link, packet.header, model, inbound)
 
     def _remember_report(self, address: str, packet: Packet) -> None:
         self.reports[address] = (dict(packet.header.telemetry), self.clock())
@@ -327,7 +337,7 @@ class GossipEngine:
             self._remember_report(sender, packet)
             # A model backed by no data (a newcomer fetching its first model) is not merged.
             merged = model is not None and packet.header.samples > 0
-            if merged:
+            if merged and not self._taken(sender, packet, model, inbound=True):
                 await asyncio.to_thread(self._merge, model, packet.header.samples, who)
         self._account(sender, packet_size(reply), len(data), merged=merged)
         log.debug("inbound exchange with %s (%s, %s)", packet.header.sender_id, who, caller.connection)
@@ -407,7 +417,7 @@ class GossipEngine:
         self._remember_report(link, packet)
         self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
         model = self._accept(link, packet)
-        if model is not None:
+        if model is not None and not self._taken(link, packet, model, inbound=False):
             await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
         self._account(link, packet_size(own), len(reply), merged=model is not None)
         if model is None:

@@ -38,6 +38,7 @@ from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.runtime.evaluation import policy_from_config
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.membership import MembershipEvents, MembershipRuntime
+from peer.runtime.sampled_rounds import SampledRounds
 from peer.ops.metrics import NodeMetrics
 from peer.transport.ports import StartError, check_port_free
 from peer.models import build_model
@@ -140,6 +141,7 @@ class Node:
         self.membership: StaticMembership | Swim
         self.swim: MembershipRuntime | None = None  # None with membership=static
         self.engine: GossipEngine
+        self.rounds: SampledRounds | None = None  # mode=sampled: the rounds replace the gossip loop
 
     def _max_packet_bytes(self) -> int:
         return int(self.config.max_packet_mb * (1 << 20))
@@ -279,6 +281,10 @@ class Node:
                                      idle_rtts=cfg.exchange_idle_rtts, safety=cfg.exchange_deadline_safety,
                                      assumed_rate=cfg.exchange_assumed_rate_kb * 1024))
         self.engine.fanout = cfg.fanout
+        if cfg.mode == "sampled":
+            self.rounds = SampledRounds(self.engine, trainers=cfg.round_trainers, aggregators=cfg.round_aggregators,
+                                        steps=cfg.round_steps, deadline=cfg.round_deadline,
+                                        rng=random.Random(f"rounds/{cfg.seed}"))
         self.engine.on_merge = self.metrics.merge_seconds.observe
         self.engine.on_exchange = self.metrics.exchange_seconds.observe
         self.engine.defence.reputation = Reputation() if cfg.reputation else None
@@ -375,6 +381,9 @@ class Node:
     async def _join_then_train(self) -> None:
         """Fetch a trained model from the swarm (unless resuming), then train and gossip."""
         cfg = self.config
+        if self.rounds is not None:  # a newcomer catches up by adopting the newest aggregate it hears of
+            await self.rounds.run(self.client.exchange, self.stopping)
+            return
         if self.resumed is None and cfg.bootstrap_timeout > 0 and (cfg.seeds or cfg.mqtt_broker):
             self.engine.joining = True
 

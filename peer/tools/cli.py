@@ -101,6 +101,7 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"loss          {s.loss:.4f}",
         f"known peers   {s.known_peers}",
         f"gossip        every {s.gossip_interval:g} s, codec {s.codec}, merge {s.merge}, log level {s.log_level}",
+        _mode_line(s),
         f"exchanges     {s.exchanges} ({s.merges} merged, {s.rejected} refused)",
         f"bytes in/out  {s.bytes_received} / {s.bytes_sent}",
         f"model         version {s.model_version}, digest {s.model_digest[:16]}",
@@ -110,6 +111,13 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"receiver copies {_mb(s.memory_receiver_bytes)} ({s.receiver_links} links); "
         f"bound {_mb(s.memory_bound_bytes)} at max_links {s.max_links}",
     ]
+
+
+def _mode_line(s) -> str:  # noqa: ANN001 - admin_pb2.StatusResponse
+    if s.mode == "sampled":
+        return (f"mode          sampled rounds: holds round {s.round}'s aggregate, {s.round_role} in round "
+                f"{s.round + 1}, {s.rounds_aggregated} round(s) aggregated")
+    return f"mode          {s.mode or 'gossip'}, fanout {s.fanout}"
 
 
 def _mb(n: int) -> str:
@@ -266,7 +274,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
                        out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
-                       merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed,
+                       merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed, mode=args.mode,
                        extra_args=args.peer_arg or [], tls=args.tls, dataset=args.dataset,
                        data_path=args.data_path, dataset_args=args.dataset_arg or [], shard_count=args.shard_count,
                        eval_samples=args.eval_samples, eval_every=args.eval_every, eval_budget=args.eval_budget,
@@ -361,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
     p.add_argument("--merge", default="vc", choices=merge_rules())
     p.add_argument("--gossip-interval", type=float, default=1.0)
+    p.add_argument("--mode", default="gossip", choices=("gossip", "sampled"),
+                   help="how every peer learns: gossip, or server-free sampled rounds (default: gossip)")
     p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")
     p.add_argument("--peer-arg", action="append", metavar="ARG",
                    help="extra flag passed to every `hearsay run` (repeatable), e.g. --peer-arg=--lr=0.1")

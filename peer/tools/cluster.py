@@ -50,6 +50,7 @@ class ClusterSpec:
     merge: str = "vc"
     gossip_interval: float = 1.0
     seed: int = 0
+    mode: str = "gossip"
     extra_args: list[str] = field(default_factory=list)
     # Stop this many seconds after every peer has finished training (needs --max-steps in
     # extra_args); duration stays the upper bound. Benchmarks use it for equal compute.
@@ -89,7 +90,7 @@ def peer_args(spec: ClusterSpec, i: int, seeds: list[str]) -> list[str]:
     return [*(["--seeds", ",".join(seeds)] if seeds else []), "--shard-index", str(i),
             "--shard-count", str(spec.shards()), "--partition", spec.partition, "--alpha", str(spec.alpha),
             *data, "--model", spec.model, *evaluation, "--merge", spec.merge,
-            "--gossip-interval", str(spec.gossip_interval), "--seed", str(spec.seed + i),
+            "--gossip-interval", str(spec.gossip_interval), "--mode", spec.mode, "--seed", str(spec.seed + i),
             "--data-seed", str(spec.seed), *tls, *spec.extra_args]
 
 

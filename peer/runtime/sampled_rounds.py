@@ -1,0 +1,270 @@
+"""Server-free sampled rounds (MoDeST) in a running peer: ``mode = sampled``.
+
+Round r's trainers and aggregators are chosen by hashing (r, address) over this peer's
+live view (``protocol.rounds.sample_round``), so every peer with the same view agrees on
+them with no coordinator. In round r a trainer starts from the aggregate of round r - 1,
+takes ``round_steps`` local steps and sends its model to the round's aggregators; an
+aggregator averages what reaches it (FedAvg's sample weights), waiting for the round's
+live trainers at most ``round_deadline`` after the first model arrived, adopts the
+aggregate and sends it to round r + 1's trainers. A peer not sampled keeps the latest
+aggregate it saw.
+
+Round numbers travel with the models: every packet says what its model is (a
+``RoundLabel`` in its telemetry), and a newer aggregate is adopted wherever it comes from,
+a reply included. Recovery needs no extra message: an aggregator that fails an exchange
+is skipped and the next live one in hash order takes the round (it collects any trained
+model sent to it); a peer that has heard nothing for ``round_deadline`` resends its
+trained model, or, holding an aggregate, exchanges with a random live peer and so learns
+the newest aggregate (anti-entropy: how peers not sampled, and peers that joined late,
+catch up).
+
+The decisions are pure (``protocol.rounds``); this module adds the clock, the trainer and
+the packets. Models travel through ``GossipEngine``'s own exchanges (codec policy, per-link
+replicas, wire framing, admission, bans): the engine hands every received model to
+``take`` instead of merging it. Robust merge rules and stakes do not apply to the
+aggregate (FedAvg of what arrived, by claimed sample counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+
+import numpy as np
+
+from peer.runtime.gossip import Exchange, GossipEngine
+from protocol.rounds import AGGREGATE, TRAINED, TRAINING, RoundBook, RoundLabel, RoundSample, Take, judge, \
+    sample_round
+from protocol.wire import PacketHeader
+
+log = logging.getLogger(__name__)
+
+# Before round 1, wait until the live view has not changed for this long (capped by the
+# round deadline), so peers starting together agree on round 1's sample instead of each
+# running rounds alone with a view of one.
+SETTLE_SECONDS = 2.0
+SETTLE_LIMIT_FACTOR = 5  # ... but never longer than this many settle periods in all
+# A partner busy exchanging with us is asked again after a short random pause.
+BUSY_RETRY_SECONDS = (0.02, 0.1)
+
+
+def _copy(model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A received model is a view of our copy of the sender's model, which the next update
+    on that link changes in place: a model kept for later must be a copy of its own."""
+    return {k: np.array(v, copy=True) for k, v in model.items()}
+
+
+class SampledRounds:
+    """Drives one peer's rounds; ``run`` replaces the trainer thread and the gossip loop."""
+
+    def __init__(self, engine: GossipEngine, *, trainers: int, aggregators: int, steps: int, deadline: float,
+                 rng: random.Random) -> None:
+        self.engine = engine
+        self.trainer = engine.trainer
+        self.trainers = trainers  # 0: every live peer
+        self.aggregators = aggregators
+        self.steps = steps
+        self.deadline = deadline
+        self.rng = rng
+        self.clock = engine.clock
+        self.book = RoundBook()
+        self.label = RoundLabel(AGGREGATE, 0)  # what our model is: every packet we send says so
+        self._pending: tuple[int, dict[str, np.ndarray]] | None = None  # newest aggregate received
+        self._wake = asyncio.Event()
+        self._quiet_since = self.clock()      # last adoption, delivery or pull
+        self._failed: dict[int, set[str]] = {}  # per round: aggregators that failed us
+        self._background: set[asyncio.Task[bool]] = set()  # pushes still running after their round moved on
+        self._evaluate_next = True  # the starting accuracy, then each aggregate a peer not sampled adopts
+        self.contributions = 0  # trained models delivered to an aggregator (metrics)
+        engine.on_model = self.take
+        engine.extra_telemetry = self.label_telemetry
+
+    def label_telemetry(self) -> dict[str, str | int]:
+        return self.label.telemetry()
+
+    # --- the sample ----------------------------------------------------------------------------
+    def peers(self) -> list[str]:
+        """This peer and every live, unbanned member, by address (the ids the sample hashes)."""
+        engine = self.engine
+        others = [m.address for m in engine.membership.live() if not engine.defence.is_banned(engine.who(m.address))]
+        return [engine.address, *others]
+
+    def sample(self, round_number: int, exclude: set[str] | frozenset[str] = frozenset()) -> RoundSample:
+        peers = self.peers()
+        return sample_round(round_number, peers, self.trainers or len(peers), self.aggregators,
+                            is_live=lambda a: a not in exclude)
+
+    @property
+    def round_number(self) -> int:
+        """The round of the aggregate this peer holds (0: the initial model)."""
+        return self.book.adopted
+
+    def role(self) -> str:
+        """This peer's part in the next round (``round_number + 1``) as its view now has it."""
+        s = self.sample(self.book.adopted + 1)
+        me = self.engine.address
+        roles = [name for name, chosen in (("trainer", me in s.trainers), ("aggregator", me in s.aggregators))
+                 if chosen]
+        return "+".join(roles) or "idle"
+
+    # --- received models (on the event loop, from the engine) ----------------------------------
+    def _newest(self) -> int:
+        return max(self.book.adopted, self._pending[0] if self._pending else 0)
+
+    def take(self, link: str, header: PacketHeader, model: Mapping[str, np.ndarray], inbound: bool) -> bool:
+        """Every received model comes here instead of the merge (``GossipEngine.on_model``)."""
+        label = RoundLabel.from_telemetry(header.telemetry)
+        what = judge(label, self._newest(), inbound)
+        if label is not None and what is Take.ADOPT:
+            self._pending = (label.round_number, _copy(model))
+            self._wake.set()
+        elif label is not None and what is Take.COLLECT:
+            self.book.collect(label.round_number, link, _copy(model), header.samples, self.clock())
+            self._wake.set()
+        return True  # nothing received is ever merged in this mode
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
+        await self._settle(stopping)
+        tick = min(self.engine.interval, self.deadline / 4)
+        while not stopping.is_set() and not self.engine.draining:
+            await self.step(exchange)
+            try:  # woken by a received model, or by the tick for deadlines
+                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+        for task in list(self._background):
+            task.cancel()
+
+    async def _settle(self, stopping: asyncio.Event) -> None:
+        settle = min(SETTLE_SECONDS, self.deadline)
+        limit = self.clock() + SETTLE_LIMIT_FACTOR * settle
+        view, since = sorted(self.peers()), self.clock()
+        while not stopping.is_set() and self.clock() < limit and self.clock() - since < settle:
+            await asyncio.sleep(0.1)  # polling the view with a deadline: membership has no change event
+            now_view = sorted(self.peers())
+            if now_view != view:
+                view, since = now_view, self.clock()
+        log.info("sampled rounds: starting with %d peer(s) in view", len(view))
+
+    async def step(self, exchange: Exchange) -> None:
+        """One pass: close a round that is due, adopt a newer aggregate, then train, resend or pull."""
+        due = self.book.due(lambda r: self.sample(r).trainers, self.clock(), self.deadline)
+        if due:
+            await self._close(due[0].round_number, exchange)  # the newest: closing it makes older ones moot
+        await self._adopt_pending()
+        r = self.book.adopted + 1
+        chosen = self.engine.address in self.sample(r).trainers
+        if self._evaluate_next and not chosen:  # a peer not sampled shows the aggregate it holds
+            self._evaluate_next = False
+            await asyncio.to_thread(self.trainer.evaluate)
+        quiet = self.clock() - self._quiet_since >= self.deadline
+        if self.label.kind == AGGREGATE and chosen:
+            await self._train(r)
+            await self._deliver(r, exchange)
+        elif self.label.kind == TRAINED and self.label.round_number > self.book.adopted and quiet:
+            log.info("no aggregate of round %d within %.1f s: sending our model again", r, self.deadline)
+            await self._deliver(self.label.round_number, exchange)
+        elif quiet:
+            await self._pull(exchange)
+
+    async def _adopt_pending(self) -> None:
+        if self._pending is not None and self._pending[0] > self.book.adopted:
+            round_number, model = self._pending
+            self._pending = None
+            await self._adopt(round_number, model)
+        self._pending = None if self._pending is None or self._pending[0] <= self.book.adopted else self._pending
+
+    async def _adopt(self, round_number: int, model: dict[str, np.ndarray]) -> None:
+        await asyncio.to_thread(self.trainer.merge_with, lambda _current: model)
+        self.book.adopt(round_number)
+        self.label = RoundLabel(AGGREGATE, round_number)
+        self._quiet_since = self.clock()
+        self._evaluate_next = True
+        for r in [r for r in self._failed if r <= round_number]:
+            del self._failed[r]
+        log.debug("adopted the aggregate of round %d", round_number)
+
+    # --- the parts -----------------------------------------------------------------------------
+    async def _train(self, round_number: int) -> None:
+        self.label = RoundLabel(TRAINING, round_number)  # snapshots sent meanwhile are never used
+        if not self.trainer.stats().done:  # past max_steps: the aggregate goes back untrained
+            await asyncio.to_thread(self.trainer.train_steps, self.steps)
+        self.label = RoundLabel(TRAINED, round_number)
+
+    async def _close(self, round_number: int, exchange: Exchange) -> None:
+        """Aggregate round ``round_number``, adopt it, and pass it to the next round's trainers."""
+        collection = self.book.collecting[round_number]
+        aggregate = await asyncio.to_thread(collection.aggregate)
+        log.info("round %d aggregated from %d model(s)", round_number, len(collection.arrived))
+        self.book.aggregated += 1
+        await self._adopt(round_number, aggregate)
+        me = self.engine.address
+        targets = [a for a in self.sample(round_number + 1).trainers if a != me]
+        await self._push(targets, exchange)
+
+    async def _push(self, targets: list[str], exchange: Exchange) -> None:
+        """Send our model to ``targets``, waiting at most a deadline (a push still running then
+        goes on in the background; its packet was built at its start)."""
+        until = self.clock() + self.deadline
+        tasks = [asyncio.ensure_future(self._send(a, exchange, until)) for a in targets]
+        if not tasks:
+            return
+        _done, running = await asyncio.wait(tasks, timeout=self.deadline)
+        for task in running:
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _deliver(self, round_number: int, exchange: Exchange) -> None:
+        """Our trained model to round ``round_number``'s aggregators: the first live ones in hash
+        order, skipping any that failed us this round (the next one replaces it)."""
+        me = self.engine.address
+        failed = self._failed.setdefault(round_number, set())
+        delivered: set[str] = set()
+        until = self.clock() + self.deadline
+        self._quiet_since = self.clock()
+        while self.clock() < until and self._newest() < round_number and not self.engine.draining:
+            targets = [a for a in self.sample(round_number, exclude=failed).aggregators if a not in delivered]
+            if not targets:
+                break
+            if me in targets:  # our own aggregator: no packet
+                self.book.collect(round_number, me, await asyncio.to_thread(self.trainer.state),
+                                  self.trainer.samples, self.clock())
+                delivered.add(me)
+                self._wake.set()
+            remote = [a for a in targets if a != me]
+            results = await asyncio.gather(*(self._send(a, exchange, until) for a in remote))
+            for address, ok in zip(remote, results):
+                (delivered if ok else failed).add(address)
+                if not ok:
+                    log.info("aggregator %s of round %d did not take our model: trying the next", address,
+                             round_number)
+        self.contributions += len(delivered)
+        self._quiet_since = self.clock()
+
+    async def _send(self, address: str, exchange: Exchange, until: float) -> bool:
+        """One exchange with ``address`` (our model there, its model back to ``take``), asked again
+        while the partner is merely busy; False when it failed or the time ran out."""
+        while self.clock() < until and not self.engine.draining:
+            member = self.engine.membership.get(address)
+            if member is None or not member.live:
+                return False
+            failures = self.engine.link(address).failures
+            if await self.engine.exchange_with(member, exchange):
+                return True
+            if self.engine.link(address).failures > failures:
+                return False  # unreachable or refusing: the failure detector has been told
+            await asyncio.sleep(self.rng.uniform(*BUSY_RETRY_SECONDS))  # busy: a retry backoff, not a wait
+        return False
+
+    async def _pull(self, exchange: Exchange) -> None:
+        """Nothing heard for a deadline: one exchange with a random live peer; whichever of us
+        holds the older aggregate adopts the newer one (how peers not sampled catch up)."""
+        self._quiet_since = self.clock()
+        partner = self.engine.pick_partner()
+        if partner is not None:
+            await self.engine.exchange_with(partner, exchange)
+
