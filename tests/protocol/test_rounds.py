@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from protocol.rounds import ranking, sample_round
+from protocol.rounds import (AGGREGATE, TRAINED, TRAINING, Collection, RoundBook, RoundLabel, Take, judge, ranking,
+                             sample_round)
 
 IDS = [f"peer-{i}" for i in range(20)]
 
@@ -37,3 +39,60 @@ def test_with_80_percent_down_the_live_fifth_still_forms_rounds() -> None:
     assert set(s.trainers) == live and set(s.aggregators) <= live and len(s.aggregators) == 2
     with pytest.raises(ValueError):
         sample_round(1, IDS, trainers=0, aggregators=1)
+
+
+# --- what a received model is to a peer, and when a round closes ------------------------------
+
+
+def test_a_label_travels_in_telemetry_and_a_malformed_one_is_no_label() -> None:
+    label = RoundLabel(TRAINED, 12)
+    assert RoundLabel.from_telemetry({"steps": 3, **label.telemetry()}) == label
+    for bad in ({}, {"rk": "agg"}, {"rk": "boss", "rn": 1}, {"rk": "agg", "rn": -1}, {"rk": "agg", "rn": "3"},
+                {"rk": "agg", "rn": True}, {"rk": "agg", "rn": 1.5}):
+        assert RoundLabel.from_telemetry(bad) is None
+
+
+def test_newer_aggregates_are_adopted_and_trained_models_collected_only_when_sent_to_us() -> None:
+    assert judge(RoundLabel(AGGREGATE, 5), adopted=4, inbound=False) is Take.ADOPT
+    assert judge(RoundLabel(AGGREGATE, 4), adopted=4, inbound=True) is Take.IGNORE
+    assert judge(RoundLabel(TRAINED, 5), adopted=4, inbound=True) is Take.COLLECT
+    # In a reply, a trained model is the partner's business: we did not ask it to aggregate.
+    assert judge(RoundLabel(TRAINED, 5), adopted=4, inbound=False) is Take.IGNORE
+    assert judge(RoundLabel(TRAINED, 4), adopted=4, inbound=True) is Take.IGNORE  # already aggregated
+    assert judge(RoundLabel(TRAINING, 9), adopted=4, inbound=True) is Take.IGNORE  # a mid-training snapshot
+    assert judge(None, adopted=0, inbound=True) is Take.IGNORE  # a peer in gossip mode
+
+
+def model(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, value, dtype=np.float32)}
+
+
+def test_a_round_closes_when_its_trainers_sent_or_at_the_deadline_with_at_least_one_model() -> None:
+    c = Collection(3, opened_at=10.0)
+    assert not c.ready({"a", "b"}, now=99.0, deadline=1.0)  # nothing arrived: nothing to aggregate
+    c.add("a", model(1.0), 10)
+    assert not c.ready({"a", "b"}, now=10.5, deadline=1.0)
+    assert c.ready({"a", "b"}, now=11.0, deadline=1.0)  # b is dead or slow: the deadline closes the round
+    c.add("b", model(4.0), 30)
+    assert c.ready({"a", "b"}, now=10.1, deadline=1.0)
+
+
+def test_the_aggregate_is_fedavg_and_does_not_depend_on_arrival_order() -> None:
+    first, second = Collection(1, 0.0), Collection(1, 0.0)
+    for sender, value, samples in (("a", 1.0, 10), ("b", 4.0, 30)):
+        first.add(sender, model(value), samples)
+    for sender, value, samples in (("b", 4.0, 30), ("a", 1.0, 10)):
+        second.add(sender, model(value), samples)
+    assert np.allclose(first.aggregate()["w"], 3.25)
+    assert first.aggregate()["w"].tobytes() == second.aggregate()["w"].tobytes()
+
+
+def test_adopting_an_aggregate_drops_the_rounds_it_makes_moot() -> None:
+    book = RoundBook()
+    book.collect(2, "a", model(1.0), 1, now=0.0)
+    book.collect(3, "a", model(1.0), 1, now=0.0)
+    assert [c.round_number for c in book.due(lambda r: {"a"}, now=0.0, deadline=5.0)] == [3, 2]
+    book.adopt(2)
+    assert sorted(book.collecting) == [3]
+    book.collect(1, "b", model(1.0), 1, now=0.0)  # a round already aggregated is not collected again
+    assert sorted(book.collecting) == [3]
