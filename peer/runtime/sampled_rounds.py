@@ -41,11 +41,11 @@ from protocol.wire import PacketHeader
 
 log = logging.getLogger(__name__)
 
-# Before round 1, wait until the live view has not changed for this long (capped by the
-# round deadline), so peers starting together agree on round 1's sample instead of each
-# running rounds alone with a view of one.
+# Before round 1, wait until the live view holds another peer and has not changed for this
+# long (capped by the round deadline), so peers starting together agree on round 1's sample
+# instead of each running rounds alone with a view of one.
 SETTLE_SECONDS = 2.0
-SETTLE_LIMIT_FACTOR = 5  # ... but never longer than this many settle periods in all
+SETTLE_LIMIT_FACTOR = 10  # ... but never longer than this many settle periods in all (a peer alone)
 # A partner busy exchanging with us is asked again after a short random pause.
 BUSY_RETRY_SECONDS = (0.02, 0.1)
 
@@ -75,7 +75,8 @@ class SampledRounds:
         self._wake = asyncio.Event()
         self._quiet_since = self.clock()      # last adoption, delivery or pull
         self._failed: dict[int, set[str]] = {}  # per round: aggregators that failed us
-        self._background: set[asyncio.Task[bool]] = set()  # pushes still running after their round moved on
+        self._background: set[asyncio.Task[bool]] = set()
+        self._stopping = asyncio.Event()  # run's  # pushes still running after their round moved on
         self._evaluate_next = True  # the starting accuracy, then each aggregate a peer not sampled adopts
         self.contributions = 0  # trained models delivered to an aggregator (metrics)
         engine.on_model = self.take
@@ -126,11 +127,16 @@ class SampledRounds:
         return True  # nothing received is ever merged in this mode
 
     # --- the loop ------------------------------------------------------------------------------
+    def halted(self) -> bool:
+        """Stopping, or leaving (the node drains: start no new exchanges)."""
+        return self._stopping.is_set() or self.engine.draining
+
     async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
         await self._settle(stopping)
         tick = min(self.engine.interval, self.deadline / 4)
-        while not stopping.is_set() and not self.engine.draining:
-            await self.step(exchange)
+        while not self.halted():
+            await self.step(exchange, stopping)
             try:  # woken by a received model, or by the tick for deadlines
                 await asyncio.wait_for(self._wake.wait(), timeout=tick)
             except TimeoutError:
@@ -143,14 +149,16 @@ class SampledRounds:
         settle = min(SETTLE_SECONDS, self.deadline)
         limit = self.clock() + SETTLE_LIMIT_FACTOR * settle
         view, since = sorted(self.peers()), self.clock()
-        while not stopping.is_set() and self.clock() < limit and self.clock() - since < settle:
+        # A view of one is not settled: peers started together come up seconds apart on a busy
+        # machine, and the first one up would otherwise run rounds alone until the others came.
+        while not stopping.is_set() and self.clock() < limit and (self.clock() - since < settle or len(view) < 2):
             await asyncio.sleep(0.1)  # polling the view with a deadline: membership has no change event
             now_view = sorted(self.peers())
             if now_view != view:
                 view, since = now_view, self.clock()
         log.info("sampled rounds: starting with %d peer(s) in view", len(view))
 
-    async def step(self, exchange: Exchange) -> None:
+    async def step(self, exchange: Exchange, stopping: asyncio.Event) -> None:
         """One pass: close a round that is due, adopt a newer aggregate, then train, resend or pull."""
         due = self.book.due(lambda r: self.sample(r).trainers, self.clock(), self.deadline)
         if due:
@@ -163,7 +171,7 @@ class SampledRounds:
             await asyncio.to_thread(self.trainer.evaluate)
         quiet = self.clock() - self._quiet_since >= self.deadline
         if self.label.kind == AGGREGATE and chosen:
-            await self._train(r)
+            await self._train(r, stopping)
             await self._deliver(r, exchange)
         elif self.label.kind == TRAINED and self.label.round_number > self.book.adopted and quiet:
             log.info("no aggregate of round %d within %.1f s: sending our model again", r, self.deadline)
@@ -189,10 +197,19 @@ class SampledRounds:
         log.debug("adopted the aggregate of round %d", round_number)
 
     # --- the parts -----------------------------------------------------------------------------
-    async def _train(self, round_number: int) -> None:
+    async def _train(self, round_number: int, stopping: asyncio.Event) -> None:
         self.label = RoundLabel(TRAINING, round_number)  # snapshots sent meanwhile are never used
         if not self.trainer.stats().done:  # past max_steps: the aggregate goes back untrained
+            started = self.clock()
             await asyncio.to_thread(self.trainer.train_steps, self.steps)
+            # steps_per_second bounds the step rate as in gossip mode (the same compute budget,
+            # and peers sharing a machine do not spin rounds flat out): a rate limit, not a wait.
+            spare = self.steps * self.trainer.min_step_seconds - (self.clock() - started)
+            if spare > 0:
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=spare)
+                except TimeoutError:
+                    pass
         self.label = RoundLabel(TRAINED, round_number)
 
     async def _close(self, round_number: int, exchange: Exchange) -> None:
@@ -226,7 +243,7 @@ class SampledRounds:
         delivered: set[str] = set()
         until = self.clock() + self.deadline
         self._quiet_since = self.clock()
-        while self.clock() < until and self._newest() < round_number and not self.engine.draining:
+        while self.clock() < until and self._newest() < round_number and not self.halted():
             targets = [a for a in self.sample(round_number, exclude=failed).aggregators if a not in delivered]
             if not targets:
                 break
@@ -248,7 +265,7 @@ class SampledRounds:
     async def _send(self, address: str, exchange: Exchange, until: float) -> bool:
         """One exchange with ``address`` (our model there, its model back to ``take``), asked again
         while the partner is merely busy; False when it failed or the time ran out."""
-        while self.clock() < until and not self.engine.draining:
+        while self.clock() < until and not self.halted():
             member = self.engine.membership.get(address)
             if member is None or not member.live:
                 return False
