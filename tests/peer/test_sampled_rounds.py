@@ -117,3 +117,16 @@ def test_a_dead_aggregator_is_replaced_by_the_next_in_hash_order() -> None:
         assert after >= before + target - held - 1
 
     asyncio.run(scenario())
+
+
+def test_cluster_passes_the_mode_to_every_peer() -> None:
+    from peer.runtime.config import load
+    from peer.tools.cli import build_parser
+    from peer.tools.cluster import ClusterSpec, peer_args
+
+    cluster = build_parser().parse_args(["cluster", "-n", "2", "--mode", "sampled"])
+    assert cluster.mode == "sampled"
+    run = build_parser().parse_args(["run", *peer_args(ClusterSpec(peers=2, mode="sampled"), 1, ["127.0.0.1:1"]),
+                                     "--round-trainers", "2", "--round-deadline", "0.5"])
+    config = load(run, environ={})
+    assert (config.mode, config.round_trainers, config.round_deadline) == ("sampled", 2, 0.5)
