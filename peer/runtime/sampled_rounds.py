@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -78,6 +78,8 @@ class SampledRounds:
         self._background: set[asyncio.Task[bool]] = set()
         self._stopping = asyncio.Event()  # run's  # pushes still running after their round moved on
         self._evaluate_next = True  # the starting accuracy, then each aggregate a peer not sampled adopts
+        # Called with each round this peer aggregates and its aggregate (benchmarks score it here).
+        self.on_aggregate: Callable[[int, Mapping[str, np.ndarray]], None] | None = None
         self.contributions = 0  # trained models delivered to an aggregator (metrics)
         engine.on_model = self.take
         engine.extra_telemetry = self.label_telemetry
@@ -218,6 +220,8 @@ class SampledRounds:
         aggregate = await asyncio.to_thread(collection.aggregate)
         log.info("round %d aggregated from %d model(s)", round_number, len(collection.arrived))
         self.book.aggregated += 1
+        if self.on_aggregate is not None:
+            self.on_aggregate(round_number, aggregate)
         await self._adopt(round_number, aggregate)
         me = self.engine.address
         targets = [a for a in self.sample(round_number + 1).trainers if a != me]
