@@ -75,8 +75,8 @@ class SampledRounds:
         self._wake = asyncio.Event()
         self._quiet_since = self.clock()      # last adoption, delivery or pull
         self._failed: dict[int, set[str]] = {}  # per round: aggregators that failed us
-        self._background: set[asyncio.Task[bool]] = set()
-        self._stopping = asyncio.Event()  # run's  # pushes still running after their round moved on
+        self._background: set[asyncio.Task[bool]] = set()  # pushes still running after their round moved on
+        self._stopping = asyncio.Event()  # replaced by run's
         self._evaluate_next = True  # the starting accuracy, then each aggregate a peer not sampled adopts
         # Called with each round this peer aggregates and its aggregate (benchmarks score it here).
         self.on_aggregate: Callable[[int, Mapping[str, np.ndarray]], None] | None = None
@@ -182,11 +182,11 @@ class SampledRounds:
             await self._pull(exchange)
 
     async def _adopt_pending(self) -> None:
-        if self._pending is not None and self._pending[0] > self.book.adopted:
+        while self._pending is not None:  # a newer one may arrive while we adopt
             round_number, model = self._pending
             self._pending = None
-            await self._adopt(round_number, model)
-        self._pending = None if self._pending is None or self._pending[0] <= self.book.adopted else self._pending
+            if round_number > self.book.adopted:
+                await self._adopt(round_number, model)
 
     async def _adopt(self, round_number: int, model: dict[str, np.ndarray]) -> None:
         await asyncio.to_thread(self.trainer.merge_with, lambda _current: model)
