@@ -140,7 +140,8 @@ class GossipEngine:
         self.deadlines = deadlines if deadlines is not None else DeadlinePolicy.fixed(timeout)
         self.estimates: dict[str, LinkEstimate] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
         self.clock = clock
-        self.specs = specs_of(trainer.state())
+        live, _hold = trainer.live()  # names, shapes and dtypes only: no copy of the model
+        self.specs = specs_of(live)
         self.fingerprint = fingerprint(self.specs)
         self.stats = GossipStats()
         # reason -> (when a refusal of that kind was last logged, refusals not logged since)
@@ -153,7 +154,7 @@ class GossipEngine:
         self.joining = False
         # address -> (telemetry the peer sent about itself, when it arrived)
         self.reports: dict[str, tuple[dict, float]] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
-        self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in trainer.state().values())
+        self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in live.values())
         # Called with the seconds one merge took (metrics histogram).
         self.on_merge: Callable[[float], None] | None = None
         self.on_exchange: Callable[[float], None] | None = None
