@@ -6,7 +6,7 @@ Two peer processes (``spawn``, one torch thread each, seeded), real gRPC on loop
 answering peer serves ``GossipServicer`` around the daemon's ``GossipEngine`` and
 ``Trainer``; the initiating peer calls ``GossipEngine.exchange_with`` through
 ``GossipClient.exchange``. They are ``bench.transport``'s two peer processes, with a
-bigger MLP (default: 64 → 4096, six 4096 × 4096 layers, → 10: 100.7M parameters) and a
+bigger MLP (default: 64 → 4096, six 4096 × 4096 layers, → 10: 101.0M parameters) and a
 deadline no exchange here comes near. First ``--keyframes`` push-pulls that both carry a
 dense fp32 keyframe (the first one makes the link), then ``--deltas`` push-pulls of 1 %
 top-k int8 deltas, each end to end: encode, gRPC both ways, decode, apply, both merges.
@@ -35,7 +35,7 @@ from typing import Any  # noqa: E402
 
 from bench.transport import MB, Size, _answering_peer, _initiating_peer, model_bytes, proc_kb  # noqa: E402
 
-BIG = Size(hidden=4096, layers=6, raw_reps=0, keyframe_reps=2, deltas=3)  # 100.7M parameters
+BIG = Size(hidden=4096, layers=6, raw_reps=0, keyframe_reps=2, deltas=3)  # 101.0M parameters
 
 
 def run(size: Size) -> dict[str, Any]:

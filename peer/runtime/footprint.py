@@ -13,7 +13,7 @@ evicted), and each is at most one model, so the steady state is bounded by
     model + optimizer + 2 * max_links * model
 
 whatever the swarm's size. An exchange adds transient buffers on top (the packet being
-received, the decoded update, the merge's output); bench/transport.py measures those.
+received; merges and deltas work in place), which bench/transport.py measures.
 """
 
 from __future__ import annotations
