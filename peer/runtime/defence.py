@@ -132,3 +132,8 @@ class Defence:
         """Models buffered for the next batch merge."""
         with self._lock:
             return len(self._pending)
+
+    def pending_bytes(self) -> int:
+        """Bytes the models buffered for the next batch merge hold (peer/runtime/footprint.py)."""
+        with self._lock:
+            return self._pending.held_bytes()
