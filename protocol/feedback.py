@@ -49,7 +49,13 @@ Spec = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
 def spec_of(model: Model) -> Spec:
-    """Names, shapes and dtypes in model order: what must match for a delta to apply."""
+    """Names, shapes and dtypes in model order: what must match for a delta to apply.
+
+    A live model whose tensors are copied when read (one on a GPU) may carry its spec as a
+    ``spec`` attribute, so that reading it copies nothing."""
+    carried = getattr(model, "spec", None)
+    if carried is not None:
+        return carried
     return tuple((name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name) for name, x in model.items())
 
 

@@ -70,6 +70,9 @@ class _LiveTensors(Mapping[str, np.ndarray]):
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self._tensors = tensors
+        # Names, shapes and dtypes (protocol.feedback.spec_of), read without copying a tensor.
+        self.spec = tuple((name, tuple(int(d) for d in t.shape), str(t.dtype).removeprefix("torch."))
+                          for name, t in tensors.items())
 
     def __getitem__(self, name: str) -> np.ndarray:
         t = self._tensors[name].detach()

@@ -78,6 +78,9 @@ def test_merge_in_place_writes_the_models_own_tensors_and_live_reads_them_withou
     assert hold is not None
     with hold():
         assert all(live[k].__array_interface__["data"][0] == params[k] for k in params)
+    from protocol.feedback import spec_of
+
+    assert spec_of(live) == spec_of(dict(live.items())) == spec_of(t.state())  # the spec it carries is the real one
 
 
 def test_tied_weights_are_merged_once() -> None:
