@@ -283,9 +283,9 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
     import peer.runtime.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
     import peer.runtime.trainer  # noqa: F401
 
-    from peer.runtime.memory import return_large_blocks
+    from peer.runtime.memory import configure_allocator
 
-    return_large_blocks()  # as ``hearsay run`` does
+    configure_allocator()  # as ``hearsay run`` does
     _load_training_code()
     baseline = proc_kb("VmRSS")
 
@@ -333,9 +333,9 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
 
 def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     _one_thread()
-    from peer.runtime.memory import return_large_blocks
+    from peer.runtime.memory import configure_allocator
 
-    return_large_blocks()  # as ``hearsay run`` does
+    configure_allocator()  # as ``hearsay run`` does
     import asyncio
 
     from peer.transport.grpc_transport import GossipClient

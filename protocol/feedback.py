@@ -26,23 +26,36 @@ different threads.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 
 from protocol.codecs import SizeAdaptive, get, make
-from protocol.codecs.base import Encoded, Policy
+from protocol.codecs.base import Encoded, Policy, SparseTensor
 
 Model = Mapping[str, np.ndarray]
+# What a received update's tensors may be: dense arrays, or a sparse codec's entries as sent.
+Update = Mapping[str, np.ndarray | SparseTensor]
+# A context in which the model's tensors hold still (the trainer's model lock): a live model
+# is read a tensor at a time inside it, so no copy of the whole model is ever made.
+Guard = Callable[[], AbstractContextManager[object]]
 Spec = tuple[tuple[str, tuple[int, ...], str], ...]
 
 
 def spec_of(model: Model) -> Spec:
-    """Names, shapes and dtypes in model order: what must match for a delta to apply."""
+    """Names, shapes and dtypes in model order: what must match for a delta to apply.
+
+    A live model whose tensors are copied when read (one on a GPU) may carry its spec as a
+    ``spec`` attribute, so that reading it copies nothing."""
+    carried = getattr(model, "spec", None)
+    if carried is not None:
+        return carried
     return tuple((name, tuple(int(d) for d in x.shape), np.dtype(x.dtype).name) for name, x in model.items())
 
 
@@ -77,6 +90,12 @@ class LinkUpdate:
     @property
     def payload_bytes(self) -> int:
         return sum(len(t.encoded.payload) for t in self.tensors)
+
+    def shapes(self) -> dict[str, np.ndarray]:
+        """Each tensor's name, shape and dtype as an array that holds no memory (zero strides):
+        what ``protocol.wire.encode_packet_parts`` reads of a model besides the encodings, so
+        the packet is framed without the model itself."""
+        return {t.name: np.broadcast_to(np.zeros((), np.dtype(t.dtype)), t.shape) for t in self.tensors}
 
     def chooser(self) -> Callable[[str, np.ndarray], _Replay]:
         """A ``protocol.wire.CodecChooser`` that frames this update's encodings as they are:
@@ -126,6 +145,27 @@ def _decode(t: EncodedTensor) -> np.ndarray:
     return get(t.codec).decode(t.encoded.payload, t.shape, np.dtype(t.dtype), t.encoded.params)
 
 
+def _decode_delta(t: EncodedTensor) -> np.ndarray | SparseTensor:
+    """``_decode``, but a sparse codec's entries as they are (``add_delta`` adds them in place)."""
+    codec = get(t.codec)
+    if hasattr(codec, "decode_sparse"):
+        return codec.decode_sparse(t.encoded.payload, t.shape, np.dtype(t.dtype), t.encoded.params)
+    return codec.decode(t.encoded.payload, t.shape, np.dtype(t.dtype), t.encoded.params)
+
+
+def add_delta(hat: np.ndarray, delta: np.ndarray | SparseTensor) -> None:
+    """``hat += delta`` in place; a sparse delta without its dense zeros, with the same bits.
+    Sender and receiver both apply deltas through this, so their replicas stay identical."""
+    if isinstance(delta, SparseTensor):
+        delta.add_into(hat)
+    else:
+        np.add(hat, delta, out=hat)
+
+
+def _dense(x: np.ndarray | SparseTensor) -> np.ndarray:
+    return x.dense() if isinstance(x, SparseTensor) else x
+
+
 def _own(x: np.ndarray) -> np.ndarray:
     """A writable array that owns its memory (decoded arrays may view read-only payloads)."""
     return np.array(x, copy=True, order="C")
@@ -147,7 +187,7 @@ def _lendable(codec: str, x: np.ndarray) -> bool:
             and np.little_endian and x.dtype.kind in "fiub")
 
 
-def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
+def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Update) -> bool:
     """Whether ``replica + delta`` is finite everywhere, checked before anything is changed.
 
     Finite values can still overflow when added (3e38 + 3e38 in float32). The cheap bound
@@ -158,9 +198,14 @@ def _sums_stay_finite(replica: Mapping[str, np.ndarray], deltas: Model) -> bool:
         if hat.dtype.kind != "f" or d.size == 0:
             continue
         limit = float(np.finfo(hat.dtype).max)
-        if float(np.max(np.abs(hat))) + float(np.max(np.abs(d))) < limit:
+        entries = d.values if isinstance(d, SparseTensor) else d
+        if float(np.max(np.abs(hat))) + float(np.max(np.abs(entries), initial=0.0)) < limit:
             continue
-        if not np.isfinite(np.add(hat, d, dtype=hat.dtype)).all():
+        if isinstance(d, SparseTensor):  # only the entries move their elements (x + 0 stays finite)
+            sums = np.add(hat.reshape(-1)[d.indices], d.values, dtype=hat.dtype)
+        else:
+            sums = np.add(hat, d, dtype=hat.dtype)
+        if not np.isfinite(sums).all():
             return False
     return True
 
@@ -258,13 +303,23 @@ class Sender:
         with self._rng_lock:
             return self._rng.getrandbits(63)
 
-    def prepare(self, link: str, model: Model, *, commit: bool = True, adopt: bool = False) -> LinkUpdate:
+    def prepare(self, link: str, model: Model, *, commit: bool = True, adopt: bool = False,
+                live: Guard | None = None) -> LinkUpdate:
         """The update to send on ``link`` for the current ``model``.
 
         ``adopt=True`` hands ``model``'s arrays over (the caller made them for this call
         and never touches them again): a keyframe then lends them to the update as its
         payload and keeps them as ``x̂`` wherever the keyframe codec is exact, instead of
         two copies of the whole model.
+
+        ``live`` says ``model`` is the running model itself (views of its tensors, which
+        training changes in place) and gives the context in which they hold still. A delta
+        is then computed a tensor at a time from the live tensors (``x − x̂`` inside the
+        context, encoded outside it): no copy of the whole model, and training waits for one
+        subtraction at a time, not for the encoding. Its tensors may come from consecutive
+        training steps; that changes nothing for the link, since ``x̂`` moves by the decoded
+        update, whatever ``x`` it came from. A keyframe copies the model inside one context
+        (a consistent snapshot, which becomes ``x̂``).
 
         With ``commit=True`` ``x̂`` is updated at once, as if the update was delivered (the
         answering side of an exchange, which never learns the outcome). With
@@ -275,9 +330,12 @@ class Sender:
         spec = spec_of(model)
         state = self._links.get(link)
         if not isinstance(state, _SenderLink) or state.spec != spec:
+            if live is not None:
+                with live():
+                    model, adopt = {name: _own(x) for name, x in model.items()}, True
             update, apply = self._keyframe(link, model, spec, adopt)
         else:
-            update, apply = self._delta(state, model)
+            update, apply = self._delta(state, model, live or contextlib.nullcontext)
         self._pending.pop(link, None)
         if commit:
             apply()
@@ -296,13 +354,23 @@ class Sender:
         ``x̂`` stays what the partner still holds, and the next update reuses its sequence."""
         self._pending.pop(link, None)
 
-    def _delta(self, state: _SenderLink, model: Model) -> tuple[LinkUpdate, Callable[[], None]]:
+    def _delta(self, state: _SenderLink, model: Model, hold: Guard) -> tuple[LinkUpdate, Callable[[], None]]:
         seq = state.seq + 1
         tensors = []
-        for name, x in model.items():
+        # Without feedback the sender believes the receiver now holds x exactly.
+        exact: dict[str, np.ndarray] | None = None if self.feedback else {}
+        for name in model:
             hat = state.replica[name]
-            if np.dtype(x.dtype).kind == "f":
-                diff = np.subtract(x, hat, dtype=hat.dtype)
+            with hold():
+                x = model[name]
+                if exact is not None:
+                    exact[name] = _own(x)
+                if np.dtype(x.dtype).kind != "f":
+                    x = _own(x)  # sent as it is: a copy of a few counters
+                    diff = None
+                else:
+                    diff = np.subtract(x, hat, dtype=hat.dtype)
+            if diff is not None:
                 codec = self.policy(name, diff)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(diff))
                 del diff
@@ -310,8 +378,6 @@ class Sender:
                 codec = self.keyframe_policy(name, x)
                 enc = EncodedTensor(name, hat.shape, hat.dtype.name, codec.name, codec.encode(x))
             tensors.append(enc)
-        # Without feedback the sender believes the receiver now holds x exactly.
-        exact = None if self.feedback else {n: _own(x) for n, x in model.items()}
 
         def apply() -> None:
             if state.seq != seq - 1:
@@ -322,7 +388,7 @@ class Sender:
                     if exact is not None:
                         hat[...] = exact[enc.name]
                     else:
-                        np.add(hat, _decode(enc), out=hat)
+                        add_delta(hat, _decode_delta(enc))
                 else:
                     hat[...] = _decode(enc)
             state.seq = seq
@@ -385,16 +451,18 @@ class Receiver:
     def __init__(self, *, max_links: int = 16) -> None:
         self._links = _Lru(max_links)
 
-    def accept(self, link: str, header: LinkUpdateHeader, tensors: Model, *, adopt: bool = False) -> AcceptResult:
+    def accept(self, link: str, header: LinkUpdateHeader, tensors: Update, *, adopt: bool = False) -> AcceptResult:
         """Apply an update whose tensors the wire layer has already decoded (deltas for float
-        tensors, values for the others). Nothing changes unless the result is ``Applied``.
+        tensors, values for the others; a sparse codec's deltas may stay ``SparseTensor``s,
+        ``protocol.wire.decode_packet(sparse=True)``, and are added in place). Nothing changes
+        unless the result is ``Applied``.
 
         ``adopt=True`` hands the tensors over (e.g. views of a received buffer nobody else
         holds, ``protocol.wire.decode_packet(owned=True)``): a keyframe's writable arrays
         become the copy itself instead of being copied."""
         spec = spec_of(tensors)
         if header.keyframe:
-            replica = {n: x if adopt and _adoptable(x) else _own(x) for n, x in tensors.items()}
+            replica = {n: x if adopt and _adoptable(x) else _own(_dense(x)) for n, x in tensors.items()}
             state = _ReceiverLink(header.epoch, header.seq, spec, replica)
             self._links.put(link, state)
             return Applied(_readonly(state.replica), keyframe=True)
@@ -414,9 +482,9 @@ class Receiver:
         for name, x in tensors.items():
             hat = state.replica[name]
             if hat.dtype.kind == "f":
-                np.add(hat, x, out=hat)
+                add_delta(hat, x)
             else:
-                hat[...] = x
+                hat[...] = _dense(x)
         state.seq = header.seq
         return Applied(_readonly(state.replica), keyframe=False)
 

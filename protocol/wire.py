@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 
 from protocol import codecs
-from protocol.codecs.base import Codec, Params
+from protocol.codecs.base import Codec, Params, SparseTensor
 from protocol.errors import (
     FingerprintMismatch,
     MalformedPacket,
@@ -114,7 +114,8 @@ class Packet:
     """A decoded, validated packet: header plus reconstructed tensors in wire order."""
 
     header: PacketHeader
-    tensors: dict[str, np.ndarray]
+    # Dense arrays; with ``decode_packet(sparse=True)`` a sparse codec's tensors are ``SparseTensor``s.
+    tensors: dict[str, np.ndarray | SparseTensor]
 
     def specs(self) -> tuple[TensorSpec, ...]:
         return specs_of(self.tensors)
@@ -307,7 +308,7 @@ def _all_finite(x: np.ndarray) -> bool:
 
 
 def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[TensorSpec] | None = None,
-                  limits: Limits = Limits(), owned: bool = False) -> Packet:
+                  limits: Limits = Limits(), owned: bool = False, sparse: bool = False) -> Packet:
     """Parse and validate ``data``; raise a ``WireError`` subclass for anything wrong.
 
     Tensors that a codec can rebuild without transforming them (``fp32``, ``raw``) are
@@ -315,6 +316,10 @@ def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[Te
     ``owned=True`` says the caller hands ``data`` (a writable buffer) over to the result:
     those views are then writable, so a receiver can keep them as its own copy of the
     sender's model instead of copying a whole keyframe (``protocol.feedback.Receiver``).
+
+    ``sparse=True`` keeps what a sparse codec (top-k, rand-k) sent as a ``SparseTensor``
+    (its entries and their positions, checked the same way) instead of a dense array that
+    is mostly zeros: ``protocol.feedback.Receiver`` adds it to its copy in place.
 
     ``expected`` is the receiver's own model: a packet for another architecture is
     refused with ``FingerprintMismatch`` before any payload is decoded.
@@ -370,12 +375,16 @@ def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[Te
         if not codec.supports(dtype):
             raise MalformedPacket(f"tensor {spec.name!r}: codec {codec_name!r} cannot carry {spec.dtype}")
         try:
-            x = codec.decode(payload, spec.shape, dtype, params)
+            if sparse and hasattr(codec, "decode_sparse"):
+                x = codec.decode_sparse(payload, spec.shape, dtype, params)
+            else:
+                x = codec.decode(payload, spec.shape, dtype, params)
         except WireError:
             raise
         except Exception as e:  # noqa: BLE001 - a codec bug on hostile input must still be typed
             raise MalformedPacket(f"tensor {spec.name!r}: {codec_name} payload: {e}") from None
-        if dtype.kind == "f" and not _all_finite(x):
+        # A sparse tensor's other elements are zeros: its entries decide whether it is finite.
+        if dtype.kind == "f" and not _all_finite(x.values if isinstance(x, SparseTensor) else x):
             raise NonFiniteValues(f"tensor {spec.name!r} contains NaN or infinite values")
         tensors[spec.name] = x
     return Packet(header, tensors)

@@ -104,9 +104,11 @@ class _NodeCollector(Collector):
                                 value=g.compression_ratio)
         memory = footprint(node.engine)
         m = GaugeMetricFamily("hearsay_memory_bytes", "Steady-state memory by component: model, optimizer, the "
-                              "sender replicas and the receiver copies of all links.", labels=["component"])
+                              "sender replicas and the receiver copies of all links, the models waiting for a "
+                              "batch merge.", labels=["component"])
         for component, n in (("model", memory.model), ("optimizer", memory.optimizer),
-                             ("sender_replicas", memory.sender_total), ("receiver_copies", memory.receiver_total)):
+                             ("sender_replicas", memory.sender_total), ("receiver_copies", memory.receiver_total),
+                             ("pending_merges", memory.pending)):
             m.add_metric([component], n)
         yield m
         yield GaugeMetricFamily("hearsay_memory_bound_bytes", "What the steady state can never exceed: model + "

@@ -113,11 +113,11 @@ class Defence:
                    claims: dict[str, int]) -> MergeReport:
         reports: list[MergeReport] = []
 
-        def merge(current: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            reports.append(merge_received_report(rule, current, trainer.samples, batch))
-            return reports[-1].tensors
+        def merge(current: dict[str, np.ndarray]) -> None:
+            # Into the model's own tensors: no merged copy of the model beside it (issue 12).
+            reports.append(merge_received_report(rule, current, trainer.samples, batch, in_place=True))
 
-        trainer.merge_with(merge)
+        trainer.merge_in_place(merge)
         with self._lock:
             self.stakes.observe_verdicts(reports[-1].verdicts, claims)
             if self.reputation is not None:
@@ -132,3 +132,8 @@ class Defence:
         """Models buffered for the next batch merge."""
         with self._lock:
             return len(self._pending)
+
+    def pending_bytes(self) -> int:
+        """Bytes the models buffered for the next batch merge hold (peer/runtime/footprint.py)."""
+        with self._lock:
+            return self._pending.held_bytes()

@@ -12,8 +12,11 @@ evicted), and each is at most one model, so the steady state is bounded by
 
     model + optimizer + 2 * max_links * model
 
-whatever the swarm's size. An exchange adds transient buffers on top (the packet being
-received, the decoded update, the merge's output); bench/transport.py measures those.
+whatever the swarm's size. A fifth component exists only with ``--fanout`` above 1 or a
+batch rule (median, trimmed): the models received since the last merge, a snapshot each
+(``pending``; at most one per sender, emptied by every batch merge). It is reported, not
+in the bound: how many senders call between two merges is up to the swarm. An exchange adds transient buffers on top (the packet being
+received; merges and deltas work in place), which bench/transport.py measures.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Footprint:
     sender: dict[str, int]    # link -> bytes of its sender replica
     receiver: dict[str, int]  # link -> bytes of its receiver copy
     max_links: int
+    pending: int = 0          # models buffered for the next batch merge (fanout > 1, batch rules)
 
     @property
     def sender_total(self) -> int:
@@ -43,7 +47,7 @@ class Footprint:
 
     @property
     def total(self) -> int:
-        return self.model + self.optimizer + self.sender_total + self.receiver_total
+        return self.model + self.optimizer + self.sender_total + self.receiver_total + self.pending
 
     @property
     def bound(self) -> int:
@@ -62,4 +66,5 @@ def footprint(engine: GossipEngine) -> Footprint:
             if hasattr(value, "element_size"):
                 optimizer += value.numel() * value.element_size()
     return Footprint(model=model, optimizer=optimizer, sender=engine.sender.held_bytes(),
-                     receiver=engine.receiver.held_bytes(), max_links=engine.max_links)
+                     receiver=engine.receiver.held_bytes(), max_links=engine.max_links,
+                     pending=engine.defence.pending_bytes())

@@ -140,7 +140,8 @@ class GossipEngine:
         self.deadlines = deadlines if deadlines is not None else DeadlinePolicy.fixed(timeout)
         self.estimates: dict[str, LinkEstimate] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
         self.clock = clock
-        self.specs = specs_of(trainer.state())
+        live, _hold = trainer.live()  # names, shapes and dtypes only: no copy of the model
+        self.specs = specs_of(live)
         self.fingerprint = fingerprint(self.specs)
         self.stats = GossipStats()
         # reason -> (when a refusal of that kind was last logged, refusals not logged since)
@@ -153,7 +154,7 @@ class GossipEngine:
         self.joining = False
         # address -> (telemetry the peer sent about itself, when it arrived)
         self.reports: dict[str, tuple[dict, float]] = RecentMap(max(SIDE_TABLE_MIN, 4 * max_links))
-        self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in trainer.state().values())
+        self.dense_bytes = sum(x.size * 4 if x.dtype.kind == "f" else x.nbytes for x in live.values())
         # Called with the seconds one merge took (metrics histogram).
         self.on_merge: Callable[[float], None] | None = None
         self.on_exchange: Callable[[float], None] | None = None
@@ -185,16 +186,18 @@ class GossipEngine:
         keyframe's payloads are the link's replica itself, not copies: send them before
         the next update on this link). Call with the link's lock held. ``commit=False``
         leaves the replica update for ``sender.commit``/``discard`` (see Sender.prepare)."""
-        state = self.trainer.state()  # a fresh copy, handed over to the sender
+        # The live model, read a tensor at a time under the model lock (a delta needs no copy
+        # of the whole model; a keyframe's copy becomes the link's replica).
+        model, hold = self.trainer.live()
         stats = self.trainer.stats()
-        update = self.sender.prepare(link, state, commit=commit, adopt=True)
+        update = self.sender.prepare(link, model, commit=commit, adopt=hold is None, live=hold)
         header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
                               model_version=stats.version, age=stats.steps,
                               samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
                               codec=self.codec.name, telemetry=self.telemetry(), link_epoch=update.header.epoch,
                               link_seq=update.header.seq, keyframe=update.header.keyframe,
                               need_keyframe=link in self._want_keyframe)
-        parts = encode_packet_parts(header, state, update.chooser())
+        parts = encode_packet_parts(header, update.shapes(), update.chooser())
         self._want_keyframe.discard(link)
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
         if update.header.keyframe:
@@ -233,9 +236,12 @@ class GossipEngine:
 
     def decode(self, data: Buffer | Sequence[Buffer]) -> Packet:
         """Decode a received packet. A ``bytearray`` (what the transport reassembles) is
-        taken over: its dense tensors are decoded as writable views of it."""
+        taken over: its dense tensors are decoded as writable views of it. A top-k or
+        rand-k delta stays sparse (``SparseTensor``): the receiver adds its entries to its
+        copy in place, with no dense array of zeros the size of the model."""
         data = as_buffer(data)
-        return decode_packet(data, expected=self.specs, limits=self.limits, owned=isinstance(data, bytearray))
+        return decode_packet(data, expected=self.specs, limits=self.limits, owned=isinstance(data, bytearray),
+                             sparse=True)
 
     def _merge(self, model: Mapping[str, np.ndarray], samples: int, sender: str = "") -> None:
         started = time.perf_counter()

@@ -496,9 +496,9 @@ def run(config: PeerConfig) -> int:
     """Entry point of `hearsay run`: one peer under uvloop."""
     import uvloop
 
-    from peer.runtime.memory import return_large_blocks
+    from peer.runtime.memory import configure_allocator
 
-    return_large_blocks()  # HEARSAY_MMAP_THRESHOLD, if set: before the model exists (peer/runtime/memory.py)
+    configure_allocator()  # malloc arenas, HEARSAY_MMAP_THRESHOLD: before threads and the model exist
 
     raise_descriptor_limit()
 

@@ -15,7 +15,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,39 @@ def resolve_device(choice: str) -> torch.device:
     if choice in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def _cpu_views(tensors: Mapping[str, torch.Tensor]) -> State | None:
+    """Writable numpy views of ``tensors`` when all are on the CPU and none shares memory
+    with another; None otherwise (the caller works on copies)."""
+    storages = set()
+    for t in tensors.values():
+        if t.device.type != "cpu":
+            return None
+        storages.add(t.untyped_storage().data_ptr())
+    if len(storages) != len(tensors):
+        return None
+    return {k: v.detach().numpy() for k, v in tensors.items()}
+
+
+class _LiveTensors(Mapping[str, np.ndarray]):
+    """A model's tensors read as numpy arrays: views on the CPU, a CPU copy per read elsewhere."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+        # Names, shapes and dtypes (protocol.feedback.spec_of), read without copying a tensor.
+        self.spec = tuple((name, tuple(int(d) for d in t.shape), str(t.dtype).removeprefix("torch."))
+                          for name, t in tensors.items())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        t = self._tensors[name].detach()
+        return t.numpy() if t.device.type == "cpu" else t.to("cpu", copy=True).numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,38 @@ class Trainer:
         """A CPU copy of every tensor of the model (parameters and buffers)."""
         with self._lock:
             return {k: v.detach().to("cpu", copy=True).numpy() for k, v in self.model.state_dict().items()}
+
+    def live(self) -> tuple[Mapping[str, np.ndarray], Callable[[], AbstractContextManager[object]] | None]:
+        """The model's tensors as they are, for reading without a copy of the whole model,
+        and the context in which they hold still (the model lock; not reentrant: do not
+        call other methods of the trainer inside it). On the CPU the arrays are views of
+        the model's own tensors, which training changes in place; elsewhere each is copied
+        to the CPU when read. ``protocol.feedback.Sender.prepare(live=...)`` reads them a
+        tensor at a time. The second item is None when the first is a snapshot of its own
+        (subclasses that send something else than the model)."""
+        with self._lock:
+            return _LiveTensors(self.model.state_dict()), lambda: self._lock
+
+    def merge_in_place(self, merge: Callable[[State], object]) -> None:
+        """``merge(current)`` writes the merged model into ``current``'s arrays, atomically
+        with respect to training.
+
+        On the CPU ``current`` holds the model's own tensors (views): the merge lands in the
+        model with no model-sized copy on the way, where ``merge_with`` holds the merge's
+        output and then loads it. A model on another device, or whose tensors share memory
+        (tied weights: merged in place, a shared tensor would be merged twice), gets a CPU
+        copy that is loaded back afterwards, as ``merge_with`` does.
+        """
+        with self._lock:
+            tensors = self.model.state_dict()
+            views = _cpu_views(tensors)
+            if views is not None:
+                merge(views)
+            else:
+                current = {k: v.detach().to("cpu", copy=True).numpy() for k, v in tensors.items()}
+                merge(current)
+                self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in current.items()})
+            self._version += 1
 
     def merge_with(self, merge: Callable[[State], State]) -> None:
         """Replace the model by ``merge(current state)``, atomically with respect to training."""

@@ -40,6 +40,10 @@ class PoisoningTrainer:
     def state(self) -> dict[str, np.ndarray]:
         return self._trainer.state() if self.victim is None else self._poison(self.victim)
 
+    def live(self) -> tuple[Any, Any]:
+        """The real model, live, or (while ``victim`` is set) the poisoned one, a snapshot."""
+        return self._trainer.live() if self.victim is None else (self._poison(self.victim), None)
+
     def __getattr__(self, name: str) -> Any:  # everything else is the real trainer's
         return getattr(self._trainer, name)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.codecs import blocks, sparse
-from protocol.codecs.base import Encoded, Params
+from protocol.codecs.base import Encoded, Params, SparseTensor
 from protocol.codecs.checks import SEED_LIMIT, expect_keys, expect_length, float_dtype, int_param, numel
 from protocol.codecs.noise import SeededFloatCodec, splitmix64, splitmix64_array
 
@@ -53,12 +53,15 @@ class RandKCodec(SeededFloatCodec):
 
     def decode(self, payload: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype,
                params: Params) -> np.ndarray:
+        return self.decode_sparse(payload, shape, dtype, params).dense()
+
+    def decode_sparse(self, payload: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype,
+                      params: Params) -> SparseTensor:
         expect_keys(self.name, params, ("k", "seed"))
         dtype = float_dtype(self.name, dtype)
         n = numel(shape)
         k = int_param(self.name, params, "k", 0, n)
         seed = int_param(self.name, params, "seed", 0, SEED_LIMIT - 1)
         expect_length(self.name, payload, 4 * k, shape)
-        out = np.zeros(n, np.float32)
-        out[positions(seed, k, n)] = np.frombuffer(payload, np.float32, k)
-        return blocks.to_dtype(out, shape, dtype)
+        values = np.frombuffer(payload, np.float32, k)
+        return SparseTensor(tuple(shape), dtype, positions(seed, k, n), values.astype(dtype))

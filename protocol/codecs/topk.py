@@ -3,8 +3,9 @@
 Top-k keeps magnitudes, not the largest signed values (p2pfl's mistake: a large
 negative update is as important as a large positive one), and is biased on its own;
 it is meant to run under ``protocol.feedback``, whose per-link replica carries what
-was not sent into the next delta (EF21 / CHOCO). Decoding returns the dense tensor,
-zero where nothing was sent, ready to be added to the receiver's replica.
+was not sent into the next delta (EF21 / CHOCO). ``decode`` returns the dense tensor,
+zero where nothing was sent; ``decode_sparse`` the entries and their positions
+(``SparseTensor``), which a receiver adds to its replica in place.
 
 Payload: the values section, then the index block (``protocol.codecs.indices``).
 Values are float32 for ``topk``; for ``topk_int8`` they are quantised like the
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocol.codecs import blocks, indices, quant, sparse
-from protocol.codecs.base import Encoded, Params
+from protocol.codecs.base import Encoded, Params, SparseTensor
 from protocol.codecs.checks import SEED_LIMIT, expect_keys, expect_length, float_dtype, int_param, numel
 from protocol.codecs.noise import SeededFloatCodec
 from protocol.errors import MalformedPacket
@@ -69,6 +70,10 @@ class TopKCodec(SeededFloatCodec):
 
     def decode(self, payload: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype,
                params: Params) -> np.ndarray:
+        return self.decode_sparse(payload, shape, dtype, params).dense()
+
+    def decode_sparse(self, payload: bytes | memoryview, shape: tuple[int, ...], dtype: np.dtype,
+                      params: Params) -> SparseTensor:
         expect_keys(self.name, params, self._keys())
         dtype = float_dtype(self.name, dtype)
         n = numel(shape)
@@ -88,10 +93,7 @@ class TopKCodec(SeededFloatCodec):
             values = np.frombuffer(payload, np.float32, k)
         else:
             values = quant.dequantise(payload, 0, k, chunk, self.levels)
-        out = np.zeros(n, np.float32)
-        out[where] = values
-        return blocks.to_dtype(out, shape, dtype)
-
+        return SparseTensor(tuple(shape), dtype, where, np.asarray(values, np.float32).astype(dtype))
 
 def topk(ratio: float = 0.01, seed: int | None = None) -> TopKCodec:
     return TopKCodec("topk", ratio, None, seed=seed)

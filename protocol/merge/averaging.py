@@ -25,22 +25,52 @@ def _check_weights(weights: Sequence[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def weighted_average(models: Sequence[Tensors], weights: Sequence[float]) -> dict[str, np.ndarray]:
+def weighted_average(models: Sequence[Tensors], weights: Sequence[float], out: Tensors | None = None
+                     ) -> dict[str, np.ndarray]:
     """Per-tensor ``Σ w_i x_i`` with weights normalised to sum to one.
 
     Non-mergeable tensors are taken from ``models[0]`` (by convention the local model).
     Accumulates in float64 so the order of inputs changes nothing beyond rounding.
+    ``out``: writable arrays (``models[0]``'s own, say) the result is written into, in place.
     """
     if not models or len(models) != len(weights):
         raise ValueError("need one weight per model and at least one model")
     w = _check_weights(weights)
-    out: dict[str, np.ndarray] = {}
+    result: dict[str, np.ndarray] = {}
     for name, x0 in models[0].items():
+        into = None if out is None else out[name]
         if not is_mergeable(x0):
-            out[name] = np.array(x0, copy=True)
+            result[name] = keep(x0, into)
             continue
-        out[name] = _accumulate(models, w, name)
-    return out
+        result[name] = _accumulate(models, w, name, into)
+    return result
+
+
+def keep(x0: np.ndarray, into: np.ndarray | None) -> np.ndarray:
+    """A tensor that is not merged: ``x0`` itself, copied (or into ``into``, unless it is ``x0``)."""
+    if into is None:
+        return np.array(x0, copy=True)
+    if into is not x0:
+        into[...] = x0
+    return into
+
+
+def write_target(into: np.ndarray | None, x0: np.ndarray) -> np.ndarray:
+    """Where a merged tensor is written a chunk at a time: ``into`` itself when its elements
+    can be addressed flat (in place: each chunk of it is written only after that chunk of
+    every input was read, so ``into`` may be an input), else a new array (``written`` copies it)."""
+    if (into is not None and into.shape == x0.shape and into.dtype == x0.dtype and into.flags.c_contiguous
+            and into.flags.writeable):
+        return into
+    return np.empty(x0.shape, dtype=x0.dtype)
+
+
+def written(into: np.ndarray | None, merged: np.ndarray) -> np.ndarray:
+    """``merged`` as the result, copied into ``into`` if it was not written there already."""
+    if into is None or into is merged:
+        return merged
+    into[...] = merged
+    return into
 
 
 # Elements per chunk of a merge's float64 work. A layer is combined a chunk at a time, so
@@ -66,15 +96,17 @@ def _weighted_chunk(flats: Sequence[np.ndarray], w: np.ndarray, part: slice) -> 
     return acc
 
 
-def _accumulate(models: Sequence[Tensors], w: np.ndarray, name: str) -> np.ndarray:
-    """``Σ w_i x_i`` of tensor ``name``, computed in float64, returned in its own dtype."""
+def _accumulate(models: Sequence[Tensors], w: np.ndarray, name: str, into: np.ndarray | None = None
+                ) -> np.ndarray:
+    """``Σ w_i x_i`` of tensor ``name``, computed in float64, returned in its own dtype
+    (written into ``into`` when given, which may be one of the inputs: ``write_target``)."""
     x0 = np.asarray(models[0][name])
     flats = _flats(models, name)
-    out = np.empty(x0.shape, dtype=x0.dtype)
+    out = write_target(into, x0)
     flat_out = out.reshape(-1)
     for part in _chunks(x0.size):
         flat_out[part] = _weighted_chunk(flats, w, part)
-    return out
+    return written(into, out)
 
 
 def toward(local: Tensors, other: Tensors, share: float) -> dict[str, np.ndarray]:
@@ -104,10 +136,12 @@ class MeanRule:
     """Plain average: every model counts the same."""
 
     name = "mean"
+    merges_in_place = True
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+    def merge(self, local: Contribution, received: Sequence[Contribution], out: Tensors | None = None
+              ) -> dict[str, np.ndarray]:
         models = [local, *received]
-        return weighted_average([c.tensors for c in models], [1.0] + [c.stake for c in received])
+        return weighted_average([c.tensors for c in models], [1.0] + [c.stake for c in received], out)
 
 
 @register
@@ -115,11 +149,13 @@ class WeightedRule:
     """Average weighted by sample count (FedAvg's weights) and age (``age_discount``: ``decay ** age``)."""
 
     name = "weighted"
+    merges_in_place = True
 
     def __init__(self, decay: float = DEFAULT_DECAY) -> None:
         _check_unit("decay", decay, open_low=True)
         self.decay = decay
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+    def merge(self, local: Contribution, received: Sequence[Contribution], out: Tensors | None = None
+              ) -> dict[str, np.ndarray]:
         models = [local, *received]
-        return weighted_average([c.tensors for c in models], contribution_weights(models, self.decay))
+        return weighted_average([c.tensors for c in models], contribution_weights(models, self.decay), out)

@@ -124,14 +124,31 @@ def merge_report(rule: MergeRule, local: Contribution, received: Sequence[Contri
 
 
 def merge_received_report(rule: MergeRule, local_state: Tensors, local_samples: int,
-                          received: Sequence[Contribution]) -> MergeReport:
+                          received: Sequence[Contribution], *, in_place: bool = False) -> MergeReport:
     """Merge ``received`` models into ``local_state`` with ``rule``, with the rule's verdict on
     each received model (for reputation): the one merge entry point.
+
+    ``in_place=True``: ``local_state``'s arrays are writable (the live model's own tensors)
+    and receive the merged model; the report's tensors are those arrays. Rules that merge in
+    place (``merges_in_place``: mean, weighted, the vc family) write each tensor a chunk at a
+    time, so no model-sized output exists beside the model; the others' output is copied in.
+    The bits are the same either way.
 
     The daemon (``peer.runtime.defence``) and the simulator (``peer.sim.swarm``) both call this, so a test
     can show they produce the same weights by construction, not by copy.
     """
-    return merge_report(rule, Contribution(local_state, samples=local_samples, age=0), received)
+    local = Contribution(local_state, samples=local_samples, age=0)
+    if not in_place:
+        return merge_report(rule, local, received)
+    if getattr(rule, "merges_in_place", False) and not isinstance(rule, RobustRule):
+        merged = rule.merge(local, received, out=local_state)  # type: ignore[call-arg]
+        return MergeReport(merged, tuple(Verdict(c.sender, "ok", math.nan, math.inf) for c in received))
+    report = merge_report(rule, local, received)
+    for name, x in report.tensors.items():
+        into = local_state[name]
+        if into is not x:
+            into[...] = x
+    return MergeReport(dict(local_state), report.verdicts)
 
 
 # --- the registry ------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ class PendingModels:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def held_bytes(self) -> int:
+        """Bytes of the buffered models' tensors (each a snapshot of its own)."""
+        return sum(x.nbytes for c, _ in self._pending.values() for x in c.tensors.values())
+
     def take(self, steps: int) -> list[Contribution]:
         """Every buffered model, sorted by sender, aged by ``steps`` minus its arrival; empties the buffer."""
         batch = [replace(c, age=c.age + max(steps - at, 0)) for _, (c, at) in sorted(self._pending.items())]

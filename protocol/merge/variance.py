@@ -16,7 +16,8 @@ from typing import Literal
 
 import numpy as np
 
-from protocol.merge.averaging import _accumulate, _chunks, _flats, _weighted_chunk, age_discount
+from protocol.merge.averaging import (_accumulate, _chunks, _flats, _weighted_chunk, age_discount, keep, write_target,
+                                     written)
 from protocol.merge.base import (
     DEFAULT_BETA,
     DEFAULT_DECAY,
@@ -76,10 +77,12 @@ def variance(x: np.ndarray) -> float:
     return _mean_var(lambda: (flat[p].astype(np.float64) for p in _chunks(flat.size)), flat.size)[1]
 
 
-def _rescaled_average(models: Sequence[Tensors], w: np.ndarray, name: str, target: float,
-                      eps: float) -> np.ndarray:
+def _rescaled_average(models: Sequence[Tensors], w: np.ndarray, name: str, variance_target: float,
+                      eps: float, into: np.ndarray | None = None) -> np.ndarray:
     """``rescale_to_variance(Σ w_i x_i, target, eps)`` without the float64 average in memory:
-    its mean and variance are taken over chunks, then each chunk is recomputed and rescaled."""
+    its mean and variance are taken over chunks, then each chunk is recomputed and rescaled
+    (and written into ``into`` when given, which may be one of the inputs: each chunk is
+    written after it was recomputed, and no chunk is read again)."""
     x0 = np.asarray(models[0][name])
     flats = _flats(models, name)
 
@@ -87,15 +90,15 @@ def _rescaled_average(models: Sequence[Tensors], w: np.ndarray, name: str, targe
         return (_weighted_chunk(flats, w, part) for part in _chunks(x0.size))
 
     mean, var = _mean_var(chunks, x0.size)
-    scale = math.sqrt((target + eps) / (var + eps))
-    out = np.empty(x0.shape, dtype=x0.dtype)
+    scale = math.sqrt((variance_target + eps) / (var + eps))
+    out = write_target(into, x0)
     flat_out = out.reshape(-1)
     for part, c in zip(_chunks(x0.size), chunks()):
         c -= mean
         c *= scale
         c += mean
         flat_out[part] = c
-    return out
+    return written(into, out)
 
 
 
@@ -190,6 +193,7 @@ class VarianceCorrectedRule:
 
     name = "vc"
     target: Target = "others"
+    merges_in_place = True
 
     def __init__(self, beta: float = DEFAULT_BETA, eps: float = DEFAULT_EPS, decay: float = DEFAULT_DECAY,
                  include_biases: bool = False, fixed_share: bool = False) -> None:
@@ -203,15 +207,19 @@ class VarianceCorrectedRule:
         self.include_biases = include_biases
         self.fixed_share = fixed_share
 
-    def merge(self, local: Contribution, received: Sequence[Contribution]) -> dict[str, np.ndarray]:
+    def merge(self, local: Contribution, received: Sequence[Contribution], out: Tensors | None = None
+              ) -> dict[str, np.ndarray]:
+        """The merged model; written into ``out``'s arrays when given (``local.tensors``' own
+        arrays, say: merged in place, a tensor at a time, with the same bits)."""
         w = vc_mixing_weights(local, received, self.beta, self.decay, fixed_share=self.fixed_share)
         models = [c.tensors for c in (local, *received)]
         received_w = w[1:] / w[1:].sum() if received else w[1:]
         trust = float(np.dot(received_w, [min(max(c.stake, 0.0), 1.0) for c in received])) if received else 1.0
-        out: dict[str, np.ndarray] = {}
+        result: dict[str, np.ndarray] = {}
         for name, x0 in local.tensors.items():
+            into = None if out is None else out[name]
             if not is_mergeable(x0):
-                out[name] = np.array(x0, copy=True)
+                result[name] = keep(x0, into)
                 continue
             if received and is_variance_corrected(name, x0, include_biases=self.include_biases) and x0.size:
                 variances = np.array([variance(m[name]) for m in models[1:]])
@@ -219,10 +227,10 @@ class VarianceCorrectedRule:
                 # Senders still earning their stake set the target only in proportion to it:
                 # a stranger's model must not dictate our layers' variance either.
                 sigma2 = (1.0 - trust) * variance(x0) + trust * sigma2
-                out[name] = _rescaled_average(models, w, name, sigma2, self.eps)
+                result[name] = _rescaled_average(models, w, name, sigma2, self.eps, into)
             else:
-                out[name] = _accumulate(models, w, name)
-        return out
+                result[name] = _accumulate(models, w, name, into)
+        return result
 
 
 @register

@@ -125,6 +125,40 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     assert c.proc is not None and c.proc.wait(timeout=30) == 0  # drained and stopped by itself
 
 
+def test_memory_by_component_in_status_peers_and_metrics(shared_cluster: list[PeerProcess]) -> None:
+    """Steady-state memory (peer/runtime/footprint.py) as `hearsay status`, `hearsay peers` and
+    the metrics show it: model, optimizer, one sender replica and one receiver copy per link,
+    each one model, all within the bound `--max-links` sets (README, "Memory a peer holds")."""
+    a = shared_cluster[0]
+    admin = ["--admin", a.admin_address]
+
+    def linked():  # both partners have exchanged with a at least once: two links each way
+        s = a.status()
+        return s if s.sender_links == 2 and s.receiver_links == 2 else None
+
+    wait_for(linked, timeout=60, what="a's links to both partners")
+    status = json.loads(hearsay("status", *admin, "--json").stdout)
+    model, optimizer = int(status["memory_model_bytes"]), int(status["memory_optimizer_bytes"])
+    links = int(status["max_links"])
+    assert model > 0 and 0 < optimizer <= model  # SGD momentum: one buffer per parameter (buffers excluded)
+    assert int(status["memory_sender_bytes"]) == 2 * model == int(status["memory_receiver_bytes"])
+    assert int(status["memory_bound_bytes"]) == model + optimizer + 2 * links * model
+    assert model + optimizer + 4 * model <= int(status["memory_bound_bytes"])
+    assert "memory        model" in hearsay("status", *admin).stdout
+
+    peers = json.loads(hearsay("peers", *admin, "--json").stdout)
+    assert sorted(int(p["sender_replica_bytes"]) for p in peers) == [model, model]
+    assert sorted(int(p["receiver_copy_bytes"]) for p in peers) == [model, model]
+
+    values = scrape(metrics_url(a))
+    assert values['hearsay_memory_bytes{component="model"}'] == model
+    assert values['hearsay_memory_bytes{component="optimizer"}'] == optimizer
+    assert values['hearsay_memory_bytes{component="sender_replicas"}'] == 2 * model
+    assert values['hearsay_memory_bytes{component="receiver_copies"}'] == 2 * model
+    assert values["hearsay_memory_bound_bytes"] == int(status["memory_bound_bytes"])
+    assert values['hearsay_memory_links{side="sender"}'] == 2 == values['hearsay_memory_links{side="receiver"}']
+
+
 def test_metrics_port_counters_match_status(shared_cluster: list[PeerProcess]) -> None:
     """The scrape and Status read the same counters.
 

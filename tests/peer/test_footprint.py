@@ -52,3 +52,18 @@ async def test_components_are_counted_per_link_and_bounded_by_max_links() -> Non
     assert after.total <= after.bound
     # The partner's side: one link each way.
     assert footprint(others[0]).receiver == {"hub:1": model}
+
+
+async def test_models_waiting_for_a_batch_merge_are_counted_until_the_merge() -> None:
+    hub = engine("hub:1", 1, max_links=2)
+    hub.fanout = 2  # Epidemic Learning: received models wait for the round's one merge
+    others = [engine(f"p{i}:1", 10 + i, max_links=2) for i in range(2)]
+    exchange = route(hub, *others)
+    for other in others:
+        hub.membership.add_seed(other.address)
+        assert await hub.exchange_with(hub.membership.get(other.address), exchange)  # taken, and buffered
+    waiting = footprint(hub)
+    assert waiting.pending == 2 * waiting.model  # a snapshot of each sender's model
+    assert waiting.total == waiting.model + waiting.optimizer + 4 * waiting.model + waiting.pending
+    hub.defence.flush(hub.trainer, hub.merge_rule)
+    assert footprint(hub).pending == 0

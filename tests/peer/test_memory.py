@@ -46,3 +46,59 @@ def test_freed_model_sized_blocks_leave_the_process_when_pinned() -> None:
 def test_without_the_pin_a_freed_block_stays_resident() -> None:
     # The reason for the pin, on this C library: the heap keeps a freed block resident.
     assert _growth("default") > 0.5
+
+
+ARENAS = textwrap.dedent("""
+    import sys
+    import threading
+    import numpy as np
+    from peer.runtime.memory import limit_arenas
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+    if sys.argv[1] == "limited":
+        assert limit_arenas(1)
+    else:
+        assert not limit_arenas(0)  # glibc's own limit: 8 arenas per core
+    block = 8 << 20
+    np.ones(block // 8)  # allocated and freed: raises glibc's dynamic mmap threshold above a block
+    before = rss()
+    # Worker threads that stay alive, each allocating, touching and freeing one block in
+    # turn, as an exchange's steps do in asyncio.to_thread's workers.
+    threads = 6
+    turns = [threading.Event() for _ in range(threads + 1)]
+    finished = threading.Event()
+
+    def work(i):
+        turns[i].wait()
+        x = np.ones(block // 8)
+        del x
+        turns[i + 1].set()
+        finished.wait()
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    turns[0].set()
+    turns[threads].wait()
+    grown = (rss() - before) / block
+    finished.set()
+    for w in workers:
+        w.join()
+    print(grown)
+""")
+
+
+def _arena_growth(mode: str) -> float:
+    out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True,
+                         cwd=".", timeout=60)
+    return float(out.stdout.strip())
+
+
+def test_one_arena_keeps_one_freed_temporary_for_all_worker_threads() -> None:
+    # What an exchange's steps do in worker threads: with glibc's arenas each thread's
+    # freed block stays resident in its own arena; with one arena the next thread reuses it.
+    assert _arena_growth("limited") < 2.0
+    assert _arena_growth("default") > 3.0

@@ -57,6 +57,52 @@ def test_merge_with_replaces_the_model_and_bumps_the_version() -> None:
     assert t.stats().version == 1
 
 
+def test_merge_in_place_writes_the_models_own_tensors_and_live_reads_them_without_a_copy() -> None:
+    t = build_trainer(PeerConfig(steps_per_second=0))
+    params = {k: v.data_ptr() for k, v in t.model.state_dict().items()}
+    before = t.state()
+    seen: dict[str, int] = {}
+
+    def halve(current: dict[str, np.ndarray]) -> None:
+        for k, x in current.items():
+            seen[k] = x.__array_interface__["data"][0]
+            if x.dtype.kind == "f":
+                x *= 0.5
+
+    t.merge_in_place(halve)
+    assert seen == params  # the merge got the model's own memory, not a copy of it
+    after = t.state()
+    assert all(np.array_equal(after[k], before[k] * 0.5 if before[k].dtype.kind == "f" else before[k]) for k in after)
+    assert t.stats().version == 1
+    live, hold = t.live()
+    assert hold is not None
+    with hold():
+        assert all(live[k].__array_interface__["data"][0] == params[k] for k in params)
+    from protocol.feedback import spec_of
+
+    assert spec_of(live) == spec_of(dict(live.items())) == spec_of(t.state())  # the spec it carries is the real one
+
+
+def test_tied_weights_are_merged_once() -> None:
+    # Two names for one tensor: merged in place, the second name would be merged again.
+    from tests.peer.user_plugins import tiny_dataset
+
+    layer = torch.nn.Linear(4, 4, bias=False)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(4, 4, bias=False))
+    model[2].weight = layer.weight
+    data = tiny_dataset()
+    t = Trainer(model, data, np.arange(len(data.train_y)), device=torch.device("cpu"), seed=0, batch_size=8,
+                lr=0.1, momentum=0.0)
+    before = t.state()["0.weight"].copy()
+
+    def add_one(current: dict[str, np.ndarray]) -> None:
+        for x in current.values():
+            x += 1.0
+
+    t.merge_in_place(add_one)
+    assert np.array_equal(t.state()["0.weight"], before + 1.0) and np.array_equal(t.state()["2.weight"], before + 1.0)
+
+
 def test_user_model_by_import_path_and_errors() -> None:
     m = build_model("tests.peer.user_plugins:linear_model", (4,), 3)
     assert isinstance(m, torch.nn.Module)

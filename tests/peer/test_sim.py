@@ -223,9 +223,9 @@ def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch
 
     calls: list[int] = []
 
-    def spy(rule, local_state, local_samples, received):  # noqa: ANN001, ANN202
+    def spy(rule, local_state, local_samples, received, **options):  # noqa: ANN001, ANN003, ANN202
         calls.append(local_samples)
-        return protocol.merge.merge_received_report(rule, local_state, local_samples, received)
+        return protocol.merge.merge_received_report(rule, local_state, local_samples, received, **options)
 
     # raising=True (the default): fails while peer.runtime.defence does not import merge_received_report.
     monkeypatch.setattr(peer.runtime.defence, "merge_received_report", spy)

@@ -390,3 +390,37 @@ def test_a_packet_encoded_with_a_policy_decodes_through_the_wire(name: str) -> N
     np.testing.assert_array_equal(packet.tensors["b"], model["b"])  # small: dense fp32
     assert packet.tensors["n"] == 3
     assert packet.tensors["w"].shape == (100, 200)
+
+
+# --- sparse deltas added in place (issue 12) ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["topk", "topk_int8", "randk"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_a_sparse_delta_added_in_place_has_the_bits_of_the_dense_sum(name: str, dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    delta = rng.standard_normal((70, 1000)).astype(dtype)
+    codec = codecs.make(name, ratio=0.02, seed=5)
+    enc = codec.encode(delta)
+    registered = codecs.get(name)
+    dense = registered.decode(enc.payload, delta.shape, np.dtype(dtype), enc.params)
+    entries = registered.decode_sparse(enc.payload, delta.shape, np.dtype(dtype), enc.params)
+    assert entries.values.size < delta.size // 10 and entries.dense().tobytes() == dense.tobytes()
+    replica = rng.standard_normal(delta.shape).astype(dtype)
+    replica.reshape(-1)[::97] = -0.0  # a dense add turns these into +0.0 where nothing was sent
+    replica.reshape(-1)[entries.indices[:5]] = -0.0
+    expected = replica + dense
+    entries.add_into(replica)
+    assert replica.tobytes() == expected.tobytes()
+    strided = np.asfortranarray(expected - dense)  # not C-contiguous: through the dense sum
+    entries.add_into(strided)
+    assert np.ascontiguousarray(strided).tobytes() == expected.tobytes()
+
+
+def test_a_sparse_tensor_with_a_repeated_index_adds_like_its_dense_form() -> None:
+    from protocol.codecs.base import SparseTensor
+
+    entries = SparseTensor((6,), np.dtype(np.float32), np.array([1, 4, 4]), np.array([1.0, 2.0, 3.0], np.float32))
+    target = np.arange(6, dtype=np.float32)
+    expected = target + entries.dense()
+    entries.add_into(target)
+    assert target.tobytes() == expected.tobytes() and target[4] == 7.0

@@ -548,3 +548,35 @@ def test_any_rule_with_verdicts_and_a_buffer_is_robust_and_is_asked_for_both() -
 def test_plain_rules_report_every_model_as_ok() -> None:
     report = merge_received_report(make_rule("vc"), model(0), 1, [Contribution(model(1), sender="x")])
     assert [(v.sender, v.kind) for v in report.verdicts] == [("x", "ok")]
+
+
+# --- merging in place (issue 12: no merged copy of the model beside it) ---------------------------
+
+def _big_model(seed: int) -> dict[str, np.ndarray]:
+    """``model(seed)`` plus a layer of several merge chunks, where writing a chunk early would
+    corrupt the chunks still to be read if the merge were not chunk-safe."""
+    from protocol.merge import MERGE_CHUNK
+
+    m = model(seed, scale=1 + seed % 3)
+    m["big.weight"] = np.random.default_rng(seed + 99).standard_normal((3, MERGE_CHUNK - 7)).astype(np.float32)
+    return m
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_a_merge_in_place_gives_the_bits_of_the_merge_beside_it(name: str) -> None:
+    local = _big_model(1)
+    received = [Contribution(_big_model(s), samples=10 * s, sender=f"p{s}") for s in (2, 3, 4)]
+    rule = make_rule(name)
+    if merge_batch(rule) > len(received):
+        received = received + [Contribution(_big_model(s), samples=5, sender=f"p{s}") for s in range(5, 10)]
+    expected = merge_received_report(make_rule(name), {k: v.copy() for k, v in local.items()}, 7, received)
+    live = {k: v.copy() for k, v in local.items()}
+    arrays = dict(live)  # the report must be written into these very arrays
+    # One tensor the merge cannot address flat (a transposed view): written through a copy.
+    live["fc.weight"] = np.asfortranarray(live["fc.weight"])
+    arrays["fc.weight"] = live["fc.weight"]
+    report = merge_received_report(make_rule(name), live, 7, received, in_place=True)
+    assert [v.kind for v in report.verdicts] == [v.kind for v in expected.verdicts]
+    for k, x in expected.tensors.items():
+        assert report.tensors[k] is arrays[k]
+        assert arrays[k].dtype == x.dtype and arrays[k].tobytes(order="C") == np.ascontiguousarray(x).tobytes(), k

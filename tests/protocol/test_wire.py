@@ -194,3 +194,24 @@ def test_mutated_valid_packets_decode_or_fail_typed(data: st.DataObject) -> None
         return
     for x in packet.tensors.values():  # whatever got through is well-formed and finite
         assert x.dtype.kind != "f" or np.isfinite(x).all()
+
+
+def test_sparse_decoding_keeps_top_k_entries_and_refuses_non_finite_ones() -> None:
+    from protocol.codecs.base import SparseTensor
+
+    tensors = {name: x * 1 for name, x in model().items()}
+    flat = next(n for n, x in tensors.items() if x.dtype.kind == "f" and x.size >= 8)
+    codec = codecs.make("topk", ratio=0.25, seed=1)
+    chooser = (lambda _n, x: codec if x.dtype.kind == "f" else codecs.get("raw"))
+    header = PacketHeader(sender_id="a", sender_addr="a:1", fingerprint=fingerprint(specs_of(tensors)),
+                          model_version=1, age=0, samples=1, codec="topk")
+    packet = decode_packet(encode_packet(header, tensors, chooser), expected=specs_of(model()), sparse=True)
+    dense = decode_packet(encode_packet(header, tensors, chooser), expected=specs_of(model()))
+    assert isinstance(packet.tensors[flat], SparseTensor)
+    assert packet.specs() == dense.specs()
+    for name, x in packet.tensors.items():
+        got = x.dense() if isinstance(x, SparseTensor) else x
+        assert got.tobytes() == dense.tensors[name].tobytes()
+    tensors[flat].reshape(-1)[np.argmax(np.abs(tensors[flat]))] = np.inf  # the largest entry: always sent
+    with pytest.raises(NonFiniteValues, match=flat):
+        decode_packet(encode_packet(header, tensors, chooser), expected=specs_of(model()), sparse=True)
