@@ -27,7 +27,23 @@ thread each, everything seeded), on loopback:
   directions carry a dense fp32 keyframe. Throughput counts the packet bytes of
   both directions (they are sequential: the answer is made after the request is
   read) over the exchange time *minus the two merges* (merging is not transfer; the
-  merges' time is reported on its own, and the end-to-end figure too).
+  merges' time is reported on its own, and the end-to-end figure too); encoding,
+  framing, reassembly, decoding and accepting are all inside it. The first
+  repetition opens the channel and is left out, as the bare stream's first is.
+  Both peers run under uvloop, as ``hearsay run`` does.
+  ``keyframe_over_bare_grpc`` is that figure over ``bare_grpc_mbps`` (the ``grpc``
+  stream above: one direction's bytes over its time).
+- ``keyframe_over_bare_grpc_training``: the same keyframe exchanges with the answering
+  peer's real ``Trainer`` thread training (``Trainer.start``), as in real use: it holds
+  the GIL between torch ops and the model lock during each step, which ``Trainer.state``
+  waits for. The control ``..._training_elsewhere``: the same training in a third process,
+  which takes the same CPU but shares neither the GIL nor the lock.
+- ``..._interleaved``: each keyframe exchange is preceded by a bare stream of the same
+  bytes between the two peer processes themselves (``/bench.Bare/Sink`` registered on
+  the answering peer's server); the median of the pairwise ratios, which cancels load
+  that drifts during the run. ``..._cpu_s_per_mb``: CPU seconds of both peer
+  processes (``/proc/<pid>/task/*/schedstat``) per MB moved, bare stream vs keyframe
+  exchange less its merges' CPU: the work, which the machine's load stretches less.
 - ``delta``: on the same link after the keyframes, a stream of push-pull exchanges
   of 1 %-top-k int8 deltas, end to end (encode, transfer, decode, apply, merge):
   packet MB/s of both directions and exchanges/s.
@@ -281,8 +297,9 @@ def _load_training_code() -> None:
 
 def _instrument(engine: Any, timings: dict[str, list[float]]) -> None:
     """Time the engine's encode, decode and merge steps (wrapping the bound methods)."""
-    for name in ("own_packet_parts", "decode", "_merge"):
-        inner = getattr(engine, name)
+    for owner, name in ((engine, "own_packet_parts"), (engine, "decode"), (engine, "_merge"),
+                        (engine.trainer, "state")):  # state: its wait for the trainer's lock included
+        inner = getattr(owner, name)
 
         def timed(*args: Any, _inner: Any = inner, _name: str = name) -> Any:
             started, cpu = time.perf_counter(), time.thread_time()  # these run in one thread
@@ -291,7 +308,7 @@ def _instrument(engine: Any, timings: dict[str, list[float]]) -> None:
             finally:
                 timings[_name].append(time.perf_counter() - started)
                 timings[_name + "_cpu"].append(time.thread_time() - cpu)
-        setattr(engine, name, timed)
+        setattr(owner, name, timed)
 
 
 def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
@@ -361,6 +378,16 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
                 return
 
     uvloop.run(serve())  # the daemon's event loop (peer.runtime.node)
+
+
+def _training_process(size: Size, stop: Any) -> None:
+    """A third process training the same model as a peer's trainer thread does: the CPU that
+    training takes, without sharing the answering peer's GIL or its trainer's lock."""
+    _one_thread()
+    engine = _build_engine(size, SEED + 3, "127.0.0.1:1")
+    engine.trainer.start()
+    stop.wait()
+    engine.trainer.stop()
 
 
 def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
@@ -481,11 +508,26 @@ def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
         for _ in range(size.keyframe_reps):
             bare, bare_cpu = timed("bare")
             keyframe, cpu = timed("keyframe")
-            training.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu})
             srv_parent.send("report")
-            training[-1]["server"] = srv_parent.recv()
+            training.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu,
+                             "server": srv_parent.recv()})
         srv_parent.send("untrain")
         training_steps = srv_parent.recv() - steps_before
+        # The control: the same training in a process of its own (CPU taken, no GIL shared).
+        stop = ctx.Event()
+        trainer = ctx.Process(target=_training_process, args=(size, stop))
+        trainer.start()
+        elsewhere = []
+        try:
+            for _ in range(size.keyframe_reps):
+                bare, bare_cpu = timed("bare")
+                keyframe, cpu = timed("keyframe")
+                srv_parent.send("report")
+                elsewhere.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu,
+                                  "server": srv_parent.recv()})
+        finally:
+            stop.set()
+            trainer.join()
     finally:
         for parent in (cli_parent, srv_parent):
             parent.send("stop")
@@ -494,7 +536,7 @@ def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
         server.join()
     return {"hello": hello, "reset_rss": reset_rss, "keyframes": keyframes, "deltas": deltas,
             "after_deltas": after_deltas, "steady_rss": steady_rss, "training": training,
-            "training_steps": training_steps}
+            "training_steps": training_steps, "training_elsewhere": elsewhere}
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -551,6 +593,7 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
     if not all(k["keyframe"] for k in training):
         raise RuntimeError("a keyframe exchange with the trainer running did not send a keyframe")
     kf_training_mbps = keyframe_mbps(training) if training else float("nan")
+    elsewhere = peers.get("training_elsewhere") or []
     def phases_of(reps: list[dict[str, Any]]) -> dict[str, float]:
         timed = reps[1:] or reps
         return {
@@ -565,6 +608,7 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
             "gRPC both ways (+read_packet, accept)": med([t(k, "client", "exchange_call")
                                                           - t(k, "server", "handle_inbound") for k in timed]),
             "server handle_inbound": med([t(k, "server", "handle_inbound") for k in timed]),
+            "server trainer.state (its lock wait in)": med([t(k, "server", "state") for k in timed]),
         }
 
     phases = phases_of(kf)
@@ -598,6 +642,11 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         "keyframe_over_bare_grpc_interleaved": interleaved(kf)[1],
         "bare_grpc_interleaved_training_mbps": interleaved(training)[0] if training else float("nan"),
         "keyframe_over_bare_grpc_training_interleaved": interleaved(training)[1] if training else float("nan"),
+        # The control: the same training in a third process (its CPU, not the answering peer's GIL or lock).
+        "keyframe_over_bare_grpc_training_elsewhere": keyframe_mbps(elsewhere) / grpc_mbps if elsewhere
+        else float("nan"),
+        "keyframe_over_bare_grpc_training_elsewhere_interleaved": interleaved(elsewhere)[1] if elsewhere
+        else float("nan"),
         # CPU seconds of both peer processes per MB moved, bare stream vs keyframe exchange less
         # its two merges (their threads' CPU time), idle peer.
         "bare_grpc_cpu_s_per_mb": med([k["bare_cpu"] / (bare_bytes / MB) for k in kf[1:] or kf]),
@@ -615,6 +664,7 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         "keyframe_exchange_mbps_with_merges": kf_bytes / total / MB,
         "keyframe_phases_seconds": phases,
         "keyframe_phases_seconds_training": phases_of(training) if training else {},
+        "keyframe_phases_seconds_training_elsewhere": phases_of(elsewhere) if elsewhere else {},
         "delta_exchanges_per_second": len(ds) / delta_seconds if delta_seconds else 0.0,
         "delta_packet_bytes": delta_bytes / max(2 * len(ds), 1),
         "delta_exchanges": len(ds),
@@ -654,6 +704,9 @@ def print_table(r: dict[str, Any]) -> None:
                                                              f"{r['bare_grpc_interleaved_training_mbps']:.0f} MB/s training"),
         ("  keyframe / it, pairwise, idle peer", f"{r['keyframe_over_bare_grpc_interleaved']:.2f}"),
         ("  keyframe / it, pairwise, trainer running", f"{r['keyframe_over_bare_grpc_training_interleaved']:.2f}"),
+        ("control: the training in a third process", f"keyframe / bare gRPC "
+                                                     f"{r['keyframe_over_bare_grpc_training_elsewhere']:.2f}, pairwise "
+                                                     f"{r['keyframe_over_bare_grpc_training_elsewhere_interleaved']:.2f}"),
         ("CPU ms per MB moved, both peers: bare | keyframe", f"{r['bare_grpc_cpu_s_per_mb'] * 1e3:.2f} | "
                                                             f"{r['keyframe_cpu_s_per_mb'] * 1e3:.2f} (merges apart: "
                                                             f"{r['keyframe_merge_cpu_s_per_mb'] * 1e3:.2f})"),
@@ -672,9 +725,10 @@ def print_table(r: dict[str, Any]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    print("keyframe exchange phases (s, median; idle | trainer running):")
+    print("keyframe exchange phases (s, median; idle | trainer thread running | training in a third process):")
     for k, v in r["keyframe_phases_seconds"].items():
-        print(f"  {k:<{width}}  {v:.3f} | {r['keyframe_phases_seconds_training'].get(k, float('nan')):.3f}")
+        print(f"  {k:<{width}}  {v:.3f} | {r['keyframe_phases_seconds_training'].get(k, float('nan')):.3f} | "
+              f"{r['keyframe_phases_seconds_training_elsewhere'].get(k, float('nan')):.3f}")
     print("keyframe MB/s = packet bytes of both directions / (push-pull time - both merges), repetitions after\n"
           "the first; bare gRPC MB/s = one direction's bytes / that stream's time, repetitions after the first.")
 
