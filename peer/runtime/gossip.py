@@ -44,7 +44,7 @@ SPARSE_CODECS = frozenset({"topk", "topk_int8", "randk"})
 
 def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
     """One buffer for a packet given as one or as parts (handed over in-process, as in
-    tests and simulations; the gRPC transport reassembles into one ``bytearray``)."""
+    tests and simulations; the gRPC transport reassembles into one writable ``memoryview``)."""
     if isinstance(packet, (bytes, bytearray, memoryview)):
         return packet
     return bytearray().join(packet)
@@ -235,13 +235,14 @@ class GossipEngine:
         self.reports[address] = (dict(packet.header.telemetry), self.clock())
 
     def decode(self, data: Buffer | Sequence[Buffer]) -> Packet:
-        """Decode a received packet. A ``bytearray`` (what the transport reassembles) is
-        taken over: its dense tensors are decoded as writable views of it. A top-k or
-        rand-k delta stays sparse (``SparseTensor``): the receiver adds its entries to its
-        copy in place, with no dense array of zeros the size of the model."""
+        """Decode a received packet. A writable buffer (the ``memoryview`` the gRPC transport
+        reassembles, the simulator's ``bytearray``) is taken over: its dense tensors are
+        decoded as writable views of it. A top-k or rand-k delta stays sparse
+        (``SparseTensor``): the receiver adds its entries to its copy in place, with no dense
+        array of zeros the size of the model."""
         data = as_buffer(data)
-        return decode_packet(data, expected=self.specs, limits=self.limits, owned=isinstance(data, bytearray),
-                             sparse=True)
+        owned = isinstance(data, bytearray) or (isinstance(data, memoryview) and not data.readonly)
+        return decode_packet(data, expected=self.specs, limits=self.limits, owned=owned, sparse=True)
 
     def _merge(self, model: Mapping[str, np.ndarray], samples: int, sender: str = "") -> None:
         started = time.perf_counter()

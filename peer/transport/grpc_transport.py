@@ -69,11 +69,11 @@ def status_for(error: errors.Refusal) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
-# handler(packet, caller) -> reply packet. The packet is the reassembly buffer (a
-# bytearray: bytes-like, read in place by protocol.wire); the caller is what the
+# handler(packet, caller) -> reply packet. The packet is the reassembly buffer (a writable
+# memoryview handed over to the handler, read in place by protocol.wire); the caller is what the
 # connection proves (peer/transport/identity.py); the reply is bytes-like, or a sequence
 # of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises a protocol.errors.Refusal.
-InboundHandler = Callable[[bytearray, Caller], Awaitable[Buffer | Sequence[Buffer]]]
+InboundHandler = Callable[[memoryview, Caller], Awaitable[Buffer | Sequence[Buffer]]]
 KeyringSource = Callable[[], Keyring]
 
 
@@ -238,7 +238,7 @@ class GossipClient:
                                      response_deserializer=parse_frame)
 
     async def exchange(self, address: str, packet: Buffer | Sequence[Buffer],
-                       timeout: float | Budget) -> bytearray:
+                       timeout: float | Budget) -> memoryview:
         """Send ``packet`` (bytes-like, or a sequence of buffers sent one after the other)
         to ``address`` and return the packet it answers with, as one buffer.
 

@@ -186,6 +186,42 @@ def test_evaluation_leaves_the_model_lock_free_for_gossip_and_status() -> None:
     assert 0.0 <= t.stats().accuracy <= 1.0
 
 
+class _GatedTrainingModel(_GatedModel):
+    """A linear model whose training forward pass waits at a gate: a step held mid-way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.gates.entered.set()
+            self.gates.gate.wait(60)
+        return self.linear(x)
+
+
+def test_a_model_copy_does_not_wait_for_a_step_in_progress_but_a_merge_does() -> None:
+    model = _GatedTrainingModel()
+    t = _tiny_trainer(model, EvalPolicy(every=1 << 30))
+    before = t.state()
+    stepping = threading.Thread(target=t.step)
+    stepping.start()
+    try:
+        assert model.gates.entered.wait(60), "the step never started"
+        copied: list[dict] = []
+        copying = threading.Thread(target=lambda: copied.append(t.state()))
+        copying.start()
+        copying.join(30)
+        assert not copying.is_alive(), "state() waited for a step's forward pass"
+        assert all(np.array_equal(copied[0][k], before[k]) for k in before)  # the weights before the step
+        merging = threading.Thread(target=lambda: t.merge_with(lambda s: s))
+        merging.start()
+        merging.join(0.2)
+        assert merging.is_alive(), "a merge went through while a step was computing its gradients"
+    finally:
+        model.gates.gate.set()
+        stepping.join(30)
+    merging.join(30)
+    assert t.stats().version == 2  # the step, then the merge
+    assert not all(np.array_equal(t.state()[k], before[k]) for k in before)
+
+
 def test_evaluation_keeps_to_its_share_of_the_trainers_time() -> None:
     t = _tiny_trainer(_GatedModel(slow_eval=0.02), EvalPolicy(every=1, budget=0.2))
     evaluations = 0

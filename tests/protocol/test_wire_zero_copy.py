@@ -177,3 +177,19 @@ def test_frames_slice_parts_within_the_limit_and_reassemble() -> None:
             yield f
     with pytest.raises(MalformedPacket):
         asyncio.run(read_packet(direct([RawFrame(b"x"), parse_frame(b"\x0a\x09ab")]), max_bytes=10))
+
+
+def test_a_packet_of_many_frames_is_reassembled_into_one_writable_buffer() -> None:
+    # Larger than the reassembly's huge-page threshold and no multiple of the frame size, so the
+    # buffer grows several times (mremap) and ends at the exact packet size.
+    whole = np.random.default_rng(3).integers(0, 256, 9 * FRAME_BYTES + 12345, dtype=np.uint8).tobytes()
+
+    async def stream():
+        for f in to_raw_frames(whole):
+            yield parse_frame(serialize_frame(f))
+    for declared in (None, len(whole)):
+        buf = asyncio.run(read_packet(stream(), max_bytes=len(whole), declared=declared))
+        assert isinstance(buf, memoryview) and not buf.readonly and buf.nbytes == len(whole)
+        assert buf == whole
+    with pytest.raises(TruncatedPacket):
+        asyncio.run(read_packet(stream(), max_bytes=len(whole) + 1, declared=len(whole) + 1))
