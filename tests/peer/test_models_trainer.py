@@ -57,6 +57,31 @@ def test_merge_with_replaces_the_model_and_bumps_the_version() -> None:
     assert t.stats().version == 1
 
 
+def _momentum(t: Trainer) -> list[torch.Tensor]:
+    return [t.optimizer.state[p]["momentum_buffer"].clone() for p in t.model.parameters()]
+
+
+def test_merge_momentum_keeps_or_zeroes_the_buffer_and_the_next_step_follows() -> None:
+    """After a merge, ``reset`` starts SGD's momentum from zero (the next step is a plain
+    gradient step from the merged weights); ``keep`` carries on with the old buffer."""
+    runs = {}
+    for merge_momentum in ("keep", "reset"):
+        t = build_trainer(PeerConfig(steps_per_second=0, merge_momentum=merge_momentum))
+        t.train_steps(5)
+        before = _momentum(t)
+        t.merge_with(lambda current: current)  # the weights stay: only the optimiser's state can differ
+        after = _momentum(t)
+        if merge_momentum == "reset":
+            assert all(not b.any() for b in after) and any(b.any() for b in before)
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(after, before))
+        t.train_steps(1)
+        runs[merge_momentum] = t.digest()
+    assert runs["keep"] != runs["reset"]
+    with pytest.raises(ValueError, match="merge_momentum"):
+        build_trainer(PeerConfig(steps_per_second=0, merge_momentum="halve"))
+
+
 def test_user_model_by_import_path_and_errors() -> None:
     m = build_model("tests.peer.user_plugins:linear_model", (4,), 3)
     assert isinstance(m, torch.nn.Module)
