@@ -9,7 +9,10 @@ on the simulator's virtual clock (one local step = one virtual second): the daem
 for everything not set here, and scores every peer's *current* model at the end, as the
 cluster's final evaluation does (a peer is at a random phase since its latest merge).
 
-    python -m bench.pace [--steps 2000] [--interval-steps 21] [--fanout 1] [--merge-momentum keep]
+    python -m bench.pace [--steps 2000] [--interval-steps 6.3] [--fanout 1] [--merge-momentum keep]
+
+``--interval-steps 21`` is the old default (gossip_interval 1 s) on the idle machine, 6.3 the
+new one (0.3 s). bench/RESULTS.md, "The 8-peer Fashion-MNIST cluster", has the figures.
 """
 
 from __future__ import annotations
@@ -73,9 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--peers", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=2000, help="local steps per peer (virtual seconds)")
-    ap.add_argument("--interval-steps", type=float, default=21.0,
-                    help="local steps between the exchanges a peer starts (21: the idle 2-core machine, "
-                         "gossip_interval 1 s)")
+    ap.add_argument("--interval-steps", type=float, default=round(21.0 * _DAEMON.gossip_interval, 1),
+                    help="local steps between the exchanges a peer starts (default: ~21 steps/s, the idle "
+                         "2-core machine's 8 peers, times the daemon's gossip_interval)")
     ap.add_argument("--fanout", type=int, default=_DAEMON.fanout)
     ap.add_argument("--merge", default=_DAEMON.merge)
     ap.add_argument("--lr", type=float, default=_DAEMON.lr)
