@@ -50,6 +50,9 @@ def merge_rules() -> list[str]:
     return sorted(MERGE_RULES)
 
 
+# What a merge does to SGD's momentum buffer (peer.runtime.trainer.Trainer.merge_momentum).
+MERGE_MOMENTUM = ("keep", "reset")
+
 SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
 
 
@@ -143,6 +146,10 @@ class PeerConfig:
     batch_size: int = _opt(32, "Mini-batch size of local SGD.", lo=1, hi=1 << 20)
     lr: float = _opt(0.05, "Learning rate of local SGD.", lo=0.0, hi=100.0, lo_open=True)
     momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=0.999)
+    merge_momentum: str = _opt("keep", "What a merge does to SGD's momentum buffer: keep it, or reset it to zero "
+                                       "(the buffer points along this shard's recent steps, which the merged "
+                                       "weights did not take; bench/pace.py measures both).",
+                               choices=MERGE_MOMENTUM)
     max_steps: int = _opt(0, "Stop local training after this many steps (0 = never); "
                              "the peer keeps gossiping.", lo=0, hi=2**53)
     steps_per_second: float = _opt(50.0, "Upper bound on the local step rate (0 = unbounded); "
@@ -161,8 +168,11 @@ class PeerConfig:
     bootstrap_min_steps: int = _opt(20, "Adopt a fetched model only if its peer has trained this many steps "
                                         "(a swarm that is just starting keeps independent initialisations).",
                                     lo=0, hi=2**53)
-    gossip_interval: float = _opt(1.0, "Seconds between the exchanges this peer starts.",
-                                  lo=0.001, hi=3600.0, seconds=True)
+    # 0.3 s, not 1 s: with fewer local steps between merges a peer on a skewed shard drifts
+    # less toward its own classes (bench/RESULTS.md, "The 8-peer Fashion-MNIST cluster").
+    gossip_interval: float = _opt(0.3, "Seconds between the exchanges this peer starts (each merges on both "
+                                       "sides): the fewer local steps between merges, the less a peer on a skewed "
+                                       "shard drifts toward its own classes.", lo=0.001, hi=3600.0, seconds=True)
     gossip_timeout: float = _opt(300.0, "Most seconds an exchange may take: the ceiling of its deadline, which "
                                         "otherwise follows the link's measured rate and RTT (exchange_* options).",
                                  lo=0.01, hi=3600.0, seconds=True)

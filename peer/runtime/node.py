@@ -92,7 +92,7 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
     trainer = Trainer(model, data, shard, device=resolve_device(config.device),
                       seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                       max_steps=config.max_steps, steps_per_second=config.steps_per_second,
-                      eval_policy=policy_from_config(config))
+                      eval_policy=policy_from_config(config), merge_momentum=config.merge_momentum)
     if not len(held):
         return trainer, (trainer.train_x, trainer.train_y)
     return trainer, (torch.as_tensor(data.train_x[held], device=trainer.device),

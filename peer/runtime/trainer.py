@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from peer.data import Dataset
+from peer.runtime.config import MERGE_MOMENTUM
 from peer.runtime.evaluation import EvalPolicy, accuracy
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class TrainerStats:
 class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, shard: np.ndarray, *, device: torch.device,
                  seed: int, batch_size: int, lr: float, momentum: float, max_steps: int = 0,
-                 steps_per_second: float = 0.0, eval_every: int = 25, eval_policy: EvalPolicy | None = None) -> None:
+                 steps_per_second: float = 0.0, eval_every: int = 25, eval_policy: EvalPolicy | None = None,
+                 merge_momentum: str = "keep") -> None:
         self.device = device
         self.model = model.to(device)
         self.samples = int(len(shard))
@@ -133,6 +135,11 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
         self.loss_fn = nn.CrossEntropyLoss()
         self.max_steps = max_steps
+        # What a merge does to SGD momentum (MERGE_MOMENTUM): the buffer holds the last
+        # steps' direction on this shard, which the merged weights no longer came from.
+        if merge_momentum not in MERGE_MOMENTUM:
+            raise ValueError(f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}, got {merge_momentum!r}")
+        self.merge_momentum = merge_momentum
         self.min_step_seconds = 1.0 / steps_per_second if steps_per_second > 0 else 0.0
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
@@ -195,6 +202,7 @@ class Trainer:
                 current = {k: v.detach().to("cpu", copy=True).numpy() for k, v in tensors.items()}
                 merge(current)
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in current.items()})
+            self._after_merge()
             self._version += 1
 
     def merge_with(self, merge: Callable[[State], State]) -> None:
@@ -204,7 +212,18 @@ class Trainer:
             merged = merge(current)
             with self._weights:
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in merged.items()})
+                self._after_merge()
                 self._version += 1
+
+    def _after_merge(self) -> None:
+        """Apply ``merge_momentum`` to the optimiser's momentum buffers (call under the lock)."""
+        if self.merge_momentum == "keep":
+            return
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf.zero_()
 
     def digest(self) -> str:
         """SHA-256 over all tensors: equal digests mean bit-identical models."""

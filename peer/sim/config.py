@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from peer.runtime.config import MERGE_MOMENTUM, PeerConfig
 from protocol import codecs
 from protocol.merge import make_rule
 
@@ -56,6 +57,7 @@ class SimConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    merge_momentum: str = PeerConfig.merge_momentum  # keep or reset SGD momentum at a merge (the daemon's)
     steps_per_second: float = 1.0       # local steps per virtual second (mean over peers)
     speed_spread: float = 0.0           # per-peer speed ~ steps_per_second * U(1 - s, 1 + s)
     gossip_interval: float = 10.0       # virtual seconds between the exchanges a peer starts
@@ -108,6 +110,7 @@ class SimConfig:
             (len(set(self.absent)) + 2 <= self.peers, "at least 2 peers must be present"),
             (not set(self.absent) & set(self.attackers), "a peer cannot be both absent and attacking"),
             (self.fanout >= 1, "fanout must be at least 1"),
+            (self.merge_momentum in MERGE_MOMENTUM, f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}"),
             (self.timeout > 0 and self.bandwidth >= 0, "timeout must be positive, bandwidth non-negative"),
             (0 <= self.slow_fraction <= 1 and self.slow_factor >= 1, "slow_fraction in [0, 1], slow_factor >= 1"),
             (all(0 <= p < self.peers and 0 <= a <= b for p, a, b in self.churn), "churn: (peer, down, up) with down <= up"),

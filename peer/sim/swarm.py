@@ -232,7 +232,8 @@ class Simulator(AttackerMixin):
                                            peer_seed(cfg, i))
             self.validation.append(held if len(held) else train)
             trainer = Trainer(model, self.data, train, device=torch.device("cpu"), seed=peer_seed(cfg, i),
-                              batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER)
+                              batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER,
+                              merge_momentum=cfg.merge_momentum)
             name, addr = identities[i] if identities is not None else ("", "")
             peers.append(VirtualPeer(i, trainer, graph[i], speeds[i], random.Random(peer_seed(cfg, i)),
                                      name=name, addr=addr))

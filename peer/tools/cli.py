@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from peer import __version__
-from peer.runtime.config import SECRET_OPTIONS, ConfigError, add_flags, did_you_mean, load, merge_rules
+from peer.runtime.config import SECRET_OPTIONS, ConfigError, PeerConfig, add_flags, did_you_mean, load, merge_rules
 from peer.runtime.plugins import PluginError
 
 EXIT_USAGE = 2
@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default="iid", choices=("iid", "dirichlet"))
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
     p.add_argument("--merge", default="vc", choices=merge_rules())
-    p.add_argument("--gossip-interval", type=float, default=1.0)
+    p.add_argument("--gossip-interval", type=float, default=PeerConfig.gossip_interval,
+                   help=f"seconds between a peer's exchanges (default: the peers' {PeerConfig.gossip_interval:g})")
     p.add_argument("--mode", default="gossip", choices=("gossip", "sampled"),
                    help="how every peer learns: gossip, or server-free sampled rounds (default: gossip)")
     p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")

@@ -48,7 +48,7 @@ class ClusterSpec:
     partition: str = "iid"
     alpha: float = 0.5
     merge: str = "vc"
-    gossip_interval: float = 1.0
+    gossip_interval: float = PeerConfig.gossip_interval
     seed: int = 0
     mode: str = "gossip"
     extra_args: list[str] = field(default_factory=list)

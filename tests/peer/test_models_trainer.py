@@ -103,6 +103,36 @@ def test_tied_weights_are_merged_once() -> None:
     assert np.array_equal(t.state()["0.weight"], before + 1.0) and np.array_equal(t.state()["2.weight"], before + 1.0)
 
 
+def _momentum(t: Trainer) -> list[torch.Tensor]:
+    return [t.optimizer.state[p]["momentum_buffer"].clone() for p in t.model.parameters()]
+
+
+def test_merge_momentum_keeps_or_zeroes_the_buffer_and_the_next_step_follows() -> None:
+    """After a merge, ``reset`` starts SGD's momentum from zero (the next step is a plain
+    gradient step from the merged weights); ``keep`` carries on with the old buffer."""
+    runs = {}
+    # Both ways a merge lands: merge_with (a new model loaded) and merge_in_place (the daemon's).
+    for merge_momentum, in_place in (("keep", False), ("reset", False), ("keep", True), ("reset", True)):
+        t = build_trainer(PeerConfig(steps_per_second=0, merge_momentum=merge_momentum))
+        t.train_steps(5)
+        before = _momentum(t)
+        if in_place:
+            t.merge_in_place(lambda current: None)  # the weights stay: only the optimiser's state can differ
+        else:
+            t.merge_with(lambda current: current)
+        after = _momentum(t)
+        if merge_momentum == "reset":
+            assert all(not b.any() for b in after) and any(b.any() for b in before)
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(after, before))
+        t.train_steps(1)
+        runs[merge_momentum, in_place] = t.digest()
+    assert runs["keep", False] != runs["reset", False] and runs["keep", True] != runs["reset", True]
+    assert runs["keep", False] == runs["keep", True] and runs["reset", False] == runs["reset", True]
+    with pytest.raises(ValueError, match="merge_momentum"):
+        build_trainer(PeerConfig(steps_per_second=0, merge_momentum="halve"))
+
+
 def test_user_model_by_import_path_and_errors() -> None:
     m = build_model("tests.peer.user_plugins:linear_model", (4,), 3)
     assert isinstance(m, torch.nn.Module)
