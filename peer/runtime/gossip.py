@@ -431,17 +431,17 @@ class GossipEngine:
         self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our update
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
-        if not packet.header.carries_model:  # the answer to a one-way packet: our link to it moved, not its to us
-            if packet.header.need_keyframe:  # it could not apply our update
-                self.sender.invalidate(link)
-            self._account(link, packet_size(own), len(reply), merged=False)
-            return one_way
-        self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
-        model = self._accept(link, packet)
+        model = None
+        if packet.header.carries_model:
+            self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
+            model = self._accept(link, packet)
+        elif packet.header.need_keyframe:  # the answer to a one-way packet, and our update did not fit
+            self.sender.invalidate(link)
         if model is not None and not self._taken(link, packet, model, inbound=False):
             await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
         self._account(link, packet_size(own), len(reply), merged=model is not None)
-        if model is None:
+        pushed = one_way and not packet.header.carries_model and not packet.header.need_keyframe  # it took ours
+        if model is None and not pushed:
             return False
         self.stats.exchanges_out += 1
         self.link(member.address).rtt = rtt

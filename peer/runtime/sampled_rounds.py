@@ -270,7 +270,8 @@ class SampledRounds:
     async def _send(self, address: str, exchange: Exchange, until: float) -> bool:
         """Our model to ``address``, one-way (its answer carries no model: a trainer has no use for
         the aggregator's, nor the next round's trainer for ours, so a round sends FedAvg's bytes),
-        asked again while the partner is merely busy; False when it failed or the time ran out."""
+        asked again while the partner is merely busy (or could not apply our update: the next
+        try is a keyframe); False when it failed or the time ran out."""
         while self.clock() < until and not self.halted():
             member = self.engine.membership.get(address)
             if member is None or not member.live:

@@ -56,6 +56,7 @@ async def test_a_one_way_answer_carries_no_model_and_both_links_stay_consistent(
         assert_same(b.sender.replica("a:1"), b_to_a_sent)
         assert_same(a.receiver.replica("b:1"), b_to_a_held)
     assert b.stats.merges == b_merges + 3 and a.stats.merges == a_merges  # b took a's model, a took none
+    assert a.stats.exchanges_out == 4  # a push is an exchange this peer started
     assert a.link("b:1").bytes_received == len(replies[0]) + sum(len(r) for r in replies[1:])
 
     # The next exchanges both ways are deltas that decode on either end: no keyframe asked, none sent.
@@ -76,8 +77,9 @@ async def test_a_one_way_answer_still_asks_for_a_keyframe(pair) -> None:
     b.receiver.forget("a:1")  # b restarted or evicted the link: a's next delta does not fit
     a.trainer.train_steps(2)
     merges = b.stats.merges
-    assert await a.exchange_with(member, exchange, one_way=True)
+    assert not await a.exchange_with(member, exchange, one_way=True)  # not taken: a push to send again
     assert b.stats.keyframe_requests == {"unknown_link": 1} and b.stats.merges == merges
+    assert a.link("b:1").failures == 0  # answered: not a failing partner
     assert await a.exchange_with(member, exchange, one_way=True)  # the answer asked for one: a keyframe
     assert a.stats.keyframes_sent == 2 and b.stats.merges == merges + 1
     assert_same(a.sender.replica("b:1"), b.receiver.replica("a:1"))
