@@ -7,7 +7,14 @@ A packet is one msgpack map::
      "n": sample count, "codec": codec policy name, "cp": policy parameters,
      "tm": the sender's telemetry (optional map of scalars),
      "lk": [link epoch, link seq, keyframe?], "nk": need-keyframe flag (both optional),
+     "ow": one-way flag (optional): the sender wants no model back,
+     "nm": no-model flag (optional): a reply that carries no model ("t" is then empty),
      "t": [[name, shape, dtype, codec, params, payload], ...]}
+
+The two optional flags are written only when set, so every other packet is byte for byte
+what it was before them; a peer that predates them ignores "ow" (it answers with a model,
+which the sender accepts as usual) and refuses an "nm" reply (its fingerprint does not
+match the empty tensor list), so neither side ever misreads the other.
 
 ``decode_packet`` never lets a parser exception escape: every way the bytes can be
 wrong maps to a ``protocol.errors.WireError`` subclass, and every declared size is
@@ -21,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -106,6 +113,11 @@ class PacketHeader:
     keyframe: bool = True
     # The sender could not apply the last frame it got from the receiver: send a keyframe.
     need_keyframe: bool = False
+    # One-way: the sender wants no model back (a push to an aggregator, or of an aggregate
+    # to the next round's trainers); the receiver answers with a packet carrying none.
+    one_way: bool = False
+    # False on such an answer: no tensors, and no link frame (neither side's replicas move).
+    carries_model: bool = True
     format_version: int = FORMAT_VERSION
 
 
@@ -139,6 +151,12 @@ def encode_packet_parts(header: PacketHeader, tensors: Mapping[str, np.ndarray],
         ("n", header.samples), ("codec", header.codec), ("cp", header.codec_params), ("tm", header.telemetry),
         ("lk", [header.link_epoch, header.link_seq, header.keyframe]), ("nk", header.need_keyframe),
     ]
+    if header.one_way:
+        fields.append(("ow", True))
+    if not header.carries_model:
+        if tensors:
+            raise ValueError("a packet that carries no model cannot carry tensors")
+        fields.append(("nm", True))
     head = [packer.pack_map_header(len(fields) + 1)]
     for key, value in fields:
         head += [packer.pack(key), packer.pack(value)]
@@ -187,6 +205,13 @@ def encode_packet(header: PacketHeader, tensors: Mapping[str, np.ndarray],
     payloads (``packb`` makes two: into its buffer, then into the result).
     """
     return b"".join(encode_packet_parts(header, tensors, choose_codec))
+
+
+def encode_no_model(header: PacketHeader) -> bytes:
+    """A packet of ``header`` alone: the answer to a one-way packet. It carries no model and
+    no link frame, so neither side's per-link replicas move."""
+    return encode_packet(replace(header, link_epoch=0, link_seq=0, keyframe=False, one_way=False, carries_model=False),
+                         {}, lambda name, _x: codecs.get("raw"))
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -283,10 +308,13 @@ def _link_frame(obj: Mapping[str, Any]) -> dict[str, Any]:
     if (not isinstance(frame, list) or len(frame) != 3 or not isinstance(frame[2], bool)
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 for v in frame[:2])):
         raise MalformedPacket("link frame must be [epoch, seq, keyframe]")
-    need = obj.get("nk", False)
-    if not isinstance(need, bool):
-        raise MalformedPacket("need-keyframe flag must be a boolean")
-    return {"link_epoch": frame[0], "link_seq": frame[1], "keyframe": frame[2], "need_keyframe": need}
+    flags = {key: obj.get(key, False) for key in ("nk", "ow", "nm")}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        raise MalformedPacket("need-keyframe, one-way and no-model flags must be booleans")
+    if flags["ow"] and flags["nm"]:  # only a packet with a model asks for an answer without one
+        raise MalformedPacket("a packet that carries no model cannot be one-way")
+    return {"link_epoch": frame[0], "link_seq": frame[1], "keyframe": frame[2], "need_keyframe": flags["nk"],
+            "one_way": flags["ow"], "carries_model": not flags["nm"]}
 
 
 def _mismatch_detail(got: Sequence[TensorSpec], want: Sequence[TensorSpec]) -> str:
@@ -338,6 +366,14 @@ def decode_packet(data: bytes | bytearray | memoryview, *, expected: Sequence[Te
     entries = _field(obj, "t", list, "tensors")
     if len(entries) > limits.max_tensors:
         raise PacketTooLarge(f"{len(entries)} tensors exceed the limit of {limits.max_tensors}")
+    if not header.carries_model:
+        if entries:
+            raise MalformedPacket("a packet that says it carries no model carries tensors")
+        # The fingerprint still says which model the sender runs: another architecture is refused.
+        if expected is not None and header.fingerprint != fingerprint(expected):
+            raise FingerprintMismatch("model mismatch: the sender runs another architecture")
+        # Whatever link frame it declares, an answer without a model moves no replica.
+        return Packet(replace(header, link_epoch=0, link_seq=0, keyframe=False), {})
 
     declared: list[tuple[TensorSpec, str, Params, memoryview]] = []
     seen: set[str] = set()

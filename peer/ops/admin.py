@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from hearsay.v1 import admin_pb2, admin_pb2_grpc
 
 from peer.runtime.footprint import footprint
-from peer.runtime.gossip import LinkStats
+from peer.runtime.gossip_stats import LinkStats
 from protocol.deadlines import LinkEstimate
 from protocol.wire import FRAME_BYTES
 

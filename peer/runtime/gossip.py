@@ -13,11 +13,11 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from peer.runtime.defence import Defence
+from peer.runtime.gossip_stats import GossipStats, LinkStats
 from peer.runtime.link_locks import LinkLocks
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
@@ -27,14 +27,14 @@ from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impers
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.deadlines import Budget, DeadlinePolicy, LinkEstimate
-from protocol.errors import Banned, Refusal
+from protocol.errors import Banned, MalformedPacket, Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
 from protocol.membership import Member, MembershipView, MemberState
 from protocol.merge import Contribution, MergeRule
 from protocol.sampling import choose_partner, choose_partners
-from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts, fingerprint,
-                           packet_size, specs_of)
+from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_no_model, encode_packet_parts,
+                           fingerprint, packet_size, specs_of)
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +70,6 @@ class LinkBusy(Refusal):
 # missed deadline. The packet is one buffer or a sequence of buffers to send one after the
 # other; the budget (protocol.deadlines.Budget) holds the exchange's limits.
 Exchange = Callable[[str, Buffer | Sequence[Buffer], Budget], Awaitable[Buffer]]
-
-
-@dataclass
-class LinkStats:
-    """What happened between this peer and one other, as this peer saw it."""
-
-    exchanges: int = 0
-    merges: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    failures: int = 0
-    # Round trip of the last successful exchange we started with this peer (seconds).
-    rtt: float | None = None
-
-
-@dataclass
-class GossipStats:
-    exchanges: int = 0
-    exchanges_out: int = 0  # of which this peer was the initiator
-    merges: int = 0
-    rejected: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
-    compression_ratio: float = 0.0
-    keyframes_sent: int = 0
-    # Link updates we could not apply, by reason (protocol.feedback.NeedKeyframe).
-    keyframe_requests: dict[str, int] = field(default_factory=dict)
-    # Membership transitions this peer observed.
-    suspicions: int = 0
-    deaths: int = 0
 
 
 class GossipEngine:
@@ -180,7 +148,8 @@ class GossipEngine:
         """``own_packet_parts`` joined into one buffer."""
         return b"".join(self.own_packet_parts(link, commit, samples))
 
-    def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None) -> list[Buffer]:
+    def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None,
+                         one_way: bool = False) -> list[Buffer]:
         """Our model for the partner at ``link``: a keyframe, or a compressed delta against
         what that partner already holds, as buffers to send one after the other (a dense
         keyframe's payloads are the link's replica itself, not copies: send them before
@@ -189,20 +158,24 @@ class GossipEngine:
         # The live model, read a tensor at a time under the model lock (a delta needs no copy
         # of the whole model; a keyframe's copy becomes the link's replica).
         model, hold = self.trainer.live()
-        stats = self.trainer.stats()
         update = self.sender.prepare(link, model, commit=commit, adopt=hold is None, live=hold)
-        header = PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
-                              model_version=stats.version, age=stats.steps,
-                              samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
-                              codec=self.codec.name, telemetry=self.telemetry(), link_epoch=update.header.epoch,
-                              link_seq=update.header.seq, keyframe=update.header.keyframe,
-                              need_keyframe=link in self._want_keyframe)
+        header = self._header(link, samples, link_epoch=update.header.epoch, link_seq=update.header.seq,
+                              keyframe=update.header.keyframe, one_way=one_way)
         parts = encode_packet_parts(header, update.shapes(), update.chooser())
-        self._want_keyframe.discard(link)
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
         if update.header.keyframe:
             self.stats.keyframes_sent += 1
         return parts
+
+    def _header(self, link: str, samples: int | None, **frame: int | bool) -> PacketHeader:
+        """Our header for ``link`` (asking for a keyframe if we could not apply its last update)."""
+        stats = self.trainer.stats()
+        wanted = link in self._want_keyframe
+        self._want_keyframe.discard(link)
+        return PacketHeader(sender_id=self.peer_id, sender_addr=self.address, fingerprint=self.fingerprint,
+                            model_version=stats.version, age=stats.steps, codec=self.codec.name,
+                            samples=(0 if self.joining else self.trainer.samples) if samples is None else samples,
+                            telemetry=self.telemetry(), need_keyframe=wanted, **frame)  # type: ignore[arg-type]
 
     def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
         """Apply a partner's update to our copy of its model; the model to merge, or None
@@ -315,6 +288,8 @@ class GossipEngine:
     async def _handle_inbound(self, data: Buffer, caller: Caller) -> list[Buffer]:
         packet = await asyncio.to_thread(self.decode, data)
         sender = packet.header.sender_addr
+        if not packet.header.carries_model:  # only an answer may come without a model
+            raise MalformedPacket("an exchange must open with a model")
         if packet.header.sender_id == self.peer_id:
             raise SelfExchange("a packet from this peer itself (our own address under another name)")
         # The header's sender is a claim: the connection decides whether it may make it, and
@@ -339,7 +314,9 @@ class GossipEngine:
             h = packet.header  # a replayed or stale link update is refused before the link or model moves
             self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
             model = self._accept(sender, packet)
-            reply = await asyncio.to_thread(self.own_packet_parts, sender)
+            # One-way: our header alone (no model, and the link from us to the sender stays as it was).
+            reply = [encode_no_model(self._header(sender, None))] if h.one_way else \
+                await asyncio.to_thread(self.own_packet_parts, sender)
             self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
             self._remember_report(sender, packet)
             # A model backed by no data (a newcomer fetching its first model) is not merged.
@@ -369,25 +346,26 @@ class GossipEngine:
         return reply
 
     # --- the caller's side -------------------------------------------------------------------
-    async def exchange_with(self, member: Member, exchange: Exchange) -> bool:
-        """One push-pull with ``member``; returns whether a model was merged."""
+    async def exchange_with(self, member: Member, exchange: Exchange, one_way: bool = False) -> bool:
+        """One push-pull with ``member``; returns whether a model was merged. ``one_way``: a push
+        (the partner answers without a model); returns whether the partner took our packet."""
         self.in_flight += 1
         try:
-            return await self._exchange_with(member, exchange)
+            return await self._exchange_with(member, exchange, one_way)
         finally:
             self.in_flight -= 1
 
-    async def _exchange_with(self, member: Member, exchange: Exchange) -> bool:
+    async def _exchange_with(self, member: Member, exchange: Exchange, one_way: bool) -> bool:
         if self._link_locks.locked(member.address):
             return False  # that partner is exchanging with us right now
         async with self._link_locks.hold(member.address):
-            return await self._exchange_locked(member, exchange)
+            return await self._exchange_locked(member, exchange, one_way)
 
-    async def _exchange_locked(self, member: Member, exchange: Exchange) -> bool:
+    async def _exchange_locked(self, member: Member, exchange: Exchange, one_way: bool) -> bool:
         link = member.address
         if self.defence.is_banned(self.who(link)):  # pick_partner skips banned peers; this covers other callers
             return False
-        own = await asyncio.to_thread(self.own_packet_parts, link, False)
+        own = await asyncio.to_thread(self.own_packet_parts, link, False, None, one_way)
         estimate = self.estimates.setdefault(link, LinkEstimate())
         try:
             started = time.perf_counter()
@@ -422,12 +400,17 @@ class GossipEngine:
         self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our update
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
         self._remember_report(link, packet)
-        self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
-        model = self._accept(link, packet)
+        model = None
+        if packet.header.carries_model:
+            self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
+            model = self._accept(link, packet)
+        elif packet.header.need_keyframe:  # the answer to a one-way packet, and our update did not fit
+            self.sender.invalidate(link)
         if model is not None and not self._taken(link, packet, model, inbound=False):
             await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
         self._account(link, packet_size(own), len(reply), merged=model is not None)
-        if model is None:
+        pushed = one_way and not packet.header.carries_model and not packet.header.need_keyframe  # it took ours
+        if model is None and not pushed:
             return False
         self.stats.exchanges_out += 1
         self.link(member.address).rtt = rtt

@@ -11,12 +11,13 @@ aggregate it saw.
 
 Round numbers travel with the models: every packet says what its model is (a
 ``RoundLabel`` in its telemetry), and a newer aggregate is adopted wherever it comes from,
-a reply included. Recovery needs no extra message: an aggregator that fails an exchange
-is skipped and the next live one in hash order takes the round (it collects any trained
-model sent to it); a peer that has heard nothing for ``round_deadline`` resends its
-trained model, or, holding an aggregate, exchanges with a random live peer and so learns
-the newest aggregate (anti-entropy: how peers not sampled, and peers that joined late,
-catch up).
+a pull's reply included. Pushes (a trained model to an aggregator, an aggregate to the next
+round's trainers) are one-way: the answer carries no model, so a round sends what FedAvg
+sends. Recovery needs no extra message: an aggregator that fails an exchange is skipped and
+the next live one in hash order takes the round (it collects any trained model sent to it);
+a peer that has heard nothing for ``round_deadline`` resends its trained model, or, holding
+an aggregate, exchanges (both ways) with a random live peer and so learns the newest
+aggregate (anti-entropy: how peers not sampled, and peers that joined late, catch up).
 
 The decisions are pure (``protocol.rounds``); this module adds the clock, the trainer and
 the packets. Models travel through ``GossipEngine``'s own exchanges (codec policy, per-link
@@ -267,14 +268,16 @@ class SampledRounds:
         self._quiet_since = self.clock()
 
     async def _send(self, address: str, exchange: Exchange, until: float) -> bool:
-        """One exchange with ``address`` (our model there, its model back to ``take``), asked again
-        while the partner is merely busy; False when it failed or the time ran out."""
+        """Our model to ``address``, one-way (its answer carries no model: a trainer has no use for
+        the aggregator's, nor the next round's trainer for ours, so a round sends FedAvg's bytes),
+        asked again while the partner is merely busy (or could not apply our update: the next
+        try is a keyframe); False when it failed or the time ran out."""
         while self.clock() < until and not self.halted():
             member = self.engine.membership.get(address)
             if member is None or not member.live:
                 return False
             failures = self.engine.link(address).failures
-            if await self.engine.exchange_with(member, exchange):
+            if await self.engine.exchange_with(member, exchange, one_way=True):
                 return True
             if self.engine.link(address).failures > failures:
                 return False  # unreachable or refusing: the failure detector has been told

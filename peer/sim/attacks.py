@@ -61,7 +61,8 @@ class AttackerEngine(GossipEngine):
     claim_samples: int | None = None
     _rotations = 0
 
-    def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None) -> list[Buffer]:
+    def own_packet_parts(self, link: str, commit: bool = True, samples: int | None = None,
+                         one_way: bool = False) -> list[Buffer]:
         proxy = self.trainer
         assert isinstance(proxy, PoisoningTrainer)
         proxy.victim = link
@@ -71,7 +72,8 @@ class AttackerEngine(GossipEngine):
             self.address = f"{address}#{self._rotations}"
             self.sender.invalidate(link)
         try:
-            return super().own_packet_parts(link, commit, self.claim_samples if self.claim_samples else samples)
+            return super().own_packet_parts(link, commit, self.claim_samples if self.claim_samples else samples,
+                                            one_way)
         finally:
             proxy.victim = None
             self.address = address

@@ -30,6 +30,7 @@ from protocol.wire import (
     PacketHeader,
     TensorSpec,
     decode_packet,
+    encode_no_model,
     encode_packet,
     fingerprint,
     specs_of,
@@ -149,6 +150,12 @@ def seeds() -> tuple[Seed, ...]:
     frame("mixed", choose_mixed)
     frame("delta", choose_mixed, link_epoch=99, link_seq=5, keyframe=False, need_keyframe=True,
           telemetry={})
+    frame("one_way", choose_mixed, link_epoch=3, link_seq=8, keyframe=False, one_way=True)
+    # The answer to a one-way packet: the header alone (its mutations reach the no-model checks).
+    answer = encode_no_model(PacketHeader(sender_id="peer-b", sender_addr="10.0.0.2:7000", fingerprint=fp,
+                                          model_version=4, age=41, samples=1797, need_keyframe=True,
+                                          telemetry={"steps": 41, "round": 3}))
+    out.append(Seed("no_model", answer, {}, specs, tuple(range(len(answer)))))
     return tuple(out)
 
 
@@ -301,6 +308,7 @@ def check_packet(packet: Packet, *, expected: Sequence[TensorSpec] | None, limit
     for v in (h.link_epoch, h.link_seq):
         assert type(v) is int and 0 <= v < 1 << 63
     assert type(h.keyframe) is bool and type(h.need_keyframe) is bool
+    assert type(h.one_way) is bool and type(h.carries_model) is bool and not (h.one_way and not h.carries_model)
     _scalar_map(h.codec_params, limits)
     _scalar_map(h.telemetry, limits)
     assert isinstance(packet.tensors, dict) and len(packet.tensors) <= limits.max_tensors
@@ -311,6 +319,10 @@ def check_packet(packet: Packet, *, expected: Sequence[TensorSpec] | None, limit
         assert x.dtype.name in WIRE_DTYPES and x.dtype.isnative
         if x.dtype.kind == "f":
             assert np.isfinite(x).all(), f"{name} has non-finite values"
+    if not h.carries_model:  # an answer without a model: no tensors, and still the right architecture
+        assert packet.tensors == {} and (h.link_epoch, h.link_seq, h.keyframe) == (0, 0, False)
+        assert expected is None or h.fingerprint == fingerprint(expected)
+        return
     specs = packet.specs()
     assert fingerprint(specs) == h.fingerprint
     if expected is not None:

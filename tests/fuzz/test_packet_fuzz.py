@@ -82,7 +82,7 @@ def test_random_bytes_decode_to_a_packet_or_a_typed_error(data: bytes) -> None:
     msgpack_values,
     st.fixed_dictionaries({"v": st.sampled_from((1, 1, 1.0, True, 2, None))},
                           optional={k: scalars for k in ("id", "addr", "fp", "mv", "age", "n", "codec",
-                                                         "cp", "tm", "lk", "nk", "t")}),
+                                                         "cp", "tm", "lk", "nk", "ow", "nm", "t")}),
 ))
 def test_random_msgpack_values_decode_to_a_packet_or_a_typed_error(value: Any) -> None:
     try:
@@ -142,7 +142,7 @@ def test_mutated_packets_decode_to_a_packet_or_a_typed_error(mutant: tuple[Seed,
 
 # --- msgpack-level field replacement ----------------------------------------------------------
 
-HEADER_KEYS = ("v", "id", "addr", "fp", "mv", "age", "n", "codec", "cp", "tm", "lk", "nk", "t", "zz")
+HEADER_KEYS = ("v", "id", "addr", "fp", "mv", "age", "n", "codec", "cp", "tm", "lk", "nk", "ow", "nm", "t", "zz")
 
 
 def _poison_payload(draw: st.DrawFn, entry: list[Any]) -> None:
@@ -238,9 +238,13 @@ def _mutate_entry(draw: st.DrawFn, obj: dict[str, Any], seed: Seed) -> None:
 
 def _mutate_header(draw: st.DrawFn, obj: dict[str, Any]) -> None:
     key = draw(st.sampled_from(HEADER_KEYS))
-    action = draw(st.sampled_from(("set", "set", "set", "delete", "link")))
+    action = draw(st.sampled_from(("set", "set", "set", "delete", "link", "flags")))
     if action == "delete":
         obj.pop(key, None)
+    elif action == "flags":  # one-way / no-model, with or without the tensors a no-model packet must lack
+        obj["ow"], obj["nm"] = draw(st.booleans()), draw(st.booleans())
+        if draw(st.booleans()):
+            obj["t"] = []
     elif action == "link":
         obj["lk"] = [draw(st.sampled_from(HOSTILE_INTS)), draw(st.sampled_from(HOSTILE_INTS)),
                      draw(st.sampled_from((True, False, 0, 1, None)))][:draw(st.integers(0, 3))]

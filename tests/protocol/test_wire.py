@@ -25,6 +25,7 @@ from protocol.wire import (
     Limits,
     PacketHeader,
     decode_packet,
+    encode_no_model,
     encode_packet,
     fingerprint,
     specs_of,
@@ -215,3 +216,43 @@ def test_sparse_decoding_keeps_top_k_entries_and_refuses_non_finite_ones() -> No
     tensors[flat].reshape(-1)[np.argmax(np.abs(tensors[flat]))] = np.inf  # the largest entry: always sent
     with pytest.raises(NonFiniteValues, match=flat):
         decode_packet(encode_packet(header, tensors, chooser), expected=specs_of(model()), sparse=True)
+
+
+# --- one-way packets and answers without a model ----------------------------------------------
+
+def test_the_one_way_and_no_model_flags_are_written_only_when_set() -> None:
+    """Every packet that sets neither flag is byte for byte what it was before them."""
+    assert not {"ow", "nm"} & set(raw_packet(model()))
+    one_way = decode_packet(packet_bytes(model(), one_way=True), expected=specs_of(model()))
+    assert one_way.header.one_way and one_way.header.carries_model and set(one_way.tensors) == set(model())
+    assert msgpack.unpackb(packet_bytes(model(), one_way=True))["ow"] is True
+
+
+def test_an_answer_without_a_model_is_header_only_and_checks_the_architecture() -> None:
+    header = PacketHeader(sender_id="b", sender_addr="127.0.0.1:2", fingerprint=fingerprint(specs_of(model())),
+                          model_version=4, age=9, samples=50, telemetry={"round": 3}, need_keyframe=True,
+                          link_epoch=7, link_seq=2)
+    data = encode_no_model(header)
+    assert len(data) < 200  # the header alone
+    packet = decode_packet(data, expected=specs_of(model()))
+    h = packet.header
+    assert packet.tensors == {} and not h.carries_model and not h.one_way
+    assert (h.need_keyframe, h.telemetry, h.samples) == (True, {"round": 3}, 50)
+    assert (h.link_epoch, h.link_seq, h.keyframe) == (0, 0, False)  # no link frame: no replica moves
+    other = {"other.weight": np.zeros((3, 3), np.float32)}
+    with pytest.raises(FingerprintMismatch):
+        decode_packet(data, expected=specs_of(other))
+
+
+def test_malformed_flag_combinations_are_refused() -> None:
+    def with_fields(**fields: object) -> bytes:
+        obj = raw_packet(model())
+        obj.update(fields)
+        return msgpack.packb(obj, use_bin_type=True)
+
+    for fields in ({"ow": 1}, {"nm": "yes"}, {"ow": None}, {"nm": True}, {"nm": True, "t": [], "ow": True}):
+        with pytest.raises(MalformedPacket):  # {"nm": True} with tensors: a no-model packet carrying a model
+            decode_packet(with_fields(**fields), expected=specs_of(model()))
+    with pytest.raises(ValueError):
+        encode_packet(PacketHeader(sender_id="a", sender_addr="a:1", fingerprint=b"\0" * 16, model_version=0,
+                                   age=0, samples=1, carries_model=False), model(), choose)

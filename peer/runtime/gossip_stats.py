@@ -1,0 +1,37 @@
+"""What an engine counts: per link, and for the whole peer (Status, ListPeers, metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LinkStats:
+    """What happened between this peer and one other, as this peer saw it."""
+
+    exchanges: int = 0
+    merges: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    failures: int = 0
+    # Round trip of the last successful exchange we started with this peer (seconds).
+    rtt: float | None = None
+
+
+@dataclass
+class GossipStats:
+    exchanges: int = 0
+    exchanges_out: int = 0  # of which this peer was the initiator
+    merges: int = 0
+    rejected: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    # fp32 size of the model / size of the last packet sent (1.0 for the fp32 codec).
+    compression_ratio: float = 0.0
+    keyframes_sent: int = 0
+    # Link updates we could not apply, by reason (protocol.feedback.NeedKeyframe).
+    keyframe_requests: dict[str, int] = field(default_factory=dict)
+    # Membership transitions this peer observed.
+    suspicions: int = 0
+    deaths: int = 0
