@@ -42,8 +42,9 @@ class LossCheck:
 
     def __init__(self, validator: Validator, share: float = 1.0 - DEFAULT_BETA, k: float = 3.0,
                  floor: float = 0.05, window: int = 32, warmup: int = 5, warmup_margin: float = 0.5) -> None:
-        if not all(math.isfinite(v) and v >= 0 for v in (k, floor, warmup_margin)):
-            raise ValueError("k, floor and warmup_margin must be finite and non-negative")
+        if not all(math.isfinite(v) and v >= 0 for v in (k, floor)) or not warmup_margin >= 0:
+            raise ValueError("k and floor must be finite and non-negative, warmup_margin non-negative (inf: "
+                             "nothing refused while warming up)")
         _check_unit("share", share, open_low=True)
         self.validator = validator
         self.share = share

@@ -303,7 +303,8 @@ class BristleRule(JudgingRule):
 
     def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
-                 beta: float = DEFAULT_BETA, inner: str | None = None) -> None:
+                 beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 0.5,
+                 newcomers_in_history: bool = True) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
         self.outlier_factor = outlier_factor
@@ -312,6 +313,10 @@ class BristleRule(JudgingRule):
         self.beta = beta
         self.loss_k = loss_k
         self.loss_floor = loss_floor
+        self.loss_warmup_margin = loss_warmup_margin
+        # False: a refused model from a sender that has not had one taken yet (stake < 1,
+        # protocol/stake.py) feeds neither history; a stranger rotating identities is nothing else.
+        self.newcomers_in_history = newcomers_in_history
         self.loss_check: LossCheck | None = None
         self.validator = validator
         self.inner = inner or type(self).inner
@@ -326,7 +331,8 @@ class BristleRule(JudgingRule):
     def validator(self, validator: Validator | None) -> None:
         # β = 1 takes nothing from received models; any positive share then only scales the rises.
         self.loss_check = None if validator is None else LossCheck(
-            validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor)
+            validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor,
+            warmup_margin=self.loss_warmup_margin)
 
     def bound(self, local: Tensors) -> float:
         """The distance beyond which a received model is an outlier."""
@@ -347,14 +353,19 @@ class BristleRule(JudgingRule):
             limit = self.loss_check.limit()  # before this merge's rises are recorded: they are judged by the past
             rises = dict(zip(near, self.loss_check.rises(local.tensors, [received[i].tensors for i in near])))
         accepted, verdicts = [], []
+        unrecorded: set[int] = set()
         for i, (c, d) in enumerate(zip(received, dists)):
             if i not in near:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
+                if not self.newcomers_in_history and c.stake < 1.0:
+                    unrecorded.add(i)
                 continue
             rise = rises.get(i, -math.inf)
             if not rise <= limit:  # also catches NaN
                 verdicts.append(Verdict(c.sender, "outlier", d, bound,
                                         f"validation loss +{rise:.3g} > +{limit:.3g} if merged"))
+                if not self.newcomers_in_history and c.stake < 1.0:
+                    unrecorded.add(i)
                 continue
             weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
             tensors = c.tensors
@@ -370,9 +381,9 @@ class BristleRule(JudgingRule):
         # any attack (0.806 against 0.938: dropping the refused tail ratchets the bound and the
         # loss limit down until honest models are refused too). Strangers' packets are bounded
         # by their stake instead (protocol/stake.py).
-        self.history.add(dists)
+        self.history.add([d for i, d in enumerate(dists) if i not in unrecorded])
         if self.loss_check is not None:
-            self.loss_check.record(list(rises.values()))
+            self.loss_check.record([r for i, r in rises.items() if i not in unrecorded])
         return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
 
 
