@@ -97,6 +97,17 @@ RULES: dict[str, RuleSpec] = {
                                    rule_args=(("loss_warmup_margin", math.inf),)),
     "bristle+loss+rep/nf+w": RuleSpec("bristle", reputation=True, validate=True,
                                       rule_args=(("newcomers_in_history", False), ("loss_warmup_margin", math.inf))),
+    # ... and trust falling to nothing at median + 1 MAD of the rises instead of at the limit (t1).
+    "bristle+loss+rep/nf+w+t1": RuleSpec("bristle", reputation=True, validate=True,
+                                         rule_args=(("newcomers_in_history", False), ("loss_warmup_margin", math.inf),
+                                                    ("loss_trust_k", 1.0))),
+    "bristle+loss+rep/w+t1": RuleSpec("bristle", reputation=True, validate=True,
+                                      rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 1.0))),
+    "bristle+loss+rep/t1": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_trust_k", 1.0),)),
+    "bristle+loss+rep/w+t0.5": RuleSpec("bristle", reputation=True, validate=True,
+                                        rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.5))),
+    "bristle+loss+rep/w+t0": RuleSpec("bristle", reputation=True, validate=True,
+                                      rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.0))),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),

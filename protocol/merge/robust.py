@@ -304,7 +304,7 @@ class BristleRule(JudgingRule):
     def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
                  beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 0.5,
-                 newcomers_in_history: bool = True) -> None:
+                 newcomers_in_history: bool = True, loss_trust_k: float | None = None) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
         self.outlier_factor = outlier_factor
@@ -314,6 +314,7 @@ class BristleRule(JudgingRule):
         self.loss_k = loss_k
         self.loss_floor = loss_floor
         self.loss_warmup_margin = loss_warmup_margin
+        self.loss_trust_k = loss_trust_k
         # False: a refused model from a sender that has not had one taken yet (stake < 1,
         # protocol/stake.py) feeds neither history; a stranger rotating identities is nothing else.
         self.newcomers_in_history = newcomers_in_history
@@ -332,7 +333,7 @@ class BristleRule(JudgingRule):
         # β = 1 takes nothing from received models; any positive share then only scales the rises.
         self.loss_check = None if validator is None else LossCheck(
             validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor,
-            warmup_margin=self.loss_warmup_margin)
+            warmup_margin=self.loss_warmup_margin, trust_k=self.loss_trust_k)
 
     def bound(self, local: Tensors) -> float:
         """The distance beyond which a received model is an outlier."""
