@@ -104,6 +104,8 @@ RULES: dict[str, RuleSpec] = {
     "bristle+loss+rep/w+t1": RuleSpec("bristle", reputation=True, validate=True,
                                       rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 1.0))),
     "bristle+loss+rep/t1": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_trust_k", 1.0),)),
+    # The loss check's warm-up limit at 2 nats instead of 0.5 (m2): non-IID honest partners pass, sign-flip not.
+    "bristle+loss+rep/m2": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_warmup_margin", 2.0),)),
     "bristle+loss+rep/w+t0.5": RuleSpec("bristle", reputation=True, validate=True,
                                         rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.5))),
     "bristle+loss+rep/w+t0": RuleSpec("bristle", reputation=True, validate=True,

@@ -295,6 +295,14 @@ class BristleRule(JudgingRule):
     one, to add the ``LossCheck`` with ``loss_k`` / ``loss_floor``); ``beta`` 0.5; inner
     ``mean`` (``bristle``) or ``vc`` (``bristle-vc``). Without a validator a model that is
     close but trained to do harm (label flipping, a small uphill shift) passes.
+    ``loss_warmup_margin``: the loss check's limit until it has seen its warm-up rises,
+    2 nats (0.5 banned honest partners trained on other classes, whose merge raised our
+    loss by +0.8 to +1.0 at first, between real peers on Dirichlet 0.3 shards; a sign-flipped
+    model raises it by far more; ``math.inf``: nothing refused meanwhile, which let 19
+    sign-flipped models in, measured in bench/RESULTS.md, issue 14 session 5); ``loss_trust_k``: where its trust
+    ends (``LossCheck.trust_k``); ``newcomers_in_history`` False keeps refused models of
+    senders with no model taken yet (stake < 1) out of both histories (measured in
+    bench/RESULTS.md, issue 14 session 5: it ratchets the bounds down, so it is off).
     """
 
     name = "bristle"
@@ -303,7 +311,7 @@ class BristleRule(JudgingRule):
 
     def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
-                 beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 0.5,
+                 beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 2.0,
                  newcomers_in_history: bool = True, loss_trust_k: float | None = None) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
