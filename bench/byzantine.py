@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ import torch
 from peer.data import load_dataset
 from peer.runtime.config import PeerConfig
 from peer.sim.swarm import ATTACKS, SimConfig, Simulator
+from protocol.merge.base import RULES as MERGE_RULES
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class RuleSpec:
     validate: bool = False       # the rule's loss check on each peer's validation split
     validation_split: float = 0.0  # shard fraction held out for it (0: the training shard)
     shared_init: bool = True     # one initial model for all (the daemon's init=shared), else each its own
+    rule_args: tuple[tuple[str, object], ...] = ()  # the merge rule built with these parameters (else its defaults)
 
 
 def daemon_defaults() -> RuleSpec:
@@ -86,6 +89,27 @@ RULES: dict[str, RuleSpec] = {
     "bristle+loss+rep": RuleSpec("bristle", reputation=True, validate=True),
     "bristle+loss10+rep": RuleSpec("bristle", reputation=True, validate=True, validation_split=0.1),
     "vc+rep": RuleSpec("vc", reputation=True),
+    # Variants (session 5): refused first contacts kept out of the histories (nf); the loss
+    # check refusing nothing until it has seen its warm-up rises (w); both.
+    "bristle+loss+rep/nf": RuleSpec("bristle", reputation=True, validate=True,
+                                    rule_args=(("newcomers_in_history", False),)),
+    "bristle+loss+rep/w": RuleSpec("bristle", reputation=True, validate=True,
+                                   rule_args=(("loss_warmup_margin", math.inf),)),
+    "bristle+loss+rep/nf+w": RuleSpec("bristle", reputation=True, validate=True,
+                                      rule_args=(("newcomers_in_history", False), ("loss_warmup_margin", math.inf))),
+    # ... and trust falling to nothing at median + 1 MAD of the rises instead of at the limit (t1).
+    "bristle+loss+rep/nf+w+t1": RuleSpec("bristle", reputation=True, validate=True,
+                                         rule_args=(("newcomers_in_history", False), ("loss_warmup_margin", math.inf),
+                                                    ("loss_trust_k", 1.0))),
+    "bristle+loss+rep/w+t1": RuleSpec("bristle", reputation=True, validate=True,
+                                      rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 1.0))),
+    "bristle+loss+rep/t1": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_trust_k", 1.0),)),
+    # The loss check's warm-up limit at 2 nats instead of 0.5 (m2): non-IID honest partners pass, sign-flip not.
+    "bristle+loss+rep/m2": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_warmup_margin", 2.0),)),
+    "bristle+loss+rep/w+t0.5": RuleSpec("bristle", reputation=True, validate=True,
+                                        rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.5))),
+    "bristle+loss+rep/w+t0": RuleSpec("bristle", reputation=True, validate=True,
+                                      rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.0))),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),
@@ -121,7 +145,8 @@ def run(job: Job) -> dict:
                     absent=chosen if control else (), reputation=spec.reputation, validate=spec.validate,
                     validation_split=spec.validation_split)
     started = time.perf_counter()
-    sim = Simulator(cfg, _data())
+    rule = MERGE_RULES[spec.merge](**dict(spec.rule_args)) if spec.rule_args else None
+    sim = Simulator(cfg, _data(), rule)
     sim.run_until(float(job.rounds * job.local_steps))
     acc = sim.honest_accuracies()
     verdicts = {f"{kind}/{'attacker' if bad else 'honest'}": n for (kind, bad), n in sorted(sim.stats.verdicts.items())}

@@ -1,6 +1,6 @@
 """Membership benchmark: how fast SWIM spreads a join and a crash, and false deaths.
 
-    python -m bench.membership [--quick] [--json FILE] [--sections sim,real,flood]
+    python -m bench.membership [--quick] [--keyring] [--json FILE] [--sections sim,real,flood]
 
 Writes ``{"real": {"peers", "detect_median_s", "detect_max_s", "false_deaths", "suspicions",
 ...}, "sim": [{"nodes", "loss", "join_periods", "crash_periods", "false_deaths",
@@ -18,6 +18,10 @@ JSON logs, and it is restarted on the same ports; then 120 s with the CPU satura
 ``tests.stalling_peer``, the CLI with a SIGUSR1-toggled loop stall that the shipped daemon
 does not have). ``false_deaths`` / ``suspicions`` count
 transitions, in any peer's view, about a peer that was running at that moment.
+With ``--keyring`` (issue 14) every real peer is given the same cluster keyring file, so
+every SWIM and gossip message, request and reply, is HMAC-signed and verified
+(protocol/keyring.py); the result says ``"keyring": true`` and the run fails if any
+peer logged that it runs without TLS or keyring.
 
 ``flood`` (issue 14) serves one PushPull listing 66,000 made-up members to a real gRPC
 server in this process, sent by another process, and times how late a 1 ms ticker on
@@ -29,6 +33,8 @@ Each section is a function returning JSON-ready data, listed in ``SECTIONS``.
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import json
 import math
 import random
@@ -185,15 +191,29 @@ def _slow_peer_run(peers: list[PeerProcess], seconds: float) -> tuple[float, flo
     return started, time.time(), not_alive
 
 
-def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
-    """8 real peers, period 0.5 s: SIGKILL detection times, then a no-false-positive run."""
+# Logged at start by a peer with neither TLS nor a keyring (peer/runtime/node.py).
+UNAUTHENTICATED_WARNING = "no TLS and no keyring"
+
+
+def _write_keyring(directory: Path, seed: int) -> Path:
+    """One 32-byte cluster key (seeded: reruns sign alike), base64, as `--keyring` reads it."""
+    path = directory / "keyring"
+    path.write_text(base64.b64encode(random.Random(seed).randbytes(32)).decode() + "\n")
+    return path
+
+
+def run_real(quick: bool, seed: int = 0, keyring: bool = False) -> dict[str, Any]:
+    """8 real peers, period 0.5 s: SIGKILL detection times, then a no-false-positive run.
+    With ``keyring`` every peer signs and verifies every message with one shared cluster key."""
     trials = QUICK_TRIALS if quick else REAL_TRIALS
     hog_seconds = QUICK_HOG_SECONDS if quick else HOG_SECONDS
     rng = random.Random(seed)
     down: list[tuple[str, float, float]] = []
     logs = Path(tempfile.mkdtemp(prefix="hearsay-bench-membership-"))  # kept: the logs are the evidence
-    print(f"  real: peer logs in {logs}", file=sys.stderr, flush=True)
-    peers = launch_peers(REAL_PEERS, logs, _real_args, env={STALL_ENV: STALL}, module=STALLING_PEER)
+    print(f"  real: peer logs in {logs}{' (keyring)' if keyring else ''}", file=sys.stderr, flush=True)
+    extra = ["--keyring", str(_write_keyring(logs, seed))] if keyring else []
+    peers = launch_peers(REAL_PEERS, logs, lambda i, seeds: [*_real_args(i, seeds), *extra],
+                         env={STALL_ENV: STALL}, module=STALLING_PEER)
     try:
         for p in peers:
             p.wait_ready(120)
@@ -206,10 +226,12 @@ def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
     finally:
         for p in peers:
             p.stop(timeout=15)
+    unauthenticated = [p.peer_id for p in peers if UNAUTHENTICATED_WARNING in p.log_path.read_text(errors="replace")]
+    assert not keyring or not unauthenticated, f"peers running without the keyring: {unauthenticated}"
     false = [e for e in events if not _was_down(e.address, e.at, down)]
     in_hog = [e for e in false if hog_start <= e.at <= hog_end]
     return {
-        "peers": REAL_PEERS, "period_s": REAL_PERIOD, "trials": trials,
+        "peers": REAL_PEERS, "period_s": REAL_PERIOD, "trials": trials, "keyring": keyring,
         "detect_s": [round(d, 3) for d in detections],
         "detect_median_s": round(statistics.median(detections), 3),
         "detect_max_s": round(max(detections), 3),
@@ -231,7 +253,8 @@ def run_real(quick: bool, seed: int = 0) -> dict[str, Any]:
 def real_table(r: dict[str, Any]) -> str:
     h = r["slow_peer_run"]
     return "\n".join([
-        f"{r['peers']} peers, probe period {r['period_s']} s, {r['trials']} SIGKILL trials",
+        f"{r['peers']} peers, probe period {r['period_s']} s, {r['trials']} SIGKILL trials"
+        f"{', messages HMAC-signed (keyring)' if r.get('keyring') else ''}",
         f"  detection (dead at every other peer): median {r['detect_median_s']:.2f} s, "
         f"max {r['detect_max_s']:.2f} s   (targets: median <= 4 s, max <= 8 s)",
         f"  per trial: {', '.join(f'{d:.2f}' for d in r['detect_s'])}",
@@ -356,6 +379,8 @@ SECTIONS: dict[str, tuple[Callable[[bool], Any], Callable[[Any], str]]] = {
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.membership", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller clusters and shorter runs")
+    ap.add_argument("--keyring", action="store_true",
+                    help="give every real peer the same cluster keyring (every message HMAC-signed)")
     ap.add_argument("--json", metavar="FILE", help="write the results here")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of: {', '.join(SECTIONS)}")
@@ -365,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SECTIONS:
             ap.error(f"unknown section {name!r}")
         run, table = SECTIONS[name]
+        if args.keyring and name == "real":
+            run = functools.partial(run_real, keyring=True)
         t0 = time.perf_counter()
         results[name] = run(args.quick)
         print(f"\n[{name}] ({time.perf_counter() - t0:.1f} s)")

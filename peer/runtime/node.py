@@ -44,7 +44,9 @@ from peer.transport.ports import StartError, check_port_free
 from peer.models import build_model
 from peer.runtime.trainer import Trainer, resolve_device
 from peer.transport.channels import channel_credentials
-from peer.transport.grpc_transport import NO_REUSEPORT, GossipClient, GossipServicer, server_options
+from peer.transport.connection_watch import ConnectionWatch, server_ids
+from peer.transport.grpc_transport import (HANDSHAKE_TIMEOUT_MS, NO_REUSEPORT, GossipClient, GossipServicer,
+                                           server_options)
 from peer.transport.keyring_file import KeyringFile
 from peer.transport.grpc_transport import add_to_server as add_gossip_to_server
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
@@ -118,6 +120,7 @@ class Node:
         self.tls = config.tls_identity()
         self._credentials = channel_credentials(self.tls) if self.tls is not None else None
         self._tls_front: TlsFront | None = None
+        self._connection_watch: ConnectionWatch | None = None  # plaintext: counts the silent connections gRPC closes
         # Without TLS, a cluster keyring (protocol/keyring.py): every gossip and membership
         # message, request and reply, carries an HMAC; what does not verify is refused unread.
         self.keyring = KeyringFile(config.keyring) if config.keyring else None
@@ -249,6 +252,7 @@ class Node:
         cfg = self.config
         if self.data_dir is not None:
             await asyncio.to_thread(self._resume)
+        servers_before = server_ids()
         self._gossip_server = grpc.aio.server(options=server_options())
         if self.tls is not None:  # gRPC listens privately; the public port is the front's, TLS only
             self._tls_front = TlsFront(server_context(self.tls), on_refused=self._tls_refused)
@@ -259,6 +263,12 @@ class Node:
                 raise StartError(f"gossip port {cfg.host}:{cfg.port}: {e.strerror or e}") from None
         else:
             gossip_port = _grpc_port(self._gossip_server, "gossip", cfg.host, cfg.port)
+            # gRPC closes silent plaintext connections in its core; channelz lets us count them.
+            created = server_ids() - servers_before
+            if len(created) == 1:  # else another thread made a server meanwhile: which is ours is unknown
+                self._connection_watch = ConnectionWatch(
+                    created.pop(), HANDSHAKE_TIMEOUT_MS / 1000,
+                    on_refused=lambda refused: self.engine.count_rejected(refused))
         if not cfg.advertise:
             self.address = f"{cfg.host}:{gossip_port}"
         if not cfg.peer_id:
@@ -322,6 +332,8 @@ class Node:
             self.metrics_address = f"{cfg.metrics_host}:{port}"
 
         await self._gossip_server.start()
+        if self._connection_watch is not None:
+            self._connection_watch.start()
         if self._tls_front is not None and self.tls is not None:
             self._tls_front.start()
             log.info("gossip port %s serves mutual TLS only (certificate %s, valid until %s)", gossip_port,
@@ -458,6 +470,8 @@ class Node:
                 await server.stop(SHUTDOWN_GRACE_SECONDS)
         if self._tls_front is not None:
             await self._tls_front.close()
+        if self._connection_watch is not None:
+            await self._connection_watch.close()
         await self.client.close()
         await asyncio.to_thread(self.trainer.stop)
         if self.data_dir is not None:

@@ -41,15 +41,23 @@ class LossCheck:
     """
 
     def __init__(self, validator: Validator, share: float = 1.0 - DEFAULT_BETA, k: float = 3.0,
-                 floor: float = 0.05, window: int = 32, warmup: int = 5, warmup_margin: float = 0.5) -> None:
-        if not all(math.isfinite(v) and v >= 0 for v in (k, floor, warmup_margin)):
-            raise ValueError("k, floor and warmup_margin must be finite and non-negative")
+                 floor: float = 0.05, window: int = 32, warmup: int = 5, warmup_margin: float = 0.5,
+                 trust_k: float | None = None) -> None:
+        if not all(math.isfinite(v) and v >= 0 for v in (k, floor)) or not warmup_margin >= 0:
+            raise ValueError("k and floor must be finite and non-negative, warmup_margin non-negative (inf: "
+                             "nothing refused while warming up)")
         _check_unit("share", share, open_low=True)
         self.validator = validator
         self.share = share
         self.k = k
         self.floor = floor
         self.warmup_margin = warmup_margin
+        # Where trust reaches nothing: median + trust_k · max(floor, MAD), at most the limit
+        # (None: at the limit). An attacker tuned to the check takes most at about half way
+        # (trust × step, the rise growing with the step), so its pull scales with this point.
+        if trust_k is not None and not (math.isfinite(trust_k) and trust_k >= 0):
+            raise ValueError(f"trust_k must be finite and non-negative, got {trust_k}")
+        self.trust_k = trust_k
         self.history = NormHistory(window, warmup)
 
     def limit(self) -> float:
@@ -63,9 +71,11 @@ class LossCheck:
         """How much of an accepted model to take, in [0, 1]: all of it up to the usual rise
         (the median), then linearly less, to nothing at ``limit``. A model just inside the
         limit (an attacker tuned to pass) moves us little; the typical honest one fully."""
-        median = self.history.median()
-        if median is None or not rise > median:
+        median, mad = self.history.median(), self.history.mad()
+        if median is None or mad is None or not rise > median:
             return 1.0
+        if self.trust_k is not None:
+            limit = min(limit, median + self.trust_k * max(self.floor, mad))
         return float(min(1.0, max(0.0, (limit - rise) / (limit - median)))) if limit > median else 0.0
 
     def rises(self, local: Tensors, received: Sequence[Tensors]) -> list[float]:

@@ -295,6 +295,14 @@ class BristleRule(JudgingRule):
     one, to add the ``LossCheck`` with ``loss_k`` / ``loss_floor``); ``beta`` 0.5; inner
     ``mean`` (``bristle``) or ``vc`` (``bristle-vc``). Without a validator a model that is
     close but trained to do harm (label flipping, a small uphill shift) passes.
+    ``loss_warmup_margin``: the loss check's limit until it has seen its warm-up rises,
+    2 nats (0.5 banned honest partners trained on other classes, whose merge raised our
+    loss by +0.8 to +1.0 at first, between real peers on Dirichlet 0.3 shards; a sign-flipped
+    model raises it by far more; ``math.inf``: nothing refused meanwhile, which let 19
+    sign-flipped models in, measured in bench/RESULTS.md, issue 14 session 5); ``loss_trust_k``: where its trust
+    ends (``LossCheck.trust_k``); ``newcomers_in_history`` False keeps refused models of
+    senders with no model taken yet (stake < 1) out of both histories (measured in
+    bench/RESULTS.md, issue 14 session 5: it ratchets the bounds down, so it is off).
     """
 
     name = "bristle"
@@ -303,7 +311,8 @@ class BristleRule(JudgingRule):
 
     def __init__(self, outlier_factor: float = 2.0, window: int = 32, warmup: int = 3, warmup_ratio: float = 1.5,
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
-                 beta: float = DEFAULT_BETA, inner: str | None = None) -> None:
+                 beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 2.0,
+                 newcomers_in_history: bool = True, loss_trust_k: float | None = None) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
         self.outlier_factor = outlier_factor
@@ -312,6 +321,11 @@ class BristleRule(JudgingRule):
         self.beta = beta
         self.loss_k = loss_k
         self.loss_floor = loss_floor
+        self.loss_warmup_margin = loss_warmup_margin
+        self.loss_trust_k = loss_trust_k
+        # False: a refused model from a sender that has not had one taken yet (stake < 1,
+        # protocol/stake.py) feeds neither history; a stranger rotating identities is nothing else.
+        self.newcomers_in_history = newcomers_in_history
         self.loss_check: LossCheck | None = None
         self.validator = validator
         self.inner = inner or type(self).inner
@@ -326,7 +340,8 @@ class BristleRule(JudgingRule):
     def validator(self, validator: Validator | None) -> None:
         # β = 1 takes nothing from received models; any positive share then only scales the rises.
         self.loss_check = None if validator is None else LossCheck(
-            validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor)
+            validator, share=(1.0 - self.beta) or 1.0, k=self.loss_k, floor=self.loss_floor,
+            warmup_margin=self.loss_warmup_margin, trust_k=self.loss_trust_k)
 
     def bound(self, local: Tensors) -> float:
         """The distance beyond which a received model is an outlier."""
@@ -347,14 +362,19 @@ class BristleRule(JudgingRule):
             limit = self.loss_check.limit()  # before this merge's rises are recorded: they are judged by the past
             rises = dict(zip(near, self.loss_check.rises(local.tensors, [received[i].tensors for i in near])))
         accepted, verdicts = [], []
+        unrecorded: set[int] = set()
         for i, (c, d) in enumerate(zip(received, dists)):
             if i not in near:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
+                if not self.newcomers_in_history and c.stake < 1.0:
+                    unrecorded.add(i)
                 continue
             rise = rises.get(i, -math.inf)
             if not rise <= limit:  # also catches NaN
                 verdicts.append(Verdict(c.sender, "outlier", d, bound,
                                         f"validation loss +{rise:.3g} > +{limit:.3g} if merged"))
+                if not self.newcomers_in_history and c.stake < 1.0:
+                    unrecorded.add(i)
                 continue
             weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
             tensors = c.tensors
@@ -370,9 +390,9 @@ class BristleRule(JudgingRule):
         # any attack (0.806 against 0.938: dropping the refused tail ratchets the bound and the
         # loss limit down until honest models are refused too). Strangers' packets are bounded
         # by their stake instead (protocol/stake.py).
-        self.history.add(dists)
+        self.history.add([d for i, d in enumerate(dists) if i not in unrecorded])
         if self.loss_check is not None:
-            self.loss_check.record(list(rises.values()))
+            self.loss_check.record([r for i, r in rises.items() if i not in unrecorded])
         return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
 
 

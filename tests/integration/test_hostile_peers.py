@@ -153,10 +153,14 @@ def test_idle_plaintext_connections_are_closed_and_descriptors_stay_bounded(laun
         started = time.monotonic()
         a.status(timeout=1.0)
         assert time.monotonic() - started < 1.0
-        # gRPC closes each silent connection once the handshake timeout (5 s) passes.
+        # gRPC closes each silent connection once the handshake timeout (5 s) passes...
         wait_for(lambda: len(os.listdir(f"/proc/{pid}/fd")) < base + 50, timeout=30,
                  what="the silent connections to be closed")
         assert all(closed_by_peer(s) for s in silent)
+        # ... and the peer counts each one as refused (peer/transport/connection_watch.py).
+        wait_for(lambda: rejected(a, "silent_connection") >= len(silent), timeout=10,
+                 what="the silent connections to be counted")
+        assert rejected(a, "silent_connection") == len(silent)
     finally:
         for s in silent:
             s.close()

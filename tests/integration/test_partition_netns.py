@@ -23,12 +23,15 @@ Phases, each waiting on a condition under a deadline:
    the former partition increase and accuracy is no worse than before the cut, less a
    small tolerance.
 
-2 + 2 peers by default; 3 + 3 under ``-m slow``.
+2 + 2 peers by default; 3 + 3 under ``-m slow``, and 2 + 2 with every peer given the same
+cluster keyring (issue 14: every SWIM and gossip message HMAC-signed and verified).
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -53,7 +56,8 @@ PERIOD = 0.5  # SWIM probe period (reconnect every 10 periods = 5 s)
 GOSSIP_INTERVAL = 0.5
 HEAL_BUDGET = 30.0  # the issue's bound
 ACCURACY_TOLERANCE = 0.05
-SIZES = [2, pytest.param(3, marks=pytest.mark.slow)]
+# (peers per group, cluster keyring): the keyring run repeats the default size with authenticated messages.
+SIZES = [(2, False), pytest.param(3, False, marks=pytest.mark.slow), pytest.param(2, True, marks=pytest.mark.slow)]
 
 
 @dataclass
@@ -83,13 +87,13 @@ def lab() -> Iterator[GroupLab]:
         yield group_lab
 
 
-def _peer_argv(peer: Peer, index: int, count: int, seeds: list[str]) -> list[str]:
+def _peer_argv(peer: Peer, index: int, count: int, seeds: list[str], keyring: Path | None) -> list[str]:
     return [sys.executable, "-m", "peer.tools.cli", "run", "--peer-id", peer.name,
             "--host", peer.endpoint.address, "--port", str(GOSSIP_PORT), "--admin-port", str(ADMIN_PORT),
             "--seeds", ",".join(seeds), "--probe-period", str(PERIOD), "--gossip-interval", str(GOSSIP_INTERVAL),
             "--shard-index", str(index), "--shard-count", str(count), "--seed", str(index),
             "--threads", "1", "--device", "cpu", "--steps-per-second", "10", "--eval-every", "10",
-            "--log-json", "--log-level", "info"]
+            "--log-json", "--log-level", "info", *(["--keyring", str(keyring)] if keyring is not None else [])]
 
 
 def _stop_all(peers: list[Peer]) -> None:
@@ -178,10 +182,14 @@ def _heal_from_logs(swarm: Swarm, since: float, until: float) -> float:
     return max(turned.values())
 
 
-@pytest.mark.parametrize("per_group", SIZES)
+@pytest.mark.parametrize(("per_group", "with_keyring"), SIZES)
 def test_partition_each_side_trains_sees_the_other_dead_and_the_swarm_heals(
-        lab: GroupLab, tmp_path: Path, per_group: int) -> None:
+        lab: GroupLab, tmp_path: Path, per_group: int, with_keyring: bool) -> None:
     began = time.monotonic()
+    keyring = None
+    if with_keyring:
+        keyring = tmp_path / "keyring"
+        keyring.write_text(base64.b64encode(random.Random(per_group).randbytes(32)).decode() + "\n")
     groups: dict[str, list[Peer]] = {"a": [], "b": []}
     for group in groups:
         for i in range(per_group):
@@ -197,7 +205,7 @@ def test_partition_each_side_trains_sees_the_other_dead_and_the_swarm_heals(
             if p is groups[p.group][0]:
                 seeds.append(far[0].address)
             with open(p.log_path, "ab") as log:
-                p.proc = subprocess.Popen(p.endpoint.command(_peer_argv(p, index, count, seeds)),
+                p.proc = subprocess.Popen(p.endpoint.command(_peer_argv(p, index, count, seeds, keyring)),
                                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         for p in peers:
             p.agent = AdminAgent(p.endpoint, f"127.0.0.1:{ADMIN_PORT}")
@@ -290,7 +298,11 @@ def test_partition_each_side_trains_sees_the_other_dead_and_the_swarm_heals(
 
         acc = {p.name: (round(s0["status"]["accuracy"], 3), round(s["status"]["accuracy"], 3))
                for p, s0, s in zip(peers, before_cut, after)}
-        print(f"\npartition {per_group}+{per_group} peers (probe period {PERIOD} s): formed after "
+        if keyring is not None:  # the run was authenticated: no peer warned that it runs without
+            for p in peers:
+                assert "no TLS and no keyring" not in p.log_path.read_text(errors="replace"), p.name
+        print(f"\npartition {per_group}+{per_group} peers{' with a keyring' if keyring else ''} "
+              f"(probe period {PERIOD} s): formed after "
               f"{formed_at - began:.1f} s; far side dead everywhere {split_seen:.2f} s after the cut; "
               f"healed (every peer alive everywhere) {heal_logged:.2f} s after the restore "
               f"(from the peers' logs; polled {heal_polled:.2f} s); accuracy before cut -> after heal {acc}; "

@@ -85,3 +85,33 @@ def test_a_low_stake_moves_the_model_by_at_most_its_share(rule: str) -> None:
     assert share <= bound + 1e-2
     full = make_rule(rule).merge(Contribution(local, samples=100), [Contribution(other, samples=100, sender="s")])
     assert np.linalg.norm(full["w"] - local["w"]) / np.linalg.norm(other["w"] - local["w"]) > 0.45
+
+
+def test_refused_first_contacts_feed_no_history_when_asked_and_established_senders_still_do() -> None:
+    from protocol.merge.robust import BristleRule
+
+    rng = np.random.default_rng(1)
+    local = {"w": rng.normal(size=(16,)).astype(np.float32)}
+    near = [{"w": (local["w"] + 0.1 * rng.normal(size=16)).astype(np.float32)} for _ in range(4)]
+    far = {"w": (-2 * local["w"]).astype(np.float32)}  # sign-flip: refused as an outlier
+    for newcomers_in_history in (True, False):
+        rule = BristleRule(newcomers_in_history=newcomers_in_history)
+        rule.merge_report(Contribution(local), [Contribution(x, sender=f"h{i}") for i, x in enumerate(near)])
+        before = [0] * len(rule.history)
+        report = rule.merge_report(Contribution(local), [Contribution(far, sender="rot#1", stake=0.5)])
+        assert report.verdicts[0].kind == "outlier"
+        assert (len(rule.history) == len(before)) == (not newcomers_in_history)
+        rule.merge_report(Contribution(local), [Contribution(far, sender="h0", stake=1.0)])  # established
+        assert len(rule.history) == len(before) + (2 if newcomers_in_history else 1)
+
+
+def test_a_loss_check_with_an_infinite_warmup_margin_refuses_nothing_while_warming_up() -> None:
+    from protocol.merge.robust import BristleRule
+
+    local = {"w": np.ones(4, dtype=np.float32)}
+    other = {"w": np.full(4, 1.1, dtype=np.float32)}  # near: within the distance bound
+    rule = BristleRule(validator=lambda x: float(np.sum(x["w"])) * 100, loss_warmup_margin=float("inf"))
+    report = rule.merge_report(Contribution(local), [Contribution(other, sender="a")])
+    assert report.verdicts[0].kind == "ok"  # a rise of +20 nats, taken whole: no history yet
+    strict = BristleRule(validator=lambda x: float(np.sum(x["w"])) * 100)
+    assert strict.merge_report(Contribution(local), [Contribution(other, sender="a")]).verdicts[0].kind == "outlier"

@@ -486,6 +486,19 @@ def test_loss_check_trust_is_full_up_to_the_median_and_none_at_the_limit() -> No
     assert check.trust(limit, limit) == 0.0
 
 
+def test_loss_check_trust_k_ends_trust_at_median_plus_k_mad_within_the_limit() -> None:
+    check = LossCheck(lambda m: 0.0, warmup=1, trust_k=1.0)
+    check.record([0.0, 0.2, 0.4])  # median 0.2, MAD 0.2 -> limit 0.2 + 3 · 0.2 = 0.8, trust ends at 0.4
+    limit = check.limit()
+    assert limit == pytest.approx(0.8)
+    assert check.trust(0.2, limit) == 1.0
+    assert check.trust(0.3, limit) == pytest.approx(0.5)
+    assert check.trust(0.5, limit) == 0.0  # accepted (below the limit), but nothing of it taken
+    plain = LossCheck(lambda m: 0.0, warmup=1)
+    plain.record([0.0, 0.2, 0.4])
+    assert plain.trust(0.5, limit) == pytest.approx(0.5)  # without trust_k: trust ends at the limit
+
+
 def test_an_accepted_model_above_the_usual_rise_is_taken_in_part() -> None:
     local = model(0)
     rule = BristleRule(validator=bowl(local))
