@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from peer.runtime.config import ZOO_MODELS
 from peer.tools.procs import PeerProcess, free_ports, launch_peers, wait_for
-from tests.conftest import COMMON_PEER_ARGS
+from tests.conftest import COMMON_PEER_ARGS, stop_peers
 
 
 def hearsay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -98,8 +98,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]
                              for p in peers), timeout=90, what="exchanges between the pair")
         yield peers
     finally:
-        for p in peers:
-            p.stop(timeout=15)
+        stop_peers(peers)
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], code: int) -> str:
