@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from peer.runtime.membership import read_events
-from peer.tools.procs import PeerProcess, free_ports, launch_peers, wait_for
-from tests.conftest import COMMON_PEER_ARGS, stop_peers
+from peer.tools.procs import PeerProcess, free_ports, wait_for
+from tests.conftest import COMMON_PEER_ARGS, running_peers, stop_peers
 
 PERIOD = 0.5
 SIZES = [4, pytest.param(8, marks=pytest.mark.slow)]
@@ -62,15 +62,9 @@ def formed(peers: list[PeerProcess]) -> bool:
 def observers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
     """All peers of a swarm of ``count`` but the victim, formed, shared by the module's tests."""
     count: int = request.param
-    logs = tmp_path_factory.mktemp(f"swarm-{count}")
-    peers = launch_peers(count - 1, logs, lambda i, seeds: [*COMMON_PEER_ARGS, *swarm_args(i, seeds)])
-    try:
-        for p in peers:
-            p.wait_ready(90)
+    with running_peers(count - 1, tmp_path_factory.mktemp(f"swarm-{count}"), swarm_args) as peers:
         wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
         yield peers
-    finally:
-        stop_peers(peers)
 
 
 @pytest.fixture
