@@ -32,7 +32,6 @@ from protocol import codecs
 from protocol.membership import MAX_INCARNATION, Dead, MemberEntry, MemberState, Message, Ping, PushPull, SwimConfig
 from protocol.membership.wire import to_wire
 from protocol.wire import PacketHeader, encode_packet, fingerprint, specs_of
-from tests.conftest import running_peers
 
 STRANGER = "127.0.0.1:9"  # nobody listens there
 QUOTA = SwimConfig().hearsay_quota
@@ -52,29 +51,13 @@ def view(peer: PeerProcess) -> dict[str, tuple[str, int]]:
         return {m.address: (m.state, m.incarnation) for m in client.list_peers().peers}
 
 
-def formed(peers: list[PeerProcess]) -> bool:
-    return all({a for a, (s, _) in view(p).items() if s == "alive"} >= {q.gossip_address for q in peers} -
-               {p.gossip_address} for p in peers)
-
-
 def start_swarm(launch, count: int, period: float) -> list[PeerProcess]:  # noqa: ANN001 - conftest fixture
     peers = launch(count, swarm_args(period))
-    wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
-    return peers
 
-
-@pytest.fixture(scope="module")
-def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
-    """Three peers, probe period 1 s, shared by the attacks that leave the swarm as they found it:
-    a forged Dead is refuted (B ends alive everywhere), and the flood's made-up members
-    (10.66.x/10.67.x) are counted apart from the real ones. Each test checks the swarm is
-    formed first."""
-    with running_peers(3, tmp_path_factory.mktemp("attacks-swarm"), swarm_args(1.0)) as peers:
-        yield peers
-
-
-def formed_swarm(peers: list[PeerProcess]) -> list[PeerProcess]:
-    wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
+    def formed() -> bool:
+        return all({a for a, (s, _) in view(p).items() if s == "alive"} >= {q.gossip_address for q in peers} -
+                   {p.gossip_address} for p in peers)
+    wait_for(formed, timeout=60, what="every peer to see every other alive")
     return peers
 
 
@@ -110,8 +93,8 @@ def watching(check: Callable[[], str | None], every: float = 0.2) -> Iterator[li
 # --- 1. eviction by a forged Dead --------------------------------------------------------
 
 @pytest.mark.parametrize("vector", ["ping", pytest.param("push-pull", marks=pytest.mark.slow)])
-def test_a_forged_dead_evicts_nobody(swarm: list[PeerProcess], vector: str) -> None:
-    a, b, c = formed_swarm(swarm)
+def test_a_forged_dead_evicts_nobody(launch, vector: str) -> None:  # noqa: ANN001
+    a, b, c = start_swarm(launch, 3, period=1.0)
     target = b.gossip_address
 
     def b_not_buried() -> str | None:
@@ -157,9 +140,8 @@ def junk_at(peer: PeerProcess) -> int:
     return sum(1 for address in view(peer) if address.startswith(("10.66.", "10.67.")))
 
 
-def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(swarm: list[PeerProcess]) -> None:
-    a, b, c = formed_swarm(swarm)
-    assert all(junk_at(p) == 0 for p in swarm)  # the first flood this swarm sees
+def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(launch) -> None:  # noqa: ANN001
+    a, b, c = start_swarm(launch, 3, period=1.0)
     slow: list[float] = []
     admin = a.admin(timeout=1.0)
 
