@@ -4,13 +4,18 @@ Also how the default run is spread over pytest-xdist workers (``-n 2 --dist load
 pyproject's addopts): every test module is one unit of work, so a module's shared peers
 (module-scoped fixtures) start once, in one worker; the fuzz package is one unit, because
 its session checks (tests/fuzz/test_zz_session.py) count the inputs of every fuzz test
-in their own process. The modules that start real peers go first, so the many short unit
-tests fill the workers' tails instead of one long system test running alone at the end.
+in their own process. The longest modules go first (LONGEST_FIRST), then the other modules
+that start real peers, so the many short unit tests fill the workers' tails instead of one
+long system test running alone at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,17 +30,29 @@ LaunchPeers = Callable[..., list[PeerProcess]]
 
 # Test directories in the order their modules are handed out: longest-running first.
 RUN_ORDER = ("integration", "deploy", "fuzz", "peer", "protocol")
+# Modules handed out before all others, longest first (the default run's --durations, session 5):
+# a long module started last would run alone on one worker at the end.
+LONGEST_FIRST = ("integration/test_crash_safety.py", "integration/test_hostile_peers.py",
+                 "deploy/test_compose_netns.py", "integration/test_partition_netns.py",
+                 "integration/test_membership_attacks.py", "integration/test_cluster.py",
+                 "integration/test_membership_real.py", "integration/test_tls.py")
 
 
-def _directory(item: pytest.Item) -> str:
-    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
-    return parts[0] if len(parts) > 1 else ""
+def _relative(item: pytest.Item) -> tuple[str, ...]:
+    return Path(str(item.path)).relative_to(Path(__file__).parent).parts
+
+
+def _rank(item: pytest.Item) -> tuple[int, int]:
+    parts = _relative(item)
+    path = "/".join(parts)
+    first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    directory = parts[0] if len(parts) > 1 else ""
+    return first, RUN_ORDER.index(directory) if directory in RUN_ORDER else len(RUN_ORDER)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the fuzz conftest moves its session checks behind the fuzz tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(RUN_ORDER)}
-    items.sort(key=lambda item: rank.get(_directory(item), len(RUN_ORDER)))  # stable: file order kept within
+    items.sort(key=_rank)  # stable: file order kept within a module
 
 
 try:
@@ -58,6 +75,40 @@ if LoadFileScheduling is not None:
         return ModuleScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
+def stop_peers(peers: Iterable[PeerProcess], timeout: float = 15.0) -> list[int | None]:
+    """``PeerProcess.stop`` for many peers at once: SIGTERM to all, then SIGKILL what still runs
+    ``timeout`` s later. Their shutdowns (leave, drain, grace) overlap instead of adding up."""
+    peers = list(peers)
+    for p in peers:
+        p.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    codes: list[int | None] = []
+    for p in peers:
+        if p.proc is None:
+            codes.append(None)
+            continue
+        try:
+            codes.append(p.proc.wait(max(0.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            codes.append(p.proc.wait())
+    return codes
+
+
+@contextmanager
+def running_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]], Sequence[str]],
+                  ready_timeout: float = 90.0) -> Iterator[list[PeerProcess]]:
+    """``count`` peers (``launch_peers`` with COMMON_PEER_ARGS first), ready, stopped together at
+    the end: the body of a module-scoped fixture whose peers several tests share."""
+    peers = launch_peers(count, log_dir, lambda i, seeds: [*COMMON_PEER_ARGS, *args_for(i, seeds)])
+    try:
+        for p in peers:
+            p.wait_ready(ready_timeout)
+        yield peers
+    finally:
+        stop_peers(peers)
+
+
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[LaunchPeers]:
     """``launch(n, args_for)`` starts ``n`` real `hearsay run` processes and waits until they answer."""
@@ -73,5 +124,4 @@ def launch(tmp_path: Path) -> Iterator[LaunchPeers]:
         return peers
 
     yield _launch
-    for p in started:
-        p.stop(timeout=15)
+    stop_peers(started)

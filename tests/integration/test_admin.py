@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from hearsay.v1 import admin_pb2
 from peer.tools.admin_client import AdminClient, AdminError
 from peer.tools.procs import PeerProcess, launch_peers, wait_for
-from tests.conftest import COMMON_PEER_ARGS
+from tests.conftest import COMMON_PEER_ARGS, stop_peers
 from tests.integration.test_metrics_http import metrics_url, scrape
 
 
@@ -42,8 +42,7 @@ def start_cluster(log_dir: Path, data_root: Path) -> list[PeerProcess]:
         wait_for(lambda: all(p.status().merges >= 2 and p.status().steps > 0 for p in peers), timeout=60,
                  what="training and exchanges in the cluster")
     except BaseException:
-        for p in peers:
-            p.stop(timeout=15)
+        stop_peers(peers)
         raise
     return peers
 
@@ -53,8 +52,7 @@ def cluster(tmp_path: Path) -> Iterator[list[PeerProcess]]:
     """A cluster of the test's own, for a test that changes it (settings, a peer leaving)."""
     peers = start_cluster(tmp_path / "logs", tmp_path)
     yield peers
-    for p in peers:
-        p.stop(timeout=15)
+    stop_peers(peers)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +61,7 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pe
     tmp = tmp_path_factory.mktemp("shared-cluster")
     peers = start_cluster(tmp / "logs", tmp)
     yield peers
-    for p in peers:
-        p.stop(timeout=15)
+    stop_peers(peers)
 
 
 def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from peer.runtime.config import ZOO_MODELS
 from peer.tools.procs import PeerProcess, free_ports, launch_peers, wait_for
-from tests.conftest import COMMON_PEER_ARGS
+from tests.conftest import COMMON_PEER_ARGS, stop_peers
 
 
 def hearsay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -28,9 +28,8 @@ def hearsay(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def test_status_and_peers_describe_a_running_peer(launch) -> None:
-    a, b = launch(2, lambda i, seeds: ["--seeds", ",".join(seeds), "--seed", str(i), "--gossip-interval", "0.3"])
-    wait_for(lambda: a.status().exchanges > 0 and a.status().accuracy >= 0, timeout=60, what="an exchange")
+def test_status_and_peers_describe_a_running_peer(pair: list[PeerProcess]) -> None:
+    a, b = pair  # exchanging already
     out = hearsay("status", "--admin", a.admin_address)
     assert out.returncode == 0, out.stderr
     s = a.status()
@@ -68,20 +67,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
 
 
-def test_cluster_writes_results_and_plot(tmp_path: Path) -> None:
-    # The run ends when both peers are at the target together; the duration only bounds a loaded machine.
-    out = hearsay("cluster", "-n", "2", "--duration", "300", "--target-accuracy", "0.85", "--out",
-                  str(tmp_path), timeout=420)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "results:" in out.stdout and "plot:" in out.stdout
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["all_reached_target"] is True
-    assert [p["id"] for p in results["peers"]] == ["peer-0", "peer-1"]
-    for p in results["peers"]:
-        assert p["accuracy"] >= 0.85
-        for key in ("steps", "exchanges", "bytes_sent", "bytes_received"):
-            assert p[key] > 0, key
-    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+# `hearsay cluster`'s results and plot: tests/integration/test_cluster.py (one cluster run checks both).
 
 
 # --- against a running pair of peers (started once for the tests below) ---------------------
@@ -98,8 +84,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]
                              for p in peers), timeout=90, what="exchanges between the pair")
         yield peers
     finally:
-        for p in peers:
-            p.stop(timeout=15)
+        stop_peers(peers)
 
 
 def one_line_error(out: subprocess.CompletedProcess[str], code: int) -> str:

@@ -88,6 +88,13 @@ def test_reached_means_every_peer_at_the_target_together_and_final_accuracy_is_o
         assert "evaluating on 200 of 360 test samples" in Path(peer["log"]).read_text()
         assert peer["deaths"] == 0, peer  # nobody was killed: a death would be a false one
     assert "full test" in output
+    # What an operator reads: where the results and the plot are, the counters, a real PNG.
+    assert "results:" in output and "plot:" in output
+    assert [p["id"] for p in r["peers"]] == ["peer-0", "peer-1"]
+    for peer in r["peers"]:
+        for key in ("steps", "exchanges", "bytes_sent", "bytes_received"):
+            assert peer[key] > 0, (peer["id"], key)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _child_peer(cluster_pid: int, peer_id: str) -> int | None:

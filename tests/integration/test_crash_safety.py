@@ -24,7 +24,7 @@ from peer.runtime.config import PeerConfig
 from peer.runtime.node import CHECKPOINT_FORMAT
 from tests.trainers import build_trainer
 from peer.tools.procs import PeerProcess, free_ports, wait_for
-from tests.conftest import COMMON_PEER_ARGS
+from tests.conftest import COMMON_PEER_ARGS, stop_peers
 
 MODEL = "tests.peer.user_plugins:wide_mlp"
 
@@ -93,8 +93,7 @@ def test_sigkill_during_checkpoint_writes_always_resumes_from_a_valid_checkpoint
         killed_mid_write = _kill_and_restart(rng, kills, data_dir, victim_args, anchor, gossip_port, admin_port,
                                              reference, tmp_path, victims)
     finally:
-        for v in victims:
-            v.stop(timeout=10)
+        stop_peers(victims, timeout=10)
     # A few saves may finish between seeing the temporary and the kill landing.
     assert killed_mid_write >= max(1, kills * 3 // 4), f"only {killed_mid_write} of {kills} kills hit a write"
     print(f"{killed_mid_write} of {kills} SIGKILLs landed during a checkpoint write")

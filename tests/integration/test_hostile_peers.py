@@ -7,13 +7,15 @@ from __future__ import annotations
 import base64
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from peer.tools.procs import wait_for
+from peer.tools.procs import PeerProcess, wait_for
 from protocol.keyring import Keyring
+from tests.conftest import running_peers
 from tests.integration.hostile import (distance, fetch_model, model_state, packet, relay_from, send,
                                        unread_exchanges)
 
@@ -36,21 +38,31 @@ def rejected(peer, reason: str) -> float:  # noqa: ANN001
         return admin.metrics().samples.get(f"hearsay_rejected_packets_total{{reason={reason}}}", 0)
 
 
-def test_framing_a_stranger_without_the_cluster_key_is_refused_unread_and_b_stays_in_good_standing(
-        launch, tmp_path: Path) -> None:
-    keyring = tmp_path / "keyring"
+@pytest.fixture(scope="module")
+def keyring_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
+    """Two peers of one cluster key, exchanging: shared by the tests whose strangers are refused
+    unread (nothing they send reaches the peers' state). Keyring file formats: tests/protocol."""
+    tmp = tmp_path_factory.mktemp("keyring-pair")
+    keyring = tmp / "keyring"
     keyring.write_text(base64.b64encode(bytes(range(32))).decode() + "\n")
-    a, b = launch(2, lambda i, seeds: [*QUIET, "--keyring", str(keyring), "--seeds", *seeds,
-                                        "--gossip-interval", "0.5"])
+    with running_peers(2, tmp / "logs", lambda i, seeds: [*QUIET, "--keyring", str(keyring), "--seeds", *seeds,
+                                                          "--gossip-interval", "0.5"]) as peers:
+        yield peers
+
+
+def test_framing_a_stranger_without_the_cluster_key_is_refused_unread_and_b_stays_in_good_standing(
+        keyring_pair: list[PeerProcess]) -> None:
+    a, b = keyring_pair
     wait_for(lambda: listed(a).get(b.gossip_address) and listed(a)[b.gossip_address].exchanges >= 2, timeout=60,
              what="A and B exchanging")
+    unauthenticated = rejected(a, "unauthenticated")
     stranger = Keyring((bytes(range(1, 33)),))
     for key in (None, stranger):  # no key, then a key of another cluster
         for frame in outliers(b.gossip_address):
             with pytest.raises(grpc.RpcError) as err:
                 send(a.gossip_address, frame, key)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert rejected(a, "unauthenticated") == 6
+    assert rejected(a, "unauthenticated") == unauthenticated + 6
     before = listed(a)[b.gossip_address].exchanges
     wait_for(lambda: listed(a)[b.gossip_address].exchanges >= before + 3, timeout=60, what="A and B still exchanging")
     entry = listed(a)[b.gossip_address]
@@ -196,15 +208,12 @@ def test_framing_under_mutual_tls_a_member_claiming_another_members_address_is_r
     assert not listed(a)[b.gossip_address].banned
 
 
-def test_membership_messages_without_the_cluster_key_are_refused_unread(launch, tmp_path: Path) -> None:
+def test_membership_messages_without_the_cluster_key_are_refused_unread(keyring_pair: list[PeerProcess]) -> None:
     from hearsay.v1 import membership_pb2, membership_pb2_grpc
     from protocol.membership import Ping
     from protocol.membership.wire import to_wire
 
-    keyring = tmp_path / "keyring"
-    keyring.write_text(bytes(range(32)).hex() + "\n")
-    a, b = launch(2, lambda i, seeds: [*QUIET, "--keyring", str(keyring),
-                                        "--seeds", *seeds, "--gossip-interval", "0.5"])
+    a, b = keyring_pair
     wait_for(lambda: listed(a).get(b.gossip_address) and listed(a)[b.gossip_address].state == "alive", timeout=60,
              what="SWIM with a keyring to see B alive")
     before = rejected(a, "membership")

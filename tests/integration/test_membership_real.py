@@ -3,6 +3,11 @@
 Probe period 0.5 s. Each behaviour runs on 4 peers by default and on 8 (the issue's
 setting) under ``-m slow``. Times are read from the peers' own JSON logs (the moment a
 view changed inside a peer), not from how fast the test happens to poll.
+
+The observers (all peers but one) are started once per size and shared by the module's
+tests; each test adds its own victim, waits until all of them see each other alive, and
+ends with the victim gone (killed, left, or stopped), so the next test finds the same
+formed swarm. A peer start costs seconds of CPU (torch, grpc), a swarm per test tripled it.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from peer.runtime.membership import read_events
-from peer.tools.procs import PeerProcess, wait_for
+from peer.tools.procs import PeerProcess, free_ports, wait_for
+from tests.conftest import COMMON_PEER_ARGS, running_peers, stop_peers
 
 PERIOD = 0.5
 SIZES = [4, pytest.param(8, marks=pytest.mark.slow)]
@@ -45,16 +52,40 @@ def all_see(observers: list[PeerProcess], subject: PeerProcess, state: str, min_
 
 
 def formed(peers: list[PeerProcess]) -> bool:
-    """Every peer holds every other one alive."""
+    """Every peer holds every other one alive (and no one else: earlier victims are gone)."""
     want = {p.peer_id for p in peers}
     return all({pid for pid, (state, _) in v.items() if state == "alive"} == want - {p.peer_id}
                for p, v in zip(peers, views(peers)))
 
 
-def start_swarm(launch, count: int) -> list[PeerProcess]:  # noqa: ANN001 - the conftest fixture
-    peers = launch(count, swarm_args)
-    wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
-    return peers
+@pytest.fixture(scope="module", params=SIZES, ids=lambda count: str(count))
+def observers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[PeerProcess]]:
+    """All peers of a swarm of ``count`` but the victim, formed, shared by the module's tests."""
+    count: int = request.param
+    with running_peers(count - 1, tmp_path_factory.mktemp(f"swarm-{count}"), swarm_args) as peers:
+        wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
+        yield peers
+
+
+@pytest.fixture
+def swarm(observers: list[PeerProcess], request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[PeerProcess]]:
+    """The shared observers plus a victim of this test's own (last), all seeing each other alive.
+    The victim is stopped at the end if the test left it running."""
+    gossip_port, admin_port = free_ports(2)
+    name = request.node.originalname.removeprefix("test_a_").split("_")[0]  # sigkilled, paused, graceful
+    seeds = [p.gossip_address for p in observers]
+    victim = PeerProcess(f"victim-{name}", gossip_port, admin_port,
+                         [*COMMON_PEER_ARGS, *swarm_args(len(observers), seeds)], tmp_path / "victim.log")
+    try:
+        victim.start().wait_ready(90)
+        peers = [*observers, victim]
+        wait_for(lambda: formed(peers), timeout=60, what="every peer to see every other alive")
+        yield peers
+    finally:
+        stop_peers([victim])
+    # The next test's formed() requires the observers to hold this victim as not alive.
+    wait_for(lambda: all(v.get(victim.peer_id, ("left", 0))[0] != "alive" for v in views(observers)),
+             timeout=30, what=f"the observers to see {victim.peer_id} gone")
 
 
 def last_transition(observers: list[PeerProcess], subject: PeerProcess, new: str, since: float) -> float:
@@ -68,9 +99,8 @@ def last_transition(observers: list[PeerProcess], subject: PeerProcess, new: str
     return max(first_per_observer.values())
 
 
-@pytest.mark.parametrize("count", SIZES)
-def test_a_sigkilled_peer_is_marked_dead_by_every_other_peer(launch, count: int) -> None:
-    peers = start_swarm(launch, count)
+def test_a_sigkilled_peer_is_marked_dead_by_every_other_peer(swarm: list[PeerProcess]) -> None:
+    peers, count = swarm, len(swarm)
     victim, others = peers[-1], peers[:-1]
     killed_at = time.time()
     victim.signal(signal.SIGKILL)
@@ -83,9 +113,8 @@ def test_a_sigkilled_peer_is_marked_dead_by_every_other_peer(launch, count: int)
         "a running peer was not alive in someone's view"
 
 
-@pytest.mark.parametrize("count", SIZES)
-def test_a_paused_peer_is_declared_dead_then_refutes_after_sigcont(launch, count: int) -> None:
-    peers = start_swarm(launch, count)
+def test_a_paused_peer_is_declared_dead_then_refutes_after_sigcont(swarm: list[PeerProcess]) -> None:
+    peers, count = swarm, len(swarm)
     victim, others = peers[-1], peers[:-1]
     before = max(v[victim.peer_id][1] for v in views(others))
     victim.signal(signal.SIGSTOP)
@@ -103,9 +132,8 @@ def test_a_paused_peer_is_declared_dead_then_refutes_after_sigcont(launch, count
     wait_for(lambda: formed(peers), timeout=30, what="the resumed peer to see everyone alive again")
 
 
-@pytest.mark.parametrize("count", SIZES)
-def test_a_graceful_leave_is_seen_as_left_by_all_within_two_periods(launch, count: int) -> None:
-    peers = start_swarm(launch, count)
+def test_a_graceful_leave_is_seen_as_left_by_all_within_two_periods(swarm: list[PeerProcess]) -> None:
+    peers, count = swarm, len(swarm)
     leaver, others = peers[-1], peers[:-1]
     asked_at = time.time()
     with leaver.admin() as client:

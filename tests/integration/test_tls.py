@@ -32,7 +32,7 @@ from peer.transport.channels import channel_credentials
 from peer.transport.errors import ExchangeRefused
 from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
 from peer.transport.tls_front import TlsFront, TlsRefused, server_context
-from tests.conftest import COMMON_PEER_ARGS
+from tests.conftest import COMMON_PEER_ARGS, stop_peers
 from tests.integration.test_learning_together import PEERS, SPLIT, STEPS, merged_from_both_others, peer_args
 
 REFUSAL_DEADLINE_S = 10.0
@@ -237,5 +237,4 @@ def test_intruders_cannot_join_or_exchange_and_the_cluster_learns_as_without_tls
             assert status.steps == STEPS and status.merges >= 2
             assert status.accuracy > alone_accuracy + 0.05
     finally:
-        for p in intruders:
-            p.stop(timeout=15)
+        stop_peers(intruders)
