@@ -136,10 +136,11 @@ class MembershipRuntime:
         """Announce the leave and keep running until it has gone out (at most ``linger_periods``).
 
         "Gone out" is: nothing left in the broadcast queue and no send in flight. The
-        bound keeps a stop from hanging when nobody is reachable.
+        bound keeps a stop from hanging when nobody is reachable. With no live member
+        there is nobody to tell, so nothing lingers (a lone peer stops at once).
         """
         self.announce_leave()
-        if self._left_at is None:
+        if self._left_at is None or not self.swim.live():
             return
         deadline = self._left_at + linger_periods * self.period
         step = self.swim.config.gossip_interval / 4
