@@ -33,7 +33,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.transport import MB, Size, _answering_peer, _initiating_peer, model_bytes, proc_kb  # noqa: E402
+from bench.transport import (MB, Size, _answering_peer, _initiating_peer, model_bytes, proc_kb,  # noqa: E402
+                             stop_peers)
 
 BIG = Size(hidden=4096, layers=6, raw_reps=0, keyframe_reps=2, deltas=3)  # 101.0M parameters
 
@@ -76,11 +77,7 @@ def run(size: Size) -> dict[str, Any]:
                 srv_parent.send("reset")
                 steady_rss = srv_parent.recv()
     finally:
-        for parent in (cli_parent, srv_parent):
-            parent.send("stop")
-            parent.recv()
-        client.join()
-        server.join()
+        stop_peers((cli_parent, srv_parent), (client, server))
     nbytes = model_bytes(size)
     later = exchanges[1:]
     keyframes = [e for e in exchanges if e["kind"] == "keyframe"]

@@ -79,11 +79,7 @@ def main() -> None:
             for what, rss, hwm in report["timings"].get("marks", [[]])[0]:
                 print(f"   {what:<28} RSS {rss:6.0f}  high-water mark {hwm:6.0f}")
     finally:
-        for parent in (cli_parent, srv_parent):
-            parent.send("stop")
-            parent.recv()
-        client.join()
-        server.join()
+        bt.stop_peers((cli_parent, srv_parent), (client, server))
 
 
 if __name__ == "__main__":

@@ -461,6 +461,15 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     uvloop.run(run())
 
 
+def stop_peers(parents: tuple[Any, ...], processes: tuple[Any, ...]) -> None:
+    """Ask each peer process to stop through its pipe, wait for its answer, then join it."""
+    for parent in parents:
+        parent.send("stop")
+        parent.recv()
+    for process in processes:
+        process.join()
+
+
 def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
     srv_parent, srv_child = ctx.Pipe()
     cli_parent, cli_child = ctx.Pipe()
@@ -529,11 +538,7 @@ def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
             stop.set()
             trainer.join()
     finally:
-        for parent in (cli_parent, srv_parent):
-            parent.send("stop")
-            parent.recv()
-        client.join()
-        server.join()
+        stop_peers((cli_parent, srv_parent), (client, server))
     return {"hello": hello, "reset_rss": reset_rss, "keyframes": keyframes, "deltas": deltas,
             "after_deltas": after_deltas, "steady_rss": steady_rss, "training": training,
             "training_steps": training_steps, "training_elsewhere": elsewhere}
