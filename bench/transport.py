@@ -513,27 +513,28 @@ def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
         # The same keyframe exchanges with the answering peer's trainer thread training.
         srv_parent.send("train")
         steps_before = srv_parent.recv()
-        training = []
-        for _ in range(size.keyframe_reps):
-            bare, bare_cpu = timed("bare")
-            keyframe, cpu = timed("keyframe")
-            srv_parent.send("report")
-            training.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu,
+
+        def paired_keyframes() -> list[dict[str, Any]]:
+            """keyframe_reps keyframe exchanges, each right after a bare stream, with the server's report."""
+            runs = []
+            for _ in range(size.keyframe_reps):
+                bare, bare_cpu = timed("bare")
+                keyframe, cpu = timed("keyframe")
+                srv_parent.send("report")
+                runs.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu,
                              "server": srv_parent.recv()})
+            return runs
+
+        training = paired_keyframes()
         srv_parent.send("untrain")
         training_steps = srv_parent.recv() - steps_before
         # The control: the same training in a process of its own (CPU taken, no GIL shared).
         stop = ctx.Event()
         trainer = ctx.Process(target=_training_process, args=(size, stop))
         trainer.start()
-        elsewhere = []
+        elsewhere: list[dict[str, Any]] = []
         try:
-            for _ in range(size.keyframe_reps):
-                bare, bare_cpu = timed("bare")
-                keyframe, cpu = timed("keyframe")
-                srv_parent.send("report")
-                elsewhere.append({**keyframe, "bare_seconds": bare, "bare_cpu": bare_cpu, "cpu": cpu,
-                                  "server": srv_parent.recv()})
+            elsewhere = paired_keyframes()
         finally:
             stop.set()
             trainer.join()

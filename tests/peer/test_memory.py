@@ -32,10 +32,15 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _growth(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+def _run_probe(script: str, mode: str) -> float:
+    """Run a probe script in a fresh interpreter (allocator settings apply at start) and read its figure."""
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True,
                          cwd=".", timeout=60)
     return float(out.stdout.strip())
+
+
+def _growth(mode: str) -> float:
+    return _run_probe(PROBE, mode)
 
 
 def test_freed_model_sized_blocks_leave_the_process_when_pinned() -> None:
@@ -92,9 +97,7 @@ ARENAS = textwrap.dedent("""
 
 
 def _arena_growth(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True,
-                         cwd=".", timeout=60)
-    return float(out.stdout.strip())
+    return _run_probe(ARENAS, mode)
 
 
 def test_one_arena_keeps_one_freed_temporary_for_all_worker_threads() -> None:
