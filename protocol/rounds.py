@@ -12,12 +12,27 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol.merge import weighted_average
+from protocol.merge import clip_toward, delta_norm, weighted_average
+from protocol.merge.history import NormHistory
+from protocol.stake import StakeConfig
+
+# A trainer's claims are its own to make: the sample count in its header, and its model.
+# The aggregate bounds both, as the gossip merge does (protocol/stake.py, the ``clip`` rule):
+# a claimed count is capped at ``CAP_FACTOR`` x the median claim of the round (the
+# aggregator's own shard counted in), and a model whose update (its distance from the
+# model the round started from) is beyond ``CLIP_MULTIPLIER`` x the lower median of the
+# update norms seen (this round's and the last ``NORM_WINDOW``) is left out, or clipped
+# to that bound when no model is within it. Whatever one trainer sends, the aggregate then
+# moves from the round's start by at most that bound.
+CAP_FACTOR = StakeConfig().cap_factor
+CLIP_MULTIPLIER = 2.0
+NORM_WINDOW = 32
 
 
 def ranking(round_number: int, peer_ids: Sequence[str], role: str) -> list[str]:
@@ -114,12 +129,48 @@ class Collection:
             return False
         return set(expected) <= set(self.arrived) or now - self.opened_at >= deadline
 
-    def aggregate(self) -> dict[str, np.ndarray]:
-        """FedAvg: the models weighted by their sample counts, in sender order (so the result
-        does not depend on the order they arrived in)."""
+    def weights(self, own_samples: int = 0) -> dict[str, int]:
+        """Each sender's claimed count, capped at ``CAP_FACTOR`` x the median of the round's
+        claims and ``own_samples`` (when positive): one huge claim cannot move the median."""
+        claims = {s: max(int(n), 1) for s, (_, n) in self.arrived.items()}
+        pool = [*claims.values(), *([own_samples] if own_samples > 0 else [])]
+        cap = max(int(CAP_FACTOR * float(np.median(pool))), 1)
+        return {s: min(n, cap) for s, n in claims.items()}
+
+    def aggregate(self, reference: Mapping[str, np.ndarray] | None = None, own_samples: int = 0,
+                  history: NormHistory | None = None) -> dict[str, np.ndarray]:
+        """FedAvg over capped sample counts (``weights``), in sender order (so the result does
+        not depend on the order they arrived in). With ``reference`` (the model the round
+        started from), models farther than ``clip_bound`` from it are left out (all clipped to
+        it when none is nearer), so the aggregate lies within that bound of ``reference``
+        whatever any trainer sent."""
         senders = sorted(self.arrived)
-        return weighted_average([self.arrived[s][0] for s in senders],
-                                [max(self.arrived[s][1], 1) for s in senders])
+        weights = self.weights(own_samples)
+        models = [self.arrived[s][0] for s in senders]
+        kept = [weights[s] for s in senders]
+        if reference is not None:
+            norms = [delta_norm(reference, m) for m in models]
+            bound = clip_bound(norms, history)
+            if history is not None:
+                history.add(norms)
+            # Beyond the bound is an outlier (as ``bristle`` has it): left out while any model is
+            # within it, else clipped to it (a lone trainer is bounded by the history's norms).
+            near = [i for i, n in enumerate(norms) if n <= bound]
+            if near:
+                models, kept = [models[i] for i in near], [kept[i] for i in near]
+            else:
+                models = [clip_toward(reference, m, bound)[0] for m in models]
+        return weighted_average(models, kept)
+
+
+def clip_bound(norms: Sequence[float], history: NormHistory | None = None) -> float:
+    """``CLIP_MULTIPLIER`` x the lower median of the finite update norms of this round and
+    ``history``: a minority of hostile trainers cannot raise it (with one honest and one
+    hostile model, the lower median is the honest one's norm)."""
+    seen = sorted(n for n in [*norms, *(history.values() if history is not None else ())] if math.isfinite(n))
+    if not seen:
+        return 0.0
+    return CLIP_MULTIPLIER * seen[(len(seen) - 1) // 2]
 
 
 class RoundBook:
@@ -129,6 +180,7 @@ class RoundBook:
         self.adopted = 0  # 0: the initial model (every peer of a cluster starts from one model)
         self.collecting: dict[int, Collection] = {}
         self.aggregated = 0  # rounds this peer closed as an aggregator
+        self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms of the rounds aggregated here
 
     def collect(self, round_number: int, sender: str, model: Mapping[str, np.ndarray], samples: int,
                 now: float) -> None:

@@ -22,8 +22,12 @@ aggregate (anti-entropy: how peers not sampled, and peers that joined late, catc
 The decisions are pure (``protocol.rounds``); this module adds the clock, the trainer and
 the packets. Models travel through ``GossipEngine``'s own exchanges (codec policy, per-link
 replicas, wire framing, admission, bans): the engine hands every received model to
-``take`` instead of merging it. Robust merge rules and stakes do not apply to the
-aggregate (FedAvg of what arrived, by claimed sample counts).
+``take`` instead of merging it. The aggregate is FedAvg bounded as the gossip merge is
+(``protocol.rounds.Collection.aggregate``): claimed sample counts are capped at twice the
+round's median claim (our own shard counted in), and each trained model is clipped to
+within twice the lower median update norm of the aggregate the round started from, so one
+trainer claiming 2^64 - 1 samples, or sending any model, moves the aggregate by at most
+that bound (issue 14).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class SampledRounds:
         self.book = RoundBook()
         self.label = RoundLabel(AGGREGATE, 0)  # what our model is: every packet we send says so
         self._pending: tuple[int, dict[str, np.ndarray]] | None = None  # newest aggregate received
+        # The aggregate we adopted last (not a copy: the trainer loads it into its own tensors):
+        # the reference the next round's trained models are clipped around. None: the initial model.
+        self._adopted_model: dict[str, np.ndarray] | None = None
         self._wake = asyncio.Event()
         self._quiet_since = self.clock()      # last adoption, delivery or pull
         self._failed: dict[int, set[str]] = {}  # per round: aggregators that failed us
@@ -136,6 +143,8 @@ class SampledRounds:
 
     async def run(self, exchange: Exchange, stopping: asyncio.Event) -> None:
         self._stopping = stopping
+        if self._adopted_model is None and self.book.adopted == 0:  # round 1 starts from the initial model
+            self._adopted_model = await asyncio.to_thread(self.trainer.state)
         await self._settle(stopping)
         tick = min(self.engine.interval, self.deadline / 4)
         while not self.halted():
@@ -191,6 +200,7 @@ class SampledRounds:
 
     async def _adopt(self, round_number: int, model: dict[str, np.ndarray]) -> None:
         await asyncio.to_thread(self.trainer.merge_with, lambda _current: model)
+        self._adopted_model = model
         self.book.adopt(round_number)
         self.label = RoundLabel(AGGREGATE, round_number)
         self._quiet_since = self.clock()
@@ -218,7 +228,8 @@ class SampledRounds:
     async def _close(self, round_number: int, exchange: Exchange) -> None:
         """Aggregate round ``round_number``, adopt it, and pass it to the next round's trainers."""
         collection = self.book.collecting[round_number]
-        aggregate = await asyncio.to_thread(collection.aggregate)
+        aggregate = await asyncio.to_thread(collection.aggregate, self._adopted_model, self.trainer.samples,
+                                            self.book.norms)
         log.info("round %d aggregated from %d model(s)", round_number, len(collection.arrived))
         self.book.aggregated += 1
         if self.on_aggregate is not None:

@@ -44,5 +44,9 @@ class NormHistory:
         self._norms.extend(sorted(n for n in norms if math.isfinite(n)))
         del self._norms[:-self.window]
 
+    def values(self) -> tuple[float, ...]:
+        """The window, oldest first."""
+        return tuple(self._norms)
+
     def __len__(self) -> int:
         return len(self._norms)

@@ -1,23 +1,27 @@
 """Sampled rounds (peer/runtime/sampled_rounds.py) in one process: four daemons' engines,
 each with its real trainer on a digits shard, exchanging their real packets through each
 other's ``handle_inbound`` (no gRPC: the integration test runs that). Rounds advance,
-the aggregate reaches every peer, accuracy rises, and a dead aggregator's rounds are
-taken by the next live peer in hash order."""
+the aggregate reaches every peer, accuracy rises, a dead aggregator's rounds are
+taken by the next live peer in hash order, and a hostile trainer's huge claimed count and
+model move the aggregate at most the stated bound."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from peer.runtime.config import PeerConfig
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.sampled_rounds import SampledRounds
+from peer.sim.attacks import AttackerEngine, PoisoningTrainer
 from peer.transport.errors import PartnerGone
 from protocol.deadlines import Budget
 from protocol.membership import StaticMembership
-from protocol.merge import make_rule
-from protocol.rounds import ranking
+from protocol.merge import delta_norm, make_rule
+from protocol.rounds import CLIP_MULTIPLIER, TRAINED, ranking
 from protocol.wire import Buffer, Limits
 from tests.trainers import build_trainer
 
@@ -27,14 +31,18 @@ PEERS = 4
 class Swarm:
     """Engines that reach each other in-process; a peer in ``dead`` answers nothing."""
 
-    def __init__(self, peers: int, trainers: int, deadline: float = 1.0) -> None:
+    def __init__(self, peers: int, trainers: int, deadline: float = 1.0, hostile: int | None = None) -> None:
         self.addresses = [f"127.0.0.1:{7000 + i}" for i in range(peers)]
         self.dead: set[str] = set()
         self.engines: dict[str, GossipEngine] = {}
         self.rounds: dict[str, SampledRounds] = {}
         for i, address in enumerate(self.addresses):
             trainer = build_trainer(PeerConfig(shard_index=i, shard_count=peers, seed=i, steps_per_second=0))
-            engine = GossipEngine(peer_id=f"peer-{i}", address=address, trainer=trainer,
+            engine_class = GossipEngine
+            if i == hostile:  # sends its trained models scaled by -1000, claiming 2^64 - 1 samples
+                trainer = PoisoningTrainer(trainer, self._poison(address))
+                engine_class = AttackerEngine
+            engine = engine_class(peer_id=f"peer-{i}", address=address, trainer=trainer,
                                   membership=StaticMembership(address), merge_rule=make_rule("vc"), codec="fp32",
                                   limits=Limits(), rng=random.Random(i), interval=0.2, timeout=5.0)
             for other in self.addresses:
@@ -43,7 +51,18 @@ class Swarm:
             self.engines[address] = engine
             self.rounds[address] = SampledRounds(engine, trainers=trainers, aggregators=1, steps=10,
                                                  deadline=deadline, rng=random.Random(i))
+            if isinstance(engine, AttackerEngine):
+                engine.claim_samples = 2**64 - 1
         self.stopping = {a: asyncio.Event() for a in self.addresses}
+
+    def _poison(self, address: str):  # the model a hostile trainer sends
+        def poison(_victim: str) -> dict[str, np.ndarray]:
+            rounds = self.rounds[address]
+            real = rounds.trainer._trainer.state()  # the attacker's own trainer
+            if rounds.label.kind != TRAINED:  # only its trained models: aggregates it sends are honest
+                return real
+            return {k: (-1000 * v).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in real.items()}
+        return poison
 
     def exchange_from(self, caller: str):  # noqa: ANN201 - an Exchange
         async def exchange(address: str, packet: Buffer | Sequence[Buffer], budget: Budget) -> Buffer:
@@ -115,6 +134,43 @@ def test_a_dead_aggregator_is_replaced_by_the_next_in_hash_order() -> None:
         await swarm.stop(tasks)
         after = sum(swarm.rounds[a].book.aggregated for a in survivors)
         assert after >= before + target - held - 1
+
+    asyncio.run(scenario())
+
+
+def test_a_trainer_claiming_huge_counts_moves_the_aggregate_at_most_the_clip_bound() -> None:
+    """Issue 14: one of four trainers sends its trained model scaled by -1000 with 2^64 - 1
+    samples, through the engines' own packets. Every aggregate an honest peer computes lies
+    within CLIP_MULTIPLIER x the largest honest update seen of the round's start (the
+    aggregator's last adopted aggregate), and the honest peers still learn. Unbounded FedAvg
+    would take the hostile model whole (its weight 2^64 - 1 against ~450)."""
+    async def scenario() -> None:
+        swarm = Swarm(PEERS, trainers=0, hostile=PEERS - 1)
+        evil = swarm.addresses[-1]
+        honest = swarm.addresses[:-1]
+        largest = [0.0]
+        checked: list[tuple[float, float]] = []
+
+        def check(address: str):  # the on_aggregate hook of an honest peer
+            def on_aggregate(round_number: int, aggregate: Mapping[str, np.ndarray]) -> None:
+                rounds = swarm.rounds[address]
+                start = rounds._adopted_model  # the round's reference, before adopting
+                arrived = rounds.book.collecting[round_number].arrived
+                largest[0] = max([largest[0], *(delta_norm(start, m) for s, (m, _) in arrived.items() if s != evil)])
+                if evil in arrived:
+                    checked.append((delta_norm(start, aggregate), CLIP_MULTIPLIER * largest[0]))
+            return on_aggregate
+
+        for address in honest:
+            swarm.rounds[address].on_aggregate = check(address)
+        tasks = swarm.start()
+        await swarm.wait(lambda: min(swarm.held(honest)) >= 8, 90, "round 8 at every honest peer")
+        await swarm.stop(tasks)
+        accuracy = [swarm.engines[a].trainer.evaluate() for a in honest]
+        print("moved / bound per aggregate with the hostile model:", checked, "honest accuracy", accuracy)
+        assert all(moved <= bound + 1e-4 for moved, bound in checked)
+        assert len(checked) >= 3  # honest aggregators had the hostile model in that many rounds
+        assert min(accuracy) > 0.8
 
     asyncio.run(scenario())
 

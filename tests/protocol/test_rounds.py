@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.rounds import (AGGREGATE, TRAINED, TRAINING, Collection, RoundBook, RoundLabel, Take, judge, ranking,
-                             sample_round)
+from protocol.merge.history import NormHistory
+from protocol.rounds import (AGGREGATE, TRAINED, TRAINING, Collection, RoundBook, RoundLabel, Take, clip_bound, judge,
+                             ranking, sample_round)
 
 IDS = [f"peer-{i}" for i in range(20)]
 
@@ -96,3 +97,53 @@ def test_adopting_an_aggregate_drops_the_rounds_it_makes_moot() -> None:
     assert sorted(book.collecting) == [3]
     book.collect(1, "b", model(1.0), 1, now=0.0)  # a round already aggregated is not collected again
     assert sorted(book.collecting) == [3]
+
+
+def test_a_huge_claimed_count_is_capped_at_twice_the_median_claim() -> None:
+    c = Collection(1, 0.0)
+    c.add("a", model(1.0), 10)
+    c.add("b", model(2.0), 12)
+    c.add("evil", model(9.0), 2**64 - 1)
+    assert c.weights(own_samples=11) == {"a": 10, "b": 12, "evil": 23}  # median of 10, 12, 2^64-1, 11: 11.5
+    lone = Collection(1, 0.0)
+    lone.add("a", model(1.0), 10)
+    lone.add("evil", model(9.0), 2**64 - 1)
+    assert lone.weights(own_samples=10)["evil"] == 20  # the aggregator's own shard keeps the median honest
+
+
+def test_with_the_rounds_start_one_trainer_moves_the_aggregate_at_most_the_clip_bound() -> None:
+    """Two honest updates of norm ~1 and one hostile trainer sending a model 10^6 away with
+    2^64 - 1 samples: the aggregate stays within ``clip_bound`` (2 x the lower median norm)
+    of the round's start; FedAvg of capped counts alone would have followed the hostile model."""
+    start = {"w": np.zeros(3, dtype=np.float32)}
+    honest = {"a": np.array([1.0, 0.0, 0.0]), "b": np.array([0.0, 1.1, 0.0])}
+    c = Collection(1, 0.0)
+    for sender, w in honest.items():
+        c.add(sender, {"w": w.astype(np.float32)}, 100)
+    c.add("evil", {"w": np.full(3, -1e6, dtype=np.float32)}, 2**64 - 1)
+    bound = clip_bound([1.0, 1.1, 1e6 * np.sqrt(3)])
+    assert np.isclose(bound, 2.2)
+    unbounded = np.linalg.norm(c.aggregate()["w"])  # capped counts alone: the model is not bounded
+    bounded = c.aggregate(start, own_samples=100)["w"]
+    assert unbounded > 1e5
+    assert np.linalg.norm(bounded) <= bound + 1e-5
+    # Beyond the bound while honest models are within it: left out, the honest FedAvg remains.
+    assert np.allclose(bounded, (honest["a"] + honest["b"]) / 2)
+    # Just inside the bound it counts, with at most 2 x the median claim: its pull on the
+    # aggregate is at most its share (200 of 400) x twice the bound.
+    c.add("evil", {"w": np.array([0.0, 0.0, -2.1], dtype=np.float32)}, 2**64 - 1)
+    inside = c.aggregate(start, own_samples=100)["w"]
+    assert np.linalg.norm(inside - (honest["a"] + honest["b"]) / 2) <= (200 / 400) * 2 * bound + 1e-5
+    assert np.linalg.norm(inside) <= bound + 1e-5
+
+
+def test_the_norm_history_keeps_a_lone_hostile_trainer_bounded() -> None:
+    history = NormHistory(32, warmup=1)
+    start = {"w": np.zeros(2, dtype=np.float32)}
+    for r in range(1, 4):  # honest rounds: updates of norm 1
+        c = Collection(r, 0.0)
+        c.add("a", {"w": np.array([1.0, 0.0], dtype=np.float32)}, 10)
+        c.aggregate(start, own_samples=10, history=history)
+    alone = Collection(4, 0.0)
+    alone.add("evil", {"w": np.array([0.0, 1e9], dtype=np.float32)}, 2**64 - 1)
+    assert np.linalg.norm(alone.aggregate(start, own_samples=10, history=history)["w"]) <= 2.0 + 1e-5
