@@ -24,10 +24,10 @@ the packets. Models travel through ``GossipEngine``'s own exchanges (codec polic
 replicas, wire framing, admission, bans): the engine hands every received model to
 ``take`` instead of merging it. The aggregate is FedAvg bounded as the gossip merge is
 (``protocol.rounds.Collection.aggregate``): claimed sample counts are capped at twice the
-round's median claim (our own shard counted in), and each trained model is clipped to
-within twice the lower median update norm of the aggregate the round started from, so one
-trainer claiming 2^64 - 1 samples, or sending any model, moves the aggregate by at most
-that bound (issue 14).
+round's median claim (our own shard counted in), and a trained model farther from the
+aggregate the round started from than twice the lower median update norm is left out (or
+clipped to it, when no model is nearer), so one trainer claiming 2^64 - 1 samples, or
+sending any model, moves the aggregate by at most that bound (issue 14).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class SampledRounds:
         self.label = RoundLabel(AGGREGATE, 0)  # what our model is: every packet we send says so
         self._pending: tuple[int, dict[str, np.ndarray]] | None = None  # newest aggregate received
         # The aggregate we adopted last (not a copy: the trainer loads it into its own tensors):
-        # the reference the next round's trained models are clipped around. None: the initial model.
+        # the reference the next round's trained models are judged against (set to the initial model in run).
         self._adopted_model: dict[str, np.ndarray] | None = None
         self._wake = asyncio.Event()
         self._quiet_since = self.clock()      # last adoption, delivery or pull
