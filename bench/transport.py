@@ -83,6 +83,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -320,6 +321,7 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
 
     from hearsay.v1 import gossip_pb2_grpc
     from peer.transport import grpc_transport
+    from peer.runtime.keyframe_room import make_room_inbound
     from peer.transport.grpc_transport import GossipServicer
 
     import peer.runtime.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
@@ -347,7 +349,8 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
             finally:
                 timings["handle_inbound"].append(time.perf_counter() - started)
 
-        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected)
+        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected,
+                                  on_head=partial(make_room_inbound, engine))  # as peer.runtime.node wires it
         if pb_server:  # how peer.runtime.node registers it today
             gossip_pb2_grpc.add_GossipServicer_to_server(servicer, server)
         else:
@@ -401,6 +404,7 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     import uvloop
 
     from peer.transport.channels import CHANNEL_OPTIONS
+    from peer.runtime.keyframe_room import make_room_for_reply
     from peer.transport.grpc_transport import GossipClient
     from protocol.wire import FRAME_BYTES
 
@@ -409,6 +413,7 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
         engine.membership.add_seed(server_address)
         member = engine.membership.get(server_address)
         client = GossipClient(max_packet_bytes=engine.limits.max_packet_bytes)
+        client.on_reply_head = partial(make_room_for_reply, engine)  # as peer.runtime.node wires it
         # A channel of its own for the bare stream, with the daemon's options.
         bare = grpc.aio.insecure_channel(server_address, options=CHANNEL_OPTIONS)
         await bare_stream(bare, FRAME_BYTES)  # opens the connection
