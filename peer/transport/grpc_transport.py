@@ -8,6 +8,7 @@ drive the same handler.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
@@ -75,8 +76,9 @@ def status_for(error: errors.Refusal) -> grpc.StatusCode:
 # of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises a protocol.errors.Refusal.
 InboundHandler = Callable[[memoryview, Caller], Awaitable[Buffer | Sequence[Buffer]]]
 # on_head(first frame's bytes, caller): called while the rest of a packet is still arriving
-# (peer.runtime.keyframe_room makes room for a keyframe then); must not keep the bytes.
-HeadHook = Callable[[Buffer, Caller], None]
+# (peer.runtime.keyframe_room makes room for a keyframe then); must not keep the bytes. It may
+# return a mapping to reassemble the packet into (frames.read_packet).
+HeadHook = Callable[[Buffer, Caller], mmap.mmap | None]
 KeyringSource = Callable[[], Keyring]
 
 
@@ -243,7 +245,7 @@ class GossipClient:
         self._pool = ChannelPool(credentials)  # None: plaintext; channels.channel_credentials: mutual TLS
         # on_reply_head(address, first frame's bytes): the reply's head, before the rest is read
         # (peer.runtime.keyframe_room.make_room_for_reply); must not keep the bytes.
-        self.on_reply_head: Callable[[str, Buffer], None] | None = None
+        self.on_reply_head: Callable[[str, Buffer], mmap.mmap | None] | None = None
 
     def _exchange_method(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
         channel = self._pool.get(address)

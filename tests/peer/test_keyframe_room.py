@@ -4,9 +4,12 @@ and only when the connection proves the sender and the replay guard would take t
 
 from __future__ import annotations
 
+import mmap
+from collections.abc import Callable
 from functools import partial
 
 import grpc
+import numpy as np
 
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
@@ -71,21 +74,31 @@ async def test_keyframes_over_grpc_never_meet_the_copy_they_replace() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     a = build_engine(64, 2, 1, "127.0.0.1:1")
     b = build_engine(64, 2, 2, f"127.0.0.1:{port}")
-    copies_when_read: list[object] = []
+    copies_when_read: list[bool] = []  # (views of a copy held here would keep its buffer)
 
     async def handle(data: memoryview, caller: Caller) -> list[Buffer]:
-        copies_when_read.append(b.receiver.replica(a.address))  # the whole packet is in by now
+        copies_when_read.append(b.receiver.replica(a.address) is not None)  # the whole packet is in by now
         return await b.handle_inbound(data, caller)
 
-    add_to_server(GossipServicer(handle, 1 << 28, b.count_rejected, on_head=partial(make_room_inbound, b)), server)
+    rooms: list[tuple[str, object]] = []  # what each hook handed the reassembly
+
+    def recorded(side: str, hook: Callable[..., mmap.mmap | None]) -> Callable[..., mmap.mmap | None]:
+        def run(*args: object) -> mmap.mmap | None:
+            room = hook(*args)
+            rooms.append((side, room))
+            return room
+        return run
+
+    add_to_server(GossipServicer(handle, 1 << 28, b.count_rejected,
+                                 on_head=recorded("b", partial(make_room_inbound, b))), server)
     await server.start()
     client = GossipClient(1 << 28)
-    client.on_reply_head = partial(make_room_for_reply, a)
-    ours_when_read: list[object] = []
+    client.on_reply_head = recorded("a", partial(make_room_for_reply, a))
+    ours_when_read: list[bool] = []
 
     async def exchange(address: str, packet: Buffer, timeout: float) -> memoryview:
         reply = await client.exchange(address, packet, timeout)
-        ours_when_read.append(a.receiver.replica(address))
+        ours_when_read.append(a.receiver.replica(address) is not None)
         return reply
 
     try:
@@ -93,15 +106,29 @@ async def test_keyframes_over_grpc_never_meet_the_copy_they_replace() -> None:
         member = a.membership.get(b.address)
         assert await a.exchange_with(member, exchange)  # makes the link: keyframes, no copies yet
         assert await a.exchange_with(member, exchange)  # a delta each way: copies kept
-        assert copies_when_read[-1] is not None and ours_when_read[-1] is not None
+        assert copies_when_read[-1] and ours_when_read[-1]
         a.sender.invalidate(b.address)
         a._want_keyframe.add(b.address)  # b answers with a keyframe too
+        del rooms[:]
         assert await a.exchange_with(member, exchange)
-        assert copies_when_read[-1] is None and ours_when_read[-1] is None
+        assert not copies_when_read[-1] and not ours_when_read[-1]
+        # Nothing else viewed the old copies: each keyframe was reassembled into its copy's buffer.
+        assert [side for side, room in rooms if isinstance(room, mmap.mmap)] == ["b", "a"]
         assert b.receiver.replica(a.address) is not None and a.receiver.replica(b.address) is not None
         assert await a.exchange_with(member, exchange)  # and the link goes on with deltas
-        assert copies_when_read[-1] is not None and ours_when_read[-1] is not None
-        assert a.stats.keyframes_sent == 2 and b.stats.keyframes_sent == 2
+        assert copies_when_read[-1] and ours_when_read[-1]
+        # A view of b's copy still held (as a batch merge would hold it): b's keyframe goes into
+        # fresh memory, and the bytes that view sees are left alone.
+        held = b.receiver.replica(a.address)
+        assert held is not None
+        before = {name: x.copy() for name, x in held.items()}
+        a.sender.invalidate(b.address)
+        a._want_keyframe.add(b.address)
+        del rooms[:]
+        assert await a.exchange_with(member, exchange)
+        assert [side for side, room in rooms if isinstance(room, mmap.mmap)] == ["a"]
+        assert all(np.array_equal(held[name], x) for name, x in before.items())
+        assert a.stats.keyframes_sent == 3 and b.stats.keyframes_sent == 3
     finally:
         await client.close()
         await server.stop(None)
