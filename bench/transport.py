@@ -240,7 +240,10 @@ def _grpc_receiver(conn: Any) -> None:
     import grpc
     import uvloop
 
+    from peer.runtime.memory import configure_allocator
     from peer.transport.grpc_transport import server_options
+
+    configure_allocator()  # the peers' process policy here too: the ceiling is gRPC's, not malloc's
 
     async def serve() -> None:
         server = grpc.aio.server(options=server_options())
@@ -259,7 +262,10 @@ def _grpc_sender(size: int, reps: int, port: int, conn: Any) -> None:
     import grpc
     import uvloop
 
+    from peer.runtime.memory import configure_allocator
     from peer.transport.channels import CHANNEL_OPTIONS
+
+    configure_allocator()  # as in the peers (and _grpc_receiver)
 
     async def send() -> list[float]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
