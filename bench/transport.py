@@ -83,7 +83,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from functools import partial  # noqa: E402
+from functools import partial
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -326,8 +326,8 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
     import uvloop
 
     from hearsay.v1 import gossip_pb2_grpc
-    from peer.transport import grpc_transport
     from peer.runtime.keyframe_room import make_room_inbound
+    from peer.transport import grpc_transport
     from peer.transport.grpc_transport import GossipServicer
 
     import peer.runtime.gossip  # noqa: F401 - in the baseline: interpreter, numpy, torch, grpc, hearsay
@@ -409,8 +409,8 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     import grpc
     import uvloop
 
-    from peer.transport.channels import CHANNEL_OPTIONS
     from peer.runtime.keyframe_room import make_room_for_reply
+    from peer.transport.channels import CHANNEL_OPTIONS
     from peer.transport.grpc_transport import GossipClient
     from protocol.wire import FRAME_BYTES
 

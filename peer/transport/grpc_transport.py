@@ -124,7 +124,9 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         on_head = None
         if self._on_head is not None:
             hook, who = self._on_head, self._caller(context, self.keyring is not None)
-            on_head = lambda head: hook(head, who)  # noqa: E731 - a closure over the caller
+
+            def on_head(head: Buffer) -> mmap.mmap | None:
+                return hook(head, who)
         async with self.gate.stream(caller) as ticket:
             packet = await read_packet(self.gate.paced(ticket, request_iterator), self._max_packet_bytes, declared,
                                        on_head)

@@ -13,7 +13,12 @@ import numpy as np
 
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
-from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
+from peer.transport.grpc_transport import (
+    GossipClient,
+    GossipServicer,
+    add_to_server,
+    server_options,
+)
 from peer.transport.identity import Caller
 from protocol.wire import Buffer, peek_header
 from tests.exchange_peer import build_engine
