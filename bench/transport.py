@@ -83,6 +83,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from functools import partial
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -239,7 +240,10 @@ def _grpc_receiver(conn: Any) -> None:
     import grpc
     import uvloop
 
+    from peer.runtime.memory import configure_allocator
     from peer.transport.grpc_transport import server_options
+
+    configure_allocator()  # the peers' process policy here too: the ceiling is gRPC's, not malloc's
 
     async def serve() -> None:
         server = grpc.aio.server(options=server_options())
@@ -258,7 +262,10 @@ def _grpc_sender(size: int, reps: int, port: int, conn: Any) -> None:
     import grpc
     import uvloop
 
+    from peer.runtime.memory import configure_allocator
     from peer.transport.channels import CHANNEL_OPTIONS
+
+    configure_allocator()  # as in the peers (and _grpc_receiver)
 
     async def send() -> list[float]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
@@ -319,6 +326,7 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
     import uvloop
 
     from hearsay.v1 import gossip_pb2_grpc
+    from peer.runtime.keyframe_room import make_room_inbound
     from peer.transport import grpc_transport
     from peer.transport.grpc_transport import GossipServicer
 
@@ -347,7 +355,8 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
             finally:
                 timings["handle_inbound"].append(time.perf_counter() - started)
 
-        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected)
+        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected,
+                                  on_head=partial(make_room_inbound, engine))  # as peer.runtime.node wires it
         if pb_server:  # how peer.runtime.node registers it today
             gossip_pb2_grpc.add_GossipServicer_to_server(servicer, server)
         else:
@@ -400,6 +409,7 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
     import grpc
     import uvloop
 
+    from peer.runtime.keyframe_room import make_room_for_reply
     from peer.transport.channels import CHANNEL_OPTIONS
     from peer.transport.grpc_transport import GossipClient
     from protocol.wire import FRAME_BYTES
@@ -409,6 +419,7 @@ def _initiating_peer(size: Size, server_address: str, conn: Any) -> None:
         engine.membership.add_seed(server_address)
         member = engine.membership.get(server_address)
         client = GossipClient(max_packet_bytes=engine.limits.max_packet_bytes)
+        client.on_reply_head = partial(make_room_for_reply, engine)  # as peer.runtime.node wires it
         # A channel of its own for the bare stream, with the daemon's options.
         bare = grpc.aio.insecure_channel(server_address, options=CHANNEL_OPTIONS)
         await bare_stream(bare, FRAME_BYTES)  # opens the connection

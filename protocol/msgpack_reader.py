@@ -128,6 +128,20 @@ class Reader:
             raise _too_large(n, self._max_array, Kind.ARRAY)
         return n
 
+    def read_map_header(self) -> int:
+        """The number of pairs in the map that starts here; its keys and values are the next
+        ``read``s (a packet's header is read this way before its tensors have arrived)."""
+        b = self._take(1)[0]
+        if 0x80 <= b <= 0x8f:
+            n = b & 0x0f
+        elif b in (0xde, 0xdf):
+            n = int.from_bytes(self._take(_LENGTH[b]), "big")
+        else:
+            raise MsgpackError(Fault.INVALID, f"expected a map, found type byte 0x{b:02x}")
+        if n > self.limits.max_map:
+            raise _too_large(n, self.limits.max_map, Kind.MAP)
+        return n
+
     def _take(self, n: int) -> memoryview:
         end = self.pos + n
         if end > self.size:

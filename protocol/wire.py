@@ -45,7 +45,7 @@ from protocol.errors import (
     UnsupportedVersion,
     WireError,
 )
-from protocol.msgpack_reader import Fault, MsgpackError, ReadLimits, unpack
+from protocol.msgpack_reader import Fault, MsgpackError, Reader, ReadLimits, unpack
 
 FORMAT_VERSION = 1
 # gRPC's default message limit is 4 MiB; frames stay well below it.
@@ -300,6 +300,39 @@ def _header(obj: Mapping[str, Any], limits: Limits) -> PacketHeader:
         codec_params=_params(_field(obj, "cp", dict, "codec params"), "codec params", limits),
         telemetry=_params(obj.get("tm", {}), "telemetry", limits),
         **_link_frame(obj), format_version=FORMAT_VERSION)
+
+
+# A header is a few hundred bytes (strings and telemetry are bounded by ``Limits``): one
+# that has not ended within this many bytes is not looked for any further.
+HEADER_PEEK_BYTES = 64 << 10
+
+
+def peek_header(prefix: bytes | bytearray | memoryview, limits: Limits = Limits()) -> PacketHeader | None:
+    """The header of a packet whose first bytes are ``prefix``, read before its tensors have
+    arrived: a receiver can then make room for a keyframe (drop the copy of the sender's model
+    it replaces) while the keyframe is still being received, instead of holding both.
+
+    None when ``prefix`` does not hold the whole header (the fields before ``"t"``, within
+    ``HEADER_PEEK_BYTES``), or is not the start of a valid packet; it never raises. Nothing
+    here vouches for the packet: ``decode_packet`` checks all of it once it has arrived."""
+    reader = Reader(memoryview(prefix).cast("B")[:HEADER_PEEK_BYTES], _read_limits(limits))
+    try:
+        fields: dict[str, Any] = {}
+        for _ in range(reader.read_map_header()):
+            key = reader.read()
+            if key == "t":
+                break
+            if not isinstance(key, str) or key in fields:
+                return None
+            fields[key] = reader.read()
+        else:
+            return None  # no tensors field: not a packet decode_packet would take
+        version = fields.get("v")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            return None
+        return _header(fields, limits)
+    except (MsgpackError, WireError):
+        return None
 
 
 def _link_frame(obj: Mapping[str, Any]) -> dict[str, Any]:

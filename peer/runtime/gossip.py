@@ -281,6 +281,10 @@ class GossipEngine:
         finally:
             self.in_flight -= 1
 
+    def link_busy(self, address: str) -> bool:
+        """Whether an exchange on the link with ``address`` is under way."""
+        return self._link_locks.locked(address)
+
     def who(self, address: str) -> str:
         """The identity reputation and bans key on for the peer at ``address``."""
         return self.owners.get(address) or address

@@ -25,7 +25,8 @@ import os
 
 log = logging.getLogger(__name__)
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 # Malloc arenas by default (HEARSAY_MALLOC_ARENAS; 0: glibc's own, 8 per core). An exchange's
@@ -88,8 +89,32 @@ def limit_arenas(count: int | None = None) -> bool:
     return _mallopt(_M_ARENA_MAX, count)
 
 
+# The heap an exchange may keep for the next one (HEARSAY_HEAP_KEEP, bytes; 0: glibc's dynamic
+# thresholds). glibc starts with blocks of 128 KiB and more mmapped and a heap trimmed as soon
+# as 128 KiB lie free at its top, raising both only as blocks are freed; an exchange's buffers
+# (a keyframe's copy of the model, frames, gRPC's slices) then kept coming from fresh memory,
+# faulted in a 4 KiB page at a time. Measured in one process (20 MB model, thread CPU time,
+# load 8-12, bench/RESULTS.md "Session 6: the keyframe path"): a keyframe's copy of the model 15.4 ms
+# -> 2.9 ms, framing 3.9 -> 2.6 ms, decoding 3.3 -> 2.2 ms. The cost: up to this many bytes
+# of freed heap stay resident between exchanges (reused by the next one).
+DEFAULT_HEAP_KEEP = 64 << 20
+
+
+def keep_heap(keep: int | None = None) -> bool:
+    """Serve blocks below half of ``keep`` bytes from the heap and keep up to ``keep`` bytes
+    of it free for reuse (default ``HEARSAY_HEAP_KEEP``, or ``DEFAULT_HEAP_KEEP``; 0 leaves
+    glibc's dynamic thresholds). Half is glibc's own largest dynamic mmap threshold (32 MiB on
+    64-bit) for the default. Returns whether both were set."""
+    if keep is None:
+        keep = _env_bytes("HEARSAY_HEAP_KEEP", DEFAULT_HEAP_KEEP)
+    if keep is None or keep <= 0:
+        return False
+    return _mallopt(_M_MMAP_THRESHOLD, keep // 2) and _mallopt(_M_TRIM_THRESHOLD, keep)
+
+
 def configure_allocator() -> None:
-    """What ``hearsay run`` sets before the model exists: the arena limit and, if asked for,
-    the pinned mmap threshold."""
+    """What ``hearsay run`` sets before the model exists: the arena limit, the heap kept for
+    reuse, and, if asked for, the pinned mmap threshold (which then overrides the heap's)."""
     limit_arenas()
-    return_large_blocks()
+    if not return_large_blocks():
+        keep_heap()

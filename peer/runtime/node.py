@@ -19,6 +19,7 @@ import resource
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.runtime.evaluation import policy_from_config
 from peer.runtime.gossip import GossipEngine
+from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
 from peer.runtime.membership import MembershipEvents, MembershipRuntime
 from peer.runtime.sampled_rounds import SampledRounds
 from peer.ops.metrics import NodeMetrics
@@ -300,10 +302,12 @@ class Node:
         self.engine.defence.reputation = Reputation() if cfg.reputation else None
         keyring = self.keyring.current if self.keyring is not None else None
         self.trainer.on_step = self.metrics.train_step_seconds.observe
+        self.client.on_reply_head = partial(make_room_for_reply, self.engine)
         add_gossip_to_server(
             GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected,
                            Gate(limits_from_config(cfg)), keyring=keyring,
-                           certificate_of=self._tls_front.certificate_of if self._tls_front is not None else None),
+                           certificate_of=self._tls_front.certificate_of if self._tls_front is not None else None,
+                           on_head=partial(make_room_inbound, self.engine)),
             self._gossip_server)
         if self.swim is not None:
             membership_pb2_grpc.add_MembershipServicer_to_server(

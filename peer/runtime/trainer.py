@@ -173,14 +173,18 @@ class Trainer:
 
     def live(self) -> tuple[Mapping[str, np.ndarray], Callable[[], AbstractContextManager[object]] | None]:
         """The model's tensors as they are, for reading without a copy of the whole model,
-        and the context in which they hold still (the model lock; not reentrant: do not
+        and the context in which they hold still (the weights lock; not reentrant: do not
         call other methods of the trainer inside it). On the CPU the arrays are views of
         the model's own tensors, which training changes in place; elsewhere each is copied
         to the CPU when read. ``protocol.feedback.Sender.prepare(live=...)`` reads them a
         tensor at a time. The second item is None when the first is a snapshot of its own
         (subclasses that send something else than the model)."""
-        with self._lock:
-            return _LiveTensors(self.model.state_dict()), lambda: self._lock
+        # The weights lock, not the step's: reading the weights needs them not to change (the
+        # optimiser's step, a merge, a restore), not a whole forward and backward pass to end
+        # (measured, bench.transport full with the trainer running: the answering peer's keyframe
+        # waited 0.49 s for the step instead of 0.02 s idle; bench/RESULTS.md, "Session 6").
+        with self._weights:
+            return _LiveTensors(self.model.state_dict()), lambda: self._weights
 
     def merge_in_place(self, merge: Callable[[State], object]) -> None:
         """``merge(current)`` writes the merged model into ``current``'s arrays, atomically

@@ -13,7 +13,7 @@ needs ``bytes``), none to parse (``data`` is a view of the received message).
 from __future__ import annotations
 
 import mmap
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from hearsay.v1 import gossip_pb2
@@ -142,6 +142,12 @@ class _Reassembly:
             current.madvise(_HUGEPAGE)
         return current
 
+    def adopt(self, room: mmap.mmap) -> None:
+        """Reassemble into ``room`` (a mapping a past reassembly made, which nothing views any
+        more) instead of a fresh one: its pages are already resident, so none is faulted."""
+        if self._map is None and self.size == 0:
+            self._map = room
+
     def append(self, data: Buffer) -> None:
         n = data.nbytes if isinstance(data, memoryview) else len(data)
         if n:
@@ -160,7 +166,8 @@ _HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
 async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_bytes: int,
-                      declared: int | None = None) -> memoryview:
+                      declared: int | None = None,
+                      on_head: Callable[[Buffer], mmap.mmap | None] | None = None) -> memoryview:
     """Concatenate frames up to the one marked ``end``, into one buffer.
 
     Every size is checked before the bytes it covers are kept: a ``declared`` packet
@@ -172,6 +179,12 @@ async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_by
     frame, or with fewer bytes than it declared, is a truncated packet. The buffer
     itself is returned as a writable ``memoryview`` that the caller owns (no final copy);
     ``protocol.wire.decode_packet`` reads it in place.
+
+    ``on_head`` is called once with the first frame's bytes, before they are kept and while
+    the rest is still to come (the packet's header is in them: ``peer.runtime.keyframe_room``
+    drops the copy a keyframe replaces then, so that the two are never held together). It may
+    return that copy's buffer, a mapping of a past ``read_packet`` nothing views any more: the
+    packet is then reassembled into it, memory already faulted in, instead of a fresh mapping.
     """
     if declared is not None and declared > max_bytes:
         raise PacketTooLarge(f"declared packet of {declared} bytes exceeds the limit of {max_bytes} bytes")
@@ -188,6 +201,11 @@ async def read_packet(frames: AsyncIterable[RawFrame | gossip_pb2.Frame], max_by
             raise PacketTooLarge(f"packet exceeds the limit of {max_bytes} bytes")
         if declared is not None and buf.size + size > declared:
             raise SizeMismatch(f"more than the {declared} bytes declared arrived")
+        if on_head is not None:
+            room = on_head(data)
+            if room is not None:
+                buf.adopt(room)
+            on_head = None
         buf.append(data)
         if frame.end:
             if declared is not None and buf.size < declared:

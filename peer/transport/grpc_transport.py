@@ -8,6 +8,7 @@ drive the same handler.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
@@ -74,6 +75,10 @@ def status_for(error: errors.Refusal) -> grpc.StatusCode:
 # connection proves (peer/transport/identity.py); the reply is bytes-like, or a sequence
 # of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises a protocol.errors.Refusal.
 InboundHandler = Callable[[memoryview, Caller], Awaitable[Buffer | Sequence[Buffer]]]
+# on_head(first frame's bytes, caller): called while the rest of a packet is still arriving
+# (peer.runtime.keyframe_room makes room for a keyframe then); must not keep the bytes. It may
+# return a mapping to reassemble the packet into (frames.read_packet).
+HeadHook = Callable[[Buffer, Caller], mmap.mmap | None]
 KeyringSource = Callable[[], Keyring]
 
 
@@ -86,12 +91,15 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     ``keyring`` (protocol/keyring.py): every request must carry a valid tag, checked
     before the packet is decoded, and every reply is signed. ``certificate_of`` maps the
     gRPC peer string of a connection from the TLS front to the caller's certificate.
+    ``on_head`` (``HeadHook``) sees each packet's first frame before the rest is read.
     """
 
     def __init__(self, handle: InboundHandler, max_packet_bytes: int,
                  on_rejected: Callable[[errors.Refusal], None], gate: Gate | None = None,
-                 keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None) -> None:
+                 keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None,
+                 on_head: HeadHook | None = None) -> None:
         self._handle = handle
+        self._on_head = on_head
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
         # Stream slots, buffer budget, timeouts and processing slots (peer/transport/admission.py).
@@ -113,8 +121,15 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         caller = context.peer()
         metadata = dict(context.invocation_metadata() or ())
         declared = parse_declared(metadata.get(PACKET_BYTES_KEY))
+        on_head = None
+        if self._on_head is not None:
+            hook, who = self._on_head, self._caller(context, self.keyring is not None)
+
+            def on_head(head: Buffer) -> mmap.mmap | None:
+                return hook(head, who)
         async with self.gate.stream(caller) as ticket:
-            packet = await read_packet(self.gate.paced(ticket, request_iterator), self._max_packet_bytes, declared)
+            packet = await read_packet(self.gate.paced(ticket, request_iterator), self._max_packet_bytes, declared,
+                                       on_head)
             keyring = self.keyring() if self.keyring is not None else None
             if keyring is not None:  # refused unread: a stranger's bytes are never decoded
                 keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
@@ -230,6 +245,9 @@ class GossipClient:
         self._max_packet_bytes = max_packet_bytes
         self.keyring = keyring  # sign our packets, verify replies (protocol/keyring.py)
         self._pool = ChannelPool(credentials)  # None: plaintext; channels.channel_credentials: mutual TLS
+        # on_reply_head(address, first frame's bytes): the reply's head, before the rest is read
+        # (peer.runtime.keyframe_room.make_room_for_reply); must not keep the bytes.
+        self.on_reply_head: Callable[[str, Buffer], mmap.mmap | None] | None = None
 
     def _exchange_method(self, address: str) -> grpc.aio.StreamStreamMultiCallable:
         channel = self._pool.get(address)
@@ -266,8 +284,10 @@ class GossipClient:
                                       lambda: progress(budget.answer))
             call = self._exchange_method(address)(frames, timeout=budget.total, metadata=metadata)
             try:
+                hook = self.on_reply_head
                 reply = await read_packet(_watched_reply(call, lambda: progress(budget.idle)),
-                                          self._max_packet_bytes)
+                                          self._max_packet_bytes,
+                                          on_head=None if hook is None else lambda head: hook(address, head))
                 if keyring is not None:  # a reply that does not verify is refused before it is decoded
                     keyring.verify(EXCHANGE_REPLY, reply,
                                    dict(await call.initial_metadata() or ()).get(TAG_METADATA_KEY))

@@ -1,4 +1,4 @@
-"""The memory knob of ``hearsay run`` (HEARSAY_MMAP_THRESHOLD): pinned, model-sized blocks
+"""The memory knobs of ``hearsay run`` (HEARSAY_MMAP_THRESHOLD, HEARSAY_HEAP_KEEP): pinned, model-sized blocks
 are returned when freed; by default glibc keeps them for reuse."""
 
 from __future__ import annotations
@@ -105,3 +105,32 @@ def test_one_arena_keeps_one_freed_temporary_for_all_worker_threads() -> None:
     # freed block stays resident in its own arena; with one arena the next thread reuses it.
     assert _arena_growth("limited") < 2.0
     assert _arena_growth("default") > 3.0
+
+
+HEAP = textwrap.dedent("""
+    import resource
+    import sys
+    import numpy as np
+    from peer.runtime.memory import keep_heap
+
+    if sys.argv[1] == "kept":
+        assert keep_heap(64 << 20)
+    else:
+        assert not keep_heap(0)  # glibc's dynamic thresholds
+    parts = 5  # a 20 MiB "keyframe copy" of five 4 MiB tensors, made and dropped per exchange
+    for _ in range(2):
+        copy = [np.ones((4 << 20) // 8) for _ in range(parts)]
+        del copy
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        copy = [np.ones((4 << 20) // 8) for _ in range(parts)]
+        del copy
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+""")
+
+
+def test_a_kept_heap_serves_the_next_exchange_without_faulting_it_in_again() -> None:
+    # Why HEARSAY_HEAP_KEEP (peer/runtime/memory.py): glibc's start-up thresholds hand a freed
+    # model-sized copy back to the system, and the next one is page-faulted in afresh.
+    fresh, kept = _run_probe(HEAP, "dynamic"), _run_probe(HEAP, "kept")
+    assert kept < 0.1 * fresh, (fresh, kept)

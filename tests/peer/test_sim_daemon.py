@@ -8,12 +8,14 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import grpc
 import pytest
 
 from peer.data import load_dataset
 from peer.runtime.gossip import GossipEngine
+from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
 from peer.sim.swarm import SimConfig, Simulator, peer_seed
 from peer.transport.errors import ExchangeRefused
 from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
@@ -102,7 +104,8 @@ async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], 
     for i in range(2):
         server = grpc.aio.server(options=server_options())
         servicer = GossipServicer(lambda data, peer, i=i: handlers[i].handle_inbound(data, peer), MAX_PACKET,
-                                  lambda e, i=i: handlers[i].count_rejected(e))
+                                  lambda e, i=i: handlers[i].count_rejected(e),
+                                  on_head=lambda head, caller, i=i: make_room_inbound(handlers[i], head, caller))
         add_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -117,6 +120,8 @@ async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], 
                                     interval=1.0, timeout=CONFIG.timeout))
     handlers.extend(engines)
     clients = [GossipClient(MAX_PACKET), GossipClient(MAX_PACKET)]
+    for client, engine in zip(clients, engines):  # keyframes received into the room of the copy they replace
+        client.on_reply_head = partial(make_room_for_reply, engine)
     sent: list[bytes] = []
 
     async def exchange(i: int, j: int) -> bool:
