@@ -191,6 +191,9 @@ def clip_bound(norms: Sequence[float], history: NormHistory | None = None) -> fl
 #     order over the receiver's own view (the slack: a replacement for a dead aggregator
 #     the receiver still holds live), or r <= confirmed (a relay of a round other peers
 #     vouch for: how a peer not sampled catches up through a pull);
+#     A trained model sent to us is collected by rules 1 and 2 too (``admit_trained``): the
+#     round we close becomes our aggregate, so a trained model of round 2^62, or of a round
+#     we are no aggregator of, would otherwise be the same takeover.
 #  3. model: it lies within ADOPT_MULTIPLIER x (r - adopted) x the lower median of the
 #     per-round moves this peer has seen (update norms: its own trained models' and those it
 #     aggregated; its adopted aggregates' moves per round) of the aggregate it holds; none
@@ -229,9 +232,8 @@ class RoundBook:
         self.adopted = 0  # 0: the initial model (every peer of a cluster starts from one model)
         self.collecting: dict[int, Collection] = {}
         self.aggregated = 0  # rounds this peer closed as an aggregator
-        self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms of the rounds aggregated here
-        # Per-round moves seen here: our own updates, and the adopted aggregates' moves per round.
-        self.moves = NormHistory(NORM_WINDOW, warmup=1)
+        self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms: of rounds aggregated here, and our own
+        self.moves = NormHistory(NORM_WINDOW, warmup=1)  # per-round moves of the aggregates adopted here
         self.claims: dict[str, int] = {}  # sender -> the round its latest packet said it reached
         self._far: set[str] = set()  # senders whose aggregate was beyond the move bound, since the last adoption
 
@@ -258,6 +260,14 @@ class RoundBook:
         if sender not in eligible and round_number > confirmed:
             return NOT_AGGREGATOR
         return None
+
+    def admit_trained(self, round_number: int, me: str, eligible: Sequence[str]) -> str | None:
+        """Rules 1 and 2 for a trained model of ``round_number`` sent to us (``me``): a round
+        closed here becomes our aggregate, so a far round (pace), or a round we are not an
+        aggregator of in our own view (origin: the trainer's choice is its claim), is refused."""
+        if round_number > max(self.adopted, self.confirmed()) + MAX_AHEAD:
+            return ROUND_AHEAD
+        return None if me in eligible else NOT_AGGREGATOR
 
     def move_bound(self, round_number: int) -> float:
         """Rule 3's bound on the distance of round ``round_number``'s aggregate from ours (inf: none seen yet)."""

@@ -162,6 +162,13 @@ class SampledRounds:
                 del self._pending[old]
             self._wake.set()
         elif label is not None and what is Take.COLLECT:
+            me = self.engine.address
+            refused = self.book.admit_trained(label.round_number, me,
+                                              eligible_aggregators(label.round_number, peers, self.aggregators))
+            if refused is not None:
+                self._refuse(refused, f"a trained model of round {label.round_number} from {link} (holding "
+                                      f"{self.book.adopted}, confirmed {self.book.confirmed()})")
+                return True
             self.book.collect(label.round_number, link, _copy(model), header.samples, self.clock())
             self._wake.set()
         return True  # nothing received is ever merged in this mode
@@ -268,8 +275,9 @@ class SampledRounds:
                     await asyncio.wait_for(stopping.wait(), timeout=spare)
                 except TimeoutError:
                     pass
-            # Our own update's norm: a scale for how far an honest aggregate moves (rule 3), ours alone.
-            self.book.moves.add([await self._distance(await asyncio.to_thread(self.trainer.state))])
+            # Our own update's norm, an honest scale: for the clip of a round we close (a lone
+            # trainer's model is bounded by it) and for how far an aggregate may move ours (rule 3).
+            self.book.norms.add([await self._distance(await asyncio.to_thread(self.trainer.state))])
         self.label = RoundLabel(TRAINED, round_number)
 
     async def _close(self, round_number: int, exchange: Exchange) -> None:
