@@ -199,8 +199,8 @@ def clip_bound(norms: Sequence[float], history: NormHistory | None = None) -> fl
 #     aggregated; its adopted aggregates' moves per round) of the aggregate it holds; none
 #     seen yet (a new peer): not checked. The multiplier is wide because update norms grow
 #     about 1.7x a round early in training (an honest aggregate is never refused). Beyond it,
-#     the peer adopts it only once CONFIRMATIONS distinct senders sent one beyond it (then
-#     its own model is the odd one out, e.g. after a partition).
+#     the peer adopts it only when two distinct senders sent far aggregates within the
+#     bound of each other (then its own model is the odd one out, e.g. after a partition).
 # A late joiner or a partitioned peer catches up by the same rules: the labels of the packets
 # it receives (pushes, pulls, trained models sent to it) raise ``confirmed`` within a round
 # or two, and the next aggregate it is sent is within pace. What remains: CONFIRMATIONS
@@ -235,7 +235,8 @@ class RoundBook:
         self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms: of rounds aggregated here, and our own
         self.moves = NormHistory(NORM_WINDOW, warmup=1)  # per-round moves of the aggregates adopted here
         self.claims: dict[str, int] = {}  # sender -> the round its latest packet said it reached
-        self._far: set[str] = set()  # senders whose aggregate was beyond the move bound, since the last adoption
+        # The last aggregate refused by rule 3 since the last adoption: (round, sender, model).
+        self._far: tuple[int, str, Mapping[str, np.ndarray]] | None = None
 
     def note_claim(self, sender: str, label: RoundLabel, members: Iterable[str]) -> None:
         """``sender`` (as the connection proved it) sent a packet labelled ``label``. Claims of
@@ -269,19 +270,30 @@ class RoundBook:
             return ROUND_AHEAD
         return None if me in eligible else NOT_AGGREGATOR
 
-    def move_bound(self, round_number: int) -> float:
-        """Rule 3's bound on the distance of round ``round_number``'s aggregate from ours (inf: none seen yet)."""
+    def move_bound(self, round_number: int, since: int | None = None) -> float:
+        """Rule 3's bound on how far round ``round_number``'s aggregate may be from round
+        ``since``'s (default: the one we hold); inf while no move was seen."""
         seen = sorted(n for n in [*self.norms.values(), *self.moves.values()] if math.isfinite(n))
         if not seen:
             return math.inf
-        return ADOPT_MULTIPLIER * max(round_number - self.adopted, 1) * seen[(len(seen) - 1) // 2]
+        gap = abs(round_number - (self.adopted if since is None else since))
+        return ADOPT_MULTIPLIER * max(gap, 1) * seen[(len(seen) - 1) // 2]
 
-    def admit_move(self, round_number: int, sender: str, distance: float) -> str | None:
-        """Rule 3: None to take an aggregate ``distance`` from ours, else the refusal's reason."""
-        if distance <= self.move_bound(round_number):
+    def admit_move(self, round_number: int, sender: str, model: Mapping[str, np.ndarray],
+                   reference: Mapping[str, np.ndarray] | None) -> str | None:
+        """Rule 3 for an aggregate ``model`` of ``round_number`` from ``sender``, against the
+        aggregate we hold (``reference``; None: nothing to judge against): None to take it, else
+        the refusal's reason. Beyond the bound, it is taken only when the last one refused came
+        from another sender and lies within the bound of it: two senders agree on a model far
+        from ours, so ours is the odd one out (a partition, a peer poisoned earlier). A far
+        aggregate from one sender, however often sent, never is."""
+        if reference is None or delta_norm(reference, model) <= self.move_bound(round_number):
             return None
-        self._far.add(sender)
-        return None if len(self._far) >= CONFIRMATIONS else AGGREGATE_FAR
+        far, self._far = self._far, (round_number, sender, model)
+        if far is not None and far[1] != sender and \
+                delta_norm(far[2], model) <= self.move_bound(round_number, since=far[0]):
+            return None
+        return AGGREGATE_FAR
 
     def collect(self, round_number: int, sender: str, model: Mapping[str, np.ndarray], samples: int,
                 now: float) -> None:
@@ -295,7 +307,7 @@ class RoundBook:
         if distance is not None and math.isfinite(distance) and round_number > self.adopted:
             self.moves.add([distance / (round_number - self.adopted)])
         self.adopted = max(self.adopted, round_number)
-        self._far.clear()
+        self._far = None
         for r in [r for r in self.collecting if r <= self.adopted]:
             del self.collecting[r]
 

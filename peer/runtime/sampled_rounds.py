@@ -236,13 +236,13 @@ class SampledRounds:
             model = self._pending.pop((round_number, sender))
             if round_number <= self.book.adopted:
                 continue
-            distance = await self._distance(model)
-            refused = self.book.admit_move(round_number, sender, distance)
+            refused = await asyncio.to_thread(self.book.admit_move, round_number, sender, model,
+                                              self._adopted_model)
             if refused is not None:
-                self._refuse(refused, f"the aggregate of round {round_number} from {sender} is {distance:.3g} "
-                                      f"from ours (bound {self.book.move_bound(round_number):.3g})")
+                self._refuse(refused, f"the aggregate of round {round_number} from {sender} is farther from ours "
+                                      f"than {self.book.move_bound(round_number):.3g}")
                 continue
-            await self._adopt(round_number, model, distance)
+            await self._adopt(round_number, model, await self._distance(model))
 
     async def _distance(self, model: Mapping[str, np.ndarray]) -> float:
         """How far ``model`` is from the aggregate we hold (inf before run set it)."""

@@ -192,17 +192,25 @@ def test_a_late_joiner_catches_up_once_two_peers_vouch_for_the_swarms_round() ->
     assert set(book.claims) == {"peer-3"} and book.confirmed() == 0
 
 
-def test_an_aggregate_moving_our_model_beyond_the_bound_needs_two_senders() -> None:
+def test_an_aggregate_moving_our_model_beyond_the_bound_needs_two_agreeing_senders() -> None:
+    ours = {"w": np.zeros(2, dtype=np.float32)}
+
+    def at(x: float, y: float = 0.0) -> dict[str, np.ndarray]:
+        return {"w": np.array([x, y], dtype=np.float32)}
+
     book = RoundBook()
-    assert book.admit_move(1, "a", 1e9) is None  # nothing seen yet: a new peer cannot judge
+    assert book.admit_move(1, "a", at(1e9), ours) is None  # nothing seen yet: a new peer cannot judge
     book.adopt(1, distance=1e9)  # recorded: later moves outvote it in the lower median
     book.adopt(2, distance=1.0)
     book.adopt(4, distance=4.0)  # two rounds: 2.0 per round
-    assert book.move_bound(5) == ADOPT_MULTIPLIER * 2.0  # the lower median of 1e9, 1, 2 per round
-    assert book.move_bound(6) == 2 * ADOPT_MULTIPLIER * 2.0
-    assert book.admit_move(5, "a", ADOPT_MULTIPLIER * 2.0) is None
-    assert book.admit_move(5, "evil", 1e6) == AGGREGATE_FAR
-    assert book.admit_move(5, "evil", 1e6) == AGGREGATE_FAR  # the same sender again counts once
-    assert book.admit_move(5, "b", 1e6) is None  # two senders agree: our model is the odd one out
-    book.adopt(5, distance=1e6)
-    assert book.admit_move(6, "evil", 1e12) == AGGREGATE_FAR  # adopting starts the count again
+    bound = ADOPT_MULTIPLIER * 2.0  # the lower median of 1e9, 1, 2 per round
+    assert book.move_bound(5) == bound and book.move_bound(6) == 2 * bound
+    assert book.admit_move(5, "a", at(bound), ours) is None
+    assert book.admit_move(5, "evil", at(1e6), ours) == AGGREGATE_FAR
+    assert book.admit_move(5, "evil", at(1e6), ours) == AGGREGATE_FAR  # the same sender again: still refused
+    # Another sender, far from ours and from the refused one: an attacker and an honest peer disagree.
+    assert book.admit_move(5, "b", at(0.0, 1e3), ours) == AGGREGATE_FAR
+    # A third sender agreeing with the last refused one (within the bound of it): ours is the odd one out.
+    assert book.admit_move(6, "c", at(bound, 1e3), ours) is None
+    book.adopt(6, distance=1e3)
+    assert book.admit_move(7, "evil", at(1e12), at(bound, 1e3)) == AGGREGATE_FAR  # adopting starts again
