@@ -22,8 +22,8 @@ from peer.transport.errors import PartnerGone
 from protocol.deadlines import Budget
 from protocol.membership import StaticMembership
 from protocol.merge import delta_norm, make_rule
-from protocol.rounds import (AGGREGATE, AGGREGATE_FAR, CLIP_MULTIPLIER, NOT_AGGREGATOR, ROUND_AHEAD, TRAINED,
-                             TRAINING, RoundLabel, eligible_aggregators, ranking)
+from protocol.rounds import (AGGREGATE, AGGREGATE_FAR, CLIP_MULTIPLIER, MAX_AHEAD, NOT_AGGREGATOR, ROUND_AHEAD,
+                             TRAINED, TRAINING, RoundLabel, eligible_aggregators, ranking)
 from protocol.wire import Buffer, Limits
 from tests.trainers import build_trainer
 
@@ -241,7 +241,7 @@ def test_a_forged_aggregate_of_a_far_round_from_a_stranger_takes_no_peer_over() 
         await first.send(victim, RoundLabel(TRAINED, 2**62))
         assert swarm.refused(victim, ROUND_AHEAD) == 2
         base = max(held, rounds.book.confirmed())
-        await first.send(victim, RoundLabel(AGGREGATE, not_aggregator(range(base + 1, base + 100))))
+        await first.send(victim, RoundLabel(AGGREGATE, not_aggregator(range(base + 1, base + MAX_AHEAD + 1))))
         assert swarm.refused(victim, NOT_AGGREGATOR) == 1
         # Two strangers vouch for round held + 1, so a relay of it passes pace and origin; its
         # model is beyond the move bound of the aggregate the victim holds.
