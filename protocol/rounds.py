@@ -6,6 +6,10 @@ roles, and the first live ones in each ranking are taken. A dead or unreachable
 aggregator is therefore replaced by the next live peer in hash order, and two peers
 with the same view of who is live agree on the sample. Round numbers travel with the
 models (an aggregate of round r starts round r + 1's training).
+
+An aggregate replaces the receiver's model whole, so who may send one, of which round,
+and how far it may move the model are decided here (``RoundBook.admit`` and
+``RoundBook.admit_move``, issue 14): see "which aggregates a peer adopts" below.
 """
 
 from __future__ import annotations
@@ -173,6 +177,54 @@ def clip_bound(norms: Sequence[float], history: NormHistory | None = None) -> fl
     return CLIP_MULTIPLIER * seen[(len(seen) - 1) // 2]
 
 
+# --- which aggregates a peer adopts (issue 14) -------------------------------------------------
+# A label is a claim: a stranger could label any model "the aggregate of round 2^62", and
+# a peer adopting it would lose its model and ignore every real round below that number.
+# Round numbers are claims of the senders (authenticated by the connection, never by the
+# header alone), so a peer adopts the aggregate of round r from sender s only when:
+#  1. pace: r <= max(adopted, confirmed) + MAX_AHEAD, where ``confirmed`` is the highest
+#     round that CONFIRMATIONS distinct peers of the view claimed to have reached (the labels
+#     of their packets): one sender's claim never moves it, so a forged 2^62 is refused,
+#     and so is a round an attacker ground until the hash made it the aggregator: it may
+#     choose among MAX_AHEAD rounds only, not among all of them;
+#  2. origin: s is one of round r's first ``aggregators`` + AGGREGATOR_SLACK peers in hash
+#     order over the receiver's own view (the slack: a replacement for a dead aggregator
+#     the receiver still holds live), or r <= confirmed (a relay of a round other peers
+#     vouch for: how a peer not sampled catches up through a pull);
+#     A trained model sent to us is collected by rules 1 and 2 too (``admit_trained``): the
+#     round we close becomes our aggregate, so a trained model of round 2^62, or of a round
+#     we are no aggregator of, would otherwise be the same takeover.
+#  3. model: it lies within ADOPT_MULTIPLIER x (r - adopted) x the lower median of the
+#     per-round moves this peer has seen (update norms: its own trained models' and those it
+#     aggregated; its adopted aggregates' moves per round) of the aggregate it holds; none
+#     seen yet (a new peer): not checked. The multiplier is wide because update norms grow
+#     about 1.7x a round early in training (an honest aggregate is never refused). Beyond it,
+#     the peer adopts it only when two distinct senders sent far aggregates within the
+#     bound of each other (then its own model is the odd one out, e.g. after a partition).
+# A late joiner or a partitioned peer catches up by the same rules: the labels of the packets
+# it receives (pushes, pulls, trained models sent to it) raise ``confirmed`` within a round
+# or two, and the next aggregate it is sent is within pace. What remains: CONFIRMATIONS
+# colluding identities (without TLS or a keyring, strangers on one host can speak for each
+# other, peer/transport/identity.py), and a sampled aggregator's own aggregate, bounded by 3.
+MAX_AHEAD = 4
+AGGREGATOR_SLACK = 1
+CONFIRMATIONS = 2
+ADOPT_MULTIPLIER = 4 * CLIP_MULTIPLIER
+# Refusal reasons, counted with the engine's other refusals (Status, metrics).
+ROUND_AHEAD, NOT_AGGREGATOR, AGGREGATE_FAR = "round_ahead", "not_aggregator", "aggregate_far"
+
+
+def eligible_aggregators(round_number: int, peer_ids: Sequence[str], aggregators: int) -> tuple[str, ...]:
+    """Who may send round ``round_number``'s aggregate in this view: its first ``aggregators``
+    in hash order and AGGREGATOR_SLACK more."""
+    return tuple(ranking(round_number, peer_ids, "aggregate")[:aggregators + AGGREGATOR_SLACK])
+
+
+def reached(label: RoundLabel) -> int:
+    """The newest aggregate a label says its sender holds (a trainer of round r started from r - 1's)."""
+    return label.round_number if label.kind == AGGREGATE else max(label.round_number - 1, 0)
+
+
 class RoundBook:
     """One peer's rounds: the round of the aggregate it holds, and the rounds it is collecting."""
 
@@ -180,7 +232,68 @@ class RoundBook:
         self.adopted = 0  # 0: the initial model (every peer of a cluster starts from one model)
         self.collecting: dict[int, Collection] = {}
         self.aggregated = 0  # rounds this peer closed as an aggregator
-        self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms of the rounds aggregated here
+        self.norms = NormHistory(NORM_WINDOW, warmup=1)  # update norms: of rounds aggregated here, and our own
+        self.moves = NormHistory(NORM_WINDOW, warmup=1)  # per-round moves of the aggregates adopted here
+        self.claims: dict[str, int] = {}  # sender -> the round its latest packet said it reached
+        # The last aggregate refused by rule 3 since the last adoption: (round, sender, model).
+        self._far: tuple[int, str, Mapping[str, np.ndarray]] | None = None
+
+    def note_claim(self, sender: str, label: RoundLabel, members: Iterable[str]) -> None:
+        """``sender`` (as the connection proved it) sent a packet labelled ``label``. Claims of
+        peers that left ``members`` are dropped, so the table is no larger than the view."""
+        self.claims[sender] = reached(label)
+        if len(self.claims) > CONFIRMATIONS:
+            keep = set(members) | {sender}
+            for gone in [s for s in self.claims if s not in keep]:
+                del self.claims[gone]
+
+    def confirmed(self) -> int:
+        """The highest round CONFIRMATIONS distinct senders claimed to have reached."""
+        top = sorted(self.claims.values(), reverse=True)
+        return top[CONFIRMATIONS - 1] if len(top) >= CONFIRMATIONS else 0
+
+    def admit(self, round_number: int, sender: str, eligible: Sequence[str]) -> str | None:
+        """Rules 1 and 2 for an aggregate of ``round_number`` (newer than ``adopted``) from
+        ``sender``: None to take it, else the refusal's reason."""
+        confirmed = self.confirmed()
+        if round_number > max(self.adopted, confirmed) + MAX_AHEAD:
+            return ROUND_AHEAD
+        if sender not in eligible and round_number > confirmed:
+            return NOT_AGGREGATOR
+        return None
+
+    def admit_trained(self, round_number: int, me: str, eligible: Sequence[str]) -> str | None:
+        """Rules 1 and 2 for a trained model of ``round_number`` sent to us (``me``): a round
+        closed here becomes our aggregate, so a far round (pace), or a round we are not an
+        aggregator of in our own view (origin: the trainer's choice is its claim), is refused."""
+        if round_number > max(self.adopted, self.confirmed()) + MAX_AHEAD:
+            return ROUND_AHEAD
+        return None if me in eligible else NOT_AGGREGATOR
+
+    def move_bound(self, round_number: int, since: int | None = None) -> float:
+        """Rule 3's bound on how far round ``round_number``'s aggregate may be from round
+        ``since``'s (default: the one we hold); inf while no move was seen."""
+        seen = sorted(n for n in [*self.norms.values(), *self.moves.values()] if math.isfinite(n))
+        if not seen:
+            return math.inf
+        gap = abs(round_number - (self.adopted if since is None else since))
+        return ADOPT_MULTIPLIER * max(gap, 1) * seen[(len(seen) - 1) // 2]
+
+    def admit_move(self, round_number: int, sender: str, model: Mapping[str, np.ndarray],
+                   reference: Mapping[str, np.ndarray] | None) -> str | None:
+        """Rule 3 for an aggregate ``model`` of ``round_number`` from ``sender``, against the
+        aggregate we hold (``reference``; None: nothing to judge against): None to take it, else
+        the refusal's reason. Beyond the bound, it is taken only when the last one refused came
+        from another sender and lies within the bound of it: two senders agree on a model far
+        from ours, so ours is the odd one out (a partition, a peer poisoned earlier). A far
+        aggregate from one sender, however often sent, never is."""
+        if reference is None or delta_norm(reference, model) <= self.move_bound(round_number):
+            return None
+        far, self._far = self._far, (round_number, sender, model)
+        if far is not None and far[1] != sender and \
+                delta_norm(far[2], model) <= self.move_bound(round_number, since=far[0]):
+            return None
+        return AGGREGATE_FAR
 
     def collect(self, round_number: int, sender: str, model: Mapping[str, np.ndarray], samples: int,
                 now: float) -> None:
@@ -188,9 +301,13 @@ class RoundBook:
             return
         self.collecting.setdefault(round_number, Collection(round_number, now)).add(sender, model, samples)
 
-    def adopt(self, round_number: int) -> None:
-        """We hold the aggregate of ``round_number``: rounds up to it need no aggregating here."""
+    def adopt(self, round_number: int, distance: float | None = None) -> None:
+        """We hold the aggregate of ``round_number``: rounds up to it need no aggregating here.
+        ``distance``: how far it is from the aggregate held before (a per-round move for rule 3)."""
+        if distance is not None and math.isfinite(distance) and round_number > self.adopted:
+            self.moves.add([distance / (round_number - self.adopted)])
         self.adopted = max(self.adopted, round_number)
+        self._far = None
         for r in [r for r in self.collecting if r <= self.adopted]:
             del self.collecting[r]
 

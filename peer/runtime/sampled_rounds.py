@@ -40,8 +40,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from peer.runtime.gossip import Exchange, GossipEngine
-from protocol.rounds import AGGREGATE, TRAINED, TRAINING, RoundBook, RoundLabel, RoundSample, Take, judge, \
-    sample_round
+from protocol.errors import Refusal
+from protocol.merge import delta_norm
+from protocol.rounds import AGGREGATE, TRAINED, TRAINING, RoundBook, RoundLabel, RoundSample, Take, \
+    eligible_aggregators, judge, sample_round
 from protocol.wire import PacketHeader
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,16 @@ SETTLE_SECONDS = 2.0
 SETTLE_LIMIT_FACTOR = 10  # ... but never longer than this many settle periods in all (a peer alone)
 # A partner busy exchanging with us is asked again after a short random pause.
 BUSY_RETRY_SECONDS = (0.02, 0.1)
+# Aggregates received and not yet adopted, newest kept: one refused (rule 3) falls back to the next.
+PENDING_LIMIT = 4
+
+
+class RoundRefusal(Refusal):
+    """An aggregate this peer will not adopt (``protocol.rounds``' rules); ``reason`` says which rule."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _copy(model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -76,7 +88,8 @@ class SampledRounds:
         self.clock = engine.clock
         self.book = RoundBook()
         self.label = RoundLabel(AGGREGATE, 0)  # what our model is: every packet we send says so
-        self._pending: tuple[int, dict[str, np.ndarray]] | None = None  # newest aggregate received
+        # (round, sender) -> an aggregate received and admitted by pace and origin, not yet adopted
+        self._pending: dict[tuple[int, str], dict[str, np.ndarray]] = {}
         # The aggregate we adopted last (not a copy: the trainer loads it into its own tensors):
         # the reference the next round's trained models are judged against (set to the initial model in run).
         self._adopted_model: dict[str, np.ndarray] | None = None
@@ -122,16 +135,40 @@ class SampledRounds:
 
     # --- received models (on the event loop, from the engine) ----------------------------------
     def _newest(self) -> int:
-        return max(self.book.adopted, self._pending[0] if self._pending else 0)
+        return max([self.book.adopted, *(r for r, _ in self._pending)])
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.engine.count_rejected(RoundRefusal(reason, message))
 
     def take(self, link: str, header: PacketHeader, model: Mapping[str, np.ndarray], inbound: bool) -> bool:
-        """Every received model comes here instead of the merge (``GossipEngine.on_model``)."""
+        """Every received model comes here instead of the merge (``GossipEngine.on_model``).
+        ``link`` is the sender as the engine authenticated it (the connection's, or the peer we
+        called), never only the header's claim: round claims and aggregators key on it."""
         label = RoundLabel.from_telemetry(header.telemetry)
-        what = judge(label, self._newest(), inbound)
+        peers = self.peers()
+        if label is not None and link != self.engine.address:
+            self.book.note_claim(link, label, peers)
+        # Against the aggregate held, not the pending ones: a pending one may yet be refused (rule 3).
+        what = judge(label, self.book.adopted, inbound)
         if label is not None and what is Take.ADOPT:
-            self._pending = (label.round_number, _copy(model))
+            eligible = eligible_aggregators(label.round_number, peers, self.aggregators)
+            refused = self.book.admit(label.round_number, link, eligible)
+            if refused is not None:
+                self._refuse(refused, f"an aggregate of round {label.round_number} from {link} (holding "
+                                      f"{self.book.adopted}, confirmed {self.book.confirmed()})")
+                return True
+            self._pending[(label.round_number, link)] = _copy(model)
+            for old in sorted(self._pending)[:-PENDING_LIMIT]:
+                del self._pending[old]
             self._wake.set()
         elif label is not None and what is Take.COLLECT:
+            me = self.engine.address
+            refused = self.book.admit_trained(label.round_number, me,
+                                              eligible_aggregators(label.round_number, peers, self.aggregators))
+            if refused is not None:
+                self._refuse(refused, f"a trained model of round {label.round_number} from {link} (holding "
+                                      f"{self.book.adopted}, confirmed {self.book.confirmed()})")
+                return True
             self.book.collect(label.round_number, link, _copy(model), header.samples, self.clock())
             self._wake.set()
         return True  # nothing received is ever merged in this mode
@@ -192,16 +229,31 @@ class SampledRounds:
             await self._pull(exchange)
 
     async def _adopt_pending(self) -> None:
-        while self._pending is not None:  # a newer one may arrive while we adopt
-            round_number, model = self._pending
-            self._pending = None
-            if round_number > self.book.adopted:
-                await self._adopt(round_number, model)
+        """Adopt the newest pending aggregate within rule 3's bound of ours (a refused one falls
+        back to the next newest); a newer one may arrive while we adopt."""
+        while self._pending:
+            round_number, sender = max(self._pending)
+            model = self._pending.pop((round_number, sender))
+            if round_number <= self.book.adopted:
+                continue
+            refused = await asyncio.to_thread(self.book.admit_move, round_number, sender, model,
+                                              self._adopted_model)
+            if refused is not None:
+                self._refuse(refused, f"the aggregate of round {round_number} from {sender} is farther from ours "
+                                      f"than {self.book.move_bound(round_number):.3g}")
+                continue
+            await self._adopt(round_number, model, await self._distance(model))
 
-    async def _adopt(self, round_number: int, model: dict[str, np.ndarray]) -> None:
+    async def _distance(self, model: Mapping[str, np.ndarray]) -> float:
+        """How far ``model`` is from the aggregate we hold (inf before run set it)."""
+        if self._adopted_model is None:
+            return float("inf")
+        return await asyncio.to_thread(delta_norm, self._adopted_model, model)
+
+    async def _adopt(self, round_number: int, model: dict[str, np.ndarray], distance: float | None = None) -> None:
         await asyncio.to_thread(self.trainer.merge_with, lambda _current: model)
         self._adopted_model = model
-        self.book.adopt(round_number)
+        self.book.adopt(round_number, distance)
         self.label = RoundLabel(AGGREGATE, round_number)
         self._quiet_since = self.clock()
         self._evaluate_next = True
@@ -223,6 +275,9 @@ class SampledRounds:
                     await asyncio.wait_for(stopping.wait(), timeout=spare)
                 except TimeoutError:
                     pass
+            # Our own update's norm, an honest scale: for the clip of a round we close (a lone
+            # trainer's model is bounded by it) and for how far an aggregate may move ours (rule 3).
+            self.book.norms.add([await self._distance(await asyncio.to_thread(self.trainer.state))])
         self.label = RoundLabel(TRAINED, round_number)
 
     async def _close(self, round_number: int, exchange: Exchange) -> None:
@@ -234,7 +289,7 @@ class SampledRounds:
         self.book.aggregated += 1
         if self.on_aggregate is not None:
             self.on_aggregate(round_number, aggregate)
-        await self._adopt(round_number, aggregate)
+        await self._adopt(round_number, aggregate, await self._distance(aggregate))
         me = self.engine.address
         targets = [a for a in self.sample(round_number + 1).trainers if a != me]
         await self._push(targets, exchange)

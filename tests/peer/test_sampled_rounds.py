@@ -2,8 +2,9 @@
 each with its real trainer on a digits shard, exchanging their real packets through each
 other's ``handle_inbound`` (no gRPC: the integration test runs that). Rounds advance,
 the aggregate reaches every peer, accuracy rises, a dead aggregator's rounds are
-taken by the next live peer in hash order, and a hostile trainer's huge claimed count and
-model move the aggregate at most the stated bound."""
+taken by the next live peer in hash order, a hostile trainer's huge claimed count and
+model move the aggregate at most the stated bound, a forged or ground aggregate takes no
+peer over, and a late joiner still catches up with the swarm's round."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from peer.transport.errors import PartnerGone
 from protocol.deadlines import Budget
 from protocol.membership import StaticMembership
 from protocol.merge import delta_norm, make_rule
-from protocol.rounds import CLIP_MULTIPLIER, TRAINED, ranking
+from protocol.rounds import (AGGREGATE, AGGREGATE_FAR, CLIP_MULTIPLIER, MAX_AHEAD, NOT_AGGREGATOR, ROUND_AHEAD,
+                             TRAINED, TRAINING, RoundLabel, eligible_aggregators, ranking)
 from protocol.wire import Buffer, Limits
 from tests.trainers import build_trainer
 
@@ -72,9 +74,9 @@ class Swarm:
             return bytearray().join(reply)
         return exchange
 
-    def start(self) -> list[asyncio.Task[None]]:
+    def start(self, addresses: Sequence[str] | None = None) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.rounds[a].run(self.exchange_from(a), self.stopping[a]))
-                for a in self.addresses]
+                for a in addresses or self.addresses]
 
     def kill(self, address: str) -> None:
         self.dead.add(address)
@@ -93,6 +95,46 @@ class Swarm:
         for event in self.stopping.values():
             event.set()
         await asyncio.gather(*tasks)
+        self.stopping = {a: asyncio.Event() for a in self.addresses}  # start may run them again
+
+    def refused(self, address: str, reason: str) -> int:
+        return self.engines[address].stats.rejected_by_reason.get(reason, 0)
+
+
+class Stranger:
+    """An engine outside the swarm that labels its packets as it likes, sending them through
+    the swarm's engines' own exchange path (in-process, its address is what the connection proves)."""
+
+    def __init__(self, swarm: Swarm, index: int) -> None:
+        self.address = f"127.0.0.1:{7100 + index}"
+        trainer = build_trainer(PeerConfig(shard_index=0, shard_count=PEERS, seed=100 + index, steps_per_second=0))
+        # Its model: far from anything the swarm learns (an untrained model scaled by -50).
+        trainer.merge_with(lambda current: {k: (-50 * v).astype(v.dtype) if v.dtype.kind == "f" else v
+                                            for k, v in current.items()})
+        self.engine = GossipEngine(peer_id=f"stranger-{index}", address=self.address, trainer=trainer,
+                                   membership=StaticMembership(self.address), merge_rule=make_rule("vc"),
+                                   codec="fp32", limits=Limits(), rng=random.Random(100 + index), interval=0.2,
+                                   timeout=5.0)
+        self.label = RoundLabel(AGGREGATE, 0)
+        self.engine.extra_telemetry = lambda: self.label.telemetry()
+        self.swarm = swarm
+
+    async def send(self, victim: str, label: RoundLabel) -> None:
+        """One packet labelled ``label`` to ``victim``, pushed as an aggregator pushes an aggregate."""
+        self.label = label
+        self.engine.membership.add_seed(victim)
+        member = self.engine.membership.get(victim)
+        assert await self.engine.exchange_with(member, self.swarm.exchange_from(self.address), one_way=True)
+
+
+async def stopped_swarm(rounds: int) -> tuple[Swarm, int]:
+    """A swarm of PEERS that ran until every peer held round ``rounds``, then stopped: its
+    peers' models and rounds stay put while a test sends them packets. Returns the newest round."""
+    swarm = Swarm(PEERS, trainers=0)
+    tasks = swarm.start()
+    await swarm.wait(lambda: min(swarm.held()) >= rounds, 60, f"every peer to hold round {rounds}")
+    await swarm.stop(tasks)
+    return swarm, max(swarm.held())
 
 
 def test_rounds_advance_every_peer_holds_the_aggregate_and_accuracy_rises() -> None:
@@ -109,7 +151,8 @@ def test_rounds_advance_every_peer_holds_the_aggregate_and_accuracy_rises() -> N
         assert len(digests) == 1
         accuracy = [e.trainer.evaluate() for e in swarm.engines.values()]
         print("initial", initial, "after", accuracy, "held", swarm.held(),
-              "aggregated", [r.book.aggregated for r in rounds])
+              "aggregated", [r.book.aggregated for r in rounds],
+              "refusals", [e.stats.rejected_by_reason for e in swarm.engines.values()])
         assert max(initial) < 0.3 and min(accuracy) > 0.8
         assert sum(r.book.aggregated for r in rounds) >= 10
         assert sum(r.book.aggregated > 0 for r in rounds) >= 2  # no fixed server
@@ -171,6 +214,91 @@ def test_a_trainer_claiming_huge_counts_moves_the_aggregate_at_most_the_clip_bou
         assert all(moved <= bound + 1e-4 for moved, bound in checked)
         assert len(checked) >= 3  # honest aggregators had the hostile model in that many rounds
         assert min(accuracy) > 0.8
+
+    asyncio.run(scenario())
+
+
+def test_a_forged_aggregate_of_a_far_round_from_a_stranger_takes_no_peer_over() -> None:
+    """Issue 14: a stranger labels its (far) model "the aggregate of round 2^62", then of a
+    round within the pace that it is no aggregator of, and two strangers vouch for a round so
+    one can relay a far model as its aggregate. Each is refused and counted under its rule's
+    reason, the victim's round and model are untouched, and the rounds go on. Before the
+    rules, the first packet alone replaced the model and stalled the victim at round 2^62."""
+    async def scenario() -> None:
+        swarm, _newest = await stopped_swarm(4)
+        victim = swarm.addresses[0]
+        rounds = swarm.rounds[victim]
+        held, digest = rounds.round_number, rounds.engine.trainer.digest()
+        first, second = Stranger(swarm, 1), Stranger(swarm, 2)
+
+        def not_aggregator(candidates: range) -> int:
+            view = [*rounds.peers(), first.address]
+            return next(r for r in candidates if first.address not in eligible_aggregators(r, view, 1))
+
+        await first.send(victim, RoundLabel(AGGREGATE, not_aggregator(range(2**62, 2**62 + 100))))
+        assert swarm.refused(victim, ROUND_AHEAD) == 1
+        # As a trained model: a round the victim closed would be its aggregate, so the same rule.
+        await first.send(victim, RoundLabel(TRAINED, 2**62))
+        assert swarm.refused(victim, ROUND_AHEAD) == 2
+        base = max(held, rounds.book.confirmed())
+        await first.send(victim, RoundLabel(AGGREGATE, not_aggregator(range(base + 1, base + MAX_AHEAD + 1))))
+        assert swarm.refused(victim, NOT_AGGREGATOR) == 1
+        # Two strangers vouch for round held + 1, so a relay of it passes pace and origin; its
+        # model is beyond the move bound of the aggregate the victim holds.
+        await second.send(victim, RoundLabel(TRAINING, held + 2))  # "training round held + 2": held + 1 reached
+        await first.send(victim, RoundLabel(AGGREGATE, held + 1))
+        await rounds.step(swarm.exchange_from(victim), asyncio.Event())  # the loop's pass: it adopts or refuses
+        assert swarm.refused(victim, AGGREGATE_FAR) == 1
+        assert rounds.round_number == held and rounds.engine.trainer.digest() == digest  # untouched
+        # The honest rounds go on past it, and the victim learns.
+        tasks = swarm.start()
+        await swarm.wait(lambda: min(swarm.held()) >= held + 4, 60, f"every peer to hold round {held + 4}")
+        await swarm.stop(tasks)
+        print("victim held", held, "then", rounds.round_number, "refusals", swarm.engines[victim].stats.rejected_by_reason)
+        assert held + 4 <= rounds.round_number < held + 100
+        assert swarm.engines[victim].trainer.evaluate() > 0.5
+        assert digest != rounds.engine.trainer.digest()  # it moved on, from the honest aggregates
+
+    asyncio.run(scenario())
+
+
+def test_a_round_ground_until_the_attacker_is_its_aggregator_is_refused() -> None:
+    """A member of the swarm searches the round numbers for one whose hash makes it the first
+    aggregator in the victim's own view, far ahead of the swarm: beyond the pace, refused."""
+    async def scenario() -> None:
+        swarm, newest = await stopped_swarm(3)
+        victim, insider = swarm.addresses[0], swarm.addresses[-1]
+        rounds = swarm.rounds[victim]
+        held, digest = rounds.round_number, rounds.engine.trainer.digest()
+        view = rounds.peers()
+        ground = next(r for r in range(newest + 1000, newest + 100000) if ranking(r, view, "aggregate")[0] == insider)
+        engine = swarm.engines[insider]
+        engine.extra_telemetry = lambda: RoundLabel(AGGREGATE, ground).telemetry()
+        assert await engine.exchange_with(engine.membership.get(victim), swarm.exchange_from(insider), one_way=True)
+        await rounds.step(swarm.exchange_from(victim), asyncio.Event())
+        assert swarm.refused(victim, ROUND_AHEAD) == 1
+        assert rounds.round_number == held and rounds.engine.trainer.digest() == digest
+
+    asyncio.run(scenario())
+
+
+def test_a_late_joiner_catches_up_with_the_swarms_round() -> None:
+    """A peer that starts once the others are past round 8 holds the aggregate they held when
+    it came, within a few rounds: the labels of what it is sent vouch for the swarm's round."""
+    async def scenario() -> None:
+        swarm = Swarm(PEERS, trainers=0)
+        late = swarm.addresses[-1]
+        early = swarm.addresses[:-1]
+        swarm.dead.add(late)  # not up yet: it answers nothing
+        tasks = swarm.start(early)
+        await swarm.wait(lambda: min(swarm.held(early)) >= 8, 60, "the first peers to hold round 8")
+        swarm.dead.discard(late)
+        target = max(swarm.held(early))
+        tasks += swarm.start([late])
+        await swarm.wait(lambda: swarm.rounds[late].round_number >= target, 60, f"the late peer to hold {target}")
+        await swarm.wait(lambda: min(swarm.held()) >= target + 2, 60, "every peer two rounds on")
+        await swarm.stop(tasks)
+        print("late joiner: refusals", swarm.engines[late].stats.rejected_by_reason, "held", swarm.held())
 
     asyncio.run(scenario())
 

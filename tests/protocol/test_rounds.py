@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from protocol.merge.history import NormHistory
-from protocol.rounds import (AGGREGATE, TRAINED, TRAINING, Collection, RoundBook, RoundLabel, Take, clip_bound, judge,
-                             ranking, sample_round)
+from protocol.rounds import (ADOPT_MULTIPLIER, AGGREGATE, AGGREGATE_FAR, MAX_AHEAD, NOT_AGGREGATOR, ROUND_AHEAD,
+                             TRAINED, TRAINING, Collection, RoundBook, RoundLabel, Take, clip_bound,
+                             eligible_aggregators, judge, ranking, sample_round)
 
 IDS = [f"peer-{i}" for i in range(20)]
 
@@ -147,3 +148,69 @@ def test_the_norm_history_keeps_a_lone_hostile_trainer_bounded() -> None:
     alone = Collection(4, 0.0)
     alone.add("evil", {"w": np.array([0.0, 1e9], dtype=np.float32)}, 2**64 - 1)
     assert np.linalg.norm(alone.aggregate(start, own_samples=10, history=history)["w"]) <= 2.0 + 1e-5
+
+
+# --- which aggregates a peer adopts (issue 14) ------------------------------------------------
+
+
+def book_at(adopted: int, claims: dict[str, int]) -> RoundBook:
+    book = RoundBook()
+    book.adopt(adopted)
+    for sender, r in claims.items():
+        book.note_claim(sender, RoundLabel(AGGREGATE, r), IDS)
+    return book
+
+
+def test_one_senders_claim_of_a_far_round_is_refused_however_it_ranks() -> None:
+    book = book_at(10, {"peer-1": 10, "peer-2": 11})
+    assert book.confirmed() == 10
+    # A forged "aggregate of round 2^62": one sender's claim never confirms a round.
+    book.note_claim("peer-9", RoundLabel(AGGREGATE, 2**62), IDS)
+    assert book.confirmed() == 11
+    assert book.admit(2**62, "peer-9", eligible=["peer-9"]) == ROUND_AHEAD
+    # A ground round: the sender made the hash rank it first, but the round is beyond the pace.
+    ground = next(r for r in range(1000, 10**6) if ranking(r, IDS, "aggregate")[0] == "peer-9")
+    assert "peer-9" in eligible_aggregators(ground, IDS, 1)
+    assert book.admit(ground, "peer-9", eligible_aggregators(ground, IDS, 1)) == ROUND_AHEAD
+    # Within the pace, it had to be the aggregator of that very round (or the round confirmed).
+    near = next(r for r in range(12, 12 + MAX_AHEAD) if "peer-9" not in eligible_aggregators(r, IDS, 1))
+    assert book.admit(near, "peer-9", eligible_aggregators(near, IDS, 1)) == NOT_AGGREGATOR
+    assert book.admit(book.adopted + MAX_AHEAD, "peer-3", ["peer-3"]) is None  # the round's aggregator
+    assert book.admit(11, "peer-2", ["peer-5"]) is None  # a relay of a round two peers vouch for
+
+
+def test_a_late_joiner_catches_up_once_two_peers_vouch_for_the_swarms_round() -> None:
+    book = RoundBook()
+    book.note_claim("peer-1", RoundLabel(AGGREGATE, 50), IDS)
+    assert book.admit(50, "peer-1", ["peer-1"]) == ROUND_AHEAD  # far, and only one sender says so
+    book.note_claim("peer-2", RoundLabel(TRAINED, 52), IDS)  # a trainer of 52 holds 51's aggregate
+    assert book.confirmed() == 50
+    assert book.admit(50, "peer-1", []) is None  # relayed: confirmed
+    assert book.admit(53, "peer-4", ["peer-4"]) is None  # pushed by round 53's aggregator: within pace
+    # Claims of peers that left the view are dropped (the table is no larger than the view).
+    book.note_claim("peer-3", RoundLabel(AGGREGATE, 60), ["peer-3"])
+    assert set(book.claims) == {"peer-3"} and book.confirmed() == 0
+
+
+def test_an_aggregate_moving_our_model_beyond_the_bound_needs_two_agreeing_senders() -> None:
+    ours = {"w": np.zeros(2, dtype=np.float32)}
+
+    def at(x: float, y: float = 0.0) -> dict[str, np.ndarray]:
+        return {"w": np.array([x, y], dtype=np.float32)}
+
+    book = RoundBook()
+    assert book.admit_move(1, "a", at(1e9), ours) is None  # nothing seen yet: a new peer cannot judge
+    book.adopt(1, distance=1e9)  # recorded: later moves outvote it in the lower median
+    book.adopt(2, distance=1.0)
+    book.adopt(4, distance=4.0)  # two rounds: 2.0 per round
+    bound = ADOPT_MULTIPLIER * 2.0  # the lower median of 1e9, 1, 2 per round
+    assert book.move_bound(5) == bound and book.move_bound(6) == 2 * bound
+    assert book.admit_move(5, "a", at(bound), ours) is None
+    assert book.admit_move(5, "evil", at(1e6), ours) == AGGREGATE_FAR
+    assert book.admit_move(5, "evil", at(1e6), ours) == AGGREGATE_FAR  # the same sender again: still refused
+    # Another sender, far from ours and from the refused one: an attacker and an honest peer disagree.
+    assert book.admit_move(5, "b", at(0.0, 1e3), ours) == AGGREGATE_FAR
+    # A third sender agreeing with the last refused one (within the bound of it): ours is the odd one out.
+    assert book.admit_move(6, "c", at(bound, 1e3), ours) is None
+    book.adopt(6, distance=1e3)
+    assert book.admit_move(7, "evil", at(1e12), at(bound, 1e3)) == AGGREGATE_FAR  # adopting starts again
