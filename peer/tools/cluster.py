@@ -385,7 +385,7 @@ def _report(spec: ClusterSpec, console: Console, peers: list[PeerProcess], watch
         peer_results.append(entry)
     all_up_at = max(watch.first_answer.values()) if len(watch.first_answer) == len(peers) else None
     results = {
-        "spec": asdict(spec), "outcome": outcome,
+        "spec": asdict(spec), "peer_lr_args": spec.lr_args(), "outcome": outcome,
         "run_seconds": round(stopped_at, 2),  # launch to the stop signal: what --duration bounds
         "stop_seconds": round(stop_seconds, 2),
         "final_eval_seconds": round(eval_seconds, 2),
