@@ -261,6 +261,9 @@ class Trainer:
         with self._lock, self._weights:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            # The rate comes from this run's options (and schedule), not the saved optimiser:
+            # like every knob `hearsay set` changes, a set lr lasts until the restart.
+            self._set_lr(self.base_lr)
             self._gen.set_state(state["generator"])
             self._order = state["order"].to(self.device)
             self._cursor = int(state["cursor"])

@@ -104,6 +104,17 @@ def test_a_constant_trainer_takes_a_new_base_rate_at_once() -> None:
     assert t.lr == 0.01 and t.optimizer.param_groups[0]["lr"] == 0.01
 
 
+def test_a_set_rate_lasts_until_a_restart_from_the_checkpoint() -> None:
+    """As every knob `hearsay set` changes: a restored peer takes the rate its options give."""
+    t = build_trainer(PeerConfig(steps_per_second=0, lr=0.05))
+    t.set_base_lr(0.2)
+    t.step()
+    saved = t.checkpoint_state()
+    restarted = build_trainer(PeerConfig(steps_per_second=0, lr=0.05))
+    restarted.restore(saved)
+    assert restarted.lr == 0.05 and restarted.stats().steps == 1
+
+
 def test_the_optimiser_steps_with_the_scheduled_rate() -> None:
     """Two peers alike but for the schedule take the same first step (the schedule starts at
     the base rate); the second step, at half the rate, moves the weights half as far."""
