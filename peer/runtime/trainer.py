@@ -327,6 +327,8 @@ class Trainer:
         now = self._clock()
         if self._training_began is None:
             self._training_began = now
+            log.info("learning rate %g, %s down to %g over the %.1f s left to the schedule's end", self.base_lr,
+                     self.lr_schedule.kind, self.base_lr * self.lr_schedule.floor, self.lr_schedule.end - now)
         self._set_lr(self.base_lr * self.lr_schedule.factor(self._training_began, now))
 
     def _set_lr(self, lr: float) -> None:
