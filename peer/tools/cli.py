@@ -105,6 +105,7 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"steps         {s.steps}{' (training done)' if s.training_done else ''}",
         f"accuracy      {acc}",
         f"loss          {s.loss:.4f}",
+        f"lr            {s.lr:.4g}" + (f" ({s.lr_schedule} schedule)" if s.lr_schedule not in ("", "constant") else ""),
         f"known peers   {s.known_peers}",
         f"gossip        every {s.gossip_interval:g} s, codec {s.codec}, merge {s.merge}, log level {s.log_level}",
         _mode_line(s),

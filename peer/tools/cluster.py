@@ -160,7 +160,7 @@ def _status(p: PeerProcess, timeout: float) -> dict[str, Any] | None:
     return {"id": s.peer_id, "dataset": s.dataset, "model": s.model, "accuracy": s.accuracy, "loss": s.loss, "steps": s.steps,
             "exchanges": s.exchanges, "merges": s.merges, "rejected": s.rejected,
             "known_peers": s.known_peers, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
-            "samples": s.samples, "training_done": s.training_done}
+            "samples": s.samples, "training_done": s.training_done, "lr": s.lr}
 
 
 def _download(p: PeerProcess, timeout: float) -> bytes | None:
