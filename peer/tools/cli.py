@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how every peer learns: gossip, or server-free sampled rounds (default: gossip)")
     p.add_argument("--lr-schedule", default="auto", choices=("auto", *LR_SCHEDULES),
                    help="every peer's learning rate over the run; auto = cosine from lr down to lr * --lr-floor "
-                        "at --lr-horizon when the run's length is known (no --target-accuracy), else constant "
-                        "(default: auto)")
+                        "at --lr-horizon when the run's length is known (no --target-accuracy) or --lr-horizon "
+                        "is given, else constant (default: auto)")
     p.add_argument("--lr-horizon", type=float, default=None, metavar="SECONDS",
                    help="seconds after launch at which an annealed rate reaches its floor (default: --duration)")
     p.add_argument("--lr-floor", type=float, default=None, metavar="FRACTION",

@@ -70,9 +70,9 @@ class ClusterSpec:
     # Download every model at the end and evaluate it on the full test set.
     final_eval: bool = True
     # The peers' learning rate over the run (PeerConfig.lr_schedule). "auto": cosine when the
-    # run's length is known (it ends at duration: no target_accuracy, no settle_after_training),
-    # annealed to lr_floor at lr_horizon seconds after launch (None: duration), so that the
-    # models every peer ends with are close to the swarm's consensus; constant otherwise.
+    # run's length is known (it ends at duration: no target_accuracy, no settle_after_training)
+    # or lr_horizon is given, annealed to lr_floor at lr_horizon seconds after launch (None:
+    # duration), so that every peer ends close to the swarm's consensus; constant otherwise.
     lr_schedule: str = "auto"
     lr_horizon: float | None = None
     lr_floor: float | None = None  # None: the peers' default
@@ -81,10 +81,11 @@ class ClusterSpec:
         return self.shard_count or self.peers
 
     def peer_lr_schedule(self) -> str:
-        """The lr_schedule every peer gets ("auto" resolved)."""
+        """The lr_schedule every peer gets ("auto" resolved: a horizon given asks for one)."""
         if self.lr_schedule != "auto":
             return self.lr_schedule
-        return "cosine" if self.target_accuracy is None and self.settle_after_training is None else "constant"
+        ends_at_duration = self.target_accuracy is None and self.settle_after_training is None
+        return "cosine" if ends_at_duration or self.lr_horizon is not None else "constant"
 
     def lr_args(self) -> list[str]:
         """The peers' learning-rate flags: a peer's process starts at the launch, which is where

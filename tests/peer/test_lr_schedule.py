@@ -162,6 +162,8 @@ def test_cluster_anneals_over_its_duration_unless_the_runs_length_is_unknown() -
     # A target or a settle time ends the run early: the duration is only a bound.
     assert _peer_config(ClusterSpec(peers=2, duration=300.0, target_accuracy=0.9)).lr_schedule == "constant"
     assert _peer_config(ClusterSpec(peers=2, settle_after_training=5.0)).lr_schedule == "constant"
+    c = _peer_config(ClusterSpec(peers=2, duration=300.0, target_accuracy=0.9, lr_horizon=120.0))
+    assert (c.lr_schedule, c.lr_horizon) == ("cosine", 120.0)  # unless a horizon is given
     c = _peer_config(ClusterSpec(peers=2, duration=300.0, lr_schedule="linear", lr_horizon=250.0, lr_floor=0.1))
     assert (c.lr_schedule, c.lr_horizon, c.lr_floor) == ("linear", 250.0, 0.1)
     # --peer-arg comes last: it overrides what the cluster set.
