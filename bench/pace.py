@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
-from peer.runtime.config import MERGE_MOMENTUM, PeerConfig
+from peer.runtime.config import LR_SCHEDULES, MERGE_MOMENTUM, PeerConfig
 from peer.sim.swarm import SimConfig, Simulator
 
 _DAEMON = PeerConfig()
@@ -48,7 +48,8 @@ def run(args: argparse.Namespace, data: Dataset) -> dict:
     cfg = SimConfig(peers=args.peers, dataset="fashion-mnist", model="cnn", split="dirichlet", alpha=args.alpha,
                     shared_init=True, lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
                     steps_per_second=1.0, gossip_interval=args.interval_steps, jitter=0.2, fanout=args.fanout,
-                    seed=args.seed, data_seed=0, merge=args.merge, merge_momentum=args.merge_momentum)
+                    seed=args.seed, data_seed=0, merge=args.merge, merge_momentum=args.merge_momentum,
+                    lr_schedule=args.lr_schedule, lr_horizon=args.lr_horizon or args.steps, lr_floor=args.lr_floor)
     sim = Simulator(cfg, data)
     started, cpu0 = time.perf_counter(), time.process_time()
     curve = []
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace, data: Dataset) -> dict:
         "after_merge": merged, "after_merge_min": min(merged), "after_merge_mean": float(np.mean(merged)),
         "worst_peer": worst, "worst_per_class": [round(a, 3) for a in per_class(sim, worst, data)],
         "curve": curve, "exchanges": sim.stats.exchanges, "merges": sim.stats.merges,
+        "lr_end": [round(p.trainer.lr, 6) for p in sim.peers],
         "bytes_sent": sim.stats.bytes_sent, "bytes_per_peer_step": sim.stats.bytes_sent / (args.peers * args.steps),
         "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
     }
@@ -84,6 +86,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=_DAEMON.lr)
     ap.add_argument("--momentum", type=float, default=_DAEMON.momentum)
     ap.add_argument("--batch-size", type=int, default=_DAEMON.batch_size)
+    ap.add_argument("--lr-schedule", default=_DAEMON.lr_schedule, choices=LR_SCHEDULES,
+                    help="the daemon's lr_schedule (hearsay cluster's default: cosine over its --duration)")
+    ap.add_argument("--lr-horizon", type=float, default=0.0,
+                    help="steps (virtual seconds) at which an annealed rate reaches its floor (0: --steps)")
+    ap.add_argument("--lr-floor", type=float, default=_DAEMON.lr_floor, help="the rate at the horizon, a fraction of --lr")
     ap.add_argument("--merge-momentum", default=_DAEMON.merge_momentum, choices=MERGE_MOMENTUM)
     ap.add_argument("--seed", type=int, default=0, help="the cluster's --seed (peer i's seed is seed + i)")
     ap.add_argument("--test-limit", type=int, default=0, help="score on this many test images (0: all 10,000)")

@@ -119,6 +119,8 @@ class _NodeCollector(Collector):
         m.add_metric(["receiver"], len(memory.receiver))
         yield m
         yield CounterMetricFamily("hearsay_train_steps", "Local optimiser steps.", value=t.steps)
+        yield GaugeMetricFamily("hearsay_learning_rate", "The learning rate of the next local step (lr, scaled by "
+                                "lr_schedule).", value=node.trainer.lr)
         yield GaugeMetricFamily("hearsay_test_accuracy", "Test accuracy at the last evaluation.", value=t.accuracy)
         yield GaugeMetricFamily("hearsay_train_loss", "Mean training loss over the last evaluation window.",
                                 value=t.loss)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peer.runtime.lr_schedule import LR_SCHEDULES
 from peer.runtime.option_checks import (
     ConfigError,
     bounds,
@@ -150,6 +151,13 @@ class PeerConfig:
                                        "(the buffer points along this shard's recent steps, which the merged "
                                        "weights did not take; bench/pace.py measures both).",
                                choices=MERGE_MOMENTUM)
+    lr_schedule: str = _opt("constant", "The learning rate over the run: constant, or annealed from lr at the first "
+                            "step to lr * lr_floor at lr_horizon, so merges dominate late (hearsay cluster: cosine "
+                            "over its --duration, unless --target-accuracy may end it early).", choices=LR_SCHEDULES)
+    lr_horizon: float = _opt(0.0, "Seconds after this peer's process started at which an annealed lr reaches its floor "
+                                  "(start-up counts, as in hearsay cluster's --duration); needed by cosine and linear.",
+                             lo=0.0, hi=10 * 365 * 86400.0, seconds=True)
+    lr_floor: float = _opt(0.0, "An annealed lr at and after lr_horizon, as a fraction of lr.", lo=0.0, hi=1.0)
     max_steps: int = _opt(0, "Stop local training after this many steps (0 = never); "
                              "the peer keeps gossiping.", lo=0, hi=2**53)
     steps_per_second: float = _opt(50.0, "Upper bound on the local step rate (0 = unbounded); "
@@ -306,6 +314,7 @@ class PeerConfig:
             (self.shard_index < self.shard_count, "shard_index must be in 0..shard_count-1"),
             (self.inbound_buffer_mb >= self.max_packet_mb,
              "inbound_buffer_mb must be at least max_packet_mb (else the largest packet could never arrive)"),
+            (self.lr_schedule == "constant" or self.lr_horizon > 0, f"lr_schedule {self.lr_schedule} needs lr_horizon"),
         ]
         for ok, message in relations:
             if not ok:

@@ -37,6 +37,7 @@ from peer.runtime.config import ConfigError, PeerConfig, cluster_init_seed, did_
 from peer.data import dataset_from_config, partition
 from peer.discovery.mqtt import BrokerTls, MqttDiscovery
 from peer.runtime.evaluation import policy_from_config
+from peer.runtime.lr_schedule import lr_schedule_for
 from peer.runtime.gossip import GossipEngine
 from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
 from peer.runtime.membership import MembershipEvents, MembershipRuntime
@@ -67,7 +68,7 @@ CHECKPOINT_FORMAT = 1
 
 
 # Runtime knobs the admin API's Set may change: options of PeerConfig, checked by its rules.
-SETTABLE = ("gossip_interval", "codec", "merge", "log_level")
+SETTABLE = ("gossip_interval", "codec", "merge", "log_level", "lr")
 
 
 def _grpc_port(server: grpc.aio.Server, what: str, host: str, port: int) -> int:
@@ -96,7 +97,8 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
     trainer = Trainer(model, data, shard, device=resolve_device(config.device),
                       seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                       max_steps=config.max_steps, steps_per_second=config.steps_per_second,
-                      eval_policy=policy_from_config(config), merge_momentum=config.merge_momentum)
+                      eval_policy=policy_from_config(config), merge_momentum=config.merge_momentum,
+                      lr_schedule=lr_schedule_for(config.lr_schedule, config.lr_horizon, config.lr_floor))
     if not len(held):
         return trainer, (trainer.train_x, trainer.train_y)
     return trainer, (torch.as_tensor(data.train_x[held], device=trainer.device),
@@ -223,7 +225,8 @@ class Node:
     # --- runtime knobs -----------------------------------------------------------------------
     def knobs(self) -> dict[str, str]:
         return {"gossip_interval": repr(self.engine.interval), "codec": self.engine.codec.name,
-                "merge": self.engine.merge_rule.name, "log_level": logging.getLevelName(logging.getLogger().level).lower()}
+                "merge": self.engine.merge_rule.name, "log_level": logging.getLevelName(logging.getLogger().level).lower(),
+                "lr": repr(self.trainer.base_lr)}
 
     def set_knob(self, key: str, value: str) -> tuple[str, str]:
         """Change one knob; returns (previous, now). ``ValueError`` with a one-line reason.
@@ -246,6 +249,8 @@ class Node:
             self.engine.merge_rule = self._make_rule(parsed)
         elif key == "log_level":
             logging.getLogger().setLevel(parsed.upper())
+        elif key == "lr":
+            self.trainer.set_base_lr(parsed)  # the base rate: an lr_schedule keeps scaling it
         log.info("set %s = %s (was %s)", key, parsed, previous)
         return previous, self.knobs()[key]
 

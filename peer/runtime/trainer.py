@@ -27,6 +27,7 @@ from torch import nn
 from peer.data import Dataset
 from peer.runtime.config import MERGE_MOMENTUM
 from peer.runtime.evaluation import EvalPolicy, accuracy
+from peer.runtime.lr_schedule import LrSchedule
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, shard: np.ndarray, *, device: torch.device,
                  seed: int, batch_size: int, lr: float, momentum: float, max_steps: int = 0,
                  steps_per_second: float = 0.0, eval_every: int = 25, eval_policy: EvalPolicy | None = None,
-                 merge_momentum: str = "keep") -> None:
+                 merge_momentum: str = "keep", lr_schedule: LrSchedule | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.device = device
         self.model = model.to(device)
         self.samples = int(len(shard))
@@ -133,6 +135,12 @@ class Trainer:
         self.train_cpu_seconds = 0.0
         self.batch_size = min(batch_size, self.samples)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        # The learning rate is base_lr times the schedule's factor, set before every step;
+        # ``clock`` is the schedule's (the simulator passes its virtual one).
+        self.base_lr = lr
+        self.lr_schedule = lr_schedule
+        self._clock = clock
+        self._training_began: float | None = None  # the schedule's start: this peer's first step
         self.loss_fn = nn.CrossEntropyLoss()
         self.max_steps = max_steps
         # What a merge does to SGD momentum (MERGE_MOMENTUM): the buffer holds the last
@@ -257,6 +265,9 @@ class Trainer:
         with self._lock, self._weights:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            # The rate comes from this run's options (and schedule), not the saved optimiser:
+            # like every knob `hearsay set` changes, a set lr lasts until the restart.
+            self._set_lr(self.base_lr)
             self._gen.set_state(state["generator"])
             self._order = state["order"].to(self.device)
             self._cursor = int(state["cursor"])
@@ -277,6 +288,7 @@ class Trainer:
     def step(self) -> float:
         """One SGD step on a mini-batch of the shard; returns its loss."""
         started, cpu_started = time.perf_counter(), time.thread_time()
+        self._follow_schedule()
         x, y = self._next_batch()
         with self._lock:
             self.model.train()
@@ -299,6 +311,33 @@ class Trainer:
                 and self._train_cpu_since_eval >= self.eval_policy.wait_after(self._eval_cost)):
             self.evaluate()
         return value
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step takes (the last one set)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def set_base_lr(self, lr: float) -> None:
+        """Change the base rate at once; a schedule keeps scaling it (the same fraction now)."""
+        self.base_lr = lr
+        if self.lr_schedule is None or self._training_began is None:
+            self._set_lr(lr)  # a schedule not yet begun starts at the base rate
+        else:
+            self._follow_schedule()
+
+    def _follow_schedule(self) -> None:
+        if self.lr_schedule is None:
+            return
+        now = self._clock()
+        if self._training_began is None:
+            self._training_began = now
+            log.info("learning rate %g, %s down to %g over the %.1f s left to the schedule's end", self.base_lr,
+                     self.lr_schedule.kind, self.base_lr * self.lr_schedule.floor, self.lr_schedule.end - now)
+        self._set_lr(self.base_lr * self.lr_schedule.factor(self._training_began, now))
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def train_steps(self, n: int) -> None:
         for _ in range(n):

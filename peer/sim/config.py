@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from peer.runtime.config import MERGE_MOMENTUM, PeerConfig
+from peer.runtime.config import LR_SCHEDULES, MERGE_MOMENTUM, PeerConfig
 from protocol import codecs
 from protocol.merge import make_rule
 
@@ -58,6 +58,11 @@ class SimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     merge_momentum: str = PeerConfig.merge_momentum  # keep or reset SGD momentum at a merge (the daemon's)
+    # The daemon's lr_schedule; the horizon in virtual seconds from the start (every virtual
+    # peer starts training at once), lr_floor a fraction of lr.
+    lr_schedule: str = PeerConfig.lr_schedule
+    lr_horizon: float = 0.0
+    lr_floor: float = PeerConfig.lr_floor
     steps_per_second: float = 1.0       # local steps per virtual second (mean over peers)
     speed_spread: float = 0.0           # per-peer speed ~ steps_per_second * U(1 - s, 1 + s)
     gossip_interval: float = 10.0       # virtual seconds between the exchanges a peer starts
@@ -111,6 +116,9 @@ class SimConfig:
             (not set(self.absent) & set(self.attackers), "a peer cannot be both absent and attacking"),
             (self.fanout >= 1, "fanout must be at least 1"),
             (self.merge_momentum in MERGE_MOMENTUM, f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}"),
+            (self.lr_schedule in LR_SCHEDULES and 0 <= self.lr_floor <= 1
+             and (self.lr_schedule == "constant" or self.lr_horizon > 0),
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (annealing: lr_horizon > 0, lr_floor in [0, 1])"),
             (self.timeout > 0 and self.bandwidth >= 0, "timeout must be positive, bandwidth non-negative"),
             (0 <= self.slow_fraction <= 1 and self.slow_factor >= 1, "slow_fraction in [0, 1], slow_factor >= 1"),
             (all(0 <= p < self.peers and 0 <= a <= b for p, a, b in self.churn), "churn: (peer, down, up) with down <= up"),

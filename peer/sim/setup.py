@@ -12,6 +12,7 @@ from peer.data import Dataset
 from peer.data.partition import dirichlet_partition, partition
 from peer.models import build_model
 from peer.runtime.config import cluster_init_seed
+from peer.runtime.lr_schedule import LrSchedule
 from peer.sim.config import SimConfig
 
 # --- topology -----------------------------------------------------------------------------------
@@ -127,3 +128,11 @@ def peer_seed(config: SimConfig, index: int) -> int:
     """Peer ``index``'s seed: distinct per peer, a function of the run's seed only."""
     return config.seed * 100_003 + index
 
+
+
+def sim_lr_schedule(cfg: SimConfig) -> LrSchedule | None:
+    """The daemon's learning-rate schedule on the virtual clock: every virtual peer starts
+    training at time 0, so the horizon is the virtual time the rate reaches its floor."""
+    if cfg.lr_schedule == "constant":
+        return None
+    return LrSchedule(cfg.lr_schedule, end=cfg.lr_horizon, floor=cfg.lr_floor)

@@ -51,7 +51,7 @@ from peer.sim.clock import VirtualClock
 from peer.sim.config import _NEVER, ATTACKS, DEFAULT_ATTACK_SCALE, INITS, TOPOLOGIES, SimConfig
 from peer.sim.virtual_peer import VirtualPeer
 from peer.sim.setup import (initial_model_seed, initialise, make_model, neighbours, peer_seed, random_regular,
-                            shard_floor, shards_for)
+                            shard_floor, shards_for, sim_lr_schedule)
 from peer.runtime.trainer import Trainer
 from peer.transport.memory import MemoryNetwork
 from peer.runtime.validation import split_validation
@@ -233,7 +233,8 @@ class Simulator(AttackerMixin):
             self.validation.append(held if len(held) else train)
             trainer = Trainer(model, self.data, train, device=torch.device("cpu"), seed=peer_seed(cfg, i),
                               batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER,
-                              merge_momentum=cfg.merge_momentum)
+                              merge_momentum=cfg.merge_momentum, lr_schedule=sim_lr_schedule(cfg),
+                              clock=lambda: self.clock.now)
             name, addr = identities[i] if identities is not None else ("", "")
             peers.append(VirtualPeer(i, trainer, graph[i], speeds[i], random.Random(peer_seed(cfg, i)),
                                      name=name, addr=addr))

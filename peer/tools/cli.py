@@ -22,11 +22,15 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from peer import __version__
-from peer.runtime.config import SECRET_OPTIONS, ConfigError, PeerConfig, add_flags, did_you_mean, load, merge_rules
+from peer.runtime.config import (LR_SCHEDULES, SECRET_OPTIONS, ConfigError, PeerConfig, add_flags, did_you_mean, load,
+                                 merge_rules)
 from peer.runtime.plugins import PluginError
+
+if TYPE_CHECKING:
+    from peer.tools.cluster import ClusterSpec
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -101,6 +105,7 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"steps         {s.steps}{' (training done)' if s.training_done else ''}",
         f"accuracy      {acc}",
         f"loss          {s.loss:.4f}",
+        f"lr            {s.lr:.4g}" + (f" ({s.lr_schedule} schedule)" if s.lr_schedule not in ("", "constant") else ""),
         f"known peers   {s.known_peers}",
         f"gossip        every {s.gossip_interval:g} s, codec {s.codec}, merge {s.merge}, log level {s.log_level}",
         _mode_line(s),
@@ -288,17 +293,25 @@ def cmd_top(args: argparse.Namespace) -> int:
         return run_top(client, args.admin, interval=args.interval, once=args.once, as_json=args.json)
 
 
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from peer.transport.tls_identity import CertError
-    from peer.tools.cluster import ClusterSpec, check_spec, preflight, run_cluster
+def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
+    """What `hearsay cluster`'s flags ask for."""
+    from peer.tools.cluster import ClusterSpec
 
-    spec = ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
+    return ClusterSpec(peers=args.n, duration=args.duration, target_accuracy=args.target_accuracy,
                        out=args.out, model=args.model, partition=args.partition, alpha=args.alpha,
                        merge=args.merge, gossip_interval=args.gossip_interval, seed=args.seed, mode=args.mode,
                        extra_args=args.peer_arg or [], tls=args.tls, dataset=args.dataset,
                        data_path=args.data_path, dataset_args=args.dataset_arg or [], shard_count=args.shard_count,
                        eval_samples=args.eval_samples, eval_every=args.eval_every, eval_budget=args.eval_budget,
-                       final_eval=args.final_eval)
+                       final_eval=args.final_eval, lr_schedule=args.lr_schedule, lr_horizon=args.lr_horizon,
+                       lr_floor=args.lr_floor)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from peer.transport.tls_identity import CertError
+    from peer.tools.cluster import check_spec, preflight, run_cluster
+
+    spec = cluster_spec(args)
     try:
         check_spec(spec)
         preflight(spec)  # a bad data set or model is one line here, not N peers dying at start-up
@@ -392,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds between a peer's exchanges (default: the peers' {PeerConfig.gossip_interval:g})")
     p.add_argument("--mode", default="gossip", choices=("gossip", "sampled"),
                    help="how every peer learns: gossip, or server-free sampled rounds (default: gossip)")
+    p.add_argument("--lr-schedule", default="auto", choices=("auto", *LR_SCHEDULES),
+                   help="every peer's learning rate over the run; auto = cosine from lr down to lr * --lr-floor "
+                        "at --lr-horizon when the run's length is known (no --target-accuracy) or --lr-horizon "
+                        "is given, else constant (default: auto)")
+    p.add_argument("--lr-horizon", type=float, default=None, metavar="SECONDS",
+                   help="seconds after launch at which an annealed rate reaches its floor (default: --duration)")
+    p.add_argument("--lr-floor", type=float, default=None, metavar="FRACTION",
+                   help=f"the annealed rate at the horizon, a fraction of lr (default: the peers' "
+                        f"{PeerConfig.lr_floor:g})")
     p.add_argument("--seed", type=int, default=0, help="base seed; peer i uses seed+i")
     p.add_argument("--peer-arg", action="append", metavar="ARG",
                    help="extra flag passed to every `hearsay run` (repeatable), e.g. --peer-arg=--lr=0.1")

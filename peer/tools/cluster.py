@@ -27,7 +27,7 @@ from rich.live import Live
 
 from peer.tools.admin_client import AdminError
 from peer.tools.certs import CA_CERT_FILE, make_certs
-from peer.runtime.config import PeerConfig
+from peer.runtime.config import LR_SCHEDULES, PeerConfig
 from peer.tools.cluster_report import (EXITED, STARTING, UNREACHABLE, UP, DataOptions, evaluate_full, membership_events,
                                  plot_accuracy, table)
 from peer.tools.procs import PeerProcess, launch_peers
@@ -69,9 +69,33 @@ class ClusterSpec:
     eval_budget: float | None = None
     # Download every model at the end and evaluate it on the full test set.
     final_eval: bool = True
+    # The peers' learning rate over the run (PeerConfig.lr_schedule). "auto": cosine when the
+    # run's length is known (it ends at duration: no target_accuracy, no settle_after_training)
+    # or lr_horizon is given, annealed to lr_floor at lr_horizon seconds after launch (None:
+    # duration), so that every peer ends close to the swarm's consensus; constant otherwise.
+    lr_schedule: str = "auto"
+    lr_horizon: float | None = None
+    lr_floor: float | None = None  # None: the peers' default
 
     def shards(self) -> int:
         return self.shard_count or self.peers
+
+    def peer_lr_schedule(self) -> str:
+        """The lr_schedule every peer gets ("auto" resolved: a horizon given asks for one)."""
+        if self.lr_schedule != "auto":
+            return self.lr_schedule
+        ends_at_duration = self.target_accuracy is None and self.settle_after_training is None
+        return "cosine" if ends_at_duration or self.lr_horizon is not None else "constant"
+
+    def lr_args(self) -> list[str]:
+        """The peers' learning-rate flags: a peer's process starts at the launch, which is where
+        --duration counts from too, so the horizon (default: the duration) ends with the run."""
+        schedule = self.peer_lr_schedule()
+        if schedule == "constant":
+            return ["--lr-schedule", "constant"]
+        horizon = self.duration if self.lr_horizon is None else self.lr_horizon
+        floor = [] if self.lr_floor is None else ["--lr-floor", str(self.lr_floor)]
+        return ["--lr-schedule", schedule, "--lr-horizon", str(horizon), *floor]
 
 
 def tls_args(directory: Path, name: str) -> list[str]:
@@ -91,7 +115,7 @@ def peer_args(spec: ClusterSpec, i: int, seeds: list[str]) -> list[str]:
             "--shard-count", str(spec.shards()), "--partition", spec.partition, "--alpha", str(spec.alpha),
             *data, "--model", spec.model, *evaluation, "--merge", spec.merge,
             "--gossip-interval", str(spec.gossip_interval), "--mode", spec.mode, "--seed", str(spec.seed + i),
-            "--data-seed", str(spec.seed), *tls, *spec.extra_args]
+            "--data-seed", str(spec.seed), *spec.lr_args(), *tls, *spec.extra_args]
 
 
 def check_spec(spec: ClusterSpec) -> None:
@@ -100,6 +124,12 @@ def check_spec(spec: ClusterSpec) -> None:
         raise ValueError("-n must be at least 1")
     if spec.duration <= 0:
         raise ValueError("--duration must be positive")
+    if spec.lr_schedule not in ("auto", *LR_SCHEDULES):
+        raise ValueError(f"--lr-schedule must be auto or one of {', '.join(LR_SCHEDULES)}")
+    if spec.lr_horizon is not None and spec.lr_horizon <= 0:
+        raise ValueError("--lr-horizon must be positive")
+    if spec.lr_floor is not None and not 0 <= spec.lr_floor <= 1:
+        raise ValueError("--lr-floor must be in [0, 1]")
     if spec.shard_count is not None and spec.shard_count < spec.peers:
         raise ValueError(f"--shard-count {spec.shard_count} is smaller than -n {spec.peers}: "
                          "every peer needs a shard of its own")
@@ -131,7 +161,7 @@ def _status(p: PeerProcess, timeout: float) -> dict[str, Any] | None:
     return {"id": s.peer_id, "dataset": s.dataset, "model": s.model, "accuracy": s.accuracy, "loss": s.loss, "steps": s.steps,
             "exchanges": s.exchanges, "merges": s.merges, "rejected": s.rejected,
             "known_peers": s.known_peers, "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
-            "samples": s.samples, "training_done": s.training_done}
+            "samples": s.samples, "training_done": s.training_done, "lr": s.lr}
 
 
 def _download(p: PeerProcess, timeout: float) -> bytes | None:
@@ -356,7 +386,7 @@ def _report(spec: ClusterSpec, console: Console, peers: list[PeerProcess], watch
         peer_results.append(entry)
     all_up_at = max(watch.first_answer.values()) if len(watch.first_answer) == len(peers) else None
     results = {
-        "spec": asdict(spec), "outcome": outcome,
+        "spec": asdict(spec), "peer_lr_args": spec.lr_args(), "outcome": outcome,
         "run_seconds": round(stopped_at, 2),  # launch to the stop signal: what --duration bounds
         "stop_seconds": round(stop_seconds, 2),
         "final_eval_seconds": round(eval_seconds, 2),

@@ -99,9 +99,14 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     assert hearsay("set", *admin, "merge=mean").returncode == 0 and a.status().merge == "mean"
     assert hearsay("set", *admin, "codec=fp16").returncode == 0 and a.status().codec == "fp16"
     assert hearsay("set", *admin, "log_level=debug").returncode == 0 and a.status().log_level == "debug"
+    out = hearsay("set", *admin, "lr=0.02")  # the base rate; the metrics show the rate the next step takes
+    assert out.returncode == 0 and "lr = 0.02 (was 0.05)" in out.stdout, out.stderr
+    assert json.loads(hearsay("metrics", *admin, "--json").stdout)["hearsay_learning_rate"] == 0.02
+    assert (a.status().lr, a.status().lr_schedule) == (0.02, "constant")
+    assert "lr            0.02\n" in hearsay("status", *admin).stdout
     for bad in ("gossip_interval=-1", "gossip_interval=inf", "gossip_interval=1e300", "gossip_interval=nan",
                 "gossip_interval=0", "codec=zip", "merge=vote", "nokey=1", "novalue", "debug_loop_stall=0.3@1",
-                "log_level=loud"):
+                "log_level=loud", "lr=0", "lr=-0.1"):
         out = hearsay("set", *admin, bad)
         assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
         assert "Traceback" not in out.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,14 @@ def test_duration_is_kept_from_launch_and_start_up_shows_as_starting(tmp_path: P
     r = results(tmp_path)
     # The stop signal goes out at the duration, plus at most the final status window.
     assert duration <= r["run_seconds"] <= duration + FINAL_TIMEOUT + 1, r["run_seconds"]
+    # The peers' learning rate anneals to 0 at the duration, counted from their launch too.
+    assert r["peer_lr_args"] == ["--lr-schedule", "cosine", "--lr-horizon", "20.0"]
+    for peer in r["peers"]:
+        if peer.get("steps"):  # it trained (on a loaded machine a peer may never answer: see below)
+            left = re.search(r"learning rate 0.05, cosine down to 0 over the (-?[\d.]+) s left",
+                             Path(peer["log"]).read_text())
+            # Start-up counts: less than the duration is left (nothing, under a heavy load).
+            assert left is not None and float(left.group(1)) < duration, peer["log"]
     assert r["history"][-1]["t"] <= duration + STATUS_TIMEOUT + 1
     for peer in r["peers"]:
         first = peer["started_answering_s"]
