@@ -11,6 +11,7 @@ long system test running alone at the end.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -48,6 +49,14 @@ def _rank(item: pytest.Item) -> tuple[int, int]:
     first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
     directory = parts[0] if len(parts) > 1 else ""
     return first, RUN_ORDER.index(directory) if directory in RUN_ORDER else len(RUN_ORDER)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    folder = os.environ.get("HEARSAY_SUITE_CPU")  # measurement only: where the run's CPU goes
+    if folder:
+        from tests.cpu_accounting import CpuAccounting
+
+        config.pluginmanager.register(CpuAccounting(Path(folder)), "hearsay-cpu-accounting")
 
 
 @pytest.hookimpl(tryfirst=True)  # before the fuzz conftest moves its session checks behind the fuzz tests

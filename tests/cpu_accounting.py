@@ -1,0 +1,162 @@
+"""Where the default run's CPU goes: a pytest plugin, on only when HEARSAY_SUITE_CPU names a folder.
+
+    HEARSAY_SUITE_CPU=/tmp/cpu pytest ...      # then: python -m tests.cpu_accounting /tmp/cpu
+
+Per test it writes one JSON line (per worker process): the worker's own CPU (RUSAGE_SELF) and
+every child process it reaped during the test, with the child's CPU read from /proc at exit
+(its utime+stime, plus its own reaped children's), before the reap (waitid WNOWAIT), and what
+the child was (a peer, a `hearsay` CLI command, another program). A peer's CPU is split into
+start-up (until `wait_ready` returned) and the rest (running while the test waits, stop).
+Measurement only: nothing here changes what a test does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_reaped: list[dict] = []
+_ready_cpu: dict[int, float] = {}
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """utime + stime + cutime + cstime of ``pid`` in seconds (also valid for a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(f) for f in fields[11:15]) / _TICK
+
+
+def _kind(args: object) -> str:
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    if "-m" in argv:
+        module = argv[argv.index("-m") + 1]
+        rest = argv[argv.index("-m") + 2:]
+        if module == "peer.tools.cli" and rest:
+            return "peer" if rest[0] == "run" else f"cli {rest[0]}"
+        return f"python -m {module}"
+    if argv and argv[0] == sys.executable:
+        return "python " + (Path(argv[1]).name if len(argv) > 1 else "")
+    return Path(argv[0]).name if argv else "?"
+
+
+def _note_exit(popen: subprocess.Popen, flags: int) -> None:
+    try:
+        info = os.waitid(os.P_PID, popen.pid, os.WEXITED | os.WNOWAIT | (os.WNOHANG if flags else 0))
+    except ChildProcessError:
+        return
+    if info is None:
+        return
+    cpu = _proc_cpu(popen.pid)
+    if cpu is None:
+        return
+    ready = _ready_cpu.pop(popen.pid, None)
+    _reaped.append({"kind": _kind(popen.args), "cpu": cpu, "startup": ready})
+
+
+def _install() -> None:
+    original = subprocess.Popen._try_wait
+
+    def _try_wait(self: subprocess.Popen, wait_flags: int):  # noqa: ANN202
+        _note_exit(self, wait_flags)
+        return original(self, wait_flags)
+
+    subprocess.Popen._try_wait = _try_wait
+
+    from peer.tools import procs
+
+    wait_ready = procs.PeerProcess.wait_ready
+
+    def _wait_ready(self: procs.PeerProcess, timeout: float = 60.0) -> None:
+        wait_ready(self, timeout)
+        pid = getattr(self.proc, "pid", None)
+        if pid is not None:
+            cpu = _proc_cpu(pid)
+            if cpu is not None:
+                _ready_cpu[pid] = cpu
+
+    procs.PeerProcess.wait_ready = _wait_ready
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuAccounting:
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.out = open(folder / f"cpu-{os.getpid()}.jsonl", "a")  # noqa: SIM115 - open for the session
+        _install()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item):  # noqa: ANN201
+        _reaped.clear()
+        before = (_cpu(resource.getrusage(resource.RUSAGE_SELF)), _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)),
+                  time.monotonic())
+        yield
+        after = (_cpu(resource.getrusage(resource.RUSAGE_SELF)), _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)),
+                 time.monotonic())
+        self.out.write(json.dumps({"test": item.nodeid, "self": after[0] - before[0],
+                                   "children": after[1] - before[1], "wall": after[2] - before[2],
+                                   "reaped": list(_reaped)}) + "\n")
+        self.out.flush()
+
+    def pytest_sessionfinish(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.out.write(json.dumps({"session_self": _cpu(usage)}) + "\n")
+        self.out.close()
+
+
+def summarise(folder: Path) -> str:
+    """The breakdown: worker CPU outside and inside tests, children by kind, peers' start-up."""
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
+    startup = running = 0.0
+    session_self = in_tests_self = children = 0.0
+    for path in sorted(folder.glob("cpu-*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "session_self" in row:
+                session_self += row["session_self"]
+                continue
+            module = row["test"].split("::", 1)[0]
+            in_tests_self += row["self"]
+            children += row["children"]
+            m = by_module[module]
+            m[0] += row["self"]
+            m[1] += row["children"]
+            m[2] += row["wall"]
+            for child in row["reaped"]:
+                k = by_kind[child["kind"]]
+                k[0] += 1
+                k[1] += child["cpu"]
+                if child["kind"] == "peer":
+                    m[3] += 1
+                    if child["startup"] is not None:
+                        startup += child["startup"]
+                        running += child["cpu"] - child["startup"]
+    lines = [f"workers' own CPU: {session_self:.1f} s ({in_tests_self:.1f} s inside tests, "
+             f"{session_self - in_tests_self:.1f} s start-up/collection/outside tests)",
+             f"children reaped during tests: {children:.1f} CPU-s (RUSAGE_CHILDREN)",
+             f"peers: start-up until ready {startup:.1f} CPU-s, after ready {running:.1f} CPU-s "
+             f"(peers with a wait_ready)", "", "| child kind | count | CPU-s |", "|---|---|---|"]
+    for kind, (count, cpu) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"| {kind} | {count} | {cpu:.1f} |")
+    lines += ["", "| module | worker CPU-s | children CPU-s | wall s | peers |", "|---|---|---|---|---|"]
+    for module, (s, c, w, n) in sorted(by_module.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
+        lines.append(f"| {module} | {s:.1f} | {c:.1f} | {w:.1f} | {n} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarise(Path(sys.argv[1])))
