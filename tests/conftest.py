@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.tools.procs import PeerProcess, launch_peers
+from peer.tools.procs import PeerProcess, launch_peers, use_launcher
+from tests.peer_zygote import ZygoteLauncher
 
 # Every peer in the tests trains with one thread and a bounded step rate: the suite runs
 # on 2 cores, and several peers share them.
@@ -116,6 +117,22 @@ def running_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]]
         yield peers
     finally:
         stop_peers(peers)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def peer_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZygoteLauncher | None]:
+    """Test peers forked from one pre-imported process per worker (tests/peer_zygote.py): each
+    is still a real `hearsay run` process, without the ~3 CPU-s of importing torch and grpc
+    again. HEARSAY_TEST_ZYGOTE=0: every peer a fresh `python -m` process, as `hearsay cluster`'s."""
+    if os.environ.get("HEARSAY_TEST_ZYGOTE", "1") == "0":
+        yield None
+        return
+    launcher = ZygoteLauncher(tmp_path_factory.getbasetemp() / f"peer-zygote-{os.getpid()}.log")
+    use_launcher(launcher)
+    try:
+        yield launcher
+    finally:
+        use_launcher(None)
 
 
 @pytest.fixture
