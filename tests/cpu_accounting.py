@@ -26,15 +26,17 @@ import pytest
 _TICK = os.sysconf("SC_CLK_TCK")
 _reaped: list[dict] = []
 _ready_cpu: dict[int, float] = {}
+_forked: list[dict] = []
+_zygotes: list = []
 
 
-def _proc_cpu(pid: int) -> float | None:
-    """utime + stime + cutime + cstime of ``pid`` in seconds (also valid for a zombie)."""
+def _proc_cpu(pid: int, own_only: bool = False) -> float | None:
+    """utime + stime (+ cutime + cstime unless ``own_only``) of ``pid`` in seconds (also for a zombie)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return sum(int(f) for f in fields[11:15]) / _TICK
+    return sum(int(f) for f in fields[11:13 if own_only else 15]) / _TICK
 
 
 def _kind(args: object) -> str:
@@ -87,6 +89,24 @@ def _install() -> None:
 
     procs.PeerProcess.wait_ready = _wait_ready
 
+    # Peers forked by the zygote are not this process's children: the zygote reports their CPU.
+    from tests import peer_zygote
+
+    reap = peer_zygote.ForkedProcess._reap
+
+    def _reap(self: peer_zygote.ForkedProcess) -> None:
+        reap(self)
+        _forked.append({"kind": _kind(self.args), "cpu": self.cpu, "startup": _ready_cpu.pop(self.pid, None)})
+
+    peer_zygote.ForkedProcess._reap = _reap
+    start = peer_zygote.ZygoteLauncher._start
+
+    def _start(self: peer_zygote.ZygoteLauncher) -> None:
+        start(self)
+        _zygotes.append(self)
+
+    peer_zygote.ZygoteLauncher._start = _start
+
 
 def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
@@ -101,6 +121,7 @@ class CpuAccounting:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item):  # noqa: ANN201
         _reaped.clear()
+        _forked.clear()
         before = (_cpu(resource.getrusage(resource.RUSAGE_SELF)), _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)),
                   time.monotonic())
         yield
@@ -108,12 +129,16 @@ class CpuAccounting:
                  time.monotonic())
         self.out.write(json.dumps({"test": item.nodeid, "self": after[0] - before[0],
                                    "children": after[1] - before[1], "wall": after[2] - before[2],
-                                   "reaped": list(_reaped)}) + "\n")
+                                   "forked": sum(c["cpu"] for c in _forked),
+                                   "reaped": [*_reaped, *_forked]}) + "\n")
         self.out.flush()
 
     def pytest_sessionfinish(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        self.out.write(json.dumps({"session_self": _cpu(usage)}) + "\n")
+        zygotes = [_proc_cpu(z.process.pid, own_only=True) or 0.0 for z in _zygotes if z.process is not None]
+        not_forked = [line for z in _zygotes for line in z.not_forked] + [z.refused for z in _zygotes if z.refused]
+        self.out.write(json.dumps({"session_self": _cpu(usage), "zygotes": sum(zygotes),
+                                   "not_forked": not_forked}) + "\n")
         self.out.close()
 
 
@@ -122,19 +147,22 @@ def summarise(folder: Path) -> str:
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
     startup = running = 0.0
-    session_self = in_tests_self = children = 0.0
+    session_self = in_tests_self = children = zygotes = 0.0
+    not_forked: list[str] = []
     for path in sorted(folder.glob("cpu-*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
             if "session_self" in row:
                 session_self += row["session_self"]
+                zygotes += row.get("zygotes", 0.0)
+                not_forked += row.get("not_forked", [])
                 continue
             module = row["test"].split("::", 1)[0]
             in_tests_self += row["self"]
-            children += row["children"]
+            children += row["children"] + row.get("forked", 0.0)
             m = by_module[module]
             m[0] += row["self"]
-            m[1] += row["children"]
+            m[1] += row["children"] + row.get("forked", 0.0)
             m[2] += row["wall"]
             for child in row["reaped"]:
                 k = by_kind[child["kind"]]
@@ -147,9 +175,10 @@ def summarise(folder: Path) -> str:
                         running += child["cpu"] - child["startup"]
     lines = [f"workers' own CPU: {session_self:.1f} s ({in_tests_self:.1f} s inside tests, "
              f"{session_self - in_tests_self:.1f} s start-up/collection/outside tests)",
-             f"children reaped during tests: {children:.1f} CPU-s (RUSAGE_CHILDREN)",
+             f"children reaped during tests: {children:.1f} CPU-s (RUSAGE_CHILDREN, and the zygotes' reports)",
+             f"the peer zygotes' own CPU (imports once per worker): {zygotes:.1f} s",
              f"peers: start-up until ready {startup:.1f} CPU-s, after ready {running:.1f} CPU-s "
-             f"(peers with a wait_ready)", "", "| child kind | count | CPU-s |", "|---|---|---|"]
+             f"(peers with a wait_ready)", f"peers not forked: {len(not_forked)} {not_forked[:5]}", "", "| child kind | count | CPU-s |", "|---|---|---|"]
     for kind, (count, cpu) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
         lines.append(f"| {kind} | {count} | {cpu:.1f} |")
     lines += ["", "| module | worker CPU-s | children CPU-s | wall s | peers |", "|---|---|---|---|---|"]

@@ -32,8 +32,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# Read after the fork, by the peer's own code: a child may differ from the zygote in these.
-_AFTER_FORK_ENV = ("HEARSAY_", "XDG_CACHE_HOME")
+# Read only after the fork (by the peer's config, its data cache, argparse's terminal size):
+# a child's environment may differ from the zygote's in these. PYTEST_CURRENT_TEST changes per
+# test; pytest sets COLUMNS and LINES after the zygote has started.
+_AFTER_FORK_ENV = ("HEARSAY_", "XDG_CACHE_HOME", "PYTEST_", "COLUMNS", "LINES")
 # What `hearsay run` imports before and while it starts (peer.tools.cli's run path, node.run's
 # lazy imports); peer.tools.cli itself is left out: runpy runs it as __main__.
 _PRELOAD = ("peer.runtime.logs", "peer.runtime.config", "peer.transport.ports", "peer.runtime.node",
@@ -139,14 +141,14 @@ def _serve(fd: int) -> None:
     if threading.active_count() != 1 or _threads() != 1:
         reply({"error": f"not fork-safe: {_threads()} threads after importing {', '.join(_PRELOAD)}"})
         return
-    reply({"ready": os.getpid(), "env": before})
+    reply({"ready": os.getpid(), "env": before, "set_by_imports": set_by_imports})
     for line in reader:
         request = json.loads(line)
         if request["op"] == "spawn":
             reply({"pid": fork(request)})
         else:  # "wait": the caller saw the child exit on its pidfd, so this does not block long
-            _, status = os.waitpid(request["pid"], 0)
-            reply({"code": os.waitstatus_to_exitcode(status)})
+            _, status, usage = os.wait4(request["pid"], 0)
+            reply({"code": os.waitstatus_to_exitcode(status), "cpu": usage.ru_utime + usage.ru_stime})
 
 
 # ---------------------------------------------------------------- the pytest worker's side
@@ -167,6 +169,7 @@ class ForkedProcess:
         self.pid = pid
         self.args = args
         self.returncode: int | None = None
+        self.cpu: float | None = None  # its CPU seconds (user + system), once reaped
         self._pidfd = os.pidfd_open(pid)
 
     def _exited(self, timeout: float | None) -> bool:
@@ -174,7 +177,7 @@ class ForkedProcess:
         return bool(ready)
 
     def _reap(self) -> None:
-        self.returncode = self._launcher.exit_code(self.pid)
+        self.returncode, self.cpu = self._launcher.exit_code(self.pid)
         os.close(self._pidfd)
 
     def poll(self) -> int | None:
@@ -210,13 +213,16 @@ class ZygoteLauncher:
         self._conn: socket.socket | None = None
         self._reader = None
         self._env: dict[str, str] = {}
+        self._set_by_imports: dict[str, str] = {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.not_forked: list[str] = []  # the requests left to a fresh interpreter, and why
         self.refused: str | None = None  # why the zygote does not serve, once known
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
-            subprocess.Popen([sys.executable, "-m", "tests.peer_zygote", str(theirs.fileno())],
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.peer_zygote", str(theirs.fileno())],
                              pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
                              stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
         theirs.close()
@@ -227,6 +233,7 @@ class ZygoteLauncher:
             self.refused = hello["error"]
         else:
             self._env = hello["env"]
+            self._set_by_imports = hello["set_by_imports"]
 
     def _receive(self) -> dict:
         assert self._reader is not None
@@ -248,16 +255,26 @@ class ZygoteLauncher:
                 self._start()
             if self.refused is not None:
                 return None
-            differing = {k for k in set(env) ^ set(self._env) | {k for k in env if env.get(k) != self._env.get(k)}}
-            if any(not k.startswith(_AFTER_FORK_ENV) for k in differing):
+            unsafe = sorted(k for k in self._differing(env) if not k.startswith(_AFTER_FORK_ENV))
+            if unsafe:
+                self.not_forked.append(f"{module} {' '.join(args[:1])}: environment differs in {', '.join(unsafe)}")
                 return None
             pid = self._ask({"op": "spawn", "module": module, "args": list(args), "env": dict(env),
                              "cwd": os.getcwd(), "log": str(log_path)})["pid"]
         return ForkedProcess(self, pid, [sys.executable, "-m", module, *args])
 
-    def exit_code(self, pid: int) -> int:
+    def _differing(self, env: Mapping[str, str]) -> set[str]:
+        """Variables whose value in ``env`` a fresh interpreter would not see in the zygote's
+        child: not the zygote's own, and not what the preloaded modules set themselves (the
+        worker has usually imported sklearn too, which sets two KMP_* variables)."""
+        return {k for k in set(env) | set(self._env)
+                if env.get(k) != self._env.get(k) and env.get(k) != self._set_by_imports.get(k)}
+
+    def exit_code(self, pid: int) -> tuple[int, float]:
+        """The exit code of the zygote's exited child ``pid`` and its CPU seconds; reaps it."""
         with self._lock:
-            return self._ask({"op": "wait", "pid": pid})["code"]
+            reply = self._ask({"op": "wait", "pid": pid})
+        return reply["code"], reply["cpu"]
 
 
 if __name__ == "__main__":
