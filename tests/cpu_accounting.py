@@ -28,6 +28,8 @@ _reaped: list[dict] = []
 _ready_cpu: dict[int, float] = {}
 _forked: list[dict] = []
 _zygotes: list = []
+_zygote_cpu: list[float] = []
+_excluded: list[float] = []
 
 
 def _proc_cpu(pid: int, own_only: bool = False) -> float | None:
@@ -99,6 +101,17 @@ def _install() -> None:
         _forked.append({"kind": _kind(self.args), "cpu": self.cpu, "startup": _ready_cpu.pop(self.pid, None)})
 
     peer_zygote.ForkedProcess._reap = _reap
+    close = peer_zygote.ZygoteLauncher.close
+
+    def _close(self: peer_zygote.ZygoteLauncher) -> None:  # its own CPU, before it is reaped
+        if self.process is not None:
+            _zygote_cpu.append(_proc_cpu(self.process.pid, own_only=True) or 0.0)
+        before = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
+        close(self)
+        # Reaping the zygote adds its CPU and its children's, counted already: not twice.
+        _excluded.append(_cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before)
+
+    peer_zygote.ZygoteLauncher.close = _close
     start = peer_zygote.ZygoteLauncher._start
 
     def _start(self: peer_zygote.ZygoteLauncher) -> None:
@@ -122,20 +135,21 @@ class CpuAccounting:
     def pytest_runtest_protocol(self, item: pytest.Item):  # noqa: ANN201
         _reaped.clear()
         _forked.clear()
+        _excluded.clear()
         before = (_cpu(resource.getrusage(resource.RUSAGE_SELF)), _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)),
                   time.monotonic())
         yield
         after = (_cpu(resource.getrusage(resource.RUSAGE_SELF)), _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)),
                  time.monotonic())
         self.out.write(json.dumps({"test": item.nodeid, "self": after[0] - before[0],
-                                   "children": after[1] - before[1], "wall": after[2] - before[2],
+                                   "children": after[1] - before[1] - sum(_excluded), "wall": after[2] - before[2],
                                    "forked": sum(c["cpu"] for c in _forked),
                                    "reaped": [*_reaped, *_forked]}) + "\n")
         self.out.flush()
 
     def pytest_sessionfinish(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        zygotes = [_proc_cpu(z.process.pid, own_only=True) or 0.0 for z in _zygotes if z.process is not None]
+        zygotes = _zygote_cpu
         not_forked = [line for z in _zygotes for line in z.not_forked] + [z.refused for z in _zygotes if z.refused]
         self.out.write(json.dumps({"session_self": _cpu(usage), "zygotes": sum(zygotes),
                                    "not_forked": not_forked}) + "\n")
