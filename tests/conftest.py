@@ -127,7 +127,8 @@ def running_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def peer_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZygoteLauncher | None]:
+def peer_launcher(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZygoteLauncher | None]:
     """Test peers forked from one pre-imported process per worker (tests/peer_zygote.py): each
     is still a real `hearsay run` process, without the ~3 CPU-s of importing torch and grpc
     again. HEARSAY_TEST_ZYGOTE=0: every peer a fresh `python -m` process, as `hearsay cluster`'s."""
@@ -135,6 +136,8 @@ def peer_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZygoteLa
         yield None
         return
     launcher = ZygoteLauncher(tmp_path_factory.getbasetemp() / f"peer-zygote-{os.getpid()}.log")
+    if any(_relative(item)[0] in ("integration", "deploy") for item in request.session.items):
+        launcher.start()  # its imports overlap this worker's first tests, not its first peer's start
     use_launcher(launcher)
     try:
         yield launcher

@@ -112,13 +112,13 @@ def _install() -> None:
         _excluded.append(_cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before)
 
     peer_zygote.ZygoteLauncher.close = _close
-    start = peer_zygote.ZygoteLauncher._start
+    launch = peer_zygote.ZygoteLauncher._launch
 
-    def _start(self: peer_zygote.ZygoteLauncher) -> None:
-        start(self)
+    def _launch(self: peer_zygote.ZygoteLauncher) -> None:
+        launch(self)
         _zygotes.append(self)
 
-    peer_zygote.ZygoteLauncher._start = _start
+    peer_zygote.ZygoteLauncher._launch = _launch
 
 
 def _cpu(usage: resource.struct_rusage) -> float:

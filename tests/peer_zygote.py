@@ -205,7 +205,7 @@ class ForkedProcess:
 
 
 class ZygoteLauncher:
-    """The worker's zygote: started at the first request, ended when the worker's end closes."""
+    """The worker's zygote: started by ``start`` or the first request, ended by ``close``."""
 
     def __init__(self, log_path: Path) -> None:
         self._log_path = log_path
@@ -215,20 +215,31 @@ class ZygoteLauncher:
         self._env: dict[str, str] = {}
         self._set_by_imports: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
+        self._greeted = False
         self.not_forked: list[str] = []  # the requests left to a fresh interpreter, and why
         self.refused: str | None = None  # why the zygote does not serve, once known
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the zygote now: its imports run beside whatever the worker does until its
+        first peer, which then waits only for what is left of them."""
+        with self._lock:
+            if self.process is None:
+                self._launch()
+
+    def _launch(self) -> None:
         ours, theirs = socket.socketpair()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "tests.peer_zygote", str(theirs.fileno())],
-                             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+                                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
         theirs.close()
         self._conn = ours
         self._reader = ours.makefile("rb")
+
+    def _greet(self) -> None:
         hello = self._receive()
+        self._greeted = True
         if "error" in hello:
             self.refused = hello["error"]
         else:
@@ -251,8 +262,10 @@ class ZygoteLauncher:
               log_path: Path) -> ForkedProcess | None:
         """A forked `python -m module args`, or None where only a fresh interpreter will do."""
         with self._lock:
-            if self._conn is None and self.refused is None:
-                self._start()
+            if self.process is None:
+                self._launch()
+            if not self._greeted:
+                self._greet()
             if self.refused is not None:
                 return None
             unsafe = sorted(k for k in self._differing(env) if not k.startswith(_AFTER_FORK_ENV))
