@@ -4,13 +4,18 @@ Also how the default run is spread over pytest-xdist workers (``-n 2 --dist load
 pyproject's addopts): every test module is one unit of work, so a module's shared peers
 (module-scoped fixtures) start once, in one worker; the fuzz package is one unit, because
 its session checks (tests/fuzz/test_zz_session.py) count the inputs of every fuzz test
-in their own process. The longest modules go first (LONGEST_FIRST), then the other modules
+in their own process. The longest units go first (LONGEST_FIRST), then the other modules
 that start real peers, so the many short unit tests fill the workers' tails instead of one
 long system test running alone at the end.
+
+Test peers are real `hearsay run` processes forked from one pre-imported process per worker
+(tests/peer_zygote.py; HEARSAY_TEST_ZYGOTE=0 turns that off), and HEARSAY_SUITE_CPU=folder
+records where the run's CPU goes (tests/cpu_accounting.py).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -20,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from peer.tools.procs import PeerProcess, launch_peers
+from peer.tools.procs import PeerProcess, launch_peers, use_launcher
+from tests.peer_zygote import ZygoteLauncher
 
 # Every peer in the tests trains with one thread and a bounded step rate: the suite runs
 # on 2 cores, and several peers share them.
@@ -30,12 +36,14 @@ LaunchPeers = Callable[..., list[PeerProcess]]
 
 # Test directories in the order their modules are handed out: longest-running first.
 RUN_ORDER = ("integration", "deploy", "fuzz", "peer", "protocol")
-# Modules handed out before all others, longest first (the default run's --durations, session 5):
-# a long module started last would run alone on one worker at the end.
-LONGEST_FIRST = ("integration/test_crash_safety.py", "integration/test_hostile_peers.py",
-                 "deploy/test_compose_netns.py", "integration/test_partition_netns.py",
-                 "integration/test_membership_attacks.py", "integration/test_cluster.py",
-                 "integration/test_membership_real.py", "integration/test_tls.py")
+# Units handed out before all others, longest first (a directory: all its modules): a long
+# unit started last would run alone on one worker at the end. From the --durations of a
+# default run with peers forked from the zygote (session 6, bench/RESULTS.md): the fuzz
+# package is one unit of ~2.5 min under load, `hearsay cluster`'s four real runs next.
+LONGEST_FIRST = ("fuzz", "integration/test_cluster.py", "integration/test_partition_netns.py",
+                 "integration/test_hostile_peers.py", "integration/test_cli.py", "peer/test_mqtt_discovery.py",
+                 "deploy/test_compose_netns.py", "integration/test_adaptive_deadlines.py",
+                 "peer/test_byzantine_sim.py", "integration/test_admin.py", "integration/test_crash_safety.py")
 
 
 def _relative(item: pytest.Item) -> tuple[str, ...]:
@@ -45,9 +53,18 @@ def _relative(item: pytest.Item) -> tuple[str, ...]:
 def _rank(item: pytest.Item) -> tuple[int, int]:
     parts = _relative(item)
     path = "/".join(parts)
-    first = LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+    first = next((i for i, unit in enumerate(LONGEST_FIRST) if path == unit or path.startswith(unit + "/")),
+                 len(LONGEST_FIRST))
     directory = parts[0] if len(parts) > 1 else ""
     return first, RUN_ORDER.index(directory) if directory in RUN_ORDER else len(RUN_ORDER)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    folder = os.environ.get("HEARSAY_SUITE_CPU")  # measurement only: where the run's CPU goes
+    if folder:
+        from tests.cpu_accounting import CpuAccounting
+
+        config.pluginmanager.register(CpuAccounting(Path(folder)), "hearsay-cpu-accounting")
 
 
 @pytest.hookimpl(tryfirst=True)  # before the fuzz conftest moves its session checks behind the fuzz tests
@@ -107,6 +124,26 @@ def running_peers(count: int, log_dir: Path, args_for: Callable[[int, list[str]]
         yield peers
     finally:
         stop_peers(peers)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def peer_launcher(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZygoteLauncher | None]:
+    """Test peers forked from one pre-imported process per worker (tests/peer_zygote.py): each
+    is still a real `hearsay run` process, without the ~3 CPU-s of importing torch and grpc
+    again. HEARSAY_TEST_ZYGOTE=0: every peer a fresh `python -m` process, as `hearsay cluster`'s."""
+    if os.environ.get("HEARSAY_TEST_ZYGOTE", "1") == "0":
+        yield None
+        return
+    launcher = ZygoteLauncher(tmp_path_factory.getbasetemp() / f"peer-zygote-{os.getpid()}.log")
+    if any(_relative(item)[0] in ("integration", "deploy") for item in request.session.items):
+        launcher.start()  # its imports overlap this worker's first tests, not its first peer's start
+    use_launcher(launcher)
+    try:
+        yield launcher
+    finally:
+        use_launcher(None)
+        launcher.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from peer.tools.admin_client import AdminClient, AdminError
 
@@ -69,6 +69,23 @@ def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.2, 
         time.sleep(interval)
 
 
+class Launcher(Protocol):
+    """Runs ``python -m module args`` some other way than a fresh interpreter (the tests fork
+    their peers from a pre-imported process); returns a handle like ``subprocess.Popen``'s, or
+    None where it cannot, and then the peer is started as a fresh `python -m` process."""
+
+    def spawn(self, module: str, args: Sequence[str], env: dict[str, str], log_path: Path): ...  # noqa: ANN201
+
+
+_launcher: Launcher | None = None
+
+
+def use_launcher(launcher: Launcher | None) -> None:
+    """Start every ``PeerProcess`` of this process through ``launcher`` (None: plain ``Popen``)."""
+    global _launcher
+    _launcher = launcher
+
+
 class LoggedChild:
     """A child process whose output goes to ``log_path``: whether it runs, and its last lines.
     Shared by the peer processes here and the tests' processes in network namespaces."""
@@ -98,7 +115,7 @@ class PeerProcess(LoggedChild):
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
     module: str = "peer.tools.cli"  # what `python -m` runs; tests may run a wrapper of the CLI
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | None = None  # or a Launcher's handle, which behaves like one
 
     @property
     def gossip_address(self) -> str:
@@ -115,6 +132,10 @@ class PeerProcess(LoggedChild):
 
     def start(self) -> PeerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if _launcher is not None:
+            self.proc = _launcher.spawn(self.module, self.command()[3:], {**os.environ, **self.env}, self.log_path)
+            if self.proc is not None:
+                return self
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed by the OS at exit
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env={**os.environ, **self.env})
