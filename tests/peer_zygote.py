@@ -280,6 +280,11 @@ class ZygoteLauncher:
         """End the zygote and reap it, so that its children's CPU counts in this process's
         RUSAGE_CHILDREN (and in `time pytest`). Children still running are left running."""
         with self._lock:
+            # The reader first: a socket closed while a makefile() of it is open stays open
+            # (its _io_refs), the zygote never reads EOF, and this waited out its 30 s.
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
