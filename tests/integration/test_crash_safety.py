@@ -41,7 +41,12 @@ def _write_checkpoints_forever(directory: Path, seed: int) -> None:
 
 def test_sigkill_at_random_points_of_checkpoint_writes_never_leaves_a_partial_checkpoint(tmp_path: Path) -> None:
     rng = random.Random(2026)
-    fork = multiprocessing.get_context("fork")
+    # Children forked from a fresh forkserver, not from this pytest worker: the worker may have
+    # run torch's intra-op (OpenMP) pool in earlier tests, and a child forked from it hangs in
+    # its first parallel op (seen in CI: no checkpoint in 60 s). The preload keeps each child
+    # a plain fork of a process that has imported this module already.
+    fork = multiprocessing.get_context("forkserver")
+    fork.set_forkserver_preload([__name__])
     kills, killed_mid_write, last_step = 20, 0, 0
     for attempt in range(kills):
         child = fork.Process(target=_write_checkpoints_forever, args=(tmp_path, attempt), daemon=True)
