@@ -171,7 +171,10 @@ def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(la
         wait_for(lambda: time.monotonic() - flood_started >= 15, timeout=60, what="a 15 s observation window")
     assert problems == [], problems[:5]
     assert len(slow) >= 50 and max(slow) < 1.0
-    assert junk_at(a) == QUOTA
+    # At most the quota: A took exactly its quota above, and since then may have reaped some of
+    # it (made-up members never answer a probe, die and are forgotten: attack 3's fix), so
+    # asserting it still holds all of them failed whenever the window ran long (CI: 62 of 64).
+    assert junk_at(a) <= QUOTA
     for honest in (b, c):
         assert junk_at(honest) <= 2 * QUOTA, "an honest partner copied the flood"
     with a.admin() as client:
