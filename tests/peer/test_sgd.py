@@ -116,3 +116,25 @@ def test_refuses_what_it_does_not_implement() -> None:
         saved = torch.optim.SGD(params, lr=0.1, **{"momentum": 0.9, **option}).state_dict()
         with pytest.raises(ValueError, match=next(iter(k for k in option if k != "momentum"))):
             opt.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_both_of_torchs_paths_match_including_the_multi_tensor_one_cuda_takes(foreach: bool) -> None:
+    """torch takes its multi-tensor (foreach) path by default on CUDA; forced here on the CPU, both
+    implementations' foreach paths run and must agree bit for bit, as the per-tensor ones do."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    twin = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    twin.load_state_dict(model.state_dict())
+    ours = MomentumSGD(model.parameters(), lr=0.05, momentum=0.9)
+    ours.param_groups[0]["foreach"] = foreach
+    theirs = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9, foreach=foreach)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    for step in range(6):
+        for m, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(m(x[step:step + 8]), y[step:step + 8]).backward()
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    assert all(torch.equal(ours.state[a]["momentum_buffer"], theirs.state[b]["momentum_buffer"])
+               for a, b in zip(model.parameters(), twin.parameters(), strict=True))
