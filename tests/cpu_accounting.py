@@ -156,8 +156,10 @@ class CpuAccounting:
         self.out.close()
 
 
-def summarise(folder: Path) -> str:
-    """The breakdown: worker CPU outside and inside tests, children by kind, peers' start-up."""
+def summarise(folder: Path, top_tests: int = 0) -> str:
+    """The breakdown: worker CPU outside and inside tests, children by kind, peers' start-up;
+    with ``top_tests``, that many of the costliest tests too."""
+    by_test: dict[str, list[float]] = {}
     by_kind: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     by_module: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0])
     startup = running = 0.0
@@ -172,6 +174,7 @@ def summarise(folder: Path) -> str:
                 not_forked += row.get("not_forked", [])
                 continue
             module = row["test"].split("::", 1)[0]
+            by_test[row["test"]] = [row["self"], row["children"] + row.get("forked", 0.0), row["wall"]]
             in_tests_self += row["self"]
             children += row["children"] + row.get("forked", 0.0)
             m = by_module[module]
@@ -198,8 +201,14 @@ def summarise(folder: Path) -> str:
     lines += ["", "| module | worker CPU-s | children CPU-s | wall s | peers |", "|---|---|---|---|---|"]
     for module, (s, c, w, n) in sorted(by_module.items(), key=lambda kv: -(kv[1][0] + kv[1][1])):
         lines.append(f"| {module} | {s:.1f} | {c:.1f} | {w:.1f} | {n} |")
+    if top_tests:
+        lines += ["", "| test (module-scoped fixtures count in their first and last test) | worker CPU-s | "
+                      "children CPU-s | wall s |", "|---|---|---|---|"]
+        for test, (s, c, w) in sorted(by_test.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:top_tests]:
+            lines.append(f"| {test} | {s:.1f} | {c:.1f} | {w:.1f} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(summarise(Path(sys.argv[1])))
+    # python -m tests.cpu_accounting FOLDER [TOP_TESTS]
+    print(summarise(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0))

@@ -39,7 +39,7 @@ _AFTER_FORK_ENV = ("HEARSAY_", "XDG_CACHE_HOME", "PYTEST_", "COLUMNS", "LINES")
 # What `hearsay run` imports before and while it starts (peer.tools.cli's run path, node.run's
 # lazy imports); peer.tools.cli itself is left out: runpy runs it as __main__.
 _PRELOAD = ("peer.runtime.logs", "peer.runtime.config", "peer.transport.ports", "peer.runtime.node",
-            "peer.runtime.memory", "torch._dynamo", "sklearn.datasets", "sklearn.model_selection", "prometheus_client",
+            "peer.runtime.memory", "sklearn.datasets", "sklearn.model_selection", "prometheus_client",
             "uvloop", "argparse", "difflib", "ipaddress")
 
 

@@ -28,6 +28,7 @@ from peer.data import Dataset
 from peer.runtime.config import MERGE_MOMENTUM
 from peer.runtime.evaluation import EvalPolicy, accuracy
 from peer.runtime.lr_schedule import LrSchedule
+from peer.runtime.sgd import MomentumSGD
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,9 @@ class Trainer:
         self.eval_cpu_seconds = 0.0      # totals, so the share can be checked
         self.train_cpu_seconds = 0.0
         self.batch_size = min(batch_size, self.samples)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        # torch.optim.SGD's arithmetic and state format without its import of torch._dynamo
+        # on first use (1.2 CPU-s of every peer's start; peer.runtime.sgd).
+        self.optimizer = MomentumSGD(self.model.parameters(), lr=lr, momentum=momentum)
         # The learning rate is base_lr times the schedule's factor, set before every step;
         # ``clock`` is the schedule's (the simulator passes its virtual one).
         self.base_lr = lr

@@ -133,6 +133,9 @@ def check_spec(spec: ClusterSpec) -> None:
     if spec.shard_count is not None and spec.shard_count < spec.peers:
         raise ValueError(f"--shard-count {spec.shard_count} is smaller than -n {spec.peers}: "
                          "every peer needs a shard of its own")
+    # The model's name too (a ConfigError listing the zoo), before preflight imports torch to
+    # build the model: that import cost a misspelt --model 3 CPU-s and seconds of waiting.
+    PeerConfig(model=spec.model).validate()
 
 
 def preflight(spec: ClusterSpec) -> None:

@@ -256,7 +256,10 @@ def test_evaluation_keeps_to_its_share_of_the_trainers_time() -> None:
     t = _tiny_trainer(_GatedModel(slow_eval=0.02), EvalPolicy(every=1, budget=0.2))
     evaluations = 0
     t.on_evaluated = lambda _stats: None
-    while t.stats().steps < 400:
+    # Until training has used 0.4 CPU-s, not a number of steps: the budget allows an evaluation
+    # (0.02 CPU-s) per 0.08 CPU-s of training, and a step of this model costs 0.1-8 ms, so 400
+    # steps were sometimes too few for a second evaluation.
+    while t.train_cpu_seconds < 0.4:
         before = t.eval_cpu_seconds
         t.step()
         evaluations += t.eval_cpu_seconds > before
@@ -264,7 +267,7 @@ def test_evaluation_keeps_to_its_share_of_the_trainers_time() -> None:
     assert evaluations >= 2  # it does evaluate; every=1 notwithstanding, only as often as the budget allows
     total = t.eval_cpu_seconds + t.train_cpu_seconds
     assert t.eval_cpu_seconds <= 0.2 * total + single, (t.eval_cpu_seconds, total, evaluations)
-    assert evaluations < 400 / 2
+    assert evaluations < t.stats().steps / 2
 
 
 def test_eval_policy_subset_is_seeded_bounded_and_the_same_for_every_peer() -> None:
