@@ -76,6 +76,11 @@ class _NodeCollector(Collector):
         c.add_metric(["out", node.engine.codec.name], g.bytes_sent)
         c.add_metric(["in", node.engine.codec.name], g.bytes_received)
         yield c
+        c = CounterMetricFamily("hearsay_partner_picks", "Gossip partners chosen, by whether the member had "
+                                "answered us (confirmed) or was known only by hearsay.", labels=["evidence"])
+        c.add_metric(["confirmed"], g.partner_picks - g.partner_picks_unconfirmed)
+        c.add_metric(["unconfirmed"], g.partner_picks_unconfirmed)
+        yield c
         yield CounterMetricFamily("hearsay_merges", "Received models merged into the local model.", value=g.merges)
         yield CounterMetricFamily("hearsay_keyframes_sent", "Packets sent as keyframes (whole model).",
                                   value=g.keyframes_sent)

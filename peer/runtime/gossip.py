@@ -32,7 +32,7 @@ from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
 from protocol.membership import Member, MembershipView, MemberState
 from protocol.merge import Contribution, MergeRule
-from protocol.sampling import choose_partner, choose_partners
+from protocol.sampling import UNCONFIRMED_SHARE, choose_partners
 from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_no_model, encode_packet_parts,
                            fingerprint, packet_size, specs_of)
 
@@ -138,6 +138,7 @@ class GossipEngine:
         self.owners = AddressOwners()
         self.resolver = HostResolver()
         self._fanout = 1
+        self._picks_capped = False  # unconfirmed members over their share at the last pick (logged on change)
 
     # --- packets -----------------------------------------------------------------------------
     def _policy(self, codec: str) -> codecs.SizeAdaptive:
@@ -486,15 +487,17 @@ class GossipEngine:
     def pick_partner(self) -> Member | None:
         """A random alive member; with none alive, a random one that has not left.
 
-        Suspects are skipped: an exchange costs a whole model each way, and a suspect
-        is likely gone (the failure detector, not a failed exchange, decides). The
-        fallback keeps a lone peer of the static view knocking on its seeds; under SWIM
-        it rarely matters, since SWIM rejoins through the seeds by itself. Banned peers
-        (``protocol.reputation``) are never chosen.
+        Members known only by hearsay (not ``confirmed``) draw at most
+        ``protocol.sampling.UNCONFIRMED_SHARE`` of the picks together, so a flood of made-up
+        members cannot crowd out the real partners (issue 14, attack 2); while they are
+        few, the choice is uniform. Suspects are skipped: an exchange costs a whole model
+        each way, and a suspect is likely gone (the failure detector, not a failed exchange,
+        decides). The fallback keeps a lone peer of the static view knocking on its seeds;
+        under SWIM it rarely matters, since SWIM rejoins through the seeds by itself.
+        Banned peers (``protocol.reputation``) are never chosen.
         """
-        members = self._unbanned_members()
-        partner = choose_partner(members, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
-        return partner or choose_partner(members, self.rng, is_live=lambda m: m.state is not MemberState.LEFT)
+        partners = self.pick_partners(1)
+        return partners[0] if partners else None
 
     def _unbanned_members(self) -> list[Member]:
         """Members whose identity (not merely their address) is not banned."""
@@ -502,12 +505,32 @@ class GossipEngine:
 
     def pick_partners(self, k: int) -> list[Member]:
         """``k`` distinct partners as ``pick_partner`` chooses one (k = 1: exactly ``pick_partner``)."""
-        if k == 1:
-            partner = self.pick_partner()
-            return [] if partner is None else [partner]
         members = self._unbanned_members()
-        return (choose_partners(members, k, self.rng, is_live=lambda m: m.state is MemberState.ALIVE)
-                or choose_partners(members, k, self.rng, is_live=lambda m: m.state is not MemberState.LEFT))
+        chosen = (choose_partners(members, k, self.rng, is_live=lambda m: m.state is MemberState.ALIVE,
+                                  is_confirmed=lambda m: m.confirmed)
+                  or choose_partners(members, k, self.rng, is_live=lambda m: m.state is not MemberState.LEFT,
+                                     is_confirmed=lambda m: m.confirmed))
+        self._count_picks(members, chosen)
+        return chosen
+
+    def _count_picks(self, members: list[Member], chosen: list[Member]) -> None:
+        """Count the picks of unconfirmed members (Status/metrics), and log when their
+        number goes over the share where the choice stops being uniform, and back."""
+        self.stats.partner_picks += len(chosen)
+        self.stats.partner_picks_unconfirmed += sum(1 for m in chosen if not m.confirmed)
+        alive = [m for m in members if m.state is MemberState.ALIVE]
+        unconfirmed = sum(1 for m in alive if not m.confirmed)
+        capped = unconfirmed > UNCONFIRMED_SHARE * len(alive) and unconfirmed < len(alive)
+        if capped != self._picks_capped:
+            self._picks_capped = capped
+            if capped:
+                log.warning("%d of %d alive members are known only by hearsay (not confirmed by an answer to "
+                            "us): together they now get at most %.1f %% of partner picks", unconfirmed,
+                            len(alive), 100 * UNCONFIRMED_SHARE)
+            else:
+                log.info("unconfirmed members back within their share (%d of %d alive): uniform partner "
+                         "choice; %d of %d picks so far went to unconfirmed members", unconfirmed, len(alive),
+                         self.stats.partner_picks_unconfirmed, self.stats.partner_picks)
 
     @property
     def fanout(self) -> int:

@@ -35,3 +35,7 @@ class GossipStats:
     # Membership transitions this peer observed.
     suspicions: int = 0
     deaths: int = 0
+    # Partners chosen, and of them members not confirmed by an answer to us (their share is
+    # capped: protocol.sampling.UNCONFIRMED_SHARE).
+    partner_picks: int = 0
+    partner_picks_unconfirmed: int = 0

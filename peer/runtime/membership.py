@@ -209,6 +209,25 @@ class MembershipRuntime:
             else:
                 log.warning("membership: %s answered a push-pull with %s", send.to, type(reply).__name__)
 
+    def _fresh_channel(self, address: str) -> None:
+        """Drop our channel to a member that has just proven alive after we suspected it or
+        held it dead: the connection our messages took to it failed while it was fine.
+
+        Over gRPC that path is one long-lived TCP connection, and nothing closes one that
+        merely stopped answering. After a partition heals, a connection whose packets were
+        dropped sits in TCP's retransmission backoff (the timeout doubles per loss: 25 s
+        into a cut the next try can be 25 s away), so every probe on it times out while
+        the member is fine, and it flapped alive -> suspect -> alive each probe cycle
+        until that retry fired (issue 15, the partition test). The next message opens a
+        fresh connection. The channel is dropped before any send this event causes runs
+        (the task takes it out of the pool at its first step, and tasks run in order).
+        """
+        if self._loop is None or self._closed:
+            return
+        task = self._loop.create_task(self.client.forget(address))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
     # --- events ------------------------------------------------------------------------
     def _observe(self, swim: Swim, idx: int, old_code: int, new_code: int, now: float) -> None:
         if idx == swim.book.get(swim.address):
@@ -216,6 +235,8 @@ class MembershipRuntime:
         old, new = STATE_OF.get(old_code), STATE_OF.get(new_code)  # None: not a member
         count_event(self.events, old, new)
         address = swim.book.addresses[idx]
+        if new is MemberState.ALIVE and old in (MemberState.SUSPECT, MemberState.DEAD):
+            self._fresh_channel(address)
         level = logging.DEBUG if new is MemberState.ALIVE and old is None else logging.INFO
         if new is MemberState.DEAD:
             level = logging.WARNING

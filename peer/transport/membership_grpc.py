@@ -179,8 +179,12 @@ class MembershipClient:
         except grpc.aio.AioRpcError as e:
             self.failed += 1
             log.debug("membership: %s to %s lost: %s", type(message).__name__, to, e.code().name)
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                await self.forget(to)  # a fresh channel next time, not one waiting out a backoff
+            if e.code() == grpc.StatusCode.UNAVAILABLE or (
+                    e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and isinstance(message, PushPull)):
+                # A fresh channel next time, not one waiting out a backoff. A push-pull has a
+                # long timeout: missing it means the connection may be stale (TCP backing off
+                # after a partition), and reconnects to dead members must not reuse it.
+                await self.forget(to)
             return None
         except errors.Refusal as e:
             self.failed += 1

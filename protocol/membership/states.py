@@ -37,6 +37,10 @@ class Member:
     source: Source = Source.SEED
     last_contact: float | None = None
     consecutive_failures: int = 0
+    # It answered us on a connection we opened (an ack to our probe, a reply to our
+    # push-pull, an exchange we started), or it is configured: more than someone's word.
+    # Partner choice caps the picks of unconfirmed members (protocol.sampling).
+    confirmed: bool = True
 
     @property
     def live(self) -> bool:

@@ -356,7 +356,8 @@ class MemberTable:
                       state=STATE_OF[self._state[idx]],
                       source=self._sources.get(idx, Source.GOSSIP),
                       last_contact=self._contacts.get(idx),
-                      consecutive_failures=self._failures.get(idx, 0))
+                      consecutive_failures=self._failures.get(idx, 0),
+                      confirmed=idx not in self._unconfirmed)
 
     def members(self) -> list[Member]:
         """Every member this node knows of, in any state, itself excluded."""

@@ -8,13 +8,16 @@ test asserts the property the attack used to break:
    evicts nobody: B is alive or suspect at every peer throughout, and alive after;
 2. one PushPull listing 66,000 made-up members: Status answers within 1 s
    throughout, the peer takes at most its hearsay quota of them, the honest partners
-   at most one quota per neighbour, and model exchanges between them go on;
+   at most one quota per neighbour, the made-up members draw at most their capped
+   share of the flooded peer's partner picks, and model exchanges between them go on;
 3. forged members die and are forgotten everywhere;
 4. model packets claiming ever new sender addresses add at most the quota to the view.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +34,7 @@ from peer.tools.procs import PeerProcess, wait_for
 from protocol import codecs
 from protocol.membership import MAX_INCARNATION, Dead, MemberEntry, MemberState, Message, Ping, PushPull, SwimConfig
 from protocol.membership.wire import to_wire
+from protocol.sampling import UNCONFIRMED_SHARE
 from protocol.wire import PacketHeader, encode_packet, fingerprint, specs_of
 
 STRANGER = "127.0.0.1:9"  # nobody listens there
@@ -140,6 +144,29 @@ def junk_at(peer: PeerProcess) -> int:
     return sum(1 for address in view(peer) if address.startswith(("10.66.", "10.67.")))
 
 
+PICKS = 24  # partner picks of the flooded peer observed after the flood
+
+
+def picks(peer: PeerProcess) -> dict[str, int]:
+    """The peer's partner picks so far, all and those of unconfirmed members (its metrics)."""
+    with peer.admin() as client:
+        text = client.metrics().prometheus_text
+    found = {m.group(1): int(float(m.group(2)))
+             for m in re.finditer(r'^hearsay_partner_picks_total\{evidence="(\w+)"\} (\S+)$', text, re.M)}
+    return {"all": found["confirmed"] + found["unconfirmed"], "unconfirmed": found["unconfirmed"]}
+
+
+def unconfirmed_pick_bound(n: int, p: float = UNCONFIRMED_SHARE, miss: float = 1e-6) -> int:
+    """The least k with P(Binomial(n, p) > k) < ``miss``: more picks of unconfirmed members
+    than this would mean the cap does not hold (by chance: less than once in a million)."""
+    tail = 1.0
+    for k in range(n + 1):
+        tail -= math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+        if tail < miss:
+            return k
+    return n
+
+
 def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(launch) -> None:  # noqa: ANN001
     a, b, c = start_swarm(launch, 3, period=1.0)
     slow: list[float] = []
@@ -165,8 +192,20 @@ def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(la
         took = time.monotonic() - flood_started
         assert reply, "the flooded peer still answers the push-pull with its own state"
         wait_for(lambda: junk_at(a) == QUOTA, timeout=30, what="the flood to be merged")
-        # Model exchanges between A and B go on (the issue saw them fall to 0).
-        wait_for(lambda: exchanges_a_b() >= before + 3, timeout=60, what="A and B to keep exchanging")
+        # Partner choice gives the made-up members (unconfirmed: none ever answered A) at most
+        # UNCONFIRMED_SHARE of A's picks together, where uniform choice gave them 64 of 66
+        # and A picked B about once a minute. Waiting on A's own picks, not on a clock,
+        # makes the bounds below hold whatever the load: over PICKS picks the made-up
+        # members draw at most Binomial(PICKS, 1/8), and A picks B about 7/16 of the time.
+        start = picks(a)
+        wait_for(lambda: picks(a)["all"] >= start["all"] + PICKS, timeout=120, what=f"A to pick {PICKS} partners")
+        end = picks(a)
+        made = end["all"] - start["all"]
+        to_unconfirmed = end["unconfirmed"] - start["unconfirmed"]
+        assert to_unconfirmed <= unconfirmed_pick_bound(made), (to_unconfirmed, made)
+        # Model exchanges between A and B go on (the issue saw them fall to 0): A alone
+        # picked B fewer than 3 times in PICKS with probability < 2e-4 (and B picks A too).
+        assert exchanges_a_b() >= before + 3
         # A gossips what it took; an honest peer takes at most one quota per neighbour.
         wait_for(lambda: time.monotonic() - flood_started >= 15, timeout=60, what="a 15 s observation window")
     assert problems == [], problems[:5]
@@ -180,7 +219,9 @@ def test_a_flood_of_66000_made_up_members_neither_stalls_the_peer_nor_spreads(la
     with a.admin() as client:
         assert len(client.list_peers().peers) <= 2 + QUOTA  # ListPeers stays small and usable
     print(f"\nflood of 66,000 members: push-pull answered in {took:.2f} s; Status answered {len(slow)} "
-          f"times, slowest {max(slow) * 1000:.0f} ms; junk held: A {junk_at(a)}, B {junk_at(b)}, C {junk_at(c)}")
+          f"times, slowest {max(slow) * 1000:.0f} ms; junk held: A {junk_at(a)}, B {junk_at(b)}, C {junk_at(c)}; "
+          f"A's picks after the flood: {to_unconfirmed} of {made} to unconfirmed members "
+          f"(bound {unconfirmed_pick_bound(made)}); A-B exchanges +{exchanges_a_b() - before}")
 
 
 # --- 3. forged members are reaped ---------------------------------------------------

@@ -17,11 +17,13 @@ from peer.tools.procs import free_ports
 from peer.transport.membership_grpc import MembershipClient, MembershipServicer
 from protocol.membership import (
     Ack,
+    Gossip,
     MemberEntry,
     MemberState,
     Ping,
     PingReq,
     PushPull,
+    Suspect,
     Swim,
     SwimConfig,
 )
@@ -168,3 +170,23 @@ async def test_a_push_pull_reply_goes_back_on_the_call_not_as_a_new_message() ->
     assert isinstance(reply, PushPull) and reply.reply
     assert not any(isinstance(m, PushPull) for _, m in sent)
     assert p.swim.state_of("127.0.0.1:2") is MemberState.ALIVE
+
+
+async def test_a_member_that_proves_alive_after_a_suspicion_gets_a_fresh_channel(trio: list[Peer]) -> None:
+    """The connection our probes took to a member we suspected failed while the member was
+    fine (after a partition: a TCP connection in retransmission backoff), so it is dropped
+    once the member refutes, and the next message opens a new one (issue 15)."""
+    a, b, _c = trio
+    await until(lambda: _all_alive(trio), 5, "the swarm to form")
+    await until(lambda: b.address in a.runtime.client._pool._channels, 5, "A to have talked to B")
+    stale = a.runtime.client._pool._channels[b.address]
+    incarnation = a.swim.incarnation_of(b.address)
+    a.runtime.receive(Gossip(a.address, (Suspect(b.address, incarnation, a.address),)))
+    assert a.swim.state_of(b.address) is MemberState.SUSPECT
+    assert a.runtime.client._pool._channels[b.address] is stale  # suspecting alone drops nothing
+    # B hears of it and refutes; once A holds it alive again, A's next message to B goes out
+    # on a new channel.
+    await until(lambda: a.swim.state_of(b.address) is MemberState.ALIVE, 5, "B to refute")
+    await until(lambda: a.runtime.client._pool._channels.get(b.address) not in (None, stale), 5,
+                "A to talk to B on a new channel")
+    assert a.swim.state_of(b.address) is MemberState.ALIVE

@@ -36,6 +36,7 @@ from protocol.membership import (
 )
 from protocol.errors import WireError
 from protocol.membership.wire import from_wire, from_wire_in_steps, to_wire
+from protocol.sampling import UNCONFIRMED_SHARE, choose_partner
 from tests.protocol.test_membership import CFG, Net, deaths_of_live_nodes
 
 STRANGER = "evil:1"
@@ -344,3 +345,28 @@ def test_a_large_full_state_decodes_in_steps_to_what_from_wire_gives() -> None:
             except WireError:
                 outcomes.append("refused")
         assert outcomes[0] == outcomes[1]
+
+
+def test_flooded_members_are_unconfirmed_until_they_answer_our_probe() -> None:
+    """What partner choice reads (``Member.confirmed``): the made-up members of a flood are
+    hearsay until they answer us; the honest ones are confirmed; an answer to our probe
+    confirms a member (issue 14, attack 2)."""
+    node = node_with(["a", "b"])
+    node.on_message(PushPull(STRANGER, junk(66_000)), 1.0)
+    by_confirmed = {m.address: m.confirmed for m in node.members()}
+    assert [a for a, ok in by_confirmed.items() if ok] == ["a", "b"]
+    assert sum(not ok for ok in by_confirmed.values()) == CFG.hearsay_quota
+    rng = random.Random(9)
+    picks = [choose_partner(node.members(), rng, is_live=lambda m: m.state is MemberState.ALIVE,
+                            is_confirmed=lambda m: m.confirmed) for _ in range(4000)]
+    assert sum(p is not None and p.address in ("a", "b") for p in picks) > (1 - UNCONFIRMED_SHARE) * 4000 - 150
+    # One of them answers our probe (a real member introduced by the stranger): confirmed.
+    target = None
+    for t in range(2, 200):
+        outs = node.on_timer(Timer(float(t), TimerKind.PROBE), float(t))
+        ping = next((o.message for o in outs if isinstance(o, Send) and isinstance(o.message, Ping)), None)
+        if ping is not None and ping.target not in ("a", "b"):
+            node.on_message(Ack(ping.seq, ping.target), t + 0.1)
+            target = ping.target
+            break
+    assert target is not None and node.get(target).confirmed
