@@ -64,7 +64,7 @@ def _cpu_copy(tensor: torch.Tensor) -> np.ndarray:
 # running: 0.23-0.26 of bare gRPC against 0.39-0.58 idle, and the same with the training in a
 # third process: CPU, not the GIL). At +10 the kernel gives the exchange's threads ~90 % of a
 # contended core and the trainer every cycle nobody else wants (bench/RESULTS.md, "Issue 12,
-# session 7"). Torch's intra-op threads, created by this thread, inherit its niceness.
+# session 7"). Threads it creates inherit it (torch's intra-op pool, when training is first to use it).
 TRAINER_NICENESS = int(os.environ.get("HEARSAY_TRAINER_NICE", "10"))
 
 
