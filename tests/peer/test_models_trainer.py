@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -13,7 +14,7 @@ from peer.runtime.evaluation import EvalPolicy
 from peer.models import build_model
 from tests.trainers import build_trainer
 from peer.runtime.plugins import PluginError
-from peer.runtime.trainer import Trainer, resolve_device
+from peer.runtime.trainer import TRAINER_NICENESS, Trainer, resolve_device
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
@@ -250,6 +251,23 @@ def test_a_model_copy_does_not_wait_for_a_step_in_progress_but_a_merge_does() ->
     merging.join(30)
     assert t.stats().version == 2  # the step, then the merge
     assert not all(np.array_equal(t.state()[k], before[k]) for k in before)
+
+
+def test_the_training_thread_runs_nicer_than_the_peers_other_threads() -> None:
+    # An exchange competing with a training step at equal weight for a core lost half its
+    # throughput (bench.transport, trainer running): training yields the CPU to the rest.
+    model = _GatedModel()
+    t = _tiny_trainer(model, EvalPolicy())
+    t.start()
+    try:
+        assert model.gates.entered.wait(60), "the training thread never started"  # in its first evaluation
+        trainer = next(th for th in threading.enumerate() if th.name == "hearsay-trainer")
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        theirs = os.getpriority(os.PRIO_PROCESS, trainer.native_id)
+        assert theirs == min(19, ours + TRAINER_NICENESS) and (theirs > ours or ours == 19)
+    finally:
+        model.gates.gate.set()
+        t.stop()
 
 
 def test_evaluation_keeps_to_its_share_of_the_trainers_time() -> None:
