@@ -40,10 +40,13 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
+from peer.runtime.lr_schedule import LR_SCHEDULES
+from peer.sim.clock import VirtualClock
+from peer.sim.setup import sim_lr_schedule
 from peer.sim.swarm import SimConfig, Simulator, make_model, own_packet
 from bench import fmnist
-from bench.sampled import run_rounds
-from bench.wallclock import METHODS as WALLCLOCK_METHODS, wallclock, wallclock_table
+from bench.sampled import run_rounds, train_on_clock
+from bench.wallclock import METHODS as WALLCLOCK_METHODS, SCENARIOS, wallclock, wallclock_table
 from peer.runtime.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
@@ -104,6 +107,16 @@ class Budget:
     # merge (where FedAvg's aggregate is scored, and the plain reference's: bench/reference.py),
     # or "now", its model at the round boundary, some local steps after that merge.
     evaluate: str = "merge"
+    # The learning rate over the run, the same for every method (the daemon's
+    # peer.runtime.lr_schedule): constant, or annealed from lr to lr * lr_floor over the
+    # round budget (rounds * local_steps virtual seconds; ``hearsay cluster`` anneals with
+    # cosine over its --duration by default). Round-based methods follow it on the same
+    # virtual time as gossip (bench.sampled.train_on_clock).
+    lr_schedule: str = "constant"
+    lr_floor: float = 0.0
+    # Codec of gossip's model deltas (the daemon's ``codec`` option; FedAvg and sampled rounds
+    # send whole fp32 models). Gossip only: compressed deltas buy more exchanges per byte.
+    codec: str = "fp32"
 
 
 @dataclass
@@ -136,20 +149,25 @@ def sim_config(setting: Setting, budget: Budget, **kw) -> SimConfig:  # noqa: AN
     """The simulator config for ``setting``: one exchange per ``local_steps`` steps."""
     return SimConfig(peers=setting.peers, model=setting.model, split=setting.split, alpha=setting.alpha or 0.5,
                      batch_size=budget.batch_size, lr=budget.lr, momentum=budget.momentum, init=budget.init,
-                     seed=budget.seed, steps_per_second=1.0,
+                     seed=budget.seed, steps_per_second=1.0, lr_schedule=budget.lr_schedule,
+                     lr_horizon=float(budget.rounds * budget.local_steps), lr_floor=budget.lr_floor,
                      gossip_interval=float(budget.local_steps) / budget.exchanges_per_round, **kw)
 
 
 def run_centralized(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     """One model on all training data, N·local_steps steps per round (the same total compute)."""
     cfg = sim_config(setting, budget)
+    clock = VirtualClock()  # N steps per virtual second: the round budget's schedule, as the peers'
     t = Trainer(make_model(cfg, data, budget.seed), data, np.arange(len(data.train_y)), device=torch.device("cpu"),
                 seed=budget.seed, batch_size=budget.batch_size, lr=budget.lr, momentum=budget.momentum,
-                eval_every=1 << 62)
+                eval_every=1 << 62, lr_schedule=sim_lr_schedule(cfg), clock=clock)
     curve = Curve()
     curve.record(np.array([t.evaluate()]), 0, 0.0)
-    for _ in range(budget.rounds):
-        t.train_steps(setting.peers * budget.local_steps)
+    steps = setting.peers * budget.local_steps
+    for r in range(budget.rounds):
+        for k in range(1, steps + 1):
+            clock.now = (r * steps + k) / setting.peers
+            t.step()
         curve.record(np.array([t.evaluate()]), 0, 0.0)
     return curve
 
@@ -171,8 +189,8 @@ def run_fedavg(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     curve = Curve()
     curve.record(np.array([trainers[0].evaluate()]), 0, 0.0)
     for r in range(1, budget.rounds + 1):
-        for t in trainers:
-            t.train_steps(budget.local_steps)
+        for i in range(len(trainers)):
+            train_on_clock(sim, i, float((r - 1) * budget.local_steps), budget.local_steps)
         global_model = weighted_average([t.state() for t in trainers], samples)
         for t in trainers:
             t.merge_with(lambda _current: global_model)
@@ -194,7 +212,8 @@ def run_sampled(setting: Setting, budget: Budget, data: Dataset) -> Curve:
 def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
-    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout), data, rule)
+    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
+                               codec=budget.codec), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance())
     for r in range(1, budget.rounds + 1):
@@ -417,6 +436,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval", choices=("merge", "now"), default="merge",
                    help="score gossip peers right after their latest merge (as FedAvg) or at the round boundary")
     p.add_argument("--no-wallclock", action="store_true", help="skip the simulated wall-clock scenarios")
+    p.add_argument("--scenarios", nargs="*", default=None, help="only these wall-clock scenarios: "
+                   "uniform, stragglers, churn50, down80")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="the learning rate over the round budget, the same for every method (the daemon's "
+                        "lr_schedule; hearsay cluster anneals with cosine over its --duration by default)")
+    p.add_argument("--lr-floor", type=float, default=0.0, help="an annealed rate's end, a fraction of lr")
+    p.add_argument("--codec", default="fp32", help="codec of gossip's model deltas (protocol.codecs name)")
+    p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
     p.add_argument("--peers", type=int, nargs="*", default=None, help="only these swarm sizes")
@@ -433,7 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [s for s in settings if selected(s, args)]
     if not settings:
         raise SystemExit("no setting matches --peers/--models/--splits")
-    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval)
+    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval,
+                     lr_schedule=args.lr_schedule, lr_floor=args.lr_floor, codec=args.codec,
+                     exchanges_per_round=args.exchanges)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:
@@ -454,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = sim_config(s, budget)
             result["wallclock"] += wallclock(name, base, data, budget.local_steps, budget.rounds * budget.local_steps,
                                              log=lambda line: print(line, file=sys.stderr, flush=True),
-                                             methods=QUICK_WALLCLOCK if args.quick else WALLCLOCK_METHODS)
+                                             methods=QUICK_WALLCLOCK if args.quick else WALLCLOCK_METHODS,
+                                             scenarios=args.scenarios or SCENARIOS)
     if args.ablate:
         result["ablation"] = ablation(settings[0], budget, data)
     result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -466,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = plot(runs, plot_dir)
     print(f"\n{budget.rounds} rounds of {budget.local_steps} local steps per peer (batch {budget.batch_size}, "
-          f"lr {budget.lr}, momentum {budget.momentum}, init {budget.init}); {', '.join(datasets)}; "
+          f"lr {budget.lr} {budget.lr_schedule}, momentum {budget.momentum}, init {budget.init}, "
+          f"gossip codec {budget.codec}, {budget.exchanges_per_round} exchange(s)/round); {', '.join(datasets)}; "
           f"wall time {result['wall_s']:.0f} s, CPU time {result['cpu_s']:.0f} s\n")
     print(markdown_table(rows))
     if "wallclock" in result:
