@@ -56,6 +56,9 @@ METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "go
 # ``sampled`` out of the wall-clock scenarios (with every live peer training it is FedAvg's
 # computation with a rotating aggregator), so it stays within 15 minutes on 2 cores.
 QUICK_METHODS = tuple(m for m in METHODS if m != "gossip_plain_shared")
+# The daemon's own start (init = shared, its default: every peer from the cluster's seed) with
+# its merge (vc), fanout 1 and 2; run with --methods (not in the grid by default).
+EXTRA_METHODS = ("gossip_vc_shared", "gossip_vc_fanout_shared")
 QUICK_WALLCLOCK = tuple(m for m in WALLCLOCK_METHODS if m != "sampled")
 LABELS = {
     "gossip_vc_fanout": "(f) gossip VC, fanout 2 (Epidemic Learning)",
@@ -65,6 +68,8 @@ LABELS = {
     "gossip_plain_indep": "(c) gossip plain, indep. init",
     "gossip_vc_indep": "(d) gossip VC, indep. init",
     "gossip_plain_shared": "(e) gossip plain, shared init",
+    "gossip_vc_shared": "(h) gossip VC, shared init (the daemon's default)",
+    "gossip_vc_fanout_shared": "(i) gossip VC, fanout 2, shared init",
 }
 # One colour per method in every panel of both plots.
 COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
@@ -232,6 +237,8 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
         "gossip_plain_shared": lambda s, b, d: run_gossip(s, b, d, merge="mean", shared_init=True),
         "gossip_vc_fanout": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=False, fanout=2),
         "sampled": run_sampled,
+        "gossip_vc_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True),
+        "gossip_vc_fanout_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True, fanout=2),
     }
     return runners[method]
 
@@ -467,8 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     for setting in settings:
         data = datasets[setting.dataset]
-        methods = QUICK_METHODS if args.quick else METHODS
-        for method in [m for m in methods if args.methods is None or m in args.methods or m == "fedavg"]:
+        methods = (QUICK_METHODS if args.quick else METHODS) + EXTRA_METHODS
+        for method in [m for m in methods if (args.methods is None and m not in EXTRA_METHODS)
+                       or m in (args.methods or ()) or m == "fedavg"]:
             t0 = time.perf_counter()
             curve = method_runner(method)(setting, budget, data)
             runs.append(Run(setting, method, curve, time.perf_counter() - t0))
