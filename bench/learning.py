@@ -7,6 +7,10 @@ On the same data, model and compute budget, in one run, it compares
     gossip_plain_indep   gossip, plain averaging, independent initialisations
     gossip_vc_indep      gossip, variance-corrected averaging, independent initialisations
     gossip_plain_shared  gossip, plain averaging, a shared initialisation
+    gossip_vc_fanout     gossip VC, fanout 2 (Epidemic Learning)
+    sampled              sampled rounds, a hash-chosen aggregator (no fixed server)
+    gossip_vc_int8x4     gossip VC, the daemon's int8 delta codec, four exchanges per round
+                         (within 2x FedAvg's bytes per round)
 
 for every (peers, split, model). One *round* is the same compute for every method:
 each of the N peers takes ``local_steps`` SGD steps (centralized takes N·local_steps
@@ -15,7 +19,11 @@ peer starts one push-pull exchange with a uniformly random peer (``peer.sim.swar
 daemon's protocol code on a virtual clock). FedAvg and gossip move the same number
 of packets per round (2N), so bytes compare directly.
 
-    python -m bench.learning [--quick] --json FILE [--plots DIR] [--ablate]
+    python -m bench.learning [--quick] --json FILE [--plots DIR] [--ablate] [--lr-schedule cosine]
+
+Every method gets the same learning rate over the run: constant (the default) or, with
+``--lr-schedule cosine``, the daemon's annealed schedule over the round budget (what
+``hearsay cluster`` runs by default over its --duration).
 
 Writes the JSON (``configs``: one row per setting and method), two PNGs (accuracy
 vs rounds, accuracy vs bytes) and prints a Markdown table plus, per setting, whether
@@ -46,12 +54,13 @@ from peer.sim.setup import sim_lr_schedule
 from peer.sim.swarm import SimConfig, Simulator, make_model, own_packet
 from bench import fmnist
 from bench.sampled import run_rounds, train_on_clock
-from bench.wallclock import METHODS as WALLCLOCK_METHODS, SCENARIOS, wallclock, wallclock_table
+from bench.wallclock import (COMPRESSED_CODEC, COMPRESSED_EXCHANGES, METHODS as WALLCLOCK_METHODS, SCENARIOS,
+                            wallclock, wallclock_table)
 from peer.runtime.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
 METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared",
-           "gossip_vc_fanout", "sampled")
+           "gossip_vc_fanout", "sampled", "gossip_vc_int8x4")
 # --quick runs issue 11's six methods (gossip_plain_shared is the full grid's control) and leaves
 # ``sampled`` out of the wall-clock scenarios (with every live peer training it is FedAvg's
 # computation with a rotating aggregator), so it stays within 15 minutes on 2 cores.
@@ -62,6 +71,7 @@ EXTRA_METHODS = ("gossip_vc_shared", "gossip_vc_fanout_shared")
 QUICK_WALLCLOCK = tuple(m for m in WALLCLOCK_METHODS if m != "sampled")
 LABELS = {
     "gossip_vc_fanout": "(f) gossip VC, fanout 2 (Epidemic Learning)",
+    "gossip_vc_int8x4": "(j) gossip VC, int8 deltas, 4 exchanges/round",
     "sampled": "(g) sampled rounds (hash-chosen aggregator)",
     "centralized": "(a) centralized SGD",
     "fedavg": "(b) FedAvg, shared init",
@@ -73,7 +83,7 @@ LABELS = {
 }
 # One colour per method in every panel of both plots.
 COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                            "tab:gray")))
+                            "tab:gray", "tab:olive")))
 # The paper's claim, as the issue states it.
 VC_ROUNDS_FACTOR = 1.5
 TARGET_FRACTION = 0.95
@@ -237,6 +247,9 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
         "gossip_plain_shared": lambda s, b, d: run_gossip(s, b, d, merge="mean", shared_init=True),
         "gossip_vc_fanout": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=False, fanout=2),
         "sampled": run_sampled,
+        "gossip_vc_int8x4": lambda s, b, d: run_gossip(
+            s, replace(b, codec=COMPRESSED_CODEC, exchanges_per_round=COMPRESSED_EXCHANGES), d, merge="vc",
+            shared_init=False),
         "gossip_vc_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True),
         "gossip_vc_fanout_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True, fanout=2),
     }
