@@ -21,9 +21,9 @@ of packets per round (2N), so bytes compare directly.
 
     python -m bench.learning [--quick] --json FILE [--plots DIR] [--ablate] [--lr-schedule cosine]
 
-Every method gets the same learning rate over the run: constant (the default) or, with
-``--lr-schedule cosine``, the daemon's annealed schedule over the round budget (what
-``hearsay cluster`` runs by default over its --duration).
+Every method gets the same learning rate over the run: by default the daemon's cosine
+schedule from lr to 0 over the round budget (what ``hearsay cluster`` runs over its
+--duration), or ``--lr-schedule constant`` (every figure before session 7).
 
 Writes the JSON (``configs``: one row per setting and method), two PNGs (accuracy
 vs rounds, accuracy vs bytes) and prints a Markdown table plus, per setting, whether
@@ -127,7 +127,7 @@ class Budget:
     # round budget (rounds * local_steps virtual seconds; ``hearsay cluster`` anneals with
     # cosine over its --duration by default). Round-based methods follow it on the same
     # virtual time as gossip (bench.sampled.train_on_clock).
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"  # python -m bench.learning's default is cosine (--lr-schedule)
     lr_floor: float = 0.0
     # Codec of gossip's model deltas (the daemon's ``codec`` option; FedAvg and sampled rounds
     # send whole fp32 models). Gossip only: compressed deltas buy more exchanges per byte.
@@ -322,8 +322,30 @@ def verdicts(rows: Sequence[dict]) -> str:
         split = "iid" if key[1] == "iid" else f"dir {key[2]}"
         out.append(f"- {key[4]}, {key[0]} peers, {split}, {key[3]}: FedAvg {_fmt_rounds(b)} rounds; "
                    f"(d) {_fmt_rounds(d)} -> {'within' if d_ok else 'NOT within'} {VC_ROUNDS_FACTOR}x; "
-                   f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}")
+                   f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}; "
+                   + must_hold_2(m))
     return "\n".join(out)
+
+
+SERVER_FREE = ("gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared", "gossip_vc_fanout", "sampled",
+               "gossip_vc_int8x4", "gossip_vc_shared", "gossip_vc_fanout_shared")
+ASYNC_VC = ("gossip_vc_indep", "gossip_vc_fanout", "gossip_vc_int8x4", "gossip_vc_shared", "gossip_vc_fanout_shared")
+
+
+def must_hold_2(m: dict[str, dict]) -> str:
+    """Issue 11's must-hold 2 on one setting's rows: some server-free method within 1.2x FedAvg's
+    rounds at <= its bytes per round, and asynchronous VC gossip within 1.5x at <= 2x the bytes."""
+    fedavg = m["fedavg"]
+    b = fedavg["rounds_to_95pct_fedavg"]
+
+    def meets(method: str, rounds_factor: float, bytes_factor: float) -> bool:
+        r = m[method]["rounds_to_95pct_fedavg"]
+        return (b is not None and r is not None and r <= rounds_factor * max(b, 1)
+                and m[method]["bytes_per_round"] <= bytes_factor * fedavg["bytes_per_round"])
+    free = [k for k in SERVER_FREE if k in m and meets(k, 1.2, 1.0)]
+    vc = [k for k in ASYNC_VC if k in m and meets(k, VC_ROUNDS_FACTOR, 2.0)]
+    return (f"must-hold 2: server-free <=1.2x at <=1x bytes: {', '.join(free) or 'NONE'}; "
+            f"async VC <=1.5x at <=2x bytes: {', '.join(vc) or 'NONE'}")
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -458,9 +480,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-wallclock", action="store_true", help="skip the simulated wall-clock scenarios")
     p.add_argument("--scenarios", nargs="*", default=None, help="only these wall-clock scenarios: "
                    "uniform, stragglers, churn50, down80")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
                    help="the learning rate over the round budget, the same for every method (the daemon's "
-                        "lr_schedule; hearsay cluster anneals with cosine over its --duration by default)")
+                        "lr_schedule; cosine, the default, is what hearsay cluster runs over its --duration)")
     p.add_argument("--lr-floor", type=float, default=0.0, help="an annealed rate's end, a fraction of lr")
     p.add_argument("--codec", default="fp32", help="codec of gossip's model deltas (protocol.codecs name)")
     p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
