@@ -444,7 +444,7 @@ SPLITS: tuple[tuple[str, float | None], ...] = (("iid", None), ("dirichlet", 0.1
 def grid(quick: bool) -> tuple[list[Setting], Budget]:
     """``--quick``: digits, 16 peers, the MLP on iid and Dirichlet 0.5, and Fashion-MNIST (12k
     images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds (``QUICK_METHODS``; session 4: 437 s of CPU,
-    13 min wall on the shared 2-core machine; session 7 adds gossip_vc_int8x4, estimated ~700 s of
+    13 min wall on the shared 2-core machine; session 7 adds gossip_vc_int8x4, estimated ~630 s of
     CPU: bench/RESULTS.md). Full: 16 and 64 peers x 3
     splits x MLP and CNN on both data sets, 60 rounds."""
     if quick:
