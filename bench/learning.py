@@ -7,6 +7,10 @@ On the same data, model and compute budget, in one run, it compares
     gossip_plain_indep   gossip, plain averaging, independent initialisations
     gossip_vc_indep      gossip, variance-corrected averaging, independent initialisations
     gossip_plain_shared  gossip, plain averaging, a shared initialisation
+    gossip_vc_fanout     gossip VC, fanout 2 (Epidemic Learning)
+    sampled              sampled rounds, a hash-chosen aggregator (no fixed server)
+    gossip_vc_int8x4     gossip VC, the daemon's int8 delta codec, four exchanges per round
+                         (within 2x FedAvg's bytes per round)
 
 for every (peers, split, model). One *round* is the same compute for every method:
 each of the N peers takes ``local_steps`` SGD steps (centralized takes N·local_steps
@@ -15,7 +19,11 @@ peer starts one push-pull exchange with a uniformly random peer (``peer.sim.swar
 daemon's protocol code on a virtual clock). FedAvg and gossip move the same number
 of packets per round (2N), so bytes compare directly.
 
-    python -m bench.learning [--quick] --json FILE [--plots DIR] [--ablate]
+    python -m bench.learning [--quick] --json FILE [--plots DIR] [--ablate] [--lr-schedule cosine]
+
+Every method gets the same learning rate over the run: by default the daemon's cosine
+schedule from lr to 0 over the round budget (what ``hearsay cluster`` runs over its
+--duration), or ``--lr-schedule constant`` (every figure before session 7).
 
 Writes the JSON (``configs``: one row per setting and method), two PNGs (accuracy
 vs rounds, accuracy vs bytes) and prints a Markdown table plus, per setting, whether
@@ -40,32 +48,44 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
+from peer.runtime.lr_schedule import LR_SCHEDULES
+from peer.sim.clock import VirtualClock
+from peer.sim.setup import sim_lr_schedule
 from peer.sim.swarm import SimConfig, Simulator, make_model, own_packet
 from bench import fmnist
-from bench.sampled import run_rounds
-from bench.wallclock import METHODS as WALLCLOCK_METHODS, wallclock, wallclock_table
+from bench.sampled import run_rounds, train_on_clock
+from bench.wallclock import (COMPRESSED_CODEC, COMPRESSED_EXCHANGES, METHODS as WALLCLOCK_METHODS, SCENARIOS,
+                            wallclock, wallclock_table)
 from peer.runtime.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
 METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared",
-           "gossip_vc_fanout", "sampled")
-# --quick runs issue 11's six methods (gossip_plain_shared is the full grid's control) and leaves
+           "gossip_vc_fanout", "sampled", "gossip_vc_int8x4")
+# --quick runs issue 11's six methods and gossip_vc_int8x4 (gossip_plain_shared is the full grid's control) and leaves
 # ``sampled`` out of the wall-clock scenarios (with every live peer training it is FedAvg's
 # computation with a rotating aggregator), so it stays within 15 minutes on 2 cores.
 QUICK_METHODS = tuple(m for m in METHODS if m != "gossip_plain_shared")
-QUICK_WALLCLOCK = tuple(m for m in WALLCLOCK_METHODS if m != "sampled")
+# The daemon's own start (init = shared, its default: every peer from the cluster's seed) with
+# its merge (vc), fanout 1 and 2; run with --methods (not in the grid by default).
+EXTRA_METHODS = ("gossip_vc_shared", "gossip_vc_fanout_shared")
+# Session 7 added gossip_vc_int8x4 (~345 s of CPU in --quick); to stay within 15 minutes --quick's
+# wall-clock part leaves out gossip_vc_fanout, which int8x4 outpaces at fewer bytes (the full run has both).
+QUICK_WALLCLOCK = tuple(m for m in WALLCLOCK_METHODS if m not in ("sampled", "gossip_vc_fanout"))
 LABELS = {
     "gossip_vc_fanout": "(f) gossip VC, fanout 2 (Epidemic Learning)",
+    "gossip_vc_int8x4": "(j) gossip VC, int8 deltas, 4 exchanges/round",
     "sampled": "(g) sampled rounds (hash-chosen aggregator)",
     "centralized": "(a) centralized SGD",
     "fedavg": "(b) FedAvg, shared init",
     "gossip_plain_indep": "(c) gossip plain, indep. init",
     "gossip_vc_indep": "(d) gossip VC, indep. init",
     "gossip_plain_shared": "(e) gossip plain, shared init",
+    "gossip_vc_shared": "(h) gossip VC, shared init (the daemon's default)",
+    "gossip_vc_fanout_shared": "(i) gossip VC, fanout 2, shared init",
 }
 # One colour per method in every panel of both plots.
 COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                            "tab:gray")))
+                            "tab:gray", "tab:olive")))
 # The paper's claim, as the issue states it.
 VC_ROUNDS_FACTOR = 1.5
 TARGET_FRACTION = 0.95
@@ -104,6 +124,16 @@ class Budget:
     # merge (where FedAvg's aggregate is scored, and the plain reference's: bench/reference.py),
     # or "now", its model at the round boundary, some local steps after that merge.
     evaluate: str = "merge"
+    # The learning rate over the run, the same for every method (the daemon's
+    # peer.runtime.lr_schedule): constant, or annealed from lr to lr * lr_floor over the
+    # round budget (rounds * local_steps virtual seconds; ``hearsay cluster`` anneals with
+    # cosine over its --duration by default). Round-based methods follow it on the same
+    # virtual time as gossip (bench.sampled.train_on_clock).
+    lr_schedule: str = "constant"  # python -m bench.learning's default is cosine (--lr-schedule)
+    lr_floor: float = 0.0
+    # Codec of gossip's model deltas (the daemon's ``codec`` option; FedAvg and sampled rounds
+    # send whole fp32 models). Gossip only: compressed deltas buy more exchanges per byte.
+    codec: str = "fp32"
 
 
 @dataclass
@@ -136,20 +166,25 @@ def sim_config(setting: Setting, budget: Budget, **kw) -> SimConfig:  # noqa: AN
     """The simulator config for ``setting``: one exchange per ``local_steps`` steps."""
     return SimConfig(peers=setting.peers, model=setting.model, split=setting.split, alpha=setting.alpha or 0.5,
                      batch_size=budget.batch_size, lr=budget.lr, momentum=budget.momentum, init=budget.init,
-                     seed=budget.seed, steps_per_second=1.0,
+                     seed=budget.seed, steps_per_second=1.0, lr_schedule=budget.lr_schedule,
+                     lr_horizon=float(budget.rounds * budget.local_steps), lr_floor=budget.lr_floor,
                      gossip_interval=float(budget.local_steps) / budget.exchanges_per_round, **kw)
 
 
 def run_centralized(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     """One model on all training data, N·local_steps steps per round (the same total compute)."""
     cfg = sim_config(setting, budget)
+    clock = VirtualClock()  # N steps per virtual second: the round budget's schedule, as the peers'
     t = Trainer(make_model(cfg, data, budget.seed), data, np.arange(len(data.train_y)), device=torch.device("cpu"),
                 seed=budget.seed, batch_size=budget.batch_size, lr=budget.lr, momentum=budget.momentum,
-                eval_every=1 << 62)
+                eval_every=1 << 62, lr_schedule=sim_lr_schedule(cfg), clock=clock)
     curve = Curve()
     curve.record(np.array([t.evaluate()]), 0, 0.0)
-    for _ in range(budget.rounds):
-        t.train_steps(setting.peers * budget.local_steps)
+    steps = setting.peers * budget.local_steps
+    for r in range(budget.rounds):
+        for k in range(1, steps + 1):
+            clock.now = (r * steps + k) / setting.peers
+            t.step()
         curve.record(np.array([t.evaluate()]), 0, 0.0)
     return curve
 
@@ -171,8 +206,8 @@ def run_fedavg(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     curve = Curve()
     curve.record(np.array([trainers[0].evaluate()]), 0, 0.0)
     for r in range(1, budget.rounds + 1):
-        for t in trainers:
-            t.train_steps(budget.local_steps)
+        for i in range(len(trainers)):
+            train_on_clock(sim, i, float((r - 1) * budget.local_steps), budget.local_steps)
         global_model = weighted_average([t.state() for t in trainers], samples)
         for t in trainers:
             t.merge_with(lambda _current: global_model)
@@ -194,7 +229,8 @@ def run_sampled(setting: Setting, budget: Budget, data: Dataset) -> Curve:
 def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
-    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout), data, rule)
+    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
+                               codec=budget.codec), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance())
     for r in range(1, budget.rounds + 1):
@@ -213,6 +249,11 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
         "gossip_plain_shared": lambda s, b, d: run_gossip(s, b, d, merge="mean", shared_init=True),
         "gossip_vc_fanout": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=False, fanout=2),
         "sampled": run_sampled,
+        "gossip_vc_int8x4": lambda s, b, d: run_gossip(
+            s, replace(b, codec=COMPRESSED_CODEC, exchanges_per_round=COMPRESSED_EXCHANGES), d, merge="vc",
+            shared_init=False),
+        "gossip_vc_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True),
+        "gossip_vc_fanout_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True, fanout=2),
     }
     return runners[method]
 
@@ -283,8 +324,30 @@ def verdicts(rows: Sequence[dict]) -> str:
         split = "iid" if key[1] == "iid" else f"dir {key[2]}"
         out.append(f"- {key[4]}, {key[0]} peers, {split}, {key[3]}: FedAvg {_fmt_rounds(b)} rounds; "
                    f"(d) {_fmt_rounds(d)} -> {'within' if d_ok else 'NOT within'} {VC_ROUNDS_FACTOR}x; "
-                   f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}")
+                   f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}; "
+                   + must_hold_2(m))
     return "\n".join(out)
+
+
+SERVER_FREE = ("gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared", "gossip_vc_fanout", "sampled",
+               "gossip_vc_int8x4", "gossip_vc_shared", "gossip_vc_fanout_shared")
+ASYNC_VC = ("gossip_vc_indep", "gossip_vc_fanout", "gossip_vc_int8x4", "gossip_vc_shared", "gossip_vc_fanout_shared")
+
+
+def must_hold_2(m: dict[str, dict]) -> str:
+    """Issue 11's must-hold 2 on one setting's rows: some server-free method within 1.2x FedAvg's
+    rounds at <= its bytes per round, and asynchronous VC gossip within 1.5x at <= 2x the bytes."""
+    fedavg = m["fedavg"]
+    b = fedavg["rounds_to_95pct_fedavg"]
+
+    def meets(method: str, rounds_factor: float, bytes_factor: float) -> bool:
+        r = m[method]["rounds_to_95pct_fedavg"]
+        return (b is not None and r is not None and r <= rounds_factor * max(b, 1)
+                and m[method]["bytes_per_round"] <= bytes_factor * fedavg["bytes_per_round"])
+    free = [k for k in SERVER_FREE if k in m and meets(k, 1.2, 1.0)]
+    vc = [k for k in ASYNC_VC if k in m and meets(k, VC_ROUNDS_FACTOR, 2.0)]
+    return (f"must-hold 2: server-free <=1.2x at <=1x bytes: {', '.join(free) or 'NONE'}; "
+            f"async VC <=1.5x at <=2x bytes: {', '.join(vc) or 'NONE'}")
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -380,8 +443,9 @@ SPLITS: tuple[tuple[str, float | None], ...] = (("iid", None), ("dirichlet", 0.1
 
 def grid(quick: bool) -> tuple[list[Setting], Budget]:
     """``--quick``: digits, 16 peers, the MLP on iid and Dirichlet 0.5, and Fashion-MNIST (12k
-    images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds (``QUICK_METHODS``; 437 s of CPU,
-    13 min wall on the shared 2-core machine: bench/RESULTS.md). Full: 16 and 64 peers x 3
+    images), 16 peers, the MLP on Dirichlet 0.5; 30 rounds (``QUICK_METHODS``; session 4: 437 s of CPU,
+    13 min wall on the shared 2-core machine; session 7 adds gossip_vc_int8x4, estimated ~630 s of
+    CPU: bench/RESULTS.md). Full: 16 and 64 peers x 3
     splits x MLP and CNN on both data sets, 60 rounds."""
     if quick:
         settings = [Setting(16, s, a, "mlp") for s, a in (("iid", None), ("dirichlet", 0.5))]
@@ -417,6 +481,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval", choices=("merge", "now"), default="merge",
                    help="score gossip peers right after their latest merge (as FedAvg) or at the round boundary")
     p.add_argument("--no-wallclock", action="store_true", help="skip the simulated wall-clock scenarios")
+    p.add_argument("--scenarios", nargs="*", default=None, help="only these wall-clock scenarios: "
+                   "uniform, stragglers, churn50, down80")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                   help="the learning rate over the round budget, the same for every method (the daemon's "
+                        "lr_schedule; cosine, the default, is what hearsay cluster runs over its --duration)")
+    p.add_argument("--lr-floor", type=float, default=0.0, help="an annealed rate's end, a fraction of lr")
+    p.add_argument("--codec", default="fp32", help="codec of gossip's model deltas (protocol.codecs name)")
+    p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
     p.add_argument("--peers", type=int, nargs="*", default=None, help="only these swarm sizes")
@@ -433,13 +505,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = [s for s in settings if selected(s, args)]
     if not settings:
         raise SystemExit("no setting matches --peers/--models/--splits")
-    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval)
+    budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval,
+                     lr_schedule=args.lr_schedule, lr_floor=args.lr_floor, codec=args.codec,
+                     exchanges_per_round=args.exchanges)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:
         data = datasets[setting.dataset]
-        methods = QUICK_METHODS if args.quick else METHODS
-        for method in [m for m in methods if args.methods is None or m in args.methods or m == "fedavg"]:
+        methods = (QUICK_METHODS if args.quick else METHODS) + EXTRA_METHODS
+        for method in [m for m in methods if (args.methods is None and m not in EXTRA_METHODS)
+                       or m in (args.methods or ()) or m == "fedavg"]:
             t0 = time.perf_counter()
             curve = method_runner(method)(setting, budget, data)
             runs.append(Run(setting, method, curve, time.perf_counter() - t0))
@@ -454,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             base = sim_config(s, budget)
             result["wallclock"] += wallclock(name, base, data, budget.local_steps, budget.rounds * budget.local_steps,
                                              log=lambda line: print(line, file=sys.stderr, flush=True),
-                                             methods=QUICK_WALLCLOCK if args.quick else WALLCLOCK_METHODS)
+                                             methods=QUICK_WALLCLOCK if args.quick else WALLCLOCK_METHODS,
+                                             scenarios=args.scenarios or SCENARIOS)
     if args.ablate:
         result["ablation"] = ablation(settings[0], budget, data)
     result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -466,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = plot(runs, plot_dir)
     print(f"\n{budget.rounds} rounds of {budget.local_steps} local steps per peer (batch {budget.batch_size}, "
-          f"lr {budget.lr}, momentum {budget.momentum}, init {budget.init}); {', '.join(datasets)}; "
+          f"lr {budget.lr} {budget.lr_schedule}, momentum {budget.momentum}, init {budget.init}, "
+          f"gossip codec {budget.codec}, {budget.exchanges_per_round} exchange(s)/round); {', '.join(datasets)}; "
           f"wall time {result['wall_s']:.0f} s, CPU time {result['cpu_s']:.0f} s\n")
     print(markdown_table(rows))
     if "wallclock" in result:

@@ -79,7 +79,7 @@ def run_rounds(sim: Simulator, rounds: int, local_steps: int, *, sampled: bool, 
         for i in round_trainers:
             peers[i].trainer.merge_with(lambda _c: aggregate)
             if i in durations:
-                peers[i].trainer.train_steps(local_steps)
+                train_on_clock(sim, i, now, local_steps, timing.speeds[i])
         transfers = 2 * sum(1 for i in done if i != aggregator)
         sent += transfers * packet
         link = packet / timing.bandwidth if timing.bandwidth else 0.0
@@ -92,6 +92,19 @@ def run_rounds(sim: Simulator, rounds: int, local_steps: int, *, sampled: bool, 
         result.bytes_sent.append(sent)
         result.times.append(now)
     return result
+
+
+def train_on_clock(sim: Simulator, index: int, start: float, steps: int, speed: float = 1.0) -> None:
+    """Peer ``index`` takes ``steps`` local steps from virtual time ``start`` at ``speed`` steps
+    per second, the clock reading each step's time as the step is taken (step k at start + k/speed,
+    as ``Simulator`` steps a gossip peer), so a learning-rate schedule (SimConfig.lr_schedule)
+    anneals round-based methods on the same virtual time as gossip. The round-based methods
+    drive the trainers themselves and never run the clock's events, so moving ``now`` is all
+    the clock does for them."""
+    trainer = sim.peers[index].trainer
+    for k in range(1, steps + 1):
+        sim.clock.now = start + k / speed
+        trainer.step()
 
 
 def _tensor(x: np.ndarray):  # noqa: ANN202 - torch.Tensor

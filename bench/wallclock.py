@@ -12,7 +12,8 @@ Scenarios, over N peers at 1 local step per virtual second (a round of ``local_s
 Methods: ``fedavg_sync`` (a round waits for its slowest live client), ``fedavg_deadline``
 (clients slower than 1.5x the median are dropped from the round), ``gossip_vc``
 (asynchronous gossip with variance correction, ``peer.sim.swarm``), ``gossip_vc_fanout``
-(Epidemic Learning, fanout 2) and ``sampled`` (``bench.sampled``). Accuracy is the mean over
+(Epidemic Learning, fanout 2), ``gossip_vc_int8x4`` (int8 deltas, four exchanges per round)
+and ``sampled`` (``bench.sampled``). Accuracy is the mean over
 all peers for gossip and the aggregate's for the round-based methods, every ``local_steps`` s.
 """
 
@@ -27,7 +28,11 @@ from peer.data import Dataset
 from peer.sim.swarm import SimConfig, Simulator
 
 SCENARIOS = ("uniform", "stragglers", "churn50", "down80")
-METHODS = ("fedavg_sync", "fedavg_deadline", "gossip_vc", "gossip_vc_fanout", "sampled")
+METHODS = ("fedavg_sync", "fedavg_deadline", "gossip_vc", "gossip_vc_fanout", "gossip_vc_int8x4", "sampled")
+# gossip_vc_int8x4: the daemon's int8 delta codec (``codec = int8``) and four exchanges per round
+# (gossip_interval a quarter of a round's local steps): within 2x FedAvg's bytes per round, four
+# times the mixing (bench/RESULTS.md, "Issue 11, session 7"). FedAvg and sampled rounds send fp32.
+COMPRESSED_CODEC, COMPRESSED_EXCHANGES = "int8", 4
 LATENCY = 0.05
 BANDWIDTH = 10e6  # 10 MB/s links
 TARGET_FRACTION = 0.95
@@ -62,6 +67,8 @@ def live_function(cfg: SimConfig) -> Callable[[int, float], bool]:
 def run_method(method: str, cfg: SimConfig, data: Dataset, local_steps: int, duration: float) -> tuple[list[float], list[float]]:
     """(times, mean accuracies) of ``method`` on ``cfg`` for ``duration`` virtual seconds."""
     if method.startswith("gossip"):
+        if method.endswith("int8x4"):
+            cfg = replace(cfg, codec=COMPRESSED_CODEC, gossip_interval=local_steps / COMPRESSED_EXCHANGES)
         sim = Simulator(replace(cfg, merge="vc", shared_init=False, fanout=2 if method.endswith("fanout") else 1), data)
         times, accs = [0.0], [float(sim.accuracies().mean())]
         t = 0.0
@@ -85,11 +92,13 @@ def time_to(times: list[float], accs: list[float], target: float) -> float | Non
 
 
 def wallclock(dataset: str, base: SimConfig, data: Dataset, local_steps: int, duration: float,
-              log: Callable[[str], None] = print, methods: Sequence[str] = METHODS) -> list[dict]:
-    """The ``wallclock`` JSON rows for every scenario and method of ``methods`` (``fedavg_sync``
-    is always run); the mark is 95 % of the same scenario's synchronous FedAvg's final accuracy."""
+              log: Callable[[str], None] = print, methods: Sequence[str] = METHODS,
+              scenarios: Sequence[str] = SCENARIOS) -> list[dict]:
+    """The ``wallclock`` JSON rows for every scenario of ``scenarios`` and method of ``methods``
+    (``fedavg_sync`` is always run); ``base``'s lr schedule (horizon: ``duration``) holds for
+    every method. The mark is 95 % of the same scenario's synchronous FedAvg's final accuracy."""
     rows = []
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         cfg = scenario_config(base, scenario, duration)
         curves = {m: run_method(m, cfg, data, local_steps, duration) for m in METHODS
                   if m in methods or m == "fedavg_sync"}

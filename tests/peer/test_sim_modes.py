@@ -103,3 +103,25 @@ def test_fanout_rounds_over_links_with_latency_end(digits) -> None:  # noqa: ANN
     sim.run_until(21.0)
     assert sim.stats.exchanges == 2 * 4 * sim.config.peers and sim.stats.merges > 0
     assert sim.now == 21.0
+
+
+def test_round_based_methods_follow_the_lr_schedule_on_gossips_virtual_time(digits) -> None:  # noqa: ANN001
+    """bench.learning gives every method the same schedule: FedAvg's and sampled rounds' clients
+    (bench.sampled.train_on_clock) take step k at the virtual time a gossip peer takes it, so
+    after the same steps they step at the same rate, and a straggler anneals on its own time."""
+    from bench.sampled import train_on_clock
+    from peer.runtime.lr_schedule import lr_factor
+
+    cfg = small(lr_schedule="cosine", lr_horizon=20.0, gossip_interval=1000.0)  # no exchange: steps only
+    gossip, rounds = Simulator(cfg, digits), Simulator(cfg, digits)
+    gossip.run_until(12.0)
+    for i in range(cfg.peers):
+        train_on_clock(rounds, i, 0.0, 6)
+        train_on_clock(rounds, i, 6.0, 6)
+    for g, r in zip(gossip.peers, rounds.peers):
+        assert r.trainer.stats().steps == g.trainer.stats().steps == 12
+        # The rate of step 12 (begun at step 1, t = 1; 11 of the 19 s to the horizon gone).
+        assert r.trainer.lr == pytest.approx(g.trainer.lr) == pytest.approx(0.05 * lr_factor("cosine", 11 / 19, 0.0))
+    slow = Simulator(cfg, digits)
+    train_on_clock(slow, 0, 0.0, 5, speed=0.25)  # steps at t = 4, 8, ..., 20: the last one at the horizon
+    assert slow.peers[0].trainer.lr == 0.0
