@@ -16,7 +16,10 @@ loss check, 8 senders kept; bench/RESULTS.md, issue 14 session 7): the cosine be
 update and ``C − x_local`` was below 0 for 2 % of the 751 honest models taken (5th percentile
 +0.15, median +0.53) and for 79 % of the 325 attackers' (median −0.13, 95th percentile +0.11).
 
-Memory: ``window`` copies of the model (the senders' last taken models), float32 as received.
+Memory: the test looks at a fixed, seeded sample of at most ``max_coords`` coordinates (all of
+them for a model that small; a cosine over a uniform sample of coordinates estimates the
+cosine over all of them), so ``window`` models cost at most ``window · max_coords`` float32
+values (2 MiB with the defaults), not ``window`` copies of a 100M-parameter model.
 Pure: no clock; the senders are the identities the caller vouches for (peer/transport/identity.py),
 so one sender holds one slot however often it speaks.
 """
@@ -31,27 +34,54 @@ import numpy as np
 from protocol.merge.base import Tensors, is_mergeable
 
 
+MAX_COORDS = 1 << 16
+
+
 class RecentCentre:
     """The last model taken from each of up to ``window`` distinct senders, and their median.
 
     ``warmup``: fewer models than this and there is no centre (``direction`` answers None):
-    a median of one or two models is just those models.
+    a median of one or two models is just those models. Models are kept as the sample of
+    coordinates (``max_coords`` at most) chosen from the first one's layout; a model of
+    another layout starts the window afresh.
     """
 
-    def __init__(self, window: int = 8, warmup: int = 3) -> None:
-        if window < 1 or warmup < 1 or warmup > window:
-            raise ValueError(f"need 1 <= warmup <= window, got window={window}, warmup={warmup}")
+    def __init__(self, window: int = 8, warmup: int = 3, max_coords: int = MAX_COORDS) -> None:
+        if window < 1 or warmup < 1 or warmup > window or max_coords < 1:
+            raise ValueError(f"need 1 <= warmup <= window and max_coords >= 1, got window={window}, "
+                             f"warmup={warmup}, max_coords={max_coords}")
         self.window = window
         self.warmup = warmup
+        self.max_coords = max_coords
+        self._layout: tuple[tuple[str, int], ...] = ()
+        self._picks: dict[str, np.ndarray | None] = {}  # tensor -> flat indices kept (None: all)
         self._models: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._models)
 
+    def _sample(self, model: Tensors) -> dict[str, np.ndarray]:
+        """The kept coordinates of ``model``'s floating tensors, flat (float64: they are few)."""
+        layout = tuple((k, int(np.size(v))) for k, v in model.items() if is_mergeable(v))
+        if layout != self._layout:
+            self._layout, self._models = layout, OrderedDict()
+            total = sum(n for _, n in layout)
+            rng = np.random.default_rng(0)  # seeded: every peer and run picks the same coordinates
+            self._picks = {k: None if total <= self.max_coords else
+                           np.sort(rng.choice(n, size=min(n, max(1, round(n * self.max_coords / total))),
+                                              replace=False))
+                           for k, n in layout}
+        out = {}
+        for k, idx in self._picks.items():
+            flat = np.asarray(model[k]).reshape(-1)
+            out[k] = (flat if idx is None else flat[idx]).astype(np.float64)
+        return out
+
     def add(self, sender: str, model: Tensors) -> None:
-        """Remember ``model`` as ``sender``'s latest taken one (a copy: callers' views change later)."""
+        """Remember ``model`` as ``sender``'s latest taken one (its sample: a copy of its own)."""
+        sample = self._sample(model)
         self._models.pop(sender, None)
-        self._models[sender] = {k: np.array(v, copy=True) for k, v in model.items() if is_mergeable(v)}
+        self._models[sender] = sample
         while len(self._models) > self.window:
             self._models.popitem(last=False)
 
@@ -67,13 +97,13 @@ class RecentCentre:
         None without a centre or when either vector is zero (nothing to judge by)."""
         if centre is None:
             return None
+        here, there = self._sample(local), self._sample(other)
+        if any(np.shape(centre.get(k)) != x.shape for k, x in here.items()):  # a centre of another layout
+            return None
         dot = uu = cc = 0.0
-        for name, x0 in local.items():
-            if name not in centre:
-                continue
-            x = np.asarray(x0, dtype=np.float64).ravel()
-            u = np.asarray(other[name], dtype=np.float64).ravel() - x
-            c = np.asarray(centre[name], dtype=np.float64).ravel() - x
+        for name, x in here.items():
+            u = there[name] - x
+            c = np.asarray(centre[name], dtype=np.float64) - x
             dot += float(u @ c)
             uu += float(u @ u)
             cc += float(c @ c)

@@ -314,7 +314,7 @@ class BristleRule(JudgingRule):
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
                  beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 2.0,
                  newcomers_in_history: bool = True, loss_trust_k: float | None = None,
-                 centre_window: int = 0, direction_floor: float = 0.0) -> None:
+                 centre_window: int = 8, direction_floor: float = 0.0) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
         self.outlier_factor = outlier_factor
@@ -332,7 +332,8 @@ class BristleRule(JudgingRule):
         self.validator = validator
         # The direction test (protocol/merge/centre.py): an update pointing away from the median
         # of the last models taken from ``centre_window`` distinct senders (cosine below
-        # ``direction_floor``) is an outlier. 0: off.
+        # ``direction_floor``) is an outlier. 0: off. It holds loss-shift (0.926 against 0.881
+        # without it, bench/RESULTS.md, issue 14 session 7) at no measured cost without an attack.
         if not -1.0 <= direction_floor < 1.0:
             raise ValueError(f"direction_floor must be in [-1, 1), got {direction_floor}")
         self.centre = RecentCentre(centre_window) if centre_window > 0 else None

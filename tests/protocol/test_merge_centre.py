@@ -97,3 +97,22 @@ def test_a_far_outlier_bans_at_once_and_a_near_one_counts_once() -> None:
     off = Reputation(ReputationConfig(far_factor=math.inf))
     off.observe([Verdict("far", "outlier", distance=10.0, bound=1.0)], now=0.0)
     assert not off.is_banned("far", 0.0)
+
+
+def test_a_large_model_is_judged_on_a_sample_of_coordinates_with_the_same_answer() -> None:
+    """200,000 coordinates, 4,096 kept: memory per model is the sample's; the cosine estimate agrees."""
+    rng = np.random.default_rng(5)
+    local = {"a": rng.standard_normal(150_000).astype(np.float32), "b": rng.standard_normal((250, 200)).astype(np.float32)}
+    way = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+    full, sampled = RecentCentre(window=3, warmup=3), RecentCentre(window=3, warmup=3, max_coords=4096)
+    for i in range(3):
+        m = {k: v + way[k] + 0.3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+        full.add(f"s{i}", m)
+        sampled.add(f"s{i}", m)
+    assert sum(v.size for v in sampled.centre().values()) <= 4096 + 2
+    for sign in (1.0, -1.0):
+        other = {k: v + sign * 0.5 * way[k] + rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+        exact = full.direction(local, full.centre(), other)
+        estimate = sampled.direction(local, sampled.centre(), other)
+        assert exact is not None and estimate is not None
+        assert abs(exact) > 0.2 and estimate == pytest.approx(exact, abs=0.05)
