@@ -20,7 +20,8 @@ lifts its score above ``readmit_above`` (hysteresis: no flapping at the threshol
 it is then on probation with a low score, and a few more bad updates ban it again.
 
 Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
-(1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas. In the long run a peer whose
+(1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas, and so does one outlier more than
+``far_factor`` (4) times beyond its rule's bound (it counts ``far_weight``, 3). In the long run a peer whose
 updates cost an expected penalty ``p`` each (penalties minus rewards), arriving every
 ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates

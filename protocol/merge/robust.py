@@ -304,6 +304,10 @@ class BristleRule(JudgingRule):
     ends (``LossCheck.trust_k``); ``newcomers_in_history`` False keeps refused models of
     senders with no model taken yet (stake < 1) out of both histories (measured in
     bench/RESULTS.md, issue 14 session 5: it ratchets the bounds down, so it is off).
+    ``centre_window`` (8; 0: off) and ``direction_floor`` (0.0): the direction test
+    (``protocol.merge.centre``): a model that passed distance and loss but whose update points
+    away from the median of the last models taken from that many distinct senders (cosine
+    below the floor) is an outlier; refused models never enter that median.
     """
 
     name = "bristle"
@@ -428,6 +432,7 @@ class BristleVCRule(BristleRule):
 # protocol.reputation: in bench/byzantine.py (16 peers, 4 attackers, non-IID, shared init,
 # 40 rounds) it keeps honest peers within 1.1 points of no attack under sign-flip, noise,
 # label-flip and small-shift; without the validator it stops neither label-flip nor small
-# shift. Not stopped: an omniscient attacker that stays inside both the distance bound and
-# the loss limit ("loss-shift": 0.884 vs 0.940) — see bench/RESULTS.md.
+# shift. An omniscient attacker that stays inside both the distance bound and the loss limit
+# ("loss-shift": 0.881 vs 0.940) is held by the direction test (0.926; bench/RESULTS.md,
+# issue 14 session 7). It is the daemon's default merge rule since that session.
 RECOMMENDED_ROBUST = "bristle"
