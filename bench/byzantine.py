@@ -115,6 +115,8 @@ RULES: dict[str, RuleSpec] = {
     # since; nodir: without it, the rule of sessions 5 and 6).
     "bristle+loss+rep/dir": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("centre_window", 8),)),
     "bristle+loss+rep/nodir": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("centre_window", 0),)),
+    "bristle+loss+rep/dir-0.1": RuleSpec("bristle", reputation=True, validate=True,
+                                         rule_args=(("direction_floor", -0.1),)),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),

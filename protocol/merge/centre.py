@@ -15,6 +15,11 @@ Measured in bench/byzantine.py's setting (16 peers, 4 loss-shift attackers, bris
 loss check, 8 senders kept; bench/RESULTS.md, issue 14 session 7): the cosine between the
 update and ``C − x_local`` was below 0 for 2 % of the 751 honest models taken (5th percentile
 +0.15, median +0.53) and for 79 % of the 325 attackers' (median −0.13, 95th percentile +0.11).
+Bristle refuses below −0.1 (``BristleRule.direction_floor``): at 0 the honest models refused
+under small-shift doubled and cost 2.7 points. What it does not stop: an attacker that knows
+the test too and projects its step so that it never points away from our centre (measured:
+0.873, as bad as without the test) — the test is evidence about the classes we lack only as
+long as the attacker's step is the plain ascent on its own.
 
 Memory: the test looks at a fixed, seeded sample of at most ``max_coords`` coordinates (all of
 them for a model that small; a cosine over a uniform sample of coordinates estimates the
