@@ -110,6 +110,13 @@ RULES: dict[str, RuleSpec] = {
                                         rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.5))),
     "bristle+loss+rep/w+t0": RuleSpec("bristle", reputation=True, validate=True,
                                       rule_args=(("loss_warmup_margin", math.inf), ("loss_trust_k", 0.0))),
+    # Session 7: the direction test (protocol/merge/centre.py): an update pointing away from the
+    # median of the last models taken from 8 distinct senders is an outlier (bristle's default
+    # since; nodir: without it, the rule of sessions 5 and 6).
+    "bristle+loss+rep/dir": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("centre_window", 8),)),
+    "bristle+loss+rep/nodir": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("centre_window", 0),)),
+    "bristle+loss+rep/dir-0.1": RuleSpec("bristle", reputation=True, validate=True,
+                                         rule_args=(("direction_floor", -0.1),)),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from hearsay.v1 import admin_pb2
+from peer.runtime.config import PeerConfig
 from peer.tools.admin_client import AdminClient, AdminError
 from peer.tools.procs import PeerProcess, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS, stop_peers
@@ -69,7 +70,7 @@ def test_every_admin_command_against_a_live_cluster(cluster: list[PeerProcess], 
     admin = ["--admin", a.admin_address]
 
     status = json.loads(hearsay("status", *admin, "--json").stdout)
-    assert status["peer_id"] == "peer-0" and status["known_peers"] == 2 and status["merge"] == "vc"
+    assert status["peer_id"] == "peer-0" and status["known_peers"] == 2 and status["merge"] == PeerConfig().merge
 
     peers = json.loads(hearsay("peers", *admin, "--json").stdout)
     assert {p["peer_id"] for p in peers} == {"peer-1", "peer-2"}

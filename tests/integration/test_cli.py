@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peer.runtime.config import ZOO_MODELS
+from peer.runtime.config import ZOO_MODELS, PeerConfig
 from peer.tools.procs import PeerProcess, free_ports, launch_peers, wait_for
 from tests.conftest import COMMON_PEER_ARGS, stop_peers
 
@@ -157,7 +157,7 @@ def test_status_json_has_numbers_and_text_shows_the_live_knobs(pair: list[PeerPr
     assert peers[0]["source"] == "seed"  # peer-1 was given as a seed, even though SWIM also gossips it
     assert " seed " in hearsay("peers", "--admin", a.admin_address).stdout
     text = hearsay("status", "--admin", a.admin_address).stdout
-    assert "every 0.3 s, codec fp32, merge vc" in text, text
+    assert f"every 0.3 s, codec fp32, merge {PeerConfig().merge}" in text, text
 
 
 def test_top_fits_80_columns_measures_rates_and_writes_when_piped(pair: list[PeerProcess]) -> None:

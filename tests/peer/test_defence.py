@@ -13,7 +13,7 @@ from peer.runtime.config import PeerConfig
 from peer.runtime.defence import Defence
 from peer.runtime.node import Node, build_trainer_and_validation
 from tests.trainers import build_trainer
-from peer.runtime.validation import split_validation
+from peer.runtime.validation import make_validator, split_validation
 from protocol.merge import RULES, BristleRule, Contribution, LossCheck, MergeReport, Validator, make_rule
 from protocol.reputation import Reputation
 
@@ -83,6 +83,22 @@ def test_the_validation_split_is_seeded_disjoint_and_never_empties_a_side() -> N
     assert len(split_validation(shard, 0.0, seed=0)[1]) == 0
     with pytest.raises(ValueError):
         split_validation(shard, 1.0, seed=0)
+
+
+def test_the_loss_check_scores_a_seeded_subsample_of_at_most_its_limit() -> None:
+    """Two passes per merge over a whole large shard would cost as much as training: the
+    validator sees ``limit`` samples, the same ones on every call and every peer."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(2000, 4), torch.randint(0, 3, (2000,))
+    weights = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    capped = make_validator(model, x, y, limit=100)
+    keep = np.sort(np.random.default_rng(0).choice(2000, size=100, replace=False))
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(x[keep]), y[keep]))
+        whole = float(torch.nn.functional.cross_entropy(model(x), y))
+    assert capped(weights) == pytest.approx(expected, rel=1e-6) and capped(weights) != pytest.approx(whole, rel=1e-4)
+    assert make_validator(model, x, y, limit=5000)(weights) == pytest.approx(whole, rel=1e-6)
 
 
 def test_the_daemon_holds_out_its_validation_split_and_gives_bristle_a_loss_check() -> None:

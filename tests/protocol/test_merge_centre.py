@@ -1,0 +1,118 @@
+"""The recent centre and bristle's direction test (protocol/merge/centre.py), and reputation's
+weight for far outliers (protocol/reputation.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from protocol.merge import BristleRule, Contribution, Verdict, merge_received_report
+from protocol.merge.centre import RecentCentre
+from protocol.reputation import Reputation, ReputationConfig
+
+
+def vec(*xs: float) -> dict[str, np.ndarray]:
+    return {"w": np.array(xs, dtype=np.float32), "steps": np.array(7, dtype=np.int64)}
+
+
+def at(dx: float, dy: float) -> dict[str, np.ndarray]:
+    """A model ``(dx, dy)`` from ``LOCAL`` (whose norm sets bristle's warm-up bound: 1.5 × 5)."""
+    return vec(3 + dx, 4 + dy)
+
+
+LOCAL = at(0, 0)
+
+
+def test_the_centre_is_the_coordinate_median_of_one_model_per_sender_and_forgets_the_oldest() -> None:
+    c = RecentCentre(window=3, warmup=2)
+    c.add("a", vec(0, 0))
+    assert c.centre() is None  # one model is no centre
+    c.add("b", vec(10, 2))
+    c.add("a", vec(1, 1))  # a's newer model replaces its older one: one sender, one slot
+    assert len(c) == 2
+    c.add("c", vec(4, 100))
+    centre = c.centre()
+    assert centre is not None and "steps" not in centre  # counters are not models' coordinates
+    np.testing.assert_allclose(centre["w"], [4, 2])
+    c.add("d", vec(-50, -50))  # the window holds 3 senders: b, the oldest now, goes
+    np.testing.assert_allclose(c.centre()["w"], [1, 1])
+
+
+def test_the_model_kept_is_a_copy() -> None:
+    c = RecentCentre(window=2, warmup=1)
+    m = vec(1, 2)
+    c.add("a", m)
+    m["w"][:] = 99
+    np.testing.assert_allclose(c.centre()["w"], [1, 2])
+
+
+def test_direction_is_the_cosine_of_the_update_with_the_way_to_the_centre() -> None:
+    c = RecentCentre()
+    local, centre = vec(0, 0), {"w": np.array([1.0, 0.0])}
+    assert c.direction(local, centre, vec(2, 0)) == pytest.approx(1.0)
+    assert c.direction(local, centre, vec(-1, 1)) == pytest.approx(-math.sqrt(0.5))
+    assert c.direction(local, centre, vec(0, 0)) is None  # no update: nothing to judge
+    assert c.direction(local, None, vec(1, 0)) is None
+
+
+def test_bristle_refuses_an_update_that_points_away_from_the_recent_centre() -> None:
+    """Three senders have pulled us towards +x; a close model that pulls the other way is an
+    outlier with the direction test, and is taken without it."""
+    def run(centre_window: int) -> list[Verdict]:
+        rule = BristleRule(warmup=3, centre_window=centre_window)
+        local = LOCAL
+        for i, x in enumerate((at(1.0, 0.1), at(1.1, -0.1), at(0.9, 0.0))):
+            rule.merge_report(Contribution(local), [Contribution(x, sender=f"honest{i}")])
+        return list(merge_received_report(rule, local, 1, [Contribution(at(-0.5, 0.2), sender="attacker"),
+                                                             Contribution(at(0.8, 0.3), sender="friend")]).verdicts)
+
+    with_test = run(8)
+    assert [v.kind for v in with_test] == ["outlier", "ok"]
+    assert "points away from the recent centre" in with_test[0].reason
+    assert [v.kind for v in run(0)] == ["ok", "ok"]  # distance alone cannot tell: both are as close
+
+
+def test_refused_updates_do_not_enter_the_centre() -> None:
+    rule = BristleRule(warmup=3, centre_window=8)
+    local = LOCAL
+    for i, x in enumerate((at(1.0, 0.1), at(1.1, -0.1), at(0.9, 0.0))):
+        rule.merge_report(Contribution(local), [Contribution(x, sender=f"honest{i}")])
+    for _ in range(5):
+        report = rule.merge_report(Contribution(local), [Contribution(at(-0.5, 0.2), sender="attacker")])
+        assert [v.kind for v in report.verdicts] == ["outlier"]
+    assert rule.centre is not None and len(rule.centre) == 3
+    np.testing.assert_allclose(rule.centre.centre()["w"], [4.0, 4.0])
+
+
+def test_a_far_outlier_bans_at_once_and_a_near_one_counts_once() -> None:
+    rep = Reputation(ReputationConfig())
+    rep.observe([Verdict("near", "outlier", distance=2.0, bound=1.0)], now=0.0)
+    assert not rep.is_banned("near", 0.0)
+    rep.observe([Verdict("far", "outlier", distance=10.0, bound=1.0)], now=0.0)
+    assert rep.is_banned("far", 0.0)
+    rep.observe([Verdict("nan", "outlier", distance=math.nan, bound=1.0)], now=0.0)
+    assert rep.is_banned("nan", 0.0)
+    off = Reputation(ReputationConfig(far_factor=math.inf))
+    off.observe([Verdict("far", "outlier", distance=10.0, bound=1.0)], now=0.0)
+    assert not off.is_banned("far", 0.0)
+
+
+def test_a_large_model_is_judged_on_a_sample_of_coordinates_with_the_same_answer() -> None:
+    """200,000 coordinates, 4,096 kept: memory per model is the sample's; the cosine estimate agrees."""
+    rng = np.random.default_rng(5)
+    local = {"a": rng.standard_normal(150_000).astype(np.float32), "b": rng.standard_normal((250, 200)).astype(np.float32)}
+    way = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+    full, sampled = RecentCentre(window=3, warmup=3), RecentCentre(window=3, warmup=3, max_coords=4096)
+    for i in range(3):
+        m = {k: v + way[k] + 0.3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+        full.add(f"s{i}", m)
+        sampled.add(f"s{i}", m)
+    assert sum(v.size for v in sampled.centre().values()) <= 4096 + 2
+    for sign in (1.0, -1.0):
+        other = {k: v + sign * 0.5 * way[k] + rng.standard_normal(v.shape).astype(np.float32) for k, v in local.items()}
+        exact = full.direction(local, full.centre(), other)
+        estimate = sampled.direction(local, sampled.centre(), other)
+        assert exact is not None and estimate is not None
+        assert abs(exact) > 0.2 and estimate == pytest.approx(exact, abs=0.05)
