@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -163,17 +164,37 @@ def test_status_json_has_numbers_and_text_shows_the_live_knobs(pair: list[PeerPr
 def test_top_fits_80_columns_measures_rates_and_writes_when_piped(pair: list[PeerProcess]) -> None:
     a, _ = pair
     env = {**os.environ, "COLUMNS": "80"}
-    out = subprocess.run([sys.executable, "-m", "peer.tools.cli", "top", "--admin", a.admin_address, "--once"],
-                         capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80 and "…" not in out.stdout, out.stdout
-    self_row = next(line for line in lines if line.startswith("peer-0 *"))
-    assert float(self_row.split()[5]) > 0, self_row  # exch/s from two samples, not a constant 0.00
-    rows = json.loads(hearsay("top", "--admin", a.admin_address, "--json").stdout)
-    assert {r["peer"] for r in rows} == {"peer-0", "peer-1"}
-    me = next(r for r in rows if r["self"])
-    assert me["peer"] == "peer-0" and me["exchange_rate"] > 0
+
+    def top_once() -> tuple[list[str], str]:
+        out = subprocess.run([sys.executable, "-m", "peer.tools.cli", "top", "--admin", a.admin_address, "--once"],
+                             capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert max(len(line) for line in lines) <= 80 and "…" not in out.stdout, out.stdout
+        return lines, next(line for line in lines if line.startswith("peer-0 *"))
+
+    # exch/s comes from two samples a second apart, so it is 0.00 in a second with no exchange
+    # (a loaded machine: CI saw 10 exchanges in ~9 s). A constant 0.00 never turns positive.
+    rows_seen: list[str] = []
+
+    def rate_moves() -> bool:
+        _, self_row = top_once()
+        rows_seen.append(self_row)
+        return float(self_row.split()[5]) > 0
+
+    try:
+        wait_for(rate_moves, timeout=60, interval=0.1, what="a positive exch/s in top's self row")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; the last rows: {rows_seen[-3:]}") from None
+
+    def json_rate_moves() -> list[dict[str, Any]] | None:
+        rows = json.loads(hearsay("top", "--admin", a.admin_address, "--json").stdout)
+        assert {r["peer"] for r in rows} == {"peer-0", "peer-1"}
+        me = next(r for r in rows if r["self"])
+        assert me["peer"] == "peer-0" and me["exchange_rate"] >= 0
+        return rows if me["exchange_rate"] > 0 else None
+
+    wait_for(json_rate_moves, timeout=60, interval=0.1, what="a positive exchange_rate in top --json")
 
     proc = subprocess.Popen([sys.executable, "-m", "peer.tools.cli", "top", "--admin", a.admin_address, "--interval", "0.3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)
