@@ -435,5 +435,7 @@ class BristleVCRule(BristleRule):
 # label-flip and small-shift; without the validator it stops neither label-flip nor small
 # shift. An omniscient attacker that stays inside both the distance bound and the loss limit
 # ("loss-shift": 0.881 vs 0.940) is held by the direction test (0.920; bench/RESULTS.md,
-# issue 14 session 7) — not one that also knows the direction test (0.873 there). It is the daemon's default merge rule since that session.
+# issue 14 session 7) — not one that also knows the direction test (0.873 there). Made the daemon's default
+# in session 7 and taken back in session 8: between real peers it banned an honest partner 7 s
+# into a run (tests/integration/test_partition_netns.py; README, hostile peers).
 RECOMMENDED_ROBUST = "bristle"
