@@ -204,7 +204,7 @@ class PeerConfig:
                                  lo=0.1, hi=3600.0, seconds=True)
     merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
                             "averaging (bench/learning.py). With hostile peers use bristle (README, hostile "
-                            "peers): it still bans honest peers early in a run, so it is not the default.",
+                            "peers): it still bans honest peers in small swarms, so it is not the default.",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
                               "per-link replica of what the partner holds, with error feedback.",
