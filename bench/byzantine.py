@@ -117,10 +117,6 @@ RULES: dict[str, RuleSpec] = {
     "bristle+loss+rep/nodir": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("centre_window", 0),)),
     "bristle+loss+rep/dir-0.1": RuleSpec("bristle", reputation=True, validate=True,
                                          rule_args=(("direction_floor", -0.1),)),
-    # Session 8: models beyond the distance bound by at most 2x are clipped to it and merged, and
-    # cost no reputation (BristleRule.clip_factor, ReputationConfig.near_factor; noclip: left
-    # out and counted, the rule of session 7, which banned honest peers between real peers).
-    "bristle+loss+rep/noclip": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("clip_factor", 1.0),)),
     # Each peer from its own initial model (the daemon's init=own): what a shared start buys.
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),

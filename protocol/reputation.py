@@ -21,8 +21,7 @@ it is then on probation with a low score, and a few more bad updates ban it agai
 
 Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
 (1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas, and so does one outlier more than
-``far_factor`` (4) times beyond its rule's bound (it counts ``far_weight``, 3), while a model
-clipped to the bound from at most ``near_factor`` (2) times it counts nothing. In the long run a peer whose
+``far_factor`` (4) times beyond its rule's bound (it counts ``far_weight``, 3). In the long run a peer whose
 updates cost an expected penalty ``p`` each (penalties minus rewards), arriving every
 ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
@@ -67,12 +66,6 @@ class ReputationConfig:
     # by each peer was otherwise forgiven between its outliers and never banned (rotate's cost).
     far_factor: float = 4.0
     far_weight: float = 3.0
-    # A model clipped to the bound from no farther than ``near_factor`` × it costs nothing:
-    # honest peers land there, most of all early in a run from a shared start, when their
-    # distances grow faster than a median of recent ones follows (protocol/merge/robust.py,
-    # BristleRule.clip_factor). Counted, they banned 10 of 12 links between 4 honest peers
-    # within 6 s. Clipped, such a model moves us no more than one just inside the bound.
-    near_factor: float = 2.0
 
     def check(self) -> ReputationConfig:
         if not (self.half_life > 0 and math.isfinite(self.half_life)):
@@ -85,8 +78,6 @@ class ReputationConfig:
             raise ValueError("max_peers must be at least 1")
         if not (self.far_factor >= 1 and self.far_weight >= 1):
             raise ValueError("far_factor and far_weight must be at least 1 (inf: off)")
-        if not 1 <= self.near_factor <= self.far_factor:
-            raise ValueError("near_factor must be in [1, far_factor] (1: off)")
         return self
 
     def delta(self, event: str) -> float:
@@ -134,15 +125,9 @@ class Reputation:
                 self.record(v.sender, v.kind, now, v.reason, self._weight(v))
 
     def _weight(self, v: Verdict) -> float:
-        """How many times one verdict counts: an outlier far beyond its bound ``far_weight``;
-        a model clipped from at most ``near_factor`` × its bound not at all."""
-        if not 0 < v.bound < math.inf:
-            return 1.0
-        if v.kind == "outlier" and not v.distance <= self.config.far_factor * v.bound:
-            return self.config.far_weight
-        if v.kind == "clipped" and v.distance <= self.config.near_factor * v.bound:
-            return 0.0
-        return 1.0
+        """How many outliers one verdict counts: ``far_weight`` when far beyond its bound."""
+        far = v.kind == "outlier" and 0 < v.bound < math.inf and not v.distance <= self.config.far_factor * v.bound
+        return self.config.far_weight if far else 1.0
 
     # --- verdicts out ------------------------------------------------------------------------
     def score(self, peer: str, now: float) -> float:

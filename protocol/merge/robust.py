@@ -307,9 +307,7 @@ class BristleRule(JudgingRule):
     ``centre_window`` (8; 0: off) and ``direction_floor`` (-0.1): the direction test
     (``protocol.merge.centre``): a model that passed distance and loss but whose update points
     away from the median of the last models taken from that many distinct senders (cosine
-    below the floor) is an outlier; refused models never enter that median. ``clip_factor``
-    (2.0; 1: off): a model from a sender with stake 1 beyond the bound by at most this factor
-    is clipped to the bound (verdict ``clipped``) and judged on, not left out.
+    below the floor) is an outlier; refused models never enter that median.
     """
 
     name = "bristle"
@@ -320,23 +318,10 @@ class BristleRule(JudgingRule):
                  validator: Validator | None = None, loss_k: float = 3.0, loss_floor: float = 0.05,
                  beta: float = DEFAULT_BETA, inner: str | None = None, loss_warmup_margin: float = 2.0,
                  newcomers_in_history: bool = True, loss_trust_k: float | None = None,
-                 centre_window: int = 8, direction_floor: float = -0.1, clip_factor: float = 2.0) -> None:
+                 centre_window: int = 8, direction_floor: float = -0.1) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
-        if not (math.isfinite(clip_factor) and clip_factor >= 1):
-            raise ValueError(f"clip_factor must be finite and at least 1, got {clip_factor}")
         self.outlier_factor = outlier_factor
-        # A model beyond the bound by at most ``clip_factor`` is clipped to the bound, not left
-        # out (1: off). From a shared start honest distances grow from zero, so the median of a
-        # window reaching back to the start is about half of today's distance, and 2x it is
-        # today's distance itself: between 4 real peers (10 steps/s) every link saw honest models
-        # at 1.0-2.5x the bound within 6 s. Leaving them out let the models drift further apart
-        # (0.1 -> 2.1 in 9 s while their norms grew 9.4 -> 13.0), so more were left out, and the
-        # peers banned each other. Clipped, they still mix; an attacker there gets no more than
-        # one that places its model just inside the bound, and the loss check and the direction
-        # test judge the clipped model. Only senders with a model taken before (stake 1) get the
-        # band: a stranger rotating identities got honest accuracy 0.884 with it, against 0.912.
-        self.clip_factor = clip_factor
         self.warmup_ratio = warmup_ratio
         self.history = NormHistory(window, warmup)
         self.beta = beta
@@ -385,27 +370,17 @@ class BristleRule(JudgingRule):
     def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
         bound, scale = self.bound(local.tensors), self._scale(local.tensors)
         dists = [delta_norm(local.tensors, c.tensors) for c in received]
-        # The models judged further: within the bound as sent, within clip_factor x it clipped
-        # to it when the sender has had a model taken before (stake 1: a stranger rotating
-        # identities never has, and gets the bound as it is; bench/RESULTS.md, issue 14 session 8)
-        # (`not d > ...` would let NaN through, hence `d <= ...`).
-        judged: dict[int, Tensors] = {}
-        for i, (c, d) in enumerate(zip(received, dists)):
-            if d <= bound:
-                judged[i] = c.tensors
-            elif d <= self.clip_factor * bound and c.stake >= 1.0:
-                judged[i] = toward(local.tensors, c.tensors, bound / d)
-        near = list(judged)
+        near = [i for i, d in enumerate(dists) if d <= bound]  # `not d > bound` would let NaN through
         rises: dict[int, float] = {}
         limit = math.inf
         if self.loss_check is not None and near:
             limit = self.loss_check.limit()  # before this merge's rises are recorded: they are judged by the past
-            rises = dict(zip(near, self.loss_check.rises(local.tensors, [judged[i] for i in near])))
+            rises = dict(zip(near, self.loss_check.rises(local.tensors, [received[i].tensors for i in near])))
         accepted, verdicts = [], []
         unrecorded: set[int] = set()
         centre = self.centre.centre() if self.centre is not None else None
         for i, (c, d) in enumerate(zip(received, dists)):
-            if i not in judged:
+            if i not in near:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
                 if not self.newcomers_in_history and c.stake < 1.0:
                     unrecorded.add(i)
@@ -417,25 +392,22 @@ class BristleRule(JudgingRule):
                 if not self.newcomers_in_history and c.stake < 1.0:
                     unrecorded.add(i)
                 continue
-            tensors = judged[i]
-            cosine = self.centre.direction(local.tensors, centre, tensors) if self.centre is not None else None
+            cosine = self.centre.direction(local.tensors, centre, c.tensors) if self.centre is not None else None
             if cosine is not None and cosine < self.direction_floor:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound,
                                         f"update points away from the recent centre (cosine {cosine:.2f} "
                                         f"< {self.direction_floor:.2f})"))
                 continue
             if self.centre is not None:
-                self.centre.add(c.sender, tensors)
-            clipped = d > bound
-            near_d = bound if clipped else d
-            weight = 1.0 / (1.0 + (near_d / scale) ** 2) if scale > 0 else 1.0
+                self.centre.add(c.sender, c.tensors)
+            weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
+            tensors = c.tensors
             if self.loss_check is not None and i in rises:
                 trust = self.loss_check.trust(rise, limit)
-                tensors = tensors if trust >= 1.0 else toward(local.tensors, tensors, trust)
+                tensors = tensors if trust >= 1.0 else toward(local.tensors, c.tensors, trust)
             accepted.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, weight=weight,
                                          stake=c.stake))
-            verdicts.append(Verdict(c.sender, "clipped", d, bound, f"distance {d:.3g} > {bound:.3g}: clipped to it")
-                            if clipped else Verdict(c.sender, "ok", d, bound))
+            verdicts.append(Verdict(c.sender, "ok", d, bound))
         # Every model scored feeds the history, refused ones too. Issue 14 asked that refused
         # ones never do (a stranger rotating identities lifts the bound with its refused
         # packets); measured in bench/byzantine.py, that cost honest peers 13 points without
@@ -464,7 +436,6 @@ class BristleVCRule(BristleRule):
 # shift. An omniscient attacker that stays inside both the distance bound and the loss limit
 # ("loss-shift": 0.881 vs 0.940) is held by the direction test (0.920; bench/RESULTS.md,
 # issue 14 session 7) — not one that also knows the direction test (0.873 there). Made the daemon's default
-# in session 7 and taken back in session 8: between real peers honest partners banned each
-# other within seconds of a shared start; the clip band (clip_factor) stops that between 4
-# peers, not yet in the partition test's two-peer sides (README, hostile peers).
+# in session 7 and taken back in session 8: between real peers it banned an honest partner 7 s
+# into a run (tests/integration/test_partition_netns.py; README, hostile peers).
 RECOMMENDED_ROBUST = "bristle"
