@@ -202,9 +202,10 @@ class PeerConfig:
                                        "first model arrives (a dead trainer delays a round by at most this); also "
                                        "how long a peer waits for an aggregate before asking again.",
                                  lo=0.1, hi=3600.0, seconds=True)
-    merge: str = _opt("vc", "Merge rule for received models (protocol.merge.RULES); vc = variance-corrected "
-                            "averaging (bench/learning.py). With hostile peers use bristle (README, hostile "
-                            "peers): it still bans honest peers in small swarms, so it is not the default.",
+    merge: str = _opt("bristle", "Merge rule for received models (protocol.merge.RULES); bristle = robust: far "
+                                 "models, models whose merge would raise the local loss more than usual, and "
+                                 "updates pointing away from the recent centre are left out (bench/byzantine.py); "
+                                 "it needs init=shared. vc = variance-corrected averaging, for trusted swarms.",
                       choices=tuple(merge_rules()))
     codec: str = _opt("fp32", "Codec of model deltas on the wire (protocol.codecs); deltas go against a "
                               "per-link replica of what the partner holds, with error feedback.",

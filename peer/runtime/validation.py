@@ -36,8 +36,8 @@ def split_validation(shard: np.ndarray, fraction: float, seed: int) -> tuple[np.
 # The loss check scores every received model on this many samples at most (a seeded subsample
 # of the validation data). It runs twice per merge: on a Fashion-MNIST shard of 7,500 images
 # the pooled CNN's two passes took about as long as the training between two merges, which
-# matters wherever bristle runs (it was the default rule for a while, issue 14 session 7). The bench's shards
-# (bench/byzantine.py: ~90 digits per peer) are far below it, so its figures are unchanged.
+# matters since bristle is the default rule (issue 14). The bench's shards (bench/byzantine.py:
+# ~90 digits per peer) are far below it, so its figures are unchanged.
 VALIDATION_LIMIT = 512
 
 

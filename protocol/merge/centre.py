@@ -25,6 +25,9 @@ Memory: the test looks at a fixed, seeded sample of at most ``max_coords`` coord
 them for a model that small; a cosine over a uniform sample of coordinates estimates the
 cosine over all of them), so ``window`` models cost at most ``window · max_coords`` float32
 values (2 MiB with the defaults), not ``window`` copies of a 100M-parameter model.
+The judged sender's own slot is left out of the centre it is judged by (``centre(exclude=)``):
+its last model would otherwise vouch for it, and in a small swarm it is a third of the median.
+
 Pure: no clock; the senders are the identities the caller vouches for (peer/transport/identity.py),
 so one sender holds one slot however often it speaks.
 """
@@ -90,11 +93,11 @@ class RecentCentre:
         while len(self._models) > self.window:
             self._models.popitem(last=False)
 
-    def centre(self) -> dict[str, np.ndarray] | None:
-        """Coordinate-wise median of the kept models, or None while fewer than ``warmup``."""
-        if len(self._models) < self.warmup:
+    def centre(self, exclude: str | None = None) -> dict[str, np.ndarray] | None:
+        """Coordinate-wise median of the kept models (but ``exclude``'s), or None while fewer than ``warmup``."""
+        models = [m for sender, m in self._models.items() if sender != exclude]
+        if len(models) < self.warmup:
             return None
-        models = list(self._models.values())
         return {k: np.median(np.stack([m[k] for m in models]), axis=0) for k in models[0]}
 
     def direction(self, local: Tensors, centre: Tensors | None, other: Tensors) -> float | None:

@@ -86,7 +86,7 @@ def test_refused_updates_do_not_enter_the_centre() -> None:
     np.testing.assert_allclose(rule.centre.centre()["w"], [4.0, 4.0])
 
 
-def test_a_far_outlier_bans_at_once_and_a_near_one_counts_once() -> None:
+def test_a_far_outlier_bans_at_once_and_a_near_one_counts_little() -> None:
     rep = Reputation(ReputationConfig())
     rep.observe([Verdict("near", "outlier", distance=2.0, bound=1.0)], now=0.0)
     assert not rep.is_banned("near", 0.0)
@@ -116,3 +116,73 @@ def test_a_large_model_is_judged_on_a_sample_of_coordinates_with_the_same_answer
         estimate = sampled.direction(local, sampled.centre(), other)
         assert exact is not None and estimate is not None
         assert abs(exact) > 0.2 and estimate == pytest.approx(exact, abs=0.05)
+
+
+def test_a_near_distance_outlier_counts_a_tenth_and_an_outlier_within_the_bound_counts_whole() -> None:
+    """Honest partners early in a run land at 1-3x the distance bound: nine such refusals in a
+    row leave a peer in good standing; three refusals by the loss or direction test (the model
+    within the distance bound) still ban, as do three near ones when they count whole."""
+    rep = Reputation(ReputationConfig())
+    for t in range(9):
+        rep.observe([Verdict("honest", "outlier", distance=2.5, bound=1.0)], now=float(t))
+    assert not rep.is_banned("honest", 9.0) and rep.score("honest", 9.0) > 0.5
+    for t in range(3):
+        rep.observe([Verdict("flipper", "outlier", distance=0.5, bound=1.0, reason="validation loss")], now=float(t))
+    assert rep.is_banned("flipper", 3.0)
+    whole = Reputation(ReputationConfig(near_weight=1.0))
+    for t in range(3):
+        whole.observe([Verdict("honest", "outlier", distance=2.5, bound=1.0)], now=float(t))
+    assert whole.is_banned("honest", 3.0)
+    with pytest.raises(ValueError):
+        ReputationConfig(near_weight=2.0).check()
+
+
+def test_the_centre_a_sender_is_judged_by_leaves_its_own_model_out() -> None:
+    c = RecentCentre(window=4, warmup=2)
+    for sender, x in (("a", vec(0, 0)), ("b", vec(2, 2)), ("c", vec(100, 100))):
+        c.add(sender, x)
+    np.testing.assert_allclose(c.centre()["w"], [2, 2])
+    np.testing.assert_allclose(c.centre(exclude="c")["w"], [1, 1])  # a and b only
+    np.testing.assert_allclose(c.centre(exclude="nobody")["w"], [2, 2])
+    assert RecentCentre(window=4, warmup=3).centre() is None
+
+
+def test_a_sender_cannot_vouch_for_itself_in_the_direction_test() -> None:
+    """Three senders; the judged one's own last model is what makes the centre point its way."""
+    rule = BristleRule(warmup=3, centre_window=8, centre_leave_out=True)
+    rule.centre = RecentCentre(window=8, warmup=2)
+    for sender, x in (("a", at(1.0, 0.0)), ("b", at(1.0, 0.2)), ("self", at(-1.0, 0.0))):
+        rule.centre.add(sender, x)
+    here = rule.centre.centre(exclude="self")
+    assert rule.centre.direction(LOCAL, here, at(-0.6, 0.0)) == pytest.approx(-1.0, abs=0.05)
+
+
+def test_the_distance_bound_has_a_floor_relative_to_the_model() -> None:
+    """From a shared start the first distances are near zero: the median-based bound (2 x 0.01)
+    would refuse a model 0.2 away from a model of norm 5; the floor (5 % of 5 = 0.25) takes it."""
+    def verdict(floor_ratio: float) -> str:
+        rule = BristleRule(warmup=3, centre_window=0, floor_ratio=floor_ratio)
+        for i in range(3):
+            rule.merge_report(Contribution(LOCAL), [Contribution(at(0.01, 0.0), sender=f"s{i}")])
+        report = rule.merge_report(Contribution(LOCAL), [Contribution(at(0.2, 0.0), sender="s0")])
+        return report.verdicts[0].kind
+
+    assert BristleRule().floor_ratio == 0.05
+    assert verdict(0.05) == "ok"
+    assert verdict(0.0) == "outlier"
+    with pytest.raises(ValueError):
+        BristleRule(floor_ratio=-1.0)
+
+
+def test_the_distance_bound_never_exceeds_the_warm_up_bound() -> None:
+    """Three far models (refused, but their distances are recorded) make the median 10 norms;
+    the bound stays at the warm-up bound (1.5 norms), so a sign-flipped model (3 norms) is refused."""
+    rule = BristleRule(warmup=3, centre_window=0)
+    for i in range(3):
+        report = rule.merge_report(Contribution(LOCAL), [Contribution(at(30.0, 40.0), sender=f"far{i}")])
+        assert [v.kind for v in report.verdicts] == ["outlier"]
+    assert rule.history.median() == pytest.approx(50.0)
+    assert rule.bound(LOCAL) == pytest.approx(1.5 * 5.0)
+    flipped = {"w": (-2.0 * LOCAL["w"]).astype(np.float32), "steps": LOCAL["steps"]}
+    report = rule.merge_report(Contribution(LOCAL), [Contribution(flipped, sender="flipper")])
+    assert [v.kind for v in report.verdicts] == ["outlier"]
