@@ -50,6 +50,9 @@ def make_validator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: in
         keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(x), size=limit, replace=False)))
         x, y = x[keep], y[keep]
     device = next(model.parameters()).device
+    if x.dim() == 4:  # images: channels-last runs the CPU's conv and max-pool kernels 2-3x faster, same loss
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def loss(tensors: Mapping[str, np.ndarray]) -> float:
         model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in tensors.items()})

@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="download every model at the end and evaluate it on the full test set (default: on)")
     p.add_argument("--partition", default="iid", choices=("iid", "dirichlet"))
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for --partition dirichlet")
-    p.add_argument("--merge", default="vc", choices=merge_rules())
+    p.add_argument("--merge", default=PeerConfig.merge, choices=merge_rules(),
+                   help=f"every peer's merge rule (default: the peers' {PeerConfig.merge})")
     p.add_argument("--gossip-interval", type=float, default=PeerConfig.gossip_interval,
                    help=f"seconds between a peer's exchanges (default: the peers' {PeerConfig.gossip_interval:g})")
     p.add_argument("--mode", default="gossip", choices=("gossip", "sampled"),

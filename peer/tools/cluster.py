@@ -47,7 +47,7 @@ class ClusterSpec:
     model: str = "mlp"
     partition: str = "iid"
     alpha: float = 0.5
-    merge: str = "vc"
+    merge: str = PeerConfig.merge  # the daemon's default, so "default settings" mean the same here
     gossip_interval: float = PeerConfig.gossip_interval
     seed: int = 0
     mode: str = "gossip"

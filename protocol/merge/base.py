@@ -87,6 +87,9 @@ class Verdict:
     distance: float             # ‖x_k − x_local‖ (median/trimmed: distance to the robust centre)
     bound: float                # what ``distance`` was compared with (inf: nothing)
     reason: str = ""
+    # Farther than any honest model can be, for rules that know (bristle: beyond its warm-up
+    # bound, 1.5 norms of our model); None: protocol.reputation judges by distance / bound.
+    far: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -378,20 +378,21 @@ class BristleRule(JudgingRule):
 
     def bound(self, local: Tensors) -> float:
         """The distance beyond which a received model is an outlier."""
+        return self._limits(model_norm(local))[0]
+
+    def _limits(self, norm: float) -> tuple[float, float]:
+        """(bound, scale of the closeness weights) against a local model of norm ``norm``."""
         median = self.history.median()
-        norm = model_norm(local)
         if median is None:
-            return self.warmup_ratio * norm
+            return self.warmup_ratio * norm, self.warmup_ratio * norm / self.outlier_factor
         # Never above the warm-up bound: a few far models early on (a rotating attacker's, each
         # refused) once lifted the median to 3 norms, and a sign-flipped model at 3 norms passed.
-        return min(self.warmup_ratio * norm, max(self.outlier_factor * median, self.floor_ratio * norm))
-
-    def _scale(self, local: Tensors) -> float:
-        median = self.history.median()
-        return median if median is not None else self.warmup_ratio * model_norm(local) / self.outlier_factor
+        return min(self.warmup_ratio * norm, max(self.outlier_factor * median, self.floor_ratio * norm)), median
 
     def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
-        bound, scale = self.bound(local.tensors), self._scale(local.tensors)
+        norm = model_norm(local.tensors)
+        bound, scale = self._limits(norm)
+        ceiling = self.warmup_ratio * norm  # beyond it: farther than any honest model from a shared start
         dists = [delta_norm(local.tensors, c.tensors) for c in received]
         near = [i for i, d in enumerate(dists) if d <= bound]  # `not d > bound` would let NaN through
         rises: dict[int, float] = {}
@@ -404,7 +405,8 @@ class BristleRule(JudgingRule):
         centre = self.centre.centre() if self.centre is not None else None
         for i, (c, d) in enumerate(zip(received, dists)):
             if i not in near:
-                verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}"))
+                verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}",
+                                        far=not d <= ceiling))
                 if not self.newcomers_in_history and c.stake < 1.0:
                     unrecorded.add(i)
                 continue

@@ -184,8 +184,9 @@ def test_top_fits_80_columns_measures_rates_and_writes_when_piped(pair: list[Pee
 
     try:
         wait_for(rate_moves, timeout=60, interval=0.1, what="a positive exch/s in top's self row")
-    except TimeoutError as e:
-        raise AssertionError(f"{e}; the last rows: {rows_seen[-3:]}") from None
+    except TimeoutError as e:  # what the peer thinks of its partner says why exchanges stopped (a ban, a death)
+        peers = hearsay("peers", "--admin", a.admin_address).stdout
+        raise AssertionError(f"{e}; the last rows: {rows_seen[-3:]}; peers:\n{peers}") from None
 
     def json_rate_moves() -> list[dict[str, Any]] | None:
         rows = json.loads(hearsay("top", "--admin", a.admin_address, "--json").stdout)

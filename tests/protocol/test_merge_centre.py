@@ -119,22 +119,38 @@ def test_a_large_model_is_judged_on_a_sample_of_coordinates_with_the_same_answer
 
 
 def test_a_near_distance_outlier_counts_a_tenth_and_an_outlier_within_the_bound_counts_whole() -> None:
-    """Honest partners early in a run land at 1-3x the distance bound: nine such refusals in a
-    row leave a peer in good standing; three refusals by the loss or direction test (the model
-    within the distance bound) still ban, as do three near ones when they count whole."""
+    """Honest partners early in a run land a few bounds out: nine such refusals in a row leave a
+    peer in good standing; three refusals by the loss or direction test (the model within the
+    distance bound) still ban, as do three near ones when they count whole, and one the rule
+    calls far (bristle: beyond 1.5 norms), however close to its bound."""
     rep = Reputation(ReputationConfig())
     for t in range(9):
-        rep.observe([Verdict("honest", "outlier", distance=2.5, bound=1.0)], now=float(t))
+        rep.observe([Verdict("honest", "outlier", distance=5.0, bound=1.0, far=False)], now=float(t))
     assert not rep.is_banned("honest", 9.0) and rep.score("honest", 9.0) > 0.5
     for t in range(3):
         rep.observe([Verdict("flipper", "outlier", distance=0.5, bound=1.0, reason="validation loss")], now=float(t))
     assert rep.is_banned("flipper", 3.0)
+    rep.observe([Verdict("far", "outlier", distance=1.2, bound=1.0, far=True)], now=0.0)
+    assert rep.is_banned("far", 0.0)
     whole = Reputation(ReputationConfig(near_weight=1.0))
     for t in range(3):
         whole.observe([Verdict("honest", "outlier", distance=2.5, bound=1.0)], now=float(t))
     assert whole.is_banned("honest", 3.0)
     with pytest.raises(ValueError):
         ReputationConfig(near_weight=2.0).check()
+
+
+def test_bristle_calls_far_only_a_model_beyond_its_warm_up_bound() -> None:
+    """After distances of 0.1, the bound is 0.25 (5 % of a norm of 5); a model 1.2 away is an
+    outlier almost 5x out but not far (an honest partner that trained alone a while), one at 3 norms
+    (sign-flipped) is far."""
+    rule = BristleRule(warmup=3, centre_window=0)
+    for i in range(3):
+        rule.merge_report(Contribution(LOCAL), [Contribution(at(0.1, 0.0), sender=f"s{i}")])
+    flipped = {"w": (-2.0 * LOCAL["w"]).astype(np.float32), "steps": LOCAL["steps"]}
+    report = rule.merge_report(Contribution(LOCAL), [Contribution(at(0.72, 0.96), sender="alone"),
+                                                     Contribution(flipped, sender="flipper")])
+    assert [(v.kind, v.far) for v in report.verdicts] == [("outlier", False), ("outlier", True)]
 
 
 def test_the_centre_a_sender_is_judged_by_leaves_its_own_model_out() -> None:
