@@ -40,7 +40,7 @@ def run_one(name: str, flags: list[str], model: str, steps: int, duration: float
     # Every peer trains exactly `steps` steps (equal compute whatever the machine's load),
     # then keeps gossiping until `duration`; only the wire differs between configurations.
     spec = ClusterSpec(peers=4, duration=duration, out=str(out / f"{name}-seed{seed}"), model=model,
-                       gossip_interval=0.5, seed=seed, settle_after_training=SETTLE_SECONDS,
+                       gossip_interval=0.5, seed=seed, settle_after_training=SETTLE_SECONDS, merge="vc",
                        extra_args=["--threads=1", f"--max-steps={steps}", *flags])
     started = time.monotonic()
     code = run_cluster(spec, console=Console(file=io.StringIO(), width=120))
