@@ -23,9 +23,9 @@ Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
 (1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas, and so does one far outlier (it
 counts ``far_weight``, 3: what the rule calls far, ``Verdict.far``, else more than
 ``far_factor`` (4) times beyond its bound); a distance outlier that is not far counts
-``near_weight`` (0.1): honest partners land there early in a run, the attacks far beyond. In the long run a peer whose
-updates cost an expected penalty ``p`` each (penalties minus rewards), arriving every
-``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
+``near_weight`` (0.1): honest partners land there early in a run, the attacks far beyond.
+In the long run a peer whose updates cost an expected penalty ``p`` each (penalties minus
+rewards), arriving every ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
 (p = 0.0875) settles at score 0.2 and is never banned; one flagged every other time
 (p = 0.225) settles at −1.1 and is. Time is an argument (``now``, seconds on any

@@ -402,7 +402,8 @@ class BristleRule(JudgingRule):
             rises = dict(zip(near, self.loss_check.rises(local.tensors, [received[i].tensors for i in near])))
         accepted, verdicts = [], []
         unrecorded: set[int] = set()
-        centre = self.centre.centre() if self.centre is not None else None
+        # One centre for every model of the merge, or (leave-out) one per sender, below.
+        centre = self.centre.centre() if self.centre is not None and not self.centre_leave_out else None
         for i, (c, d) in enumerate(zip(received, dists)):
             if i not in near:
                 verdicts.append(Verdict(c.sender, "outlier", d, bound, f"distance {d:.3g} > {bound:.3g}",
