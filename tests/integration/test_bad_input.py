@@ -47,9 +47,13 @@ def rejected(peer: PeerProcess, reason: str) -> int:
 
 @pytest.fixture
 def idle_peer(launch):
-    """A peer with no partners whose training has finished, so only an accepted packet can change its model."""
+    """A peer with no partners whose training has finished, so only an accepted packet can change its model.
+
+    It starts no exchange of its own during a test (gossip every hour): an accepted packet makes
+    its claimed sender a member, and the peer's own exchange with that (fake) address held the
+    link, so a replay sent meanwhile was refused as "already in progress" (seen in CI)."""
     (peer,) = launch(1, lambda i, seeds: ["--max-steps", "30", "--steps-per-second", "0", "--seed", "1",
-                                          "--stream-idle-timeout", str(IDLE_TIMEOUT)])
+                                          "--stream-idle-timeout", str(IDLE_TIMEOUT), "--gossip-interval", "3600"])
     wait_for(lambda: peer.status().training_done, timeout=60, what="training to finish")
     return peer
 
