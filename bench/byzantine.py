@@ -121,11 +121,14 @@ RULES: dict[str, RuleSpec] = {
     "default/own": replace(daemon_defaults(), shared_init=False),
     "vc/own": RuleSpec("vc", shared_init=False),
     "bristle+loss+rep/own": RuleSpec("bristle", reputation=True, validate=True, shared_init=False),
-    # Session 9: the distance bound never below f·‖x_local‖ (f5: 0.05, f10: 0.1): from a shared
-    # start honest distances grow from zero faster than a running median follows.
-    "bristle+loss+rep/f5": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("floor_ratio", 0.05),)),
-    "bristle+loss+rep/f10": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("floor_ratio", 0.1),)),
-    # ... and the direction test's centre leaving out the judged sender's own last model (lo).
+    # Session 9, the steps towards today's bristle: the distance bound never below f·‖x_local‖
+    # (f5: 0.05, f10: 0.1), with the direction test's centre still holding the judged sender's
+    # own last model (the rule as measured then; reputation is today's); lo: that centre leaving
+    # it out, as bristle now does.
+    "bristle+loss+rep/f5": RuleSpec("bristle", reputation=True, validate=True,
+                                    rule_args=(("floor_ratio", 0.05), ("centre_leave_out", False))),
+    "bristle+loss+rep/f10": RuleSpec("bristle", reputation=True, validate=True,
+                                     rule_args=(("floor_ratio", 0.1), ("centre_leave_out", False))),
     "bristle+loss+rep/f10lo": RuleSpec("bristle", reputation=True, validate=True,
                                        rule_args=(("floor_ratio", 0.1), ("centre_leave_out", True))),
 }
