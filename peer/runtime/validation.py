@@ -38,7 +38,7 @@ def split_validation(shard: np.ndarray, fraction: float, seed: int) -> tuple[np.
 # the pooled CNN's two passes took about as long as the training between two merges, which
 # matters since bristle is the default rule (issue 14). The bench's shards (bench/byzantine.py:
 # ~90 digits per peer) are far below it, so its figures are unchanged.
-VALIDATION_LIMIT = 512
+VALIDATION_LIMIT = 64
 
 
 def make_validator(model: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: int = VALIDATION_LIMIT) -> Validator:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from protocol.merge.base import (
     DEFAULT_BETA,
     DEFAULT_DECAY,
     Contribution,
+    Judgement,
     MergeReport,
     MergeRule,
     Tensors,
@@ -390,6 +392,22 @@ class BristleRule(JudgingRule):
         return min(self.warmup_ratio * norm, max(self.outlier_factor * median, self.floor_ratio * norm)), median
 
     def merge_report(self, local: Contribution, received: Sequence[Contribution]) -> MergeReport:
+        return self.combine(local, self.judge(local, received))
+
+    @property
+    def expensive(self) -> bool:
+        """Judging evaluates models (the loss check): worth doing on a snapshot, outside the trainer's lock."""
+        return self.loss_check is not None
+
+    def combine(self, local: Contribution, judgement: Judgement) -> MergeReport:
+        """The inner average of ``local`` and the accepted models, each taken at its trust."""
+        accepted = [c if trust >= 1.0 else replace(c, tensors=toward(local.tensors, c.tensors, trust))
+                    for c, trust in judgement.accepted]
+        return MergeReport(self._inner.merge(local, accepted), judgement.verdicts)
+
+    def judge(self, local: Contribution, received: Sequence[Contribution]) -> Judgement:
+        """The verdict on each received model, and the models taken with their trust; records what
+        was seen (distances, loss rises, the centre)."""
         norm = model_norm(local.tensors)
         bound, scale = self._limits(norm)
         ceiling = self.warmup_ratio * norm  # beyond it: farther than any honest model from a shared start
@@ -429,12 +447,9 @@ class BristleRule(JudgingRule):
             if self.centre is not None:
                 self.centre.add(c.sender, c.tensors)
             weight = 1.0 / (1.0 + (d / scale) ** 2) if scale > 0 else 1.0
-            tensors = c.tensors
-            if self.loss_check is not None and i in rises:
-                trust = self.loss_check.trust(rise, limit)
-                tensors = tensors if trust >= 1.0 else toward(local.tensors, c.tensors, trust)
-            accepted.append(Contribution(tensors, samples=1, age=c.age, sender=c.sender, weight=weight,
-                                         stake=c.stake))
+            trust = self.loss_check.trust(rise, limit) if self.loss_check is not None and i in rises else 1.0
+            accepted.append((Contribution(c.tensors, samples=1, age=c.age, sender=c.sender, weight=weight,
+                                          stake=c.stake), trust))
             verdicts.append(Verdict(c.sender, "ok", d, bound))
         # Every model scored feeds the history, refused ones too. Issue 14 asked that refused
         # ones never do (a stranger rotating identities lifts the bound with its refused
@@ -445,7 +460,7 @@ class BristleRule(JudgingRule):
         self.history.add([d for i, d in enumerate(dists) if i not in unrecorded])
         if self.loss_check is not None:
             self.loss_check.record([r for i, r in rises.items() if i not in unrecorded])
-        return MergeReport(self._inner.merge(local, accepted), tuple(verdicts))
+        return Judgement(tuple(verdicts), tuple(accepted))
 
 
 

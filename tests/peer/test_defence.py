@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -144,3 +146,48 @@ def test_the_daemon_gives_its_validator_to_rules_with_a_loss_check_only(monkeypa
         assert not hasattr(node._make_rule(name), "validator")
     off = Node(PeerConfig(seed=3, steps_per_second=0, loss_check=False))
     assert off._make_rule(CheckedMean.name).validator is None
+
+
+def test_training_goes_on_while_the_loss_check_judges_a_received_model() -> None:
+    """The loss check evaluates two models per merge (about nine CNN steps' worth): the daemon
+    judges on a snapshot, outside the trainer's lock, and merges the verdict into the model as
+    training left it. Held under the lock, a step waited for the whole judgement."""
+    torch.set_num_threads(1)
+    trainer = build_trainer(PeerConfig(seed=3, steps_per_second=0))
+    judging, release = threading.Event(), threading.Event()
+    base = make_validator(copy.deepcopy(trainer.model), trainer.train_x[:64], trainer.train_y[:64])
+
+    def slow_validator(tensors: Mapping[str, np.ndarray]) -> float:
+        judging.set()
+        assert release.wait(30), "the test never released the validator"
+        return base(tensors)
+
+    rule = BristleRule(validator=slow_validator, centre_window=0)
+    defence = Defence(None)
+    received = shifted(trainer.state(), 0.001)
+    merged: list[MergeReport | None] = []
+    merger = threading.Thread(target=lambda: merged.append(
+        defence.merge(trainer, rule, Contribution(received, sender="b"))))
+    merger.start()
+    try:
+        assert judging.wait(30), "the merge never called the validator"
+        steps = trainer.stats().steps
+        stepper = threading.Thread(target=trainer.step)
+        stepper.start()
+        stepper.join(10)
+        stepped = not stepper.is_alive() and trainer.stats().steps == steps + 1
+        stepped_state = trainer.state()
+    finally:
+        release.set()
+        merger.join(30)
+    assert stepped, "a training step waited for the loss check"
+    report = merged[0]
+    assert report is not None and [v.kind for v in report.verdicts] == ["ok"]
+    # The verdict lands on the model as the step left it: the merge moved it some way s (the
+    # sender's stake and the inner mean decide how far) straight towards the received model.
+    after, names = trainer.state(), [k for k, v in stepped_state.items() if v.dtype.kind == "f"]
+    moved = np.concatenate([(after[k] - stepped_state[k]).ravel() for k in names]).astype(np.float64)
+    towards = np.concatenate([(received[k] - stepped_state[k]).ravel() for k in names]).astype(np.float64)
+    share = float(moved @ towards / (towards @ towards))
+    assert 0.0 < share <= 1.0
+    np.testing.assert_allclose(moved, share * towards, atol=1e-6)
