@@ -131,6 +131,13 @@ RULES: dict[str, RuleSpec] = {
                                      rule_args=(("floor_ratio", 0.1), ("centre_leave_out", False))),
     "bristle+loss+rep/f10lo": RuleSpec("bristle", reputation=True, validate=True,
                                        rule_args=(("floor_ratio", 0.1), ("centre_leave_out", True))),
+    # Session 10: a loss-check outlier counts a tenth in reputation unless its rise is above
+    # w nats (lw<w>; lwinf: never whole).
+    "bristle+loss+rep/lw1": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_whole_above", 1.0),)),
+    "bristle+loss+rep/lw2": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_whole_above", 2.0),)),
+    "bristle+loss+rep/lwinf": RuleSpec("bristle", reputation=True, validate=True,
+                                       rule_args=(("loss_whole_above", math.inf),)),
+    "bristle+loss+rep/lw0": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_whole_above", 0.0),)),
 }
 ROBUST = "bristle+loss+rep"  # the rule the must-hold is about
 QUICK_RULES = ("vc", "bristle", ROBUST)

@@ -22,8 +22,10 @@ it is then on probation with a low score, and a few more bad updates ban it agai
 Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
 (1 − 3·0.5 = −0.5 < −0.25), so do seven clipped deltas, and so does one far outlier (it
 counts ``far_weight``, 3: what the rule calls far, ``Verdict.far``, else more than
-``far_factor`` (4) times beyond its bound); a distance outlier that is not far counts
-``near_weight`` (0.1): honest partners land there early in a run, the attacks far beyond.
+``far_factor`` (4) times beyond its bound); a distance outlier that is not far, and any
+outlier the rule calls not far (``Verdict.far`` False: bristle's loss-check refusals of
+rises under 2 nats), counts ``near_weight`` (0.1): honest partners land there early in a
+run, or on shards of other classes, the attacks far beyond.
 In the long run a peer whose updates cost an expected penalty ``p`` each (penalties minus
 rewards), arriving every ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
@@ -138,13 +140,14 @@ class Reputation:
 
     def _weight(self, v: Verdict) -> float:
         """How many outliers one verdict counts: ``far_weight`` far out, ``near_weight`` for a
-        distance outlier that is not, one for an outlier within its bound (loss, direction)."""
+        distance outlier that is not or one the rule calls not far, one for any other outlier
+        within its bound (direction, a loss check's large rises)."""
         if v.kind != "outlier" or not 0 < v.bound < math.inf:
             return 1.0
         far = v.far if v.far is not None else not v.distance <= self.config.far_factor * v.bound
         if far:
             return self.config.far_weight
-        return self.config.near_weight if v.distance > v.bound else 1.0
+        return self.config.near_weight if v.distance > v.bound or v.far is False else 1.0
 
     # --- verdicts out ------------------------------------------------------------------------
     def score(self, peer: str, now: float) -> float:

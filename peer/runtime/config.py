@@ -142,7 +142,7 @@ class PeerConfig:
     # --- training
     device: str = _opt("auto", "Where training runs: auto uses CUDA when present.",
                        choices=("auto", "cpu", "cuda"))
-    threads: int = _opt(1, "torch intra-op threads for training (1 suits several peers per machine).",
+    threads: int = _opt(1, "Compute threads of torch and of numpy's BLAS (1 suits several peers per machine).",
                         lo=1, hi=1024)
     batch_size: int = _opt(32, "Mini-batch size of local SGD.", lo=1, hi=1 << 20)
     lr: float = _opt(0.05, "Learning rate of local SGD.", lo=0.0, hi=100.0, lo_open=True)

@@ -27,6 +27,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from hearsay.v1 import admin_pb2_grpc, membership_pb2_grpc
 from peer.runtime import checkpoint, logs
@@ -81,12 +82,23 @@ def _grpc_port(server: grpc.aio.Server, what: str, host: str, port: int) -> int:
         raise StartError(f"{what} port {target}: cannot bind ({str(e).split(';')[0]})") from None
 
 
+def limit_threads(threads: int) -> None:
+    """At most ``threads`` compute threads for torch *and* numpy's BLAS. OpenBLAS starts one
+    worker per core and lets it spin between calls; the merges' numpy work (distances, the
+    robust centre) kept it spinning: in 8 peers of ``hearsay cluster`` on 2 cores that idle
+    thread took more CPU than the peer's training (39 s against 17 s in 200 s; issue 11,
+    session 10). Call it once the data set is loaded: loading digits brings scipy's own
+    OpenBLAS, a second pool."""
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[torch.Tensor, torch.Tensor]]:
     """Data shard, model and optimiser for this peer, all seeded from the config, and the
     samples the loss check scores models on: the
     ``validation_split`` held out of the shard, or the training shard itself when 0."""
-    torch.set_num_threads(config.threads)
     data = dataset_from_config(config)
+    limit_threads(config.threads)
     shards = partition(data.train_y, config.shard_count, config.partition, config.alpha, config.data_seed)
     shard, held = split_validation(shards[config.shard_index], config.validation_split, config.seed)
     # init=shared: the whole cluster starts from one model (see PeerConfig.init); whatever

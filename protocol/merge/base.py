@@ -88,7 +88,8 @@ class Verdict:
     bound: float                # what ``distance`` was compared with (inf: nothing)
     reason: str = ""
     # Farther than any honest model can be, for rules that know (bristle: beyond its warm-up
-    # bound, 1.5 norms of our model); None: protocol.reputation judges by distance / bound.
+    # bound, 1.5 norms of our model); False: an outlier an honest model can be (protocol.reputation
+    # counts it lightly); None: protocol.reputation judges by distance / bound.
     far: bool | None = None
 
 

@@ -202,3 +202,30 @@ def test_the_distance_bound_never_exceeds_the_warm_up_bound() -> None:
     flipped = {"w": (-2.0 * LOCAL["w"]).astype(np.float32), "steps": LOCAL["steps"]}
     report = rule.merge_report(Contribution(LOCAL), [Contribution(flipped, sender="flipper")])
     assert [v.kind for v in report.verdicts] == ["outlier"]
+
+
+def test_a_loss_check_refusal_of_a_modest_rise_counts_a_tenth_and_a_huge_one_whole() -> None:
+    """Honest partners trained on other classes raise our loss by up to about a nat (Fashion-MNIST,
+    Dirichlet 0.5); counted whole, their refusals banned them. A rise over ``loss_whole_above``
+    (2 nats) still counts whole. The validator here: the loss is 20 × the model's x coordinate."""
+    def rule() -> BristleRule:
+        r = BristleRule(warmup=3, centre_window=0, validator=lambda m: 20.0 * float(m["w"][0]),
+                        loss_warmup_margin=0.5)
+        for i in range(6):  # the loss check's history: rises of 0.0, its limit then the 0.05 floor
+            r.merge_report(Contribution(LOCAL), [Contribution(at(0.0, 0.01 * (i % 2)), sender=f"s{i}")])
+        return r
+
+    modest, huge = rule(), rule()
+    # Merged at half, a model 0.1 further along x raises the loss by +1; one 0.24 along, by +2.4
+    # (both within the distance bound, 5 % of our model's norm: 0.25).
+    report = modest.merge_report(Contribution(LOCAL), [Contribution(at(0.1, 0.0), sender="other-classes")])
+    [v] = report.verdicts
+    assert v.kind == "outlier" and "validation loss" in v.reason and v.far is False
+    [w] = huge.merge_report(Contribution(LOCAL), [Contribution(at(0.24, 0.0), sender="flipper")]).verdicts
+    assert w.kind == "outlier" and "validation loss" in w.reason and w.far is None
+    rep = Reputation(ReputationConfig())
+    for t in range(9):
+        rep.observe([v], now=float(t))
+    for t in range(3):
+        rep.observe([w], now=float(t))
+    assert not rep.is_banned("other-classes", 9.0) and rep.is_banned("flipper", 3.0)
