@@ -324,9 +324,9 @@ class BristleRule(JudgingRule):
     reported not far (``Verdict.far`` False: protocol.reputation counts it a tenth); above,
     it counts whole. On Fashion-MNIST, Dirichlet 0.5, honest partners trained on other classes
     raised our loss by up to +1.23 against a limit of +0.05, and whole-counted refusals banned
-    them until 8 real peers ended at 0.72-0.86 (0.865-0.866 with this; bench/RESULTS.md, issue
-    14 session 10). The price: label-flip attackers, refused as before, are banned later
-    (bench/byzantine.py: 0.904 against 0.916).
+    them until 8 real peers ended at 0.72-0.86 (0.888-0.889 with this and numpy's threads
+    capped; bench/RESULTS.md, issue 14 session 10). The price: label-flip attackers, refused
+    as before, are banned later (bench/byzantine.py, seed 0: 0.904 against 0.916).
     ``centre_leave_out`` (True): the direction test judges a sender against the centre of the
     *other* senders' models (its own last model does not vouch for it; in a swarm of 4 the
     centre of 3 including the judged one refused honest updates of almost no length).
@@ -344,6 +344,8 @@ class BristleRule(JudgingRule):
                  centre_leave_out: bool = True, loss_whole_above: float = 2.0) -> None:
         if not (math.isfinite(outlier_factor) and outlier_factor > 0):
             raise ValueError(f"outlier_factor must be positive and finite, got {outlier_factor}")
+        if not loss_whole_above >= 0:  # inf: no loss-check refusal counts whole
+            raise ValueError(f"loss_whole_above must be non-negative, got {loss_whole_above}")
         if not (math.isfinite(floor_ratio) and floor_ratio >= 0):
             raise ValueError(f"floor_ratio must be non-negative and finite, got {floor_ratio}")
         self.outlier_factor = outlier_factor
