@@ -40,7 +40,8 @@ RUN_ORDER = ("integration", "deploy", "fuzz", "peer", "protocol")
 # unit started last would run alone on one worker at the end. From the --durations of a
 # default run with peers forked from the zygote (session 6, bench/RESULTS.md): the fuzz
 # package is one unit of ~2.5 min under load, `hearsay cluster`'s four real runs next.
-LONGEST_FIRST = ("fuzz", "integration/test_cluster.py", "integration/test_partition_netns.py",
+LONGEST_FIRST = ("fuzz", "integration/test_cluster.py", "integration/test_cluster_unreachable.py",
+                 "integration/test_partition_netns.py",
                  "integration/test_hostile_peers.py", "integration/test_cli.py", "peer/test_mqtt_discovery.py",
                  "deploy/test_compose_netns.py", "integration/test_adaptive_deadlines.py",
                  "peer/test_byzantine_sim.py", "integration/test_admin.py", "integration/test_crash_safety.py",

@@ -1,7 +1,8 @@
 """`hearsay cluster` tells the truth: real peer processes, small scale.
 
 - "target reached" means every peer at or above it in the same poll, with that time;
-- a peer that does not answer at the end is an error (exit 1, reason in results.json);
+- a peer that does not answer at the end is an error (exit 1, reason in results.json:
+  test_cluster_unreachable.py);
 - peers not yet answering show as "starting", never as "unreachable";
 - data set, model and evaluation options reach every peer; --duration is kept;
 - the final accuracy is on the full test set, the live one on the evaluation subset.
@@ -9,53 +10,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from peer.tools.cluster import FINAL_TIMEOUT, STATUS_TIMEOUT, STOP_GRACE
 from peer.data.datasets import FASHION_MNIST_DIR
-from peer.tools.procs import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-# Peers under test train with one thread; --peer-arg adds it to every `hearsay run`.
-PEER_ARGS = ["--peer-arg=--threads=1"]
-
-
-def cluster(out: Path, *args: str) -> subprocess.Popen[str]:
-    # A session of its own: on failure the test kills the cluster and its peers together.
-    return subprocess.Popen([sys.executable, "-m", "peer.tools.cli", "cluster", "--out", str(out), *PEER_ARGS, *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def kill_all(proc: subprocess.Popen[str]) -> None:
-    """SIGKILL the cluster and every peer it started (they share its process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_all(proc)
-        output, _ = proc.communicate()
-        pytest.fail(f"hearsay cluster still running after {timeout} s:\n{output[-3000:]}")
-    return proc.returncode, output
-
-
-def results(out: Path) -> dict[str, Any]:
-    return json.loads((out / "results.json").read_text())
+from peer.tools.cluster import FINAL_TIMEOUT, STATUS_TIMEOUT
+from tests.integration.cluster_runs import cluster, finish, results
 
 
 def assert_starting_until_first_answer(r: dict[str, Any]) -> None:
@@ -98,59 +61,14 @@ def test_reached_means_every_peer_at_the_target_together_and_final_accuracy_is_o
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _child_peer(cluster_pid: int, peer_id: str) -> int | None:
-    """The pid of the `hearsay run --peer-id peer_id` child of ``cluster_pid``, once it exists."""
-    try:
-        children = Path(f"/proc/{cluster_pid}/task/{cluster_pid}/children").read_text().split()
-    except OSError:
-        return None
-    for pid in children:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--peer-id" in argv and argv[argv.index(b"--peer-id") + 1] == peer_id.encode():
-            return int(pid)
-    return None
-
-
-def test_a_peer_that_does_not_answer_at_the_end_fails_the_run_with_its_reason(tmp_path: Path) -> None:
-    proc = cluster(tmp_path, "-n", "2", "--duration", "600", "--no-final-eval")
-    logs = [tmp_path / "logs" / f"peer-{i}.log" for i in range(2)]
-    try:
-        wait_for(lambda: all(log.exists() and '"event": "ready"' in log.read_text() for log in logs), timeout=240,
-                 what="both peers to come up")
-        pid = wait_for(lambda: _child_peer(proc.pid, "peer-1"), timeout=30, what="peer-1's pid")
-        os.kill(pid, signal.SIGSTOP)  # alive, holding its ports, answering nothing
-        proc.send_signal(signal.SIGTERM)  # end the run now: the final status finds peer-1 silent
-    except BaseException:
-        kill_all(proc)
-        raise
-    code, output = finish(proc, timeout=120)
-    assert code == 1, output[-3000:]
-    r = results(tmp_path)
-    assert r["outcome"] == "interrupted"
-    stopped = next(p for p in r["peers"] if p["id"] == "peer-1")
-    # Which reason depends on whether the cluster polled peer-1 before the SIGSTOP; both name its log.
-    assert stopped["state"] == "unreachable", stopped
-    assert ("did not answer status" in stopped["reason"] or "never answered" in stopped["reason"]) \
-        and stopped["log"] in stopped["reason"], stopped
-    assert r["unreachable"] == {"peer-1": stopped["reason"]}
-    assert "peer peer-1 unreachable at the end" in output
-    healthy = next(p for p in r["peers"] if p["id"] == "peer-0")
-    assert healthy["state"] == "up" and "reason" not in healthy
-    assert healthy["final_accuracy"] is None and "--no-final-eval" in r["evaluation"]["final_accuracy"]
-    assert r["stop_seconds"] <= STOP_GRACE + 5  # the stopped peer is killed after the grace period
-
-
 def test_duration_is_kept_from_launch_and_start_up_shows_as_starting(tmp_path: Path) -> None:
-    duration = 20.0
+    duration = 12.0
     code, output = finish(cluster(tmp_path, "-n", "2", "--duration", str(duration)), timeout=300)
     r = results(tmp_path)
     # The stop signal goes out at the duration, plus at most the final status window.
     assert duration <= r["run_seconds"] <= duration + FINAL_TIMEOUT + 1, r["run_seconds"]
     # The peers' learning rate anneals to 0 at the duration, counted from their launch too.
-    assert r["peer_lr_args"] == ["--lr-schedule", "cosine", "--lr-horizon", "20.0"]
+    assert r["peer_lr_args"] == ["--lr-schedule", "cosine", "--lr-horizon", str(duration)]
     for peer in r["peers"]:
         if peer.get("steps"):  # it trained (on a loaded machine a peer may never answer: see below)
             left = re.search(r"learning rate 0.05, cosine down to 0 over the (-?[\d.]+) s left",
