@@ -91,3 +91,42 @@ def test_memory_is_bounded_and_banned_peers_are_kept() -> None:
 def test_bad_configs_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Reputation(ReputationConfig(**kwargs))
+
+
+def _judge_round(rep: Reputation, refused: dict[str, bool], now: float) -> None:
+    """One merge's verdicts: each named sender's model refused as a near outlier or taken."""
+    rep.observe([Verdict(p, "outlier", distance=0.5, bound=1.0, reason="validation loss +0.4 > +0.2", far=False)
+                 if bad else Verdict(p, "ok", distance=0.5, bound=1.0) for p, bad in refused.items()], now=now)
+
+
+def test_near_refusals_count_whole_for_a_sender_refused_far_more_often_than_the_others() -> None:
+    """A label flipper among honest partners: its models are refused two times in three, the
+    honest ones' once in six. Its refusals stand out and count whole: banned; the honest stay
+    in good standing. Where every partner is refused as often (non-IID weather), nobody stands
+    out, the refusals count a tenth and nobody is banned."""
+    rep = Reputation()
+    for t in range(9):
+        _judge_round(rep, {"flipper": t % 3 != 2, "a": t == 1, "b": t == 3, "c": t == 5, "d": False}, float(t))
+    assert rep.stands_out("flipper", 9.0) and not rep.stands_out("a", 9.0)
+    assert rep.is_banned("flipper", 9.0)
+    assert not any(rep.is_banned(p, 9.0) for p in "abcd")
+    weather = Reputation()
+    for t in range(12):
+        _judge_round(weather, {p: (t + i) % 3 != 2 for i, p in enumerate(("e", "f", "g", "h"))}, float(t))
+    assert not any(weather.stands_out(p, 12.0) or weather.is_banned(p, 12.0) for p in "efgh")
+    assert all(weather.score(p, 12.0) > 0.5 for p in "efgh")
+
+
+def test_refused_shares_forget_with_the_half_life_and_need_enough_models() -> None:
+    rep = Reputation(ReputationConfig(half_life=10.0))
+    _judge_round(rep, {"p": True}, 0.0)
+    _judge_round(rep, {"p": False}, 0.0)
+    assert rep.refused_share("p", 0.0) is None  # two models judged: too few to say
+    _judge_round(rep, {"p": False}, 0.0)
+    assert rep.refused_share("p", 0.0) == pytest.approx(1 / 3)
+    assert rep.refused_share("p", 10.0) is None  # half remembered: 1.5 models
+    for t in (10.0, 10.0, 10.0):
+        _judge_round(rep, {"p": True}, t)
+    assert rep.refused_share("p", 10.0) == pytest.approx((0.5 + 3) / (1.5 + 3))
+    with pytest.raises(ValueError):
+        ReputationConfig(stand_out_min=0.5).check()
