@@ -227,6 +227,9 @@ class Reputation:
             return ""
         score = self._decayed(s, now)
         counts = ", ".join(f"{s.counts[e]} {e}" for e in EVENTS[1:] if s.counts[e])
+        if self.stands_out(peer, now):  # why its near refusals count whole (an operator asks)
+            counts += (f"; {self.refused_share(peer, now):.0%} of its models refused, partners' median "
+                       f"{self._median_share(now):.0%}")
         if self.is_banned(peer, now):
             return (f"banned: score {score:.2f} < {self.config.ban_below:.2f} until > "
                     f"{self.config.readmit_above:.2f} ({counts}; last {s.last_bad})")

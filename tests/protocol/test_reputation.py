@@ -109,6 +109,7 @@ def test_near_refusals_count_whole_for_a_sender_refused_far_more_often_than_the_
         _judge_round(rep, {"flipper": t % 3 != 2, "a": t == 1, "b": t == 3, "c": t == 5, "d": False}, float(t))
     assert rep.stands_out("flipper", 9.0) and not rep.stands_out("a", 9.0)
     assert rep.is_banned("flipper", 9.0)
+    assert "66% of its models refused, partners' median 11%" in rep.reason("flipper", 9.0)
     assert not any(rep.is_banned(p, 9.0) for p in "abcd")
     weather = Reputation()
     for t in range(12):
