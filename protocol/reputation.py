@@ -27,7 +27,8 @@ outlier the rule calls not far (``Verdict.far`` False: bristle's loss-check refu
 rises under 2 nats), counts ``near_weight`` (0.1): honest partners land there early in a
 run, or on shards of other classes, the attacks far beyond. It counts whole from a sender that stands out:
 its share of refused models above the median partner's by more than ``stand_out`` (0.4),
-where refusals are evidence against it rather than the weather of non-IID shards.
+once it has been judged for ``stand_out_after`` half-lives (15 s), where refusals are evidence
+against it rather than the weather of non-IID shards or of a run's first seconds.
 In the long run a peer whose updates cost an expected penalty ``p`` each (penalties minus
 rewards), arriving every ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
@@ -90,6 +91,11 @@ class ReputationConfig:
     # none (bench/byzantine.py, 16 digits peers, 4 attackers; bench/RESULTS.md, issue 14 session 11).
     stand_out: float = 0.4
     stand_out_min: float = 3.0
+    # ... and only once its first judged model is ``stand_out_after`` half-lives old (15 s at the
+    # defaults): from a shared start honest distances outrun the bound for the first seconds, and
+    # a partner that happened to be judged then stood out among three (4 real peers, the partition
+    # test: banned 6 s after start, 67 % refused against a median of none).
+    stand_out_after: float = 0.125
 
     def check(self) -> ReputationConfig:
         if not (self.half_life > 0 and math.isfinite(self.half_life)):
@@ -106,6 +112,8 @@ class ReputationConfig:
             raise ValueError("near_weight must be in [0, 1]")
         if not (0 <= self.stand_out and self.stand_out_min >= 1 and math.isfinite(self.stand_out_min)):
             raise ValueError("stand_out must be non-negative (inf: off), stand_out_min finite and at least 1")
+        if not (0 <= self.stand_out_after and math.isfinite(self.stand_out_after)):
+            raise ValueError("stand_out_after must be finite and non-negative")
         return self
 
     def delta(self, event: str) -> float:
@@ -126,6 +134,7 @@ class Standing:
     last_bad: str = ""
     judged: float = 0.0    # models the merge rule judged, decayed with the score's half-life
     refused: float = 0.0   # of those, refused (outlier verdicts), decayed alike
+    first_judged: float = math.inf  # when the first of them was judged
 
 
 class Reputation:
@@ -171,9 +180,10 @@ class Reputation:
 
     def refused_share(self, peer: str, now: float) -> float | None:
         """The decayed share of ``peer``'s judged models that were refused (None: judged fewer
-        than ``stand_out_min`` times, too few to say)."""
+        than ``stand_out_min`` times, or first judged under ``stand_out_after`` half-lives ago:
+        too little to say)."""
         s = self._peers.get(peer)
-        if s is None:
+        if s is None or now - s.first_judged < self.config.stand_out_after * self.config.half_life:
             return None
         keep = self._keep(s, now)
         judged = s.judged * keep
@@ -261,6 +271,7 @@ class Reputation:
         s = self._advance(peer, now)
         s.judged += 1.0
         s.refused += 1.0 if refused else 0.0
+        s.first_judged = min(s.first_judged, now)
         if s.judged >= self.config.stand_out_min:
             self._regulars.add(peer)
 

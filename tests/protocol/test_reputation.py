@@ -100,26 +100,41 @@ def _judge_round(rep: Reputation, refused: dict[str, bool], now: float) -> None:
 
 
 def test_near_refusals_count_whole_for_a_sender_refused_far_more_often_than_the_others() -> None:
-    """A label flipper among honest partners: its models are refused two times in three, the
-    honest ones' once in six. Its refusals stand out and count whole: banned; the honest stay
-    in good standing. Where every partner is refused as often (non-IID weather), nobody stands
-    out, the refusals count a tenth and nobody is banned."""
+    """A label flipper among honest partners, one merge every 5 s: its models are refused two
+    times in three, the honest ones' once in nine. Once it has been judged for an eighth of a
+    half-life (15 s), its refusals stand out and count whole: banned; the honest stay in good
+    standing. Where every partner is refused as often (non-IID weather), nobody stands out, the
+    refusals count a tenth and nobody is banned."""
     rep = Reputation()
     for t in range(9):
-        _judge_round(rep, {"flipper": t % 3 != 2, "a": t == 1, "b": t == 3, "c": t == 5, "d": False}, float(t))
-    assert rep.stands_out("flipper", 9.0) and not rep.stands_out("a", 9.0)
-    assert rep.is_banned("flipper", 9.0)
-    assert "66% of its models refused, partners' median 11%" in rep.reason("flipper", 9.0)
-    assert not any(rep.is_banned(p, 9.0) for p in "abcd")
+        _judge_round(rep, {"flipper": t % 3 != 2, "a": t == 1, "b": t == 3, "c": t == 5, "d": False}, 5.0 * t)
+    assert rep.stands_out("flipper", 45.0) and not rep.stands_out("a", 45.0)
+    assert rep.is_banned("flipper", 45.0)
+    assert "of its models refused, partners' median" in rep.reason("flipper", 45.0)
+    assert not any(rep.is_banned(p, 45.0) for p in "abcd")
     weather = Reputation()
     for t in range(12):
-        _judge_round(weather, {p: (t + i) % 3 != 2 for i, p in enumerate(("e", "f", "g", "h"))}, float(t))
-    assert not any(weather.stands_out(p, 12.0) or weather.is_banned(p, 12.0) for p in "efgh")
-    assert all(weather.score(p, 12.0) > 0.5 for p in "efgh")
+        _judge_round(weather, {p: (t + i) % 3 != 2 for i, p in enumerate(("e", "f", "g", "h"))}, 5.0 * t)
+    assert not any(weather.stands_out(p, 60.0) or weather.is_banned(p, 60.0) for p in "efgh")
+    assert all(weather.score(p, 60.0) > 0.5 for p in "efgh")
+
+
+def test_a_partner_refused_in_the_first_seconds_does_not_stand_out() -> None:
+    """From a shared start honest distances outrun the bound for the first seconds (4 real
+    peers: one partner refused 4 times in 6 in the first 6 s, the two others never). Its share
+    says nothing until it has been judged for ``stand_out_after`` half-lives: the refusals of
+    those seconds count a tenth and it is not banned; the same pattern over a minute would."""
+    rep = Reputation()
+    for t in range(6):
+        _judge_round(rep, {"drifting": t in (0, 1, 3, 4), "a": False, "b": False}, float(t))
+    assert rep.refused_share("drifting", 6.0) is None and not rep.stands_out("drifting", 6.0)
+    assert not rep.is_banned("drifting", 6.0) and rep.score("drifting", 6.0) > 0.5
+    with pytest.raises(ValueError):
+        ReputationConfig(stand_out_after=math.inf).check()
 
 
 def test_refused_shares_forget_with_the_half_life_and_need_enough_models() -> None:
-    rep = Reputation(ReputationConfig(half_life=10.0))
+    rep = Reputation(ReputationConfig(half_life=10.0, stand_out_after=0.0))
     _judge_round(rep, {"p": True}, 0.0)
     _judge_round(rep, {"p": False}, 0.0)
     assert rep.refused_share("p", 0.0) is None  # two models judged: too few to say
