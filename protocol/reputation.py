@@ -25,10 +25,11 @@ counts ``far_weight``, 3: what the rule calls far, ``Verdict.far``, else more th
 ``far_factor`` (4) times beyond its bound); a distance outlier that is not far, and any
 outlier the rule calls not far (``Verdict.far`` False: bristle's loss-check refusals of
 rises under 2 nats), counts ``near_weight`` (0.1): honest partners land there early in a
-run, or on shards of other classes, the attacks far beyond. It counts whole from a sender that stands out:
-its share of refused models above the median partner's by more than ``stand_out`` (0.4),
-once it has been judged for ``stand_out_after`` half-lives (15 s), where refusals are evidence
-against it rather than the weather of non-IID shards or of a run's first seconds.
+run, or on shards of other classes, the attacks far beyond. It counts whole from a sender
+that stands out: its share of refused models above the median partner's by more than
+``stand_out`` (0.4), once it has been judged for ``stand_out_after`` half-lives (15 s); its
+refusals are then evidence against it rather than the weather of non-IID shards or of a
+run's first seconds.
 In the long run a peer whose updates cost an expected penalty ``p`` each (penalties minus
 rewards), arriving every ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
@@ -79,8 +80,9 @@ class ReputationConfig:
     # from a shared start they grow faster than the median follows (4 peers at 10 steps/s: counted
     # whole, such refusals banned 10 of 12 links in 6 s; bench/RESULTS.md, issue 14 session 9), and
     # a partner that trained alone for a while (a stalled exchange on a loaded machine) lies
-    # several bounds out. The model is refused all the same; outliers of the loss and direction
-    # tests (within the bound) still count whole.
+    # several bounds out. So does a refusal the rule calls not far (``Verdict.far`` False: bristle's
+    # loss check under 2 nats of rise; partners on other classes raise our loss that much). The
+    # model is refused all the same; the direction test's outliers still count whole.
     near_weight: float = 0.1
     # ... unless the sender stands out among this peer's partners: its share of refused models
     # (every judged model counted, decaying with ``half_life`` like the score) above the median
