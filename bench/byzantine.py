@@ -68,6 +68,7 @@ class RuleSpec:
     validation_split: float = 0.0  # shard fraction held out for it (0: the training shard)
     shared_init: bool = True     # one initial model for all (the daemon's init=shared), else each its own
     rule_args: tuple[tuple[str, object], ...] = ()  # the merge rule built with these parameters (else its defaults)
+    reputation_args: tuple[tuple[str, float], ...] = ()  # ReputationConfig fields otherwise than the daemon's
 
 
 def daemon_defaults() -> RuleSpec:
@@ -138,6 +139,9 @@ RULES: dict[str, RuleSpec] = {
     "bristle+loss+rep/lwinf": RuleSpec("bristle", reputation=True, validate=True,
                                        rule_args=(("loss_whole_above", math.inf),)),
     "bristle+loss+rep/lw0": RuleSpec("bristle", reputation=True, validate=True, rule_args=(("loss_whole_above", 0.0),)),
+    # Session 11: the defaults without the refusal-rate test (a sender that stands out among this
+    # peer's partners has its near refusals counted whole; protocol/reputation.py): session 10's default.
+    "default/nostand": replace(daemon_defaults(), reputation_args=(("stand_out", math.inf),)),
 }
 ROBUST = "bristle+loss+rep"  # the rule the must-hold is about
 QUICK_RULES = ("vc", "bristle", ROBUST)
@@ -167,7 +171,7 @@ def run(job: Job) -> dict:
                     gossip_interval=float(job.local_steps), seed=job.seed,
                     attack="none" if control else job.attack, attackers=() if control else chosen,
                     absent=chosen if control else (), reputation=spec.reputation, validate=spec.validate,
-                    validation_split=spec.validation_split)
+                    validation_split=spec.validation_split, reputation_args=spec.reputation_args)
     started = time.perf_counter()
     rule = MERGE_RULES[spec.merge](**dict(spec.rule_args)) if spec.rule_args else None
     sim = Simulator(cfg, _data(), rule)

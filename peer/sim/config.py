@@ -81,6 +81,9 @@ class SimConfig:
     # Reputation's forgiveness half-life in virtual seconds; 0: the daemon's default measured in
     # exchanges (ReputationConfig.half_life s at 1 s per exchange -> that many gossip intervals).
     reputation_half_life: float = 0.0
+    # Other ReputationConfig fields set otherwise than the daemon's defaults, as (name, value)
+    # pairs (bench/byzantine.py's variants, e.g. ("stand_out", inf): session 10's weighting).
+    reputation_args: tuple[tuple[str, float], ...] = ()
     absent: tuple[int, ...] = ()        # peers left out of the swarm (a control: their shards unused)
     # Issue 11: the daemon's mixing modes and a clock with compute, links and churn.
     fanout: int = 1                     # exchanges a peer starts per gossip interval; > 1: Epidemic Learning

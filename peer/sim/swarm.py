@@ -211,7 +211,7 @@ class Simulator(AttackerMixin):
     def _reputation_config(self) -> ReputationConfig:
         default = ReputationConfig()
         half_life = self.config.reputation_half_life or default.half_life * self.config.gossip_interval
-        return dataclasses.replace(default, half_life=half_life)
+        return dataclasses.replace(default, half_life=half_life, **dict(self.config.reputation_args))
 
     def _speeds(self) -> list[float]:
         cfg = self.config
