@@ -64,7 +64,7 @@ def run(size: Size) -> dict[str, Any]:
             result = cli_parent.recv()
             srv_parent.send("report")
             server_report = srv_parent.recv()
-            merges = sum(result["timings"].get("_merge", [])) + sum(server_report["timings"].get("_merge", []))
+            merges = sum(result["timings"].get("merge", [])) + sum(server_report["timings"].get("merge", []))
             exchanges.append({"kind": kind, "keyframe_sent": result["keyframe"], "seconds": result["seconds"],
                               "merge_seconds": merges, "bytes": result["sent"] + result["received"],
                               "server_hwm": server_report["hwm"], "server_rss": server_report["rss"],

@@ -23,7 +23,7 @@ def _probe_instrument(engine: Any, timings: dict[str, list[Any]]) -> None:
     def mark(what: str) -> None:
         marks.append((what, bt.proc_kb("VmRSS") / 1e6, bt.proc_kb("VmHWM") / 1e6))
 
-    for name in ("decode", "_accept", "own_packet_parts", "_merge"):
+    for name in ("decode", "_accept", "own_packet_parts", "merge"):
         inner = getattr(engine, name)
 
         def wrapped(*args: Any, _inner: Any = inner, _name: str = name) -> Any:

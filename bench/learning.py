@@ -134,6 +134,7 @@ class Budget:
     # Codec of gossip's model deltas (the daemon's ``codec`` option; FedAvg and sampled rounds
     # send whole fp32 models). Gossip only: compressed deltas buy more exchanges per byte.
     codec: str = "fp32"
+    topk_ratio: float = SimConfig.topk_ratio  # the daemon's; for --codec topk / topk_int8 / randk
 
 
 @dataclass
@@ -230,7 +231,7 @@ def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, s
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
     sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
-                               codec=budget.codec), data, rule)
+                               codec=budget.codec, topk_ratio=budget.topk_ratio), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance())
     for r in range(1, budget.rounds + 1):
@@ -488,6 +489,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "lr_schedule; cosine, the default, is what hearsay cluster runs over its --duration)")
     p.add_argument("--lr-floor", type=float, default=0.0, help="an annealed rate's end, a fraction of lr")
     p.add_argument("--codec", default="fp32", help="codec of gossip's model deltas (protocol.codecs name)")
+    p.add_argument("--topk-ratio", type=float, default=SimConfig.topk_ratio,
+                   help="share of coordinates a top-k / rand-k delta keeps (with --codec topk_int8 ...)")
     p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
@@ -507,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("no setting matches --peers/--models/--splits")
     budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval,
                      lr_schedule=args.lr_schedule, lr_floor=args.lr_floor, codec=args.codec,
-                     exchanges_per_round=args.exchanges)
+                     topk_ratio=args.topk_ratio, exchanges_per_round=args.exchanges)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:

@@ -307,7 +307,7 @@ def _load_training_code() -> None:
 
 def _instrument(engine: Any, timings: dict[str, list[float]]) -> None:
     """Time the engine's encode, decode and merge steps (wrapping the bound methods)."""
-    for owner, name in ((engine, "own_packet_parts"), (engine, "decode"), (engine, "_merge"),
+    for owner, name in ((engine, "own_packet_parts"), (engine, "decode"), (engine, "merge"),
                         (engine.trainer, "state")):  # state: its wait for the trainer's lock included
         inner = getattr(owner, name)
 
@@ -590,7 +590,7 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         and is left out, as the bare stream's first is."""
         timed = reps[1:] or reps
         sent = med([k["sent"] + k["received"] for k in timed])
-        seconds = med([k["seconds"] - t(k, "client", "_merge") - t(k, "server", "_merge") for k in timed])
+        seconds = med([k["seconds"] - t(k, "client", "merge") - t(k, "server", "merge") for k in timed])
         return sent / seconds / MB
 
     bare_bytes = -(-nbytes // (1 << 20)) << 20
@@ -601,12 +601,12 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         bare MB/s measured next to it (load that drifts during the run cancels out pairwise)."""
         timed = reps[1:] or reps
         bare = [bare_bytes / k["bare_seconds"] / MB for k in timed]
-        kfs = [(k["sent"] + k["received"]) / (k["seconds"] - t(k, "client", "_merge") - t(k, "server", "_merge")) / MB
+        kfs = [(k["sent"] + k["received"]) / (k["seconds"] - t(k, "client", "merge") - t(k, "server", "merge")) / MB
                for k in timed]
         return med(bare), med([a / b for a, b in zip(kfs, bare)])
 
     kf_bytes = med([k["sent"] + k["received"] for k in kf])
-    merges = med([t(k, "client", "_merge") + t(k, "server", "_merge") for k in kf])
+    merges = med([t(k, "client", "merge") + t(k, "server", "merge") for k in kf])
     total = med([k["seconds"] for k in kf])
     kf_mbps = keyframe_mbps(kf)
     training = peers.get("training") or []
@@ -622,9 +622,9 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
             "server decode_packet": med([t(k, "server", "decode") for k in timed]),
             "server encode (state+prepare+encode_packet_parts)": med([t(k, "server", "own_packet_parts")
                                                                       for k in timed]),
-            "server merge": med([t(k, "server", "_merge") for k in timed]),
+            "server merge": med([t(k, "server", "merge") for k in timed]),
             "client decode_packet": med([t(k, "client", "decode") for k in timed]),
-            "client merge": med([t(k, "client", "_merge") for k in timed]),
+            "client merge": med([t(k, "client", "merge") for k in timed]),
             "gRPC both ways (+read_packet, accept)": med([t(k, "client", "exchange_call")
                                                           - t(k, "server", "handle_inbound") for k in timed]),
             "server handle_inbound": med([t(k, "server", "handle_inbound") for k in timed]),

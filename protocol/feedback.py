@@ -466,15 +466,11 @@ class Receiver:
             state = _ReceiverLink(header.epoch, header.seq, spec, replica)
             self._links.put(link, state)
             return Applied(_readonly(state.replica), keyframe=True)
-        state = self._links.get(link)
-        if not isinstance(state, _ReceiverLink):
-            return NeedKeyframe("unknown_link")
-        if header.epoch != state.epoch:
-            return NeedKeyframe("epoch")
-        if header.seq <= state.seq:
-            return NeedKeyframe("stale")
-        if header.seq != state.seq + 1:
-            return NeedKeyframe("gap")
+        state = self._links.get(link)  # a use of the link, fit or not
+        unfit = self.precheck(link, header)
+        if unfit is not None:
+            return unfit
+        assert isinstance(state, _ReceiverLink)
         if spec != state.spec:
             return NeedKeyframe("spec")
         if not _sums_stay_finite(state.replica, tensors):
@@ -487,6 +483,25 @@ class Receiver:
                 hat[...] = _dense(x)
         state.seq = header.seq
         return Applied(_readonly(state.replica), keyframe=False)
+
+    def precheck(self, link: str, header: LinkUpdateHeader) -> NeedKeyframe | None:
+        """What ``accept`` would answer from the header alone: a ``NeedKeyframe`` for an
+        update our copy cannot take whatever its tensors (no copy, another epoch, stale, a
+        gap), None when only its tensors can still make it unfit. Changes nothing. It lets
+        the answering side of an exchange ask for a keyframe in a reply it builds while the
+        update's tensors are still arriving."""
+        if header.keyframe:
+            return None
+        state = self._links.peek(link)
+        if not isinstance(state, _ReceiverLink):
+            return NeedKeyframe("unknown_link")
+        if header.epoch != state.epoch:
+            return NeedKeyframe("epoch")
+        if header.seq <= state.seq:
+            return NeedKeyframe("stale")
+        if header.seq != state.seq + 1:
+            return NeedKeyframe("gap")
+        return None
 
     def replica(self, link: str) -> Mapping[str, np.ndarray] | None:
         """A read-only view of this receiver's copy of ``link``'s sender's model."""

@@ -16,24 +16,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
+from peer.runtime import inbound
 from peer.runtime.defence import Defence
 from peer.runtime.gossip_stats import GossipStats, LinkStats
+from peer.runtime.inbound import InboundExchange
 from peer.runtime.link_locks import LinkLocks
 from peer.runtime.recent import RecentMap
 from peer.runtime.trainer import Trainer
 from peer.transport.errors import PartnerBusy, PartnerSlow
-from peer.transport.identity import (AddressOwners, Caller, HostResolver, Impersonation, needs_lookup,
-                                     resolve_identity)
+from peer.transport.identity import AddressOwners, Caller, HostResolver
 from protocol import codecs
 from protocol.codecs.base import Codec
 from protocol.deadlines import Budget, DeadlinePolicy, LinkEstimate
-from protocol.errors import Banned, MalformedPacket, Refusal
+from protocol.errors import Refusal
 from protocol.feedback import LinkUpdateHeader, NeedKeyframe, Receiver, Sender
 from protocol.replay import ReplayGuard
 from protocol.membership import Member, MembershipView, MemberState
 from protocol.merge import Contribution, MergeRule
 from protocol.sampling import UNCONFIRMED_SHARE, choose_partners
-from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_no_model, encode_packet_parts,
+from protocol.wire import (Buffer, Limits, Packet, PacketHeader, decode_packet, encode_packet_parts,
                            fingerprint, packet_size, specs_of)
 
 log = logging.getLogger(__name__)
@@ -53,17 +54,6 @@ def as_buffer(packet: Buffer | Sequence[Buffer]) -> Buffer:
 # Refusals of one kind are logged at most once per this many seconds (all are counted).
 REFUSAL_LOG_SECONDS = 10.0
 SIDE_TABLE_MIN = 1024  # least entries kept per side table (links, reports)
-
-class SelfExchange(Refusal):
-    """A peer reached itself through an alias of its own address; the caller drops that member."""
-
-    reason = "self"
-
-
-class LinkBusy(Refusal):
-    """An inbound exchange on a link that is already exchanging; the caller retries later."""
-
-    reason = "busy"
 
 # exchange(address, packet, budget) -> reply packet; raises peer.transport.errors.ExchangeRefused
 # (PartnerBusy, PartnerGone, PartnerSlow) on refusal, an unreachable or silent partner, or a
@@ -160,7 +150,7 @@ class GossipEngine:
         # of the whole model; a keyframe's copy becomes the link's replica).
         model, hold = self.trainer.live()
         update = self.sender.prepare(link, model, commit=commit, adopt=hold is None, live=hold)
-        header = self._header(link, samples, link_epoch=update.header.epoch, link_seq=update.header.seq,
+        header = self.header_for(link, samples, link_epoch=update.header.epoch, link_seq=update.header.seq,
                               keyframe=update.header.keyframe, one_way=one_way)
         parts = encode_packet_parts(header, update.shapes(), update.chooser())
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
@@ -168,7 +158,7 @@ class GossipEngine:
             self.stats.keyframes_sent += 1
         return parts
 
-    def _header(self, link: str, samples: int | None, **frame: int | bool) -> PacketHeader:
+    def header_for(self, link: str, samples: int | None, **frame: int | bool) -> PacketHeader:
         """Our header for ``link`` (asking for a keyframe if we could not apply its last update)."""
         stats = self.trainer.stats()
         wanted = link in self._want_keyframe
@@ -179,10 +169,14 @@ class GossipEngine:
                             telemetry=self.telemetry(), need_keyframe=wanted, **frame)  # type: ignore[arg-type]
 
     def _accept(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
-        """Apply a partner's update to our copy of its model; the model to merge, or None
-        when the update does not fit our copy (we then ask for a keyframe)."""
+        """A reply from the partner we called: its request for a keyframe, and its update."""
         if packet.header.need_keyframe:
             self.sender.invalidate(link)
+        return self.apply_update(link, packet)
+
+    def apply_update(self, link: str, packet: Packet) -> Mapping[str, np.ndarray] | None:
+        """Apply a partner's update to our copy of its model; the model to merge, or None
+        when the update does not fit our copy (we then ask for a keyframe)."""
         h = packet.header
         # Our packets are decoded from buffers nobody else holds (``decode``): a keyframe's
         # tensors become our copy of the partner's model without another copy.
@@ -190,9 +184,19 @@ class GossipEngine:
                                       adopt=True)
         if isinstance(result, NeedKeyframe):
             self._want_keyframe.add(link)
-            self.stats.keyframe_requests[result.reason] = self.stats.keyframe_requests.get(result.reason, 0) + 1
+            self.count_keyframe_request(result)
             return None
         return result.model
+
+    def count_keyframe_request(self, why: NeedKeyframe) -> None:
+        self.stats.keyframe_requests[why.reason] = self.stats.keyframe_requests.get(why.reason, 0) + 1
+
+    def want_keyframe(self, link: str) -> None:
+        """Our next packet to ``link`` asks for a keyframe (we cannot apply its updates)."""
+        self._want_keyframe.add(link)
+
+    def wants_keyframe(self, link: str) -> bool:
+        return link in self._want_keyframe
 
     def telemetry(self) -> dict[str, float | int]:
         t = self.trainer.stats()
@@ -201,11 +205,11 @@ class GossipEngine:
                "in": g.bytes_received, "ratio": g.compression_ratio}
         return own if self.extra_telemetry is None else {**own, **self.extra_telemetry()}
 
-    def _taken(self, link: str, packet: Packet, model: Mapping[str, np.ndarray], inbound: bool) -> bool:
+    def taken(self, link: str, packet: Packet, model: Mapping[str, np.ndarray], inbound: bool) -> bool:
         """Whether ``on_model`` took the received model (then it is not merged)."""
         return self.on_model is not None and self.on_model(link, packet.header, model, inbound)
 
-    def _remember_report(self, address: str, packet: Packet) -> None:
+    def remember_report(self, address: str, packet: Packet) -> None:
         self.reports[address] = (dict(packet.header.telemetry), self.clock())
 
     def decode(self, data: Buffer | Sequence[Buffer]) -> Packet:
@@ -218,7 +222,7 @@ class GossipEngine:
         owned = isinstance(data, bytearray) or (isinstance(data, memoryview) and not data.readonly)
         return decode_packet(data, expected=self.specs, limits=self.limits, owned=owned, sparse=True)
 
-    def _merge(self, model: Mapping[str, np.ndarray], samples: int, sender: str = "") -> None:
+    def merge(self, model: Mapping[str, np.ndarray], samples: int, sender: str = "") -> None:
         started = time.perf_counter()
         # Through the defence: verdicts feed the sender's reputation; batch rules (median,
         # trimmed) buffer models until merge_batch(rule) senders have sent one.
@@ -253,7 +257,7 @@ class GossipEngine:
         self.stats.rejected += 1
         self.stats.rejected_by_reason["membership"] = self.stats.rejected_by_reason.get("membership", 0) + 1
 
-    def _account(self, address: str, sent: int, received: int, merged: bool) -> None:
+    def account(self, address: str, sent: int, received: int, merged: bool) -> None:
         link = self.link(address)
         link.exchanges += 1
         link.bytes_sent += sent
@@ -265,9 +269,11 @@ class GossipEngine:
             link.merges += 1
             self.stats.merges += 1
 
-    # --- the callee's side -------------------------------------------------------------------
+    # --- the callee's side (peer/runtime/inbound.py: open, finish, settle) ------------------------
     async def handle_inbound(self, data: Buffer | Sequence[Buffer], caller: Caller | str) -> list[Buffer]:
-        """Validate a partner's packet, merge it, answer with our pre-merge model.
+        """Validate a partner's packet, merge it, answer with our pre-merge model: the three
+        steps of ``peer.runtime.inbound`` in a row, as the gRPC servicer runs them with the
+        reply streamed in between.
 
         ``caller`` is what the connection proves (peer/transport/identity.py); a bare
         string is an in-process caller (tests, the simulator), whose claim stands.
@@ -276,79 +282,47 @@ class GossipEngine:
         data = as_buffer(data)
         if isinstance(caller, str):
             caller = Caller(connection=caller)
-        self.in_flight += 1
+        opening = self.open_early(data, caller)  # the header alone, as on a stream's first frame
+        answer = await opening if opening is not None else None
+        if answer is None:
+            answer = await self.open_whole(data, caller)
         try:
-            return await self._handle_inbound(data, caller)
-        finally:
-            self.in_flight -= 1
+            await answer.finish(data)
+        except BaseException:
+            await answer.abandon()
+            raise
+        await answer.settle()
+        log.debug("inbound exchange with %s (%s, %s)", answer.header.sender_id, answer.who, caller.connection)
+        return answer.reply
+
+    def open_early(self, head: Buffer, caller: Caller) -> Awaitable[InboundExchange | None] | None:
+        """``peer.runtime.inbound.open_early``: answering on a request's first frame."""
+        return inbound.open_early(self, head, caller)
+
+    async def open_whole(self, data: Buffer, caller: Caller) -> InboundExchange:
+        """``peer.runtime.inbound.open_whole``: answering a request read whole (raises ``Refusal``)."""
+        return await inbound.open_whole(self, data, caller)
 
     def link_busy(self, address: str) -> bool:
         """Whether an exchange on the link with ``address`` is under way."""
         return self._link_locks.locked(address)
 
+    async def take_link(self, address: str) -> Callable[[], Awaitable[None]]:
+        """Hold the link with ``address`` until the returned release is awaited."""
+        return await self._link_locks.take(address)
+
     def who(self, address: str) -> str:
         """The identity reputation and bans key on for the peer at ``address``."""
         return self.owners.get(address) or address
 
-    async def _handle_inbound(self, data: Buffer, caller: Caller) -> list[Buffer]:
-        packet = await asyncio.to_thread(self.decode, data)
-        sender = packet.header.sender_addr
-        if not packet.header.carries_model:  # only an answer may come without a model
-            raise MalformedPacket("an exchange must open with a model")
-        if packet.header.sender_id == self.peer_id:
-            raise SelfExchange("a packet from this peer itself (our own address under another name)")
-        # The header's sender is a claim: the connection decides whether it may make it, and
-        # who answers for it (a certificate, or the address itself when keyed or host-tied).
+    def newcomer_keyframe(self, sender: str) -> list[Buffer]:
+        """A one-off keyframe of our model for a peer fetching its first one, kept nowhere."""
+        key = f"newcomer:{sender}"
+        self.sender.invalidate(key)
         try:
-            args = (sender, caller, self.owners, self.resolver)
-            who = await asyncio.to_thread(resolve_identity, *args) if needs_lookup(sender, caller) \
-                else resolve_identity(*args)
-        except Impersonation:
-            if caller.certificate:  # a cluster member lying about its address: its own books pay
-                self.defence.record(caller.certificate, "rejected", "impersonation")
-            raise
-        if self.defence.is_banned(who):  # its reputation fell below the threshold: dropped unmerged, unanswered
-            raise Banned(f"{who} is banned ({self.defence.standing(who)[2]})")
-        if packet.header.samples == 0:
-            return await self._answer_newcomer(sender, packet, data)
-        if self._link_locks.locked(sender):
-            # We are exchanging with this partner right now (it called us as we called it):
-            # updates on a link must stay in sequence, so this call is refused, not queued.
-            raise LinkBusy(f"an exchange with {sender} is already in progress")
-        async with self._link_locks.hold(sender):
-            h = packet.header  # a replayed or stale link update is refused before the link or model moves
-            self.replay_guard.admit(sender, h.link_epoch, h.link_seq, h.model_version)
-            model = self._accept(sender, packet)
-            # One-way: our header alone (no model, and the link from us to the sender stays as it was).
-            reply = [encode_no_model(self._header(sender, None))] if h.one_way else \
-                await asyncio.to_thread(self.own_packet_parts, sender)
-            self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
-            self._remember_report(sender, packet)
-            # A model backed by no data (a newcomer fetching its first model) is not merged.
-            merged = model is not None and packet.header.samples > 0
-            if merged and not self._taken(sender, packet, model, inbound=True):
-                await asyncio.to_thread(self._merge, model, packet.header.samples, who)
-        self._account(sender, packet_size(reply), len(data), merged=merged)
-        log.debug("inbound exchange with %s (%s, %s)", packet.header.sender_id, who, caller.connection)
-        return reply
-
-    async def _answer_newcomer(self, sender: str, packet: Packet, data: Buffer) -> list[Buffer]:
-        """A peer fetching its first model (its own is backed by no data): answer with a
-        one-off keyframe of ours. Nothing of the link changes on either side, so no link
-        lock is needed — two newcomers asking each other at once cannot refuse each other."""
-        def keyframe() -> list[Buffer]:
-            key = f"newcomer:{sender}"
-            self.sender.invalidate(key)
-            try:
-                return self.own_packet_parts(key, commit=False)  # a keyframe, kept nowhere
-            finally:
-                self.sender.discard(key)
-
-        reply = await asyncio.to_thread(keyframe)
-        self.membership.note_contact(sender, packet.header.sender_id, self.clock(), inbound=True)
-        self._remember_report(sender, packet)
-        self._account(sender, packet_size(reply), len(data), merged=False)
-        return reply
+            return self.own_packet_parts(key, commit=False)
+        finally:
+            self.sender.discard(key)
 
     # --- the caller's side -------------------------------------------------------------------
     async def exchange_with(self, member: Member, exchange: Exchange, one_way: bool = False) -> bool:
@@ -404,16 +378,16 @@ class GossipEngine:
             return False
         self.sender.commit(link)  # the partner answered, so it applied (or asked to restart) our update
         self.membership.note_contact(link, packet.header.sender_id, self.clock())
-        self._remember_report(link, packet)
+        self.remember_report(link, packet)
         model = None
         if packet.header.carries_model:
             self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq, packet.header.model_version)
             model = self._accept(link, packet)
         elif packet.header.need_keyframe:  # the answer to a one-way packet, and our update did not fit
             self.sender.invalidate(link)
-        if model is not None and not self._taken(link, packet, model, inbound=False):
-            await asyncio.to_thread(self._merge, model, packet.header.samples, self.who(link))
-        self._account(link, packet_size(own), len(reply), merged=model is not None)
+        if model is not None and not self.taken(link, packet, model, inbound=False):
+            await asyncio.to_thread(self.merge, model, packet.header.samples, self.who(link))
+        self.account(link, packet_size(own), len(reply), merged=model is not None)
         pushed = one_way and not packet.header.carries_model and not packet.header.need_keyframe  # it took ours
         if model is None and not pushed:
             return False
@@ -470,7 +444,7 @@ class GossipEngine:
                 self.replay_guard.note(link, packet.header.link_epoch, packet.header.link_seq,
                                     packet.header.model_version)
                 model = self._accept(link, packet)
-            self._remember_report(link, packet)
+            self.remember_report(link, packet)
             self.membership.note_contact(link, packet.header.sender_id, self.clock())
             if model is None or packet.header.age < min_partner_steps:
                 log.info("joined a swarm that is just starting (%s has %d steps): keeping our own "

@@ -9,8 +9,8 @@ for it: the table is bounded by the exchanges in progress, which admission bound
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 
 
 class LinkLocks:
@@ -42,3 +42,11 @@ class LinkLocks:
             users[0] -= 1
             if users[0] == 0:
                 del self._locks[link]
+
+    async def take(self, link: str) -> Callable[[], Awaitable[None]]:
+        """``hold`` beyond one block: take ``link``'s lock (waiting for it if need be) and return
+        its release, for an exchange whose steps run in different tasks (peer/runtime/inbound.py).
+        The release may be awaited more than once; only the first releases."""
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self.hold(link))
+        return stack.aclose

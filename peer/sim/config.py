@@ -48,6 +48,7 @@ class SimConfig:
     degree: int = 4                     # k of the random k-regular topology
     merge: str = "vc"                   # protocol.merge.RULES name
     codec: str = "fp32"                 # protocol.codecs name for float tensors
+    topk_ratio: float = PeerConfig.topk_ratio  # share of coordinates a top-k / rand-k delta keeps
     # Every peer starts from the same weights, seeded from ``cluster`` as the daemon's
     # init=shared does (peer.sim.setup.initial_model_seed). Off by default here, unlike the
     # daemon, so the learning benchmarks and tests keep measuring independent starts too.
@@ -131,5 +132,7 @@ class SimConfig:
                 raise ValueError(message)
         make_rule(self.merge)
         codecs.get(self.codec)
+        if not 0 < self.topk_ratio <= 1:
+            raise ValueError("topk_ratio in (0, 1]")
         return self
 

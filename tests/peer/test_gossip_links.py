@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from peer.runtime.config import PeerConfig
-from peer.runtime.gossip import GossipEngine, LinkBusy
+from peer.runtime.gossip import GossipEngine
+from peer.runtime.inbound import LinkBusy
 from peer.transport.errors import PartnerBusy
 from tests.trainers import build_trainer
 from protocol.membership import StaticMembership

@@ -88,5 +88,5 @@ async def test_a_one_way_answer_still_asks_for_a_keyframe(pair) -> None:
 async def test_a_packet_without_a_model_cannot_open_an_exchange(pair) -> None:
     a, b = pair
     with pytest.raises(MalformedPacket):
-        await b.handle_inbound(encode_no_model(a._header("b:1", None)), "in-process")
+        await b.handle_inbound(encode_no_model(a.header_for("b:1", None)), "in-process")
     assert b.stats.merges == 0 and b.receiver.replica("a:1") is None

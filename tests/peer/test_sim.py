@@ -207,7 +207,7 @@ def test_daemon_and_simulator_produce_the_same_merged_weights(digits, rule_name:
     before = in_sim.digest()
     daemon = engine(in_daemon, rule_name)
     for i, (packet, sender) in enumerate(zip(packets, senders)):
-        daemon._merge(packet.tensors, packet.header.samples, sender)
+        daemon.merge(packet.tensors, packet.header.samples, sender)
         assert (in_daemon.digest() == before) == (i < batch - 1)  # buffered until the batch is full
     apply_models(in_sim, make_rule(rule_name),
                  [Contribution(p.tensors, samples=p.header.samples, sender=s) for p, s in zip(packets, senders)],
@@ -231,5 +231,5 @@ def test_the_daemon_merges_through_the_shared_merge_function(digits, monkeypatch
     monkeypatch.setattr(peer.runtime.defence, "merge_received_report", spy)
     t = trainer(digits, 1)
     packet = received_packet(digits)
-    engine(t, "vc")._merge(packet.tensors, packet.header.samples)
+    engine(t, "vc").merge(packet.tensors, packet.header.samples)
     assert calls == [t.samples]
