@@ -25,11 +25,16 @@ thread each, everything seeded), on loopback:
   ``Receiver.accept``, the merge. A keyframe is forced each time by invalidating the
   initiator's link and asking for a keyframe (``need_keyframe``), so both
   directions carry a dense fp32 keyframe. Throughput counts the packet bytes of
-  both directions (they are sequential: the answer is made after the request is
-  read) over the exchange time *minus the two merges* (merging is not transfer; the
-  merges' time is reported on its own, and the end-to-end figure too); encoding,
-  framing, reassembly, decoding and accepting are all inside it. The first
-  repetition opens the channel and is left out, as the bare stream's first is.
+  both directions over the exchange time as the caller waits for it *minus the
+  caller's merge* (merging is not transfer; the merges' time is reported on its own,
+  and the end-to-end figure too). The answering peer streams its reply while the
+  request still arrives (peer/transport/answering.py: never ahead of the request's
+  bytes, the last frame once the request is taken) and merges after its reply, off
+  the caller's path (so its merge is neither in that time nor taken out of it);
+  encoding, framing, reassembly, decoding and accepting are all inside it. The first
+  repetition opens the channel (and earns the trust an early answer needs) and is
+  left out, as the bare stream's first is. ``keyframes_answered_early`` counts the
+  exchanges answered that way.
   Both peers run under uvloop, as ``hearsay run`` does.
   ``keyframe_over_bare_grpc`` is that figure over ``bare_grpc_mbps`` (the ``grpc``
   stream above: one direction's bytes over its time).
@@ -349,17 +354,18 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
         engine = _build_engine(size, SEED + 1, address)
         timings: dict[str, list[float]] = defaultdict(list)
         _instrument(engine, timings)
-        inner = engine.handle_inbound
+        # As peer.runtime.node wires it: the engine answers in steps, its reply streamed while the
+        # request arrives, its merge after the reply.
+        servicer = GossipServicer(engine, engine.limits.max_packet_bytes, engine.count_rejected,
+                                  on_head=partial(make_room_inbound, engine))
 
-        async def handle(data: Any, peer: str) -> bytes:
+        async def settled() -> float:
+            """Seconds until the engine has settled its side (merged after its reply)."""
             started = time.perf_counter()
-            try:
-                return await inner(data, peer)
-            finally:
-                timings["handle_inbound"].append(time.perf_counter() - started)
-
-        servicer = GossipServicer(handle, engine.limits.max_packet_bytes, engine.count_rejected,
-                                  on_head=partial(make_room_inbound, engine))  # as peer.runtime.node wires it
+            async with asyncio.timeout(60):
+                while engine.in_flight:
+                    await asyncio.sleep(0.001)
+            return time.perf_counter() - started
         if pb_server:  # how peer.runtime.node registers it today
             gossip_pb2_grpc.add_GossipServicer_to_server(servicer, server)
         else:
@@ -374,8 +380,11 @@ def _answering_peer(size: Size, pb_server: bool, conn: Any) -> None:
                 timings.clear()
                 reset_hwm()
                 conn.send(proc_kb("VmRSS"))
+            elif cmd == "settle":
+                conn.send(await settled())
             elif cmd == "report":
-                conn.send({"hwm": proc_kb("VmHWM"), "rss": proc_kb("VmRSS"), "timings": dict(timings),
+                await settled()
+                conn.send({"answered_early": servicer.answered_early, "hwm": proc_kb("VmHWM"), "rss": proc_kb("VmRSS"), "timings": dict(timings),
                            "rejected": engine.stats.rejected, "steps": engine.trainer.stats().steps})
                 timings.clear()
             elif cmd == "train":  # the real trainer thread, as a running peer has it
@@ -522,6 +531,10 @@ def bench_peers(ctx: Any, size: Size, pb_server: bool) -> dict[str, Any]:
         for _ in range(size.deltas):
             cli_parent.send("delta")
             deltas.append(cli_parent.recv())
+            # The next exchange on this link waits for the partner's merge (it holds the link
+            # until then): that wait is part of the stream's pace.
+            srv_parent.send("settle")
+            deltas[-1]["seconds"] += srv_parent.recv()
         srv_parent.send("report")
         after_deltas = srv_parent.recv()
         # The same keyframe exchanges with the answering peer's trainer thread training.
@@ -582,15 +595,23 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         timings = rep["timings"] if side == "client" else rep["server"]["timings"]
         return sum(timings.get(key, [0.0]))
 
+    def transfer_seconds(rep: dict[str, Any]) -> float:
+        """The push-pull's time as its caller waits for it, less the caller's own merge. The
+        answering peer merges after its reply has gone (peer/runtime/inbound.py), off the
+        caller's path: its merge is not in this time and is not taken out of it (it may still
+        slow the caller's decode and merge, sharing the CPU)."""
+        return rep["seconds"] - t(rep, "client", "merge")
+
     def keyframe_mbps(reps: list[dict[str, Any]]) -> float:
-        """Packet bytes of both directions over the push-pull's time less its two merges.
-        The directions run one after the other (the answer is made after the request is
-        read), so this is bytes moved per second of exchange, comparable with the bare
-        stream's one direction over its own time. The first repetition opens the channel
-        and is left out, as the bare stream's first is."""
+        """Packet bytes of both directions over the push-pull's transfer time. The answering
+        peer streams its reply while the request still arrives (never ahead of the request's
+        bytes, its last frame once the request is taken), so both directions share the time:
+        bytes moved per second of exchange, set against the bare stream's one direction over
+        its own time. The first repetition opens the channel (and earns the trust an early
+        answer needs) and is left out, as the bare stream's first is."""
         timed = reps[1:] or reps
         sent = med([k["sent"] + k["received"] for k in timed])
-        seconds = med([k["seconds"] - t(k, "client", "merge") - t(k, "server", "merge") for k in timed])
+        seconds = med([transfer_seconds(k) for k in timed])
         return sent / seconds / MB
 
     bare_bytes = -(-nbytes // (1 << 20)) << 20
@@ -601,8 +622,7 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         bare MB/s measured next to it (load that drifts during the run cancels out pairwise)."""
         timed = reps[1:] or reps
         bare = [bare_bytes / k["bare_seconds"] / MB for k in timed]
-        kfs = [(k["sent"] + k["received"]) / (k["seconds"] - t(k, "client", "merge") - t(k, "server", "merge")) / MB
-               for k in timed]
+        kfs = [(k["sent"] + k["received"]) / transfer_seconds(k) / MB for k in timed]
         return med(bare), med([a / b for a, b in zip(kfs, bare)])
 
     kf_bytes = med([k["sent"] + k["received"] for k in kf])
@@ -625,9 +645,8 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
             "server merge": med([t(k, "server", "merge") for k in timed]),
             "client decode_packet": med([t(k, "client", "decode") for k in timed]),
             "client merge": med([t(k, "client", "merge") for k in timed]),
-            "gRPC both ways (+read_packet, accept)": med([t(k, "client", "exchange_call")
-                                                          - t(k, "server", "handle_inbound") for k in timed]),
-            "server handle_inbound": med([t(k, "server", "handle_inbound") for k in timed]),
+            "exchange call (both ways at once; server decode, accept in)": med([t(k, "client", "exchange_call")
+                                                                               for k in timed]),
             "server trainer.state (its lock wait in)": med([t(k, "server", "state") for k in timed]),
         }
 
@@ -670,9 +689,9 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         # CPU seconds of both peer processes per MB moved, bare stream vs keyframe exchange less
         # its two merges (their threads' CPU time), idle peer.
         "bare_grpc_cpu_s_per_mb": med([k["bare_cpu"] / (bare_bytes / MB) for k in kf[1:] or kf]),
-        "keyframe_cpu_s_per_mb": med([(k["cpu"] - t(k, "client", "_merge_cpu") - t(k, "server", "_merge_cpu"))
+        "keyframe_cpu_s_per_mb": med([(k["cpu"] - t(k, "client", "merge_cpu") - t(k, "server", "merge_cpu"))
                                       / ((k["sent"] + k["received"]) / MB) for k in kf[1:] or kf]),
-        "keyframe_merge_cpu_s_per_mb": med([(t(k, "client", "_merge_cpu") + t(k, "server", "_merge_cpu"))
+        "keyframe_merge_cpu_s_per_mb": med([(t(k, "client", "merge_cpu") + t(k, "server", "merge_cpu"))
                                             / ((k["sent"] + k["received"]) / MB) for k in kf[1:] or kf]),
         "delta_mbps": delta_bytes / delta_seconds / MB if delta_seconds else 0.0,
         "peak_rss_over_model": (hwm - baseline) / nbytes,
@@ -681,6 +700,9 @@ def summarise(size: Size, raw_times: list[float], grpc_times: list[float], peers
         "keyframe_packet_bytes": kf_bytes / 2,
         "keyframe_exchange_seconds": total,
         "keyframe_merge_seconds": merges,
+        # Keyframe exchanges (idle, after the first) the answering peer answered while the request arrived.
+        "keyframes_answered_early": kf[-1]["server"]["answered_early"] - kf[0]["server"]["answered_early"],
+        "keyframes_timed": len(kf) - 1,
         "keyframe_exchange_mbps_with_merges": kf_bytes / total / MB,
         "keyframe_phases_seconds": phases,
         "keyframe_phases_seconds_training": phases_of(training) if training else {},
@@ -730,6 +752,8 @@ def print_table(r: dict[str, Any]) -> None:
         ("CPU ms per MB moved, both peers: bare | keyframe", f"{r['bare_grpc_cpu_s_per_mb'] * 1e3:.2f} | "
                                                             f"{r['keyframe_cpu_s_per_mb'] * 1e3:.2f} (merges apart: "
                                                             f"{r['keyframe_merge_cpu_s_per_mb'] * 1e3:.2f})"),
+        ("  of the idle keyframes after the first, answered early", f"{r['keyframes_answered_early']} of "
+                                                                     f"{r['keyframes_timed']}"),
         ("  keyframe exchange incl. both merges", f"{r['keyframe_exchange_mbps_with_merges']:.0f} MB/s "
                                                    f"({r['keyframe_exchange_seconds']:.2f} s)"),
         ("top-1% int8 delta stream", f"{r['delta_mbps']:.2f} MB/s, {r['delta_exchanges_per_second']:.2f} exch/s, "
@@ -749,7 +773,7 @@ def print_table(r: dict[str, Any]) -> None:
     for k, v in r["keyframe_phases_seconds"].items():
         print(f"  {k:<{width}}  {v:.3f} | {r['keyframe_phases_seconds_training'].get(k, float('nan')):.3f} | "
               f"{r['keyframe_phases_seconds_training_elsewhere'].get(k, float('nan')):.3f}")
-    print("keyframe MB/s = packet bytes of both directions / (push-pull time - both merges), repetitions after\n"
+    print("keyframe MB/s = packet bytes of both directions / (push-pull time - the caller's merge), repetitions after\n"
           "the first; bare gRPC MB/s = one direction's bytes / that stream's time, repetitions after the first.")
 
 

@@ -64,8 +64,8 @@ async def serve(listen: str, hidden: int, layers: int, seed: int, codec: str) ->
     port = server.add_insecure_port(listen)
     address = f"{host}:{port}"
     engine = build_engine(hidden, layers, seed, address, codec)
-    grpc_transport.add_to_server(GossipServicer(engine.handle_inbound, engine.limits.max_packet_bytes,
-                                                engine.count_rejected), server)
+    # As peer.runtime.node wires it: the engine answers in steps (its reply streamed while the request arrives).
+    grpc_transport.add_to_server(GossipServicer(engine, engine.limits.max_packet_bytes, engine.count_rejected), server)
     await server.start()
     print(json.dumps({"address": address}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it

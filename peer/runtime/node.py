@@ -321,7 +321,7 @@ class Node:
         self.trainer.on_step = self.metrics.train_step_seconds.observe
         self.client.on_reply_head = partial(make_room_for_reply, self.engine)
         add_gossip_to_server(
-            GossipServicer(self.engine.handle_inbound, self._max_packet_bytes(), self.engine.count_rejected,
+            GossipServicer(self.engine, self._max_packet_bytes(), self.engine.count_rejected,
                            Gate(limits_from_config(cfg)), keyring=keyring,
                            certificate_of=self._tls_front.certificate_of if self._tls_front is not None else None,
                            on_head=partial(make_room_inbound, self.engine)),

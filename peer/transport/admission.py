@@ -165,6 +165,11 @@ class Admission:
         while len(self._trusted) > self.MAX_TRUSTED:
             self._trusted.popitem(last=False)
 
+    def distrust(self, connection: str) -> None:
+        """``connection`` is trusted no more (an early answer of ours went for nothing:
+        peer/transport/answering.py)."""
+        self._trusted.pop(connection, None)
+
     @property
     def reading(self) -> int:
         return len(self._reading)
@@ -252,6 +257,7 @@ class Admission:
 
 
 F = TypeVar("F")
+T = TypeVar("T")
 
 
 def _size(frame: object) -> int:
@@ -330,6 +336,17 @@ class Gate:
             yield
         self.accounts.trust(ticket.connection)
 
+
+    @property
+    def compute(self) -> asyncio.Semaphore:
+        """The processing slots alone (no reading phase ends, no trust earned): for the work
+        around an exchange, an early reply's making and the merge after the reply."""
+        return self._processing
+
+    async def computing(self, work: Awaitable[T]) -> T:
+        """``work`` awaited in a processing slot."""
+        async with self._processing:
+            return await work
 
     @property
     def replying(self) -> int:

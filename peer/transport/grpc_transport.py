@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import mmap
 import resource
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import grpc
 
 from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.transport import admission
+from peer.transport import answering as answering_module
 from peer.transport.admission import Gate
+from peer.transport.answering import Answer, Answering, Arrivals, EarlyReply
 from peer.transport.errors import PartnerGone, exchange_error
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
@@ -74,7 +77,9 @@ def status_for(error: errors.Refusal) -> grpc.StatusCode:
 # memoryview handed over to the handler, read in place by protocol.wire); the caller is what the
 # connection proves (peer/transport/identity.py); the reply is bytes-like, or a sequence
 # of buffers (protocol.wire.encode_packet_parts) sent one after the other. Raises a protocol.errors.Refusal.
-InboundHandler = Callable[[memoryview, Caller], Awaitable[Buffer | Sequence[Buffer]]]
+# An ``Answering`` (peer/transport/answering.py: the engine itself) may stand in its place: it answers
+# in steps, so that the reply travels while the request still arrives.
+InboundHandler = answering_module.InboundHandler
 # on_head(first frame's bytes, caller): called while the rest of a packet is still arriving
 # (peer.runtime.keyframe_room makes room for a keyframe then); must not keep the bytes. It may
 # return a mapping to reassemble the packet into (frames.read_packet).
@@ -94,11 +99,11 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     ``on_head`` (``HeadHook``) sees each packet's first frame before the rest is read.
     """
 
-    def __init__(self, handle: InboundHandler, max_packet_bytes: int,
+    def __init__(self, handle: InboundHandler | Answering, max_packet_bytes: int,
                  on_rejected: Callable[[errors.Refusal], None], gate: Gate | None = None,
                  keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None,
                  on_head: HeadHook | None = None) -> None:
-        self._handle = handle
+        self._answering = answering_module.answering(handle)
         self._on_head = on_head
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
@@ -107,6 +112,11 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         self.keyring = keyring
         self.certificate_of = certificate_of
         self.raw_frames = False  # set by add_to_server
+        self._settling: set[asyncio.Future[None]] = set()  # merges after the reply, held until done
+        # Requests answered while they arrived (peer/transport/answering.py), and the reply bytes
+        # that had gone when the request was whole.
+        self.answered_early = 0
+        self.early_reply_bytes = 0
 
     def _caller(self, context: grpc.aio.ServicerContext, authenticated: bool) -> Caller:
         peer = context.peer()
@@ -114,45 +124,90 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         return Caller(connection=peer, host=host_of_peer(peer), certificate=certificate,
                       authenticated=authenticated)
 
-    async def _receive(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
-                       context: grpc.aio.ServicerContext) -> tuple[Buffer | Sequence[Buffer], int]:
-        """Read the packet under the gate's limits, then handle it in a processing slot;
-        the reply and its size."""
-        caller = context.peer()
+    async def _answer(self, request_iterator: AsyncIterator[gossip_pb2.Frame], context: grpc.aio.ServicerContext
+                      ) -> tuple[Answer, list[RawFrame] | None]:
+        """Read the packet under the gate's limits, answer it in a processing slot; the answer
+        (taken: its reply may go) and, when it was answered early, the reply's frames not yet sent."""
+        peer = context.peer()
         metadata = dict(context.invocation_metadata() or ())
         declared = parse_declared(metadata.get(PACKET_BYTES_KEY))
-        on_head = None
-        if self._on_head is not None:
-            hook, who = self._on_head, self._caller(context, self.keyring is not None)
-
+        keyring = self.keyring() if self.keyring is not None else None
+        caller = self._caller(context, keyring is not None)
+        arrivals = Arrivals()
+        early: EarlyReply | None = None
+        release: Callable[[], None] | None = None
+        async with self.gate.stream(peer) as ticket:
             def on_head(head: Buffer) -> mmap.mmap | None:
-                return hook(head, who)
-        async with self.gate.stream(caller) as ticket:
-            packet = await read_packet(self.gate.paced(ticket, request_iterator), self._max_packet_bytes, declared,
-                                       on_head)
-            keyring = self.keyring() if self.keyring is not None else None
-            if keyring is not None:  # refused unread: a stranger's bytes are never decoded
-                keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
-            release = self.gate.reply_slot()
-            context.add_done_callback(lambda _context: release())
-            async with self.gate.processing(ticket):
-                reply = await self._handle(packet, self._caller(context, keyring is not None))
-        size = packet_size(reply)
-        if keyring is not None:
-            await context.send_initial_metadata(((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REPLY, reply)),))
-        return reply, size
+                nonlocal early, release
+                room = self._on_head(head, caller) if self._on_head is not None else None
+                # Early only on a connection that completed an exchange, with no keyring (whose
+                # tag is checked on the whole packet), and when a reply slot is free now.
+                if ticket.trusted and keyring is None and self.raw_frames and self.gate.replying < \
+                        self.gate.limits.max_replies:
+                    opening = self._answering.open_early(head, caller)
+                    if opening is not None:
+                        release = self.gate.reply_slot()
+                        context.add_done_callback(lambda _context, r=release: r())
+                        early = EarlyReply(self.gate.computing(opening), context.write, arrivals,
+                                           self.gate.limits.reply_deadline)
+                return room
+            answer: Answer | None = None
+            try:
+                packet = await read_packet(arrivals.counting(self.gate.paced(ticket, request_iterator)),
+                                           self._max_packet_bytes, declared, on_head)
+                if keyring is not None:  # refused unread: a stranger's bytes are never decoded
+                    keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
+                answer = await early.answer() if early is not None else None
+                if release is None:
+                    release = self.gate.reply_slot()
+                    context.add_done_callback(lambda _context, r=release: r())
+                async with self.gate.processing(ticket):
+                    if answer is None:
+                        answer = await self._answering.open_whole(packet, caller)
+                    await answer.finish(packet)
+                rest = await early.stop() if early is not None and early.opened is not None else None
+                if rest is not None and early is not None:
+                    self.answered_early += 1
+                    self.early_reply_bytes += early.written
+            except BaseException:
+                if early is not None and early.opened is not None:
+                    self.gate.accounts.distrust(peer)  # an early answer for nothing: no more of them
+                if early is not None:
+                    await early.cancel()
+                if answer is not None:
+                    await answer.abandon()  # (settles it instead if it was taken)
+                raise
+        return answer, rest
 
     async def Exchange(self, request_iterator: AsyncIterator[gossip_pb2.Frame],
                        context: grpc.aio.ServicerContext) -> None:
         refusal: errors.Refusal | None = None
+        answer: Answer | None = None
         try:
-            reply, size = await self._receive(request_iterator, context)
+            answer, rest = await self._answer(request_iterator, context)
             # The reply is written under a deadline and a bound too: a caller that never
             # grants flow-control window would otherwise hold it (a whole model) for good.
-            frames = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
+            if rest is None:
+                reply = answer.reply
+                keyring = self.keyring() if self.keyring is not None else None
+                if keyring is not None:
+                    await context.send_initial_metadata(((TAG_METADATA_KEY, keyring.sign(EXCHANGE_REPLY, reply)),))
+                frames: Iterable[Any] = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
+                size = packet_size(reply)
+            else:
+                frames, size = rest, sum(_frame_size(f) for f in rest)
             await self.gate.write_reply(frames, context.write, size)
         except errors.Refusal as e:
             refusal = _detached(e)
+        finally:
+            if answer is not None:
+                # Taken: merged whatever became of the reply, after it (the caller does not wait
+                # for our merge). Shielded: a caller that drops the call once it has the reply
+                # cancels this handler, and the merge and the link's release must still happen.
+                settling = asyncio.ensure_future(self.gate.computing(answer.settle()))
+                self._settling.add(settling)
+                settling.add_done_callback(self._settling.discard)
+                await asyncio.shield(settling)
         # Aborting outside the except clause: an abort raised inside it would chain the refusal
         # (and through its traceback, the reading path's frames and the packet buffer) onto
         # the AbortError, which gRPC keeps in a reference cycle: every refused packet would
@@ -170,6 +225,10 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                 await context.abort(grpc.StatusCode.ABORTED, refusal.message)
             self._on_rejected(refusal)
             await context.abort(status_for(refusal), f"packet refused ({refusal.reason}): {refusal.message}")
+
+
+def _frame_size(frame: RawFrame) -> int:
+    return frame.data.nbytes if isinstance(frame.data, memoryview) else len(frame.data)
 
 
 def _detached(error: errors.Refusal) -> errors.Refusal:

@@ -15,9 +15,11 @@ import pytest
 
 from peer.data import load_dataset
 from peer.runtime.gossip import GossipEngine
+from peer.runtime.inbound import InboundExchange
 from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
 from peer.sim.swarm import SimConfig, Simulator, peer_seed
 from peer.transport.errors import ExchangeRefused
+from peer.transport.identity import Caller
 from peer.transport.grpc_transport import GossipClient, GossipServicer, add_to_server, server_options
 from protocol.membership import StaticMembership
 from protocol.merge import make_rule
@@ -97,16 +99,31 @@ def recording(send: Callable[[str, Buffer | Sequence[Buffer], float], Awaitable[
     return exchange
 
 
+class LateEngine:
+    """The engine ``handlers[i]`` once it exists (servers start first: engines need their ports),
+    answering as ``peer.runtime.node`` has the engine answer: in steps, the reply streamed."""
+
+    def __init__(self, handlers: list[GossipEngine], i: int) -> None:
+        self.handlers, self.i = handlers, i
+
+    def open_early(self, head: Buffer, caller: Caller) -> Awaitable[InboundExchange | None] | None:
+        return self.handlers[self.i].open_early(head, caller)
+
+    async def open_whole(self, packet: memoryview, caller: Caller) -> InboundExchange:
+        return await self.handlers[self.i].open_whole(packet, caller)
+
+
 async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], list[str]]:
     """Two engines built as ``peer.runtime.node`` builds them (daemon defaults), on real gRPC servers."""
-    servers, addresses, engines = [], [], []
+    servers, addresses, engines, servicers = [], [], [], []
     handlers: list[GossipEngine] = []
     for i in range(2):
         server = grpc.aio.server(options=server_options())
-        servicer = GossipServicer(lambda data, peer, i=i: handlers[i].handle_inbound(data, peer), MAX_PACKET,
+        servicer = GossipServicer(LateEngine(handlers, i), MAX_PACKET,
                                   lambda e, i=i: handlers[i].count_rejected(e),
                                   on_head=lambda head, caller, i=i: make_room_inbound(handlers[i], head, caller))
         add_to_server(servicer, server)
+        servicers.append(servicer)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)
@@ -124,17 +141,31 @@ async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], 
         client.on_reply_head = partial(make_room_for_reply, engine)
     sent: list[bytes] = []
 
+    async def settled(j: int) -> None:
+        """Wait until engine j has settled its side: it merges after its reply has gone."""
+        async with asyncio.timeout(30):
+            while engines[j].in_flight:
+                await asyncio.sleep(0.005)
+
     async def exchange(i: int, j: int) -> bool:
         member = engines[i].membership.get(addresses[j])
-        return await engines[i].exchange_with(member, recording(clients[i].exchange, sent))
+        merged = await engines[i].exchange_with(member, recording(clients[i].exchange, sent))
+        await settled(j)
+        return merged
 
     async def replay(i: int, j: int, packet: Buffer) -> None:
         with pytest.raises(ExchangeRefused) as refused:
             await clients[i].exchange(addresses[j], packet, CONFIG.timeout)
         assert refused.value.code is grpc.StatusCode.ALREADY_EXISTS
+        await settled(j)
 
     try:
-        return await Script(engines, exchange, replay, sent).run(), addresses
+        seen = await Script(engines, exchange, replay, sent).run()
+        # Every exchange but each connection's first was answered while its request arrived
+        # (keyframes, deltas, a gap, a keyframe again), the reply's bytes never ahead of the request's.
+        assert sum(s.answered_early for s in servicers) == 4
+        assert sum(s.early_reply_bytes for s in servicers) > 0
+        return seen, addresses
     finally:
         for c in clients:
             await c.close()

@@ -1,0 +1,187 @@
+"""Answering while the question still arrives: the callee's reply streamed during the request.
+
+An exchange is a request (the caller's model) and a reply (ours). The reply depends on the
+request's header alone, so the servicer (peer.transport.grpc_transport) can open the answer on
+the request's first frame (``Answering.open_early``, peer/runtime/inbound.py) and stream the reply
+while the request's tail still arrives, over the same HTTP/2 stream, both directions at once.
+The reply's last frame waits until the whole request is taken (``Answer.finish``): until then
+the caller cannot have the whole reply, so it never applies a reply to a request we refused.
+
+What keeps this from being a lever for a stranger:
+
+- **Never ahead of the request.** The reply's bytes sent never exceed the request's bytes
+  received (``Arrivals``): a header does not buy a model, and nobody gets more bytes than they
+  sent until their request is taken. A small request (a delta) with a large reply (a keyframe)
+  streams the rest once the request is taken.
+- **Trusted connections only.** A stream opens early only on a connection over which an
+  exchange already completed (peer/transport/admission.py), and with no cluster keyring (its tag
+  covers the whole request and is checked before any of it is believed). A connection whose
+  early answer is then abandoned (the request refused, cut or stalled) loses that trust, so it
+  costs a valid exchange to make us compute a reply for nothing once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
+
+from peer.transport.admission import ReplyUnread
+from peer.transport.frames import RawFrame, to_raw_frames
+from peer.transport.identity import Caller
+from protocol.wire import Buffer
+
+
+class Answer(Protocol):
+    """One inbound exchange between its steps (peer.runtime.inbound.InboundExchange)."""
+
+    reply: Buffer | Sequence[Buffer]
+
+    async def finish(self, packet: memoryview) -> None: ...   # take the whole request, or raise Refusal
+    async def settle(self) -> None: ...                      # after the reply: the merge
+    async def abandon(self) -> None: ...                     # not taken: drop our reply
+
+
+class Answering(Protocol):
+    """What answers inbound exchanges (``peer.runtime.gossip.GossipEngine``)."""
+
+    def open_early(self, head: Buffer, caller: Caller) -> Awaitable[Answer | None] | None: ...
+    async def open_whole(self, packet: memoryview, caller: Caller) -> Answer: ...
+
+
+# handler(packet, caller) -> reply: a whole packet in, the reply out (tests, benchmarks).
+InboundHandler = Callable[[memoryview, Caller], Awaitable[Buffer | Sequence[Buffer]]]
+
+
+class _WholeAnswer:
+    """A plain handler's answer: the reply made once the whole packet is in."""
+
+    def __init__(self, handle: InboundHandler, caller: Caller) -> None:
+        self._handle, self._caller = handle, caller
+        self.reply: Buffer | Sequence[Buffer] = b""
+
+    async def finish(self, packet: memoryview) -> None:
+        self.reply = await self._handle(packet, self._caller)
+
+    async def settle(self) -> None:
+        return None
+
+    async def abandon(self) -> None:
+        return None
+
+
+class Plain:
+    """A plain ``InboundHandler`` as an ``Answering`` that never answers early."""
+
+    def __init__(self, handle: InboundHandler) -> None:
+        self._handle = handle
+
+    def open_early(self, head: Buffer, caller: Caller) -> None:
+        return None
+
+    async def open_whole(self, packet: memoryview, caller: Caller) -> Answer:
+        return _WholeAnswer(self._handle, caller)
+
+
+def answering(handle: InboundHandler | Answering) -> Answering:
+    return handle if hasattr(handle, "open_whole") else Plain(handle)  # type: ignore[arg-type]
+
+
+def _size(data: Buffer) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
+class Arrivals:
+    """How many bytes of the request have arrived; wakes the reply's writer as they do."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.whole = False  # the request has ended (read whole, or failed)
+        self._wake: asyncio.Event = asyncio.Event()
+
+    async def counting(self, frames: AsyncIterable[RawFrame]) -> AsyncIterator[RawFrame]:
+        try:
+            async for frame in frames:
+                self.bytes += _size(frame.data)
+                self._wake.set()
+                yield frame
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        self.whole = True
+        self._wake.set()
+
+    async def reach(self, n: int) -> bool:
+        """Wait until ``n`` bytes have arrived: True; False once the request ended short of it."""
+        while self.bytes < n:
+            if self.whole:
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        return True
+
+
+class EarlyReply:
+    """A reply written while its request arrives, never ahead of it, all but its last frame.
+
+    ``opening`` resolves to the answer (None: not answered early). ``answer()`` waits for it
+    while the writing goes on; ``stop`` ends the writing and gives the frames still to send
+    (frames go in order, so the rest follows whatever went). ``frame_deadline(n)``: seconds
+    the caller has to take a frame of ``n`` bytes (admission's reply deadline): the writer
+    raises ``TimeoutError`` past it."""
+
+    def __init__(self, opening: Awaitable[Answer | None], write: Callable[[RawFrame], Awaitable[None]],
+                 arrivals: Arrivals, frame_deadline: Callable[[int], float]) -> None:
+        self._write, self._arrivals, self._frame_deadline = write, arrivals, frame_deadline
+        self._stopping = False
+        self.opened: Answer | None = None
+        self.written = 0  # reply bytes sent so far
+        self._answer: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.ensure_future(self._run(opening))
+
+    async def _run(self, opening: Awaitable[Answer | None]) -> list[RawFrame]:
+        try:
+            answer = await opening
+        except BaseException as e:
+            self._answer.set_exception(e)
+            raise
+        self.opened = answer
+        self._answer.set_result(answer)
+        if answer is None:
+            return []
+        frames = list(to_raw_frames(answer.reply))
+        done = 0
+        for frame in frames[:-1]:
+            n = _size(frame.data)
+            if self._stopping or not await self._arrivals.reach(self.written + n) or self._stopping:
+                break
+            try:
+                async with asyncio.timeout(self._frame_deadline(n)):
+                    await self._write(frame)
+            except TimeoutError:
+                raise ReplyUnread(f"the caller did not read a {n}-byte reply frame within "
+                                  f"{self._frame_deadline(n):.1f} s") from None
+            self.written += n
+            done += 1
+        return frames[done:]
+
+    async def answer(self) -> Answer | None:
+        """The answer, once opened (the reply may still be being written)."""
+        return await asyncio.shield(self._answer)
+
+    async def stop(self) -> list[RawFrame]:
+        """Stop writing (after the frame under way); the frames not yet sent. Raises what the
+        writing raised."""
+        self._stopping = True
+        self._arrivals.end()
+        return await self._task
+
+    async def cancel(self) -> None:
+        """The exchange failed: stop writing, and abandon the answer if one was opened."""
+        try:
+            await self.stop()
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - failing already
+            pass
+        if self.opened is not None:
+            await self.opened.abandon()
