@@ -8,9 +8,13 @@ adaptive deadlines (protocol/deadlines.py) on.
 
 - ``keyframe_over_link``: a forced dense fp32 keyframe each way; the reply's frames are
   timed as they arrive, and (reply bytes after its first frame) / (last frame − first
-  frame) over the link rate is what the pull direction achieves on the wire.
+  frame) over the link rate is what the pull direction achieves on the wire. The partner
+  streams its reply while our request still arrives (peer/transport/answering.py: never
+  more reply bytes than request bytes until the request is taken, its last frame after),
+  so the two directions share the exchange's time.
   ``keyframe_exchange_over_link`` is both packets' bytes over the whole exchange
-  (encoding, the partner's decode, merge and encode, and our merge included).
+  (encoding, the partner's decode and encode, and our merge included; the partner merges
+  after its reply), over one direction's rate: above 1 when both directions move at once.
 - ``delta_exchanges_per_s``: a stream of push-pull exchanges of 1 %-top-k int8 deltas,
   end to end; ``delta_over_link``: their packet bytes (both ways) over their time.
 

@@ -27,14 +27,14 @@ thread each, everything seeded), on loopback:
   directions carry a dense fp32 keyframe. Throughput counts the packet bytes of
   both directions over the exchange time as the caller waits for it *minus the
   caller's merge* (merging is not transfer; the merges' time is reported on its own,
-  and the end-to-end figure too). The answering peer streams its reply while the
-  request still arrives (peer/transport/answering.py: never ahead of the request's
-  bytes, the last frame once the request is taken) and merges after its reply, off
-  the caller's path (so its merge is neither in that time nor taken out of it);
-  encoding, framing, reassembly, decoding and accepting are all inside it. The first
-  repetition opens the channel (and earns the trust an early answer needs) and is
-  left out, as the bare stream's first is. ``keyframes_answered_early`` counts the
-  exchanges answered that way.
+  and the end-to-end figure too). The answering peer merges after its reply, off the
+  caller's path (so its merge is neither in that time nor taken out of it); encoding,
+  framing, reassembly, decoding and accepting are all inside it. A caller on the same
+  machine, as here on loopback, is answered once its request is whole (the two peers
+  share the cores: peer/transport/answering.py); across a link (``links`` below) the
+  reply streams while the request arrives. ``keyframes_answered_early`` counts the
+  exchanges answered that way (0 here). The first repetition opens the channel and is
+  left out, as the bare stream's first is.
   Both peers run under uvloop, as ``hearsay run`` does.
   ``keyframe_over_bare_grpc`` is that figure over ``bare_grpc_mbps`` (the ``grpc``
   stream above: one direction's bytes over its time).

@@ -19,7 +19,7 @@ from hearsay.v1 import gossip_pb2, gossip_pb2_grpc
 from peer.transport import admission
 from peer.transport import answering as answering_module
 from peer.transport.admission import Gate
-from peer.transport.answering import Answer, Answering, Arrivals, EarlyReply
+from peer.transport.answering import Answer, Answering, Arrivals, EarlyReply, LocalHosts
 from peer.transport.errors import PartnerGone, exchange_error
 from peer.transport.channels import STREAM_OPTIONS, ChannelPool
 from peer.transport.identity import Caller, Impersonation, host_of_peer
@@ -117,6 +117,12 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         # that had gone when the request was whole.
         self.answered_early = 0
         self.early_reply_bytes = 0
+        self.early = "remote"  # answering.EARLY_MODES: which callers are answered while their request arrives
+        self._local_hosts = LocalHosts()
+
+    def answers_early(self, caller: Caller) -> bool:
+        """Whether ``caller`` may be answered while its request arrives (see ``early``)."""
+        return self.early == "always" or (self.early == "remote" and caller.host not in self._local_hosts)
 
     def _caller(self, context: grpc.aio.ServicerContext, authenticated: bool) -> Caller:
         peer = context.peer()
@@ -142,8 +148,8 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                 room = self._on_head(head, caller) if self._on_head is not None else None
                 # Early only on a connection that completed an exchange, with no keyring (whose
                 # tag is checked on the whole packet), and when a reply slot is free now.
-                if ticket.trusted and keyring is None and self.raw_frames and self.gate.replying < \
-                        self.gate.limits.max_replies:
+                if self.answers_early(caller) and ticket.trusted and keyring is None and self.raw_frames \
+                        and self.gate.replying < self.gate.limits.max_replies:
                     opening = self._answering.open_early(head, caller)
                     if opening is not None:
                         release = self.gate.reply_slot()
@@ -155,6 +161,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
             try:
                 packet = await read_packet(arrivals.counting(self.gate.paced(ticket, request_iterator)),
                                            self._max_packet_bytes, declared, on_head)
+                arrivals.end()  # the request is whole: an early reply may catch up with its size
                 if keyring is not None:  # refused unread: a stranger's bytes are never decoded
                     keyring.verify(EXCHANGE_REQUEST, packet, metadata.get(TAG_METADATA_KEY))
                 answer = await early.answer() if early is not None else None

@@ -18,6 +18,7 @@ from peer.runtime.gossip import GossipEngine
 from peer.runtime.keyframe_room import make_room_for_reply, make_room_inbound
 from peer.transport.admission import AdmissionLimits, Gate
 from peer.transport.frames import PACKET_BYTES_KEY, RawFrame, parse_frame, serialize_frame, to_raw_frames
+from peer.transport.identity import Caller
 from peer.transport.grpc_transport import EXCHANGE_METHOD, GossipClient, GossipServicer, add_to_server, server_options
 from protocol.wire import Buffer, packet_size
 from tests.exchange_peer import build_engine
@@ -42,6 +43,7 @@ class Pair:
         self.servicer = GossipServicer(self.b, 1 << 30, self.b.count_rejected,
                                        Gate(AdmissionLimits(idle_timeout=self.idle_timeout)),
                                        on_head=partial(make_room_inbound, self.b))
+        self.servicer.early = "always"  # on loopback too (by default only a caller across a link is)
         add_to_server(self.servicer, self.server)
         await self.server.start()
         self.a.membership.add_seed(self.b.address)
@@ -144,3 +146,16 @@ async def test_a_request_whose_body_fails_is_refused_and_its_caller_never_gets_t
         # The link still works: a's next exchanges are taken (the first restarts with keyframes).
         assert await p.exchange() and await p.exchange()
         assert p.b.trainer.digest() != b_model
+
+
+async def test_by_default_only_a_caller_on_another_machine_is_answered_early() -> None:
+    async with Pair() as p:
+        p.servicer.early = "remote"  # the daemon's default
+        assert await p.exchange() and await p.exchange() and await p.exchange()
+        assert p.servicer.answered_early == 0  # a loopback caller shares our cores: answered whole
+    servicer = p.servicer
+    assert not servicer.answers_early(Caller(connection="ipv4:127.0.0.1:5", host="127.0.0.1"))
+    assert not servicer.answers_early(Caller(connection="in-process"))
+    assert servicer.answers_early(Caller(connection="ipv4:203.0.113.9:5", host="203.0.113.9"))  # not ours
+    servicer.early = "never"
+    assert not servicer.answers_early(Caller(connection="ipv4:203.0.113.9:5", host="203.0.113.9"))

@@ -122,6 +122,7 @@ async def through_grpc(sim_for_trainers: Simulator) -> tuple[list[Observation], 
         servicer = GossipServicer(LateEngine(handlers, i), MAX_PACKET,
                                   lambda e, i=i: handlers[i].count_rejected(e),
                                   on_head=lambda head, caller, i=i: make_room_inbound(handlers[i], head, caller))
+        servicer.early = "always"  # on loopback too (the daemon answers early across a link only)
         add_to_server(servicer, server)
         servicers.append(servicer)
         port = server.add_insecure_port("127.0.0.1:0")
