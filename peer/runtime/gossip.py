@@ -151,7 +151,7 @@ class GossipEngine:
         model, hold = self.trainer.live()
         update = self.sender.prepare(link, model, commit=commit, adopt=hold is None, live=hold)
         header = self.header_for(link, samples, link_epoch=update.header.epoch, link_seq=update.header.seq,
-                              keyframe=update.header.keyframe, one_way=one_way)
+                                 keyframe=update.header.keyframe, one_way=one_way)
         parts = encode_packet_parts(header, update.shapes(), update.chooser())
         self.stats.compression_ratio = self.dense_bytes / max(packet_size(parts), 1)
         if update.header.keyframe:

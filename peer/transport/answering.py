@@ -40,10 +40,6 @@ from peer.transport.identity import Caller
 from protocol.wire import Buffer
 
 
-# Which callers are answered early: "remote" (not on this machine, the default), "always", "never".
-EARLY_MODES = ("remote", "always", "never")
-
-
 class LocalHosts:
     """Whether an IP is one of this machine's own (loopback, or bindable here), remembered."""
 

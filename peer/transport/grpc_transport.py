@@ -117,7 +117,9 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
         # that had gone when the request was whole.
         self.answered_early = 0
         self.early_reply_bytes = 0
-        self.early = "remote"  # answering.EARLY_MODES: which callers are answered while their request arrives
+        # Which callers are answered while their request arrives: "remote" (on another machine),
+        # "always" (tests: loopback too), "never".
+        self.early = "remote"
         self._local_hosts = LocalHosts()
 
     def answers_early(self, caller: Caller) -> bool:
@@ -172,8 +174,9 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                     if answer is None:
                         answer = await self._answering.open_whole(packet, caller)
                     await answer.finish(packet)
-                rest = await early.stop() if early is not None and early.opened is not None else None
-                if rest is not None and early is not None:
+                rest = None
+                if early is not None and early.opened is not None:
+                    rest = await early.stop()
                     self.answered_early += 1
                     self.early_reply_bytes += early.written
             except BaseException:
@@ -202,7 +205,7 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                 frames: Iterable[Any] = to_raw_frames(reply) if self.raw_frames else to_frames(reply)
                 size = packet_size(reply)
             else:
-                frames, size = rest, sum(_frame_size(f) for f in rest)
+                frames, size = rest, packet_size([f.data for f in rest])
             await self.gate.write_reply(frames, context.write, size)
         except errors.Refusal as e:
             refusal = _detached(e)
@@ -232,10 +235,6 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                 await context.abort(grpc.StatusCode.ABORTED, refusal.message)
             self._on_rejected(refusal)
             await context.abort(status_for(refusal), f"packet refused ({refusal.reason}): {refusal.message}")
-
-
-def _frame_size(frame: RawFrame) -> int:
-    return frame.data.nbytes if isinstance(frame.data, memoryview) else len(frame.data)
 
 
 def _detached(error: errors.Refusal) -> errors.Refusal:
