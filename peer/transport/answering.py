@@ -17,7 +17,7 @@ What keeps this from being a lever for a stranger:
   machine's own) shares our cores and memory bandwidth: the two directions at once then split
   them (on 2 shared cores the transfer of two 100 MB keyframes took 333 ms against 200 ms one
   after the other; bench/RESULTS.md, "Issue 12, session 12"). Across a link each direction has
-  a wire of its own, and the push-pull took 0.53-0.58x of the time. ``GossipServicer.early``
+  a wire of its own, and the push-pull took 0.5-0.6x of the time. ``GossipServicer.early``
   says which callers are answered early (tests set "always").
 - **Trusted connections only.** A stream opens early only on a connection over which an
   exchange already completed (peer/transport/admission.py), and with no cluster keyring (its tag
