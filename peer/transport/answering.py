@@ -13,17 +13,18 @@ What keeps this from being a lever for a stranger:
   received (``Arrivals``): a header does not buy a model, and nobody gets more bytes than they
   sent until their request is taken. A small request (a delta) with a large reply (a keyframe)
   streams the rest once the request is taken.
-- **Only across a link.** A caller on this very machine (a loopback address, or one of this
-  machine's own) shares our cores and memory bandwidth: the two directions at once then split
-  them (on 2 shared cores the transfer of two 100 MB keyframes took 333 ms against 200 ms one
-  after the other; bench/RESULTS.md, "Issue 12, session 12"). Across a link each direction has
-  a wire of its own, and the push-pull took 0.5-0.6x of the time. ``GossipServicer.early``
-  says which callers are answered early (tests set "always").
 - **Trusted connections only.** A stream opens early only on a connection over which an
   exchange already completed (peer/transport/admission.py), and with no cluster keyring (its tag
   covers the whole request and is checked before any of it is believed). A connection whose
   early answer is then abandoned (the request refused, cut or stalled) loses that trust, so it
   costs a valid exchange to make us compute a reply for nothing once.
+
+When it pays: only across a link. A caller on this very machine (a loopback address, or one of
+this machine's own) shares our cores and memory bandwidth, and the two directions at once only
+split them (on 2 shared cores the transfer of two 100 MB keyframes took 333 ms against 200 ms
+one after the other; bench/RESULTS.md, "Issue 12, session 12"). Across a link each direction
+has a wire of its own, and the push-pull took 0.5-0.6x of the time. ``GossipServicer.early``
+says which callers are answered early (tests set "always").
 """
 
 from __future__ import annotations
