@@ -240,12 +240,9 @@ async def _open(engine: GossipEngine, h: PacketHeader, caller: Caller, packet: P
         # One-way: our header alone (no model, and the link from us to the sender stays as it was).
         reply = [encode_no_model(engine.header_for(sender, None))] if h.one_way else \
             await asyncio.to_thread(engine.own_packet_parts, sender, False)
-    except Refusal:
+    except BaseException as e:
         await release()
-        if early:
+        if early and isinstance(e, Refusal):
             return None
-        raise
-    except BaseException:
-        await release()
         raise
     return InboundExchange(engine, h, who, reply, release, packet=packet, unfit=unfit, wanted=wanted)

@@ -337,14 +337,9 @@ class Gate:
         self.accounts.trust(ticket.connection)
 
 
-    @property
-    def compute(self) -> asyncio.Semaphore:
-        """The processing slots alone (no reading phase ends, no trust earned): for the work
-        around an exchange, an early reply's making and the merge after the reply."""
-        return self._processing
-
     async def computing(self, work: Awaitable[T]) -> T:
-        """``work`` awaited in a processing slot."""
+        """``work`` awaited in a processing slot alone (no reading phase ends, no trust earned):
+        the work around an exchange, an early reply's making and the merge after the reply."""
         async with self._processing:
             return await work
 

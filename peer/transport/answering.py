@@ -38,7 +38,7 @@ from typing import Protocol
 from peer.transport.admission import ReplyUnread
 from peer.transport.frames import RawFrame, to_raw_frames
 from peer.transport.identity import Caller
-from protocol.wire import Buffer
+from protocol.wire import Buffer, packet_size
 
 
 class LocalHosts:
@@ -131,10 +131,6 @@ def answering(handle: InboundHandler | Answering) -> Answering:
     return handle if hasattr(handle, "open_whole") else Plain(handle)  # type: ignore[arg-type]
 
 
-def _size(data: Buffer) -> int:
-    return data.nbytes if isinstance(data, memoryview) else len(data)
-
-
 class Arrivals:
     """How many bytes of the request have arrived; wakes the reply's writer as they do."""
 
@@ -146,7 +142,7 @@ class Arrivals:
     async def counting(self, frames: AsyncIterable[RawFrame]) -> AsyncIterator[RawFrame]:
         try:
             async for frame in frames:
-                self.bytes += _size(frame.data)
+                self.bytes += packet_size(frame.data)
                 self._wake.set()
                 yield frame
         finally:
@@ -197,7 +193,7 @@ class EarlyReply:
         frames = list(to_raw_frames(answer.reply))
         done = 0
         for frame in frames[:-1]:
-            n = _size(frame.data)
+            n = packet_size(frame.data)
             if self._stopping:
                 break
             if not await self._arrivals.reach(self.written + n):
@@ -215,7 +211,7 @@ class EarlyReply:
         return frames[done:]
 
     async def _send(self, frame: RawFrame) -> None:
-        n = _size(frame.data)
+        n = packet_size(frame.data)
         try:
             async with asyncio.timeout(self._frame_deadline(n)):
                 await self._write(frame)
