@@ -152,12 +152,17 @@ class Curve:
     accuracy_std: list[float] = field(default_factory=list)
     bytes_sent: list[int] = field(default_factory=list)
     consensus: list[float] = field(default_factory=list)
+    # Gossip only: the accuracy of the average of the peers' models (Simulator.average_model_accuracy),
+    # which separates the swarm's progress from each peer's drift from it. Round-based methods
+    # score their aggregate, so theirs is accuracy_mean itself.
+    average_model_accuracy: list[float] = field(default_factory=list)
 
-    def record(self, accuracies: np.ndarray, sent: int, consensus: float) -> None:
+    def record(self, accuracies: np.ndarray, sent: int, consensus: float, average: float | None = None) -> None:
         self.accuracy_mean.append(float(accuracies.mean()))
         self.accuracy_std.append(float(accuracies.std()))
         self.bytes_sent.append(int(sent))
         self.consensus.append(float(consensus))
+        self.average_model_accuracy.append(float(accuracies.mean() if average is None else average))
 
 
 @dataclass
@@ -240,11 +245,11 @@ def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, s
     sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
                                codec=budget.codec, topk_ratio=budget.topk_ratio), data, rule)
     curve = Curve()
-    curve.record(sim.accuracies(), 0, sim.consensus_distance())
+    curve.record(sim.accuracies(), 0, sim.consensus_distance(), sim.average_model_accuracy())
     for r in range(1, budget.rounds + 1):
         sim.run_until(float(r * budget.local_steps))
         accuracies = sim.merged_accuracies() if budget.evaluate == "merge" else sim.accuracies()
-        curve.record(accuracies, sim.stats.bytes_sent, sim.consensus_distance())
+        curve.record(accuracies, sim.stats.bytes_sent, sim.consensus_distance(), sim.average_model_accuracy())
     return curve
 
 
@@ -271,9 +276,9 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
 
 # --- summaries -------------------------------------------------------------------------------------
 
-def rounds_to(curve: Curve, target: float) -> int | None:
-    """The first round whose mean peer accuracy reaches ``target``; None if none does."""
-    return next((r for r, a in enumerate(curve.accuracy_mean) if a >= target), None)
+def rounds_to(accuracy: Sequence[float], target: float) -> int | None:
+    """The first round whose accuracy (say a curve's mean over peers) reaches ``target``; None if none does."""
+    return next((r for r, a in enumerate(accuracy) if a >= target), None)
 
 
 def summarise(runs: Sequence[Run]) -> list[dict]:
@@ -282,7 +287,7 @@ def summarise(runs: Sequence[Run]) -> list[dict]:
     rows = []
     for run in runs:
         target = TARGET_FRACTION * fedavg_final[run.setting] if run.setting in fedavg_final else math.inf
-        reached = rounds_to(run.curve, target)
+        reached = rounds_to(run.curve.accuracy_mean, target)
         rounds = max(len(run.curve.bytes_sent) - 1, 1)
         rows.append({
             "dataset": run.setting.dataset, "peers": run.setting.peers, "split": run.setting.split, "alpha": run.setting.alpha,
@@ -290,6 +295,8 @@ def summarise(runs: Sequence[Run]) -> list[dict]:
             "final_accuracy_mean": run.curve.accuracy_mean[-1],
             "final_accuracy_std": run.curve.accuracy_std[-1],
             "rounds_to_95pct_fedavg": reached,
+            # The same mark reached by the average of the peers' models (gossip; = the above elsewhere).
+            "average_model_rounds_to_95pct_fedavg": rounds_to(run.curve.average_model_accuracy, target),
             "bytes_sent": run.curve.bytes_sent[-1],
             "bytes_per_round": run.curve.bytes_sent[-1] / rounds,
             "bytes_to_95pct_fedavg": None if reached is None else run.curve.bytes_sent[reached],
@@ -307,14 +314,15 @@ def _fmt_rounds(x: int | None) -> str:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     head = ("| data | peers | split | model | method | final acc (mean ± std) | mean acc over rounds "
-            "| rounds to 95% FedAvg | MB / round | consensus dist |")
-    lines = [head, "|" + "---|" * 10]
+            "| rounds to 95% FedAvg | (their average model's) | MB / round | consensus dist |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         split = "iid" if r["split"] == "iid" else f"dir {r['alpha']}"
         lines.append(
             f"| {r['dataset']} | {r['peers']} | {split} | {r['model']} | {LABELS.get(r['method'], r['method'])} "
             f"| {r['final_accuracy_mean']:.3f} ± {r['final_accuracy_std']:.3f} "
             f"| {r['mean_accuracy_over_rounds']:.3f} | {_fmt_rounds(r['rounds_to_95pct_fedavg'])} "
+            f"| {_fmt_rounds(r['average_model_rounds_to_95pct_fedavg'])} "
             f"| {r['bytes_per_round'] / 1e6:.2f} | {r['consensus_distance']:.3f} |")
     return "\n".join(lines)
 
@@ -365,7 +373,8 @@ def must_hold_2(m: dict[str, dict]) -> str:
 # --- plots -----------------------------------------------------------------------------------------
 
 def plot(runs: Sequence[Run], out_dir: Path) -> list[Path]:
-    """Two grids, one panel per setting: accuracy vs rounds, and accuracy vs bytes sent."""
+    """Two grids, one panel per setting: accuracy vs rounds (a gossip method's dotted twin: the
+    accuracy of its peers' average model), and accuracy vs bytes sent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,6 +394,9 @@ def plot(runs: Sequence[Run], out_dir: Path) -> list[Path]:
                 x = np.arange(len(mean)) if kind == "rounds" else np.array(run.curve.bytes_sent) / 1e6
                 ax.plot(x, mean, label=LABELS.get(run.method, run.method), color=COLORS.get(run.method))
                 ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=COLORS.get(run.method))
+                if kind == "rounds" and run.method.startswith("gossip"):  # dotted: the peers' average model
+                    ax.plot(x, run.curve.average_model_accuracy, linestyle=":", linewidth=1,
+                            color=COLORS.get(run.method))
             ax.set_title(setting.label(), fontsize=9)
             ax.set_xlabel("round" if kind == "rounds" else "MB sent (all peers)")
             ax.set_ylabel("test accuracy")
@@ -429,7 +441,7 @@ def ablation(setting: Setting, budget: Budget, data: Dataset) -> list[dict]:
         started = time.perf_counter()
         curve = run_gossip(setting, b, data, merge=merge, shared_init=False, rule=rule)
         rows.append({"variant": name, "fedavg_final": fedavg[b],
-                     "rounds_to_95pct_fedavg": rounds_to(curve, TARGET_FRACTION * fedavg[b]),
+                     "rounds_to_95pct_fedavg": rounds_to(curve.accuracy_mean, TARGET_FRACTION * fedavg[b]),
                      "accuracy_round_5": curve.accuracy_mean[min(5, budget.rounds)],
                      "final_accuracy_mean": curve.accuracy_mean[-1],
                      "mean_accuracy_over_rounds": float(np.mean(curve.accuracy_mean[1:])),

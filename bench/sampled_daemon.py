@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bench.learning import Budget, Setting, sim_config
+from bench.learning import Budget, Setting, rounds_to, sim_config
 from bench.sampled import _accuracy, _tensor, run_rounds
 from peer.data import load_dataset
 from peer.runtime.gossip import GossipEngine
@@ -87,10 +87,6 @@ async def _daemon_rounds(sim: Simulator, rounds: int, local_steps: int) -> tuple
     return [accuracy[r] for r in range(rounds + 1)], sum(e.stats.bytes_sent for e in engines.values())
 
 
-def _rounds_to(curve: Sequence[float], mark: float) -> int | None:
-    return next((r for r, a in enumerate(curve) if a >= mark), None)
-
-
 def compare(setting: Setting, budget: Budget) -> dict[str, object]:
     data = load_dataset(setting.dataset, seed=budget.seed)
     config = sim_config(setting, budget, shared_init=True, merge="weighted")
@@ -103,8 +99,8 @@ def compare(setting: Setting, budget: Budget) -> dict[str, object]:
     mark = TARGET_FRACTION * bench.accuracy[-1]
     return {"setting": setting.label(), "rounds": budget.rounds, "local_steps": budget.local_steps,
             "bench_accuracy": bench.accuracy, "daemon_accuracy": daemon,
-            "bench_rounds_to_95pct": _rounds_to(bench.accuracy, mark),
-            "daemon_rounds_to_95pct": _rounds_to(daemon, mark),
+            "bench_rounds_to_95pct": rounds_to(bench.accuracy, mark),
+            "daemon_rounds_to_95pct": rounds_to(daemon, mark),
             # The daemon keeps going while the last rounds are scored: bytes per round are an upper bound.
             "bench_bytes_per_round": bench.bytes_sent[-1] / budget.rounds,
             "daemon_bytes_per_round_at_most": daemon_bytes / budget.rounds,

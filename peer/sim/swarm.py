@@ -364,15 +364,26 @@ class Simulator(AttackerMixin):
         for p in self.peers:
             defence = p.engine.defence if p.engine is not None else None
             state = defence.merged_state if isinstance(defence, _CountingDefence) else None
-            if state is None:
-                out.append(p.trainer.evaluate())
-                continue
-            self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-            with torch.no_grad():
-                self._scratch.eval()
-                pred = self._scratch(p.trainer.test_x).argmax(1)
-                out.append(float((pred == p.trainer.test_y).float().mean()))
+            out.append(p.trainer.evaluate() if state is None else self._score(state, p.trainer))
         return np.array(out)
+
+    def average_model_accuracy(self) -> float:
+        """Test accuracy of the average of the peers' models now: what FedAvg's aggregate would
+        be, were the swarm's models averaged at this instant. Next to the peers' own accuracies
+        it splits gossip's gap to FedAvg into progress (this) and each model's own drift from
+        that average (the gap between the two); bench/RESULTS.md, issue 11, session 13."""
+        states = self.states()
+        average = {k: np.mean([np.asarray(s[k], dtype=np.float64) for s in states], axis=0).astype(v.dtype)
+                   if np.dtype(v.dtype).kind == "f" else v for k, v in states[0].items()}
+        return self._score(average, self.peers[0].trainer)
+
+    def _score(self, state: dict[str, np.ndarray], trainer: Trainer) -> float:
+        """Test accuracy of ``state`` on ``trainer``'s held-out set, in a scratch model."""
+        self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+        with torch.no_grad():
+            self._scratch.eval()
+            pred = self._scratch(trainer.test_x).argmax(1)
+            return float((pred == trainer.test_y).float().mean())
 
     def honest_accuracies(self) -> np.ndarray:
         """Test accuracy of every peer that is not an attacker."""

@@ -145,3 +145,26 @@ def test_must_hold_2_judges_every_gossip_method_of_the_grid() -> None:
     rows["gossip_vc_topk16"] = row(16, 10.0)  # 1.6x the rounds: misses
     rows.update({m: row(None, 1.0) for m in gossip if m != "gossip_vc_topk16"})
     assert must_hold_2(rows).endswith("async VC <=1.5x at <=2x bytes: NONE")
+
+
+def test_average_model_accuracy_scores_the_mean_of_the_peers_models(digits) -> None:  # noqa: ANN001
+    """The bench's split of gossip's gap into progress and drift rests on this figure: the
+    accuracy of the element-wise mean of every peer's weights, not of any one peer's model."""
+    import numpy as np
+    import torch
+
+    from peer.sim.setup import make_model
+
+    sim = Simulator(small(gossip_interval=1000.0), digits)  # independent inits, no exchange
+    sim.run_until(30.0)
+    states = sim.states()
+    model = make_model(sim.config, digits, 0)
+    model.load_state_dict({k: torch.from_numpy(np.mean([s[k] for s in states], axis=0).astype(states[0][k].dtype))
+                           for k in states[0]})
+    trainer = sim.peers[0].trainer
+    with torch.no_grad():
+        model.eval()
+        expected = float((model(trainer.test_x).argmax(1) == trainer.test_y).float().mean())
+    assert sim.average_model_accuracy() == pytest.approx(expected)
+    own = sim.accuracies()
+    assert not np.allclose(own, expected)  # five trained models and their (untrained-looking) mean differ
