@@ -52,7 +52,7 @@ def merge_rules() -> list[str]:
 
 
 # What a merge does to SGD's momentum buffer (peer.runtime.trainer.Trainer.merge_momentum).
-MERGE_MOMENTUM = ("keep", "reset", "quasi-global")
+MERGE_MOMENTUM = ("keep", "reset")
 
 SEED_MAX = 2**32 - 1  # numpy and scikit-learn take seeds below 2**32
 
@@ -147,8 +147,9 @@ class PeerConfig:
     batch_size: int = _opt(32, "Mini-batch size of local SGD.", lo=1, hi=1 << 20)
     lr: float = _opt(0.05, "Learning rate of local SGD.", lo=0.0, hi=100.0, lo_open=True)
     momentum: float = _opt(0.9, "SGD momentum.", lo=0.0, hi=0.999)
-    merge_momentum: str = _opt("keep", "What a merge does to SGD's momentum buffer: keep it, reset it, or make "
-                                       "it quasi-global (it follows merges too: peer.runtime.quasi_global).",
+    merge_momentum: str = _opt("keep", "What a merge does to SGD's momentum buffer: keep it, or reset it to zero "
+                                       "(the buffer points along this shard's recent steps, which the merged "
+                                       "weights did not take; bench/pace.py measures both).",
                                choices=MERGE_MOMENTUM)
     lr_schedule: str = _opt("constant", "The learning rate over the run: constant, or annealed from lr at the first "
                             "step to lr * lr_floor at lr_horizon, so merges dominate late (hearsay cluster: cosine "

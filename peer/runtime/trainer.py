@@ -29,7 +29,6 @@ from peer.data import Dataset
 from peer.runtime.config import MERGE_MOMENTUM
 from peer.runtime.evaluation import EvalPolicy, accuracy
 from peer.runtime.lr_schedule import LrSchedule
-from peer.runtime.quasi_global import QuasiGlobalMomentum
 from peer.runtime.sgd import MomentumSGD
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,6 @@ class Trainer:
         if merge_momentum not in MERGE_MOMENTUM:
             raise ValueError(f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}, got {merge_momentum!r}")
         self.merge_momentum = merge_momentum
-        self._quasi_global = QuasiGlobalMomentum(self.optimizer) if merge_momentum == "quasi-global" else None
         self.min_step_seconds = 1.0 / steps_per_second if steps_per_second > 0 else 0.0
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
@@ -234,7 +232,6 @@ class Trainer:
         """
         # The weights lock too: a copy (``state``) must not see a half-merged model.
         with self._lock, self._weights:
-            before = self._before_merge()
             tensors = self.model.state_dict()
             views = _cpu_views(tensors)
             if views is not None:
@@ -243,7 +240,7 @@ class Trainer:
                 current = {k: v.detach().to("cpu", copy=True).numpy() for k, v in tensors.items()}
                 merge(current)
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in current.items()})
-            self._after_merge(before)
+            self._after_merge()
             self._version += 1
 
     def merge_with(self, merge: Callable[[State], State]) -> None:
@@ -251,25 +248,13 @@ class Trainer:
         with self._lock:
             current = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
             merged = merge(current)
-            before = self._before_merge()
             with self._weights:
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in merged.items()})
-                self._after_merge(before)
+                self._after_merge()
                 self._version += 1
 
-    def _before_merge(self) -> dict[str, torch.Tensor] | None:
-        """What ``_after_merge`` needs of the weights before a merge: a copy of the parameters for
-        quasi-global momentum (a merge overwrites them in place), else nothing."""
-        if self._quasi_global is None:
-            return None
-        return {k: p.detach().clone() for k, p in self.model.named_parameters()}
-
-    def _after_merge(self, before: dict[str, torch.Tensor] | None) -> None:
-        """Apply ``merge_momentum`` to the optimiser's momentum buffers (call under the lock);
-        ``before``: the parameters before the merge (quasi-global momentum only)."""
-        if self._quasi_global is not None and before is not None:
-            self._quasi_global.after_merge(self.model.named_parameters(), before, self.base_lr)
-            return
+    def _after_merge(self) -> None:
+        """Apply ``merge_momentum`` to the optimiser's momentum buffers (call under the lock)."""
         if self.merge_momentum == "keep":
             return
         for group in self.optimizer.param_groups:
@@ -337,8 +322,6 @@ class Trainer:
             loss = self.loss_fn(self.model(x), y)
             loss.backward()
             with self._weights:
-                if self._quasi_global is not None:
-                    self._quasi_global.before_step()
                 self.optimizer.step()
                 self._steps += 1
                 self._version += 1

@@ -58,7 +58,7 @@ class SimConfig:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
-    merge_momentum: str = PeerConfig.merge_momentum  # keep, reset or quasi-global SGD momentum (the daemon's)
+    merge_momentum: str = PeerConfig.merge_momentum  # keep or reset SGD momentum at a merge (the daemon's)
     # The daemon's lr_schedule; the horizon in virtual seconds from the start (every virtual
     # peer starts training at once), lr_floor a fraction of lr.
     lr_schedule: str = PeerConfig.lr_schedule
