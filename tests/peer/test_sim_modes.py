@@ -168,3 +168,16 @@ def test_average_model_accuracy_scores_the_mean_of_the_peers_models(digits) -> N
     assert sim.average_model_accuracy() == pytest.approx(expected)
     own = sim.accuracies()
     assert not np.allclose(own, expected)  # five trained models and their (untrained-looking) mean differ
+
+
+def test_drift_bench_reads_simconfig_overrides_by_their_types() -> None:
+    """bench.drift's --set: each value as its SimConfig field's type; a name SimConfig lacks, or a
+    pair without '=', is refused rather than silently ignored."""
+    from bench.drift import overrides
+
+    got = overrides(["fanout=3", "merge_momentum=reset", "loss=0.25", "shared_init=true"])
+    assert got == {"fanout": 3, "merge_momentum": "reset", "loss": 0.25, "shared_init": True}
+    assert SimConfig(**got).check().fanout == 3
+    for bad in (["fanouts=3"], ["fanout"]):
+        with pytest.raises(SystemExit, match="FIELD=VALUE"):
+            overrides(bad)
