@@ -94,7 +94,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             memory_sender_bytes=memory.sender_total, memory_receiver_bytes=memory.receiver_total,
             sender_links=len(memory.sender), receiver_links=len(memory.receiver), max_links=memory.max_links,
             memory_bound_bytes=memory.bound, mode=node.config.mode, lr=node.trainer.lr,
-            lr_schedule=node.config.lr_schedule, **round_fields(node))
+            lr_schedule=node.config.lr_schedule, answered_early=g.answered_early,
+            early_reply_bytes=g.early_reply_bytes, **round_fields(node))
 
     async def ListPeers(self, request: admin_pb2.ListPeersRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.ListPeersResponse:

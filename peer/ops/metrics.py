@@ -82,6 +82,10 @@ class _NodeCollector(Collector):
         c.add_metric(["unconfirmed"], g.partner_picks_unconfirmed)
         yield c
         yield CounterMetricFamily("hearsay_merges", "Received models merged into the local model.", value=g.merges)
+        yield CounterMetricFamily("hearsay_answered_early", "Exchanges answered while their request was still "
+                                  "arriving (callers on another machine).", value=g.answered_early)
+        yield CounterMetricFamily("hearsay_early_reply_bytes", "Reply bytes sent before their request was whole.",
+                                  value=g.early_reply_bytes)
         yield CounterMetricFamily("hearsay_keyframes_sent", "Packets sent as keyframes (whole model).",
                                   value=g.keyframes_sent)
         c = CounterMetricFamily("hearsay_keyframe_requests", "Frames we could not apply, by reason.",

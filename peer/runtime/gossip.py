@@ -237,6 +237,11 @@ class GossipEngine:
     def link(self, address: str) -> LinkStats:
         return self.links.setdefault(address, LinkStats())
 
+    def count_answered_early(self, reply_bytes_ahead: int) -> None:
+        """An exchange this peer answered while its request arrived (the gRPC servicer's hook)."""
+        self.stats.answered_early += 1
+        self.stats.early_reply_bytes += reply_bytes_ahead
+
     def count_rejected(self, error: Refusal) -> None:
         self.stats.rejected += 1
         self.stats.rejected_by_reason[error.reason] = self.stats.rejected_by_reason.get(error.reason, 0) + 1

@@ -39,3 +39,8 @@ class GossipStats:
     # capped: protocol.sampling.UNCONFIRMED_SHARE).
     partner_picks: int = 0
     partner_picks_unconfirmed: int = 0
+    # Exchanges this peer answered while their request was still arriving (the reply streaming
+    # as the request's tail came in: peer/transport/answering.py), and the reply bytes that had
+    # gone by the time the request was whole.
+    answered_early: int = 0
+    early_reply_bytes: int = 0

@@ -324,7 +324,8 @@ class Node:
             GossipServicer(self.engine, self._max_packet_bytes(), self.engine.count_rejected,
                            Gate(limits_from_config(cfg)), keyring=keyring,
                            certificate_of=self._tls_front.certificate_of if self._tls_front is not None else None,
-                           on_head=partial(make_room_inbound, self.engine)),
+                           on_head=partial(make_room_inbound, self.engine),
+                           on_answered_early=self.engine.count_answered_early),
             self._gossip_server)
         if self.swim is not None:
             membership_pb2_grpc.add_MembershipServicer_to_server(

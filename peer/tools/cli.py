@@ -109,7 +109,8 @@ def _status_lines(s) -> list[str]:  # noqa: ANN001 - admin_pb2.StatusResponse
         f"known peers   {s.known_peers}",
         f"gossip        every {s.gossip_interval:g} s, codec {s.codec}, merge {s.merge}, log level {s.log_level}",
         _mode_line(s),
-        f"exchanges     {s.exchanges} ({s.merges} merged, {s.rejected} refused)",
+        f"exchanges     {s.exchanges} ({s.merges} merged, {s.rejected} refused"
+        + (f"; {s.answered_early} answered while their request arrived" if s.answered_early else "") + ")",
         f"bytes in/out  {s.bytes_received} / {s.bytes_sent}",
         f"model         version {s.model_version}, digest {s.model_digest[:16]}",
         f"uptime        {s.uptime_seconds:.1f} s",

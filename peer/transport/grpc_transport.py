@@ -102,8 +102,9 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
     def __init__(self, handle: InboundHandler | Answering, max_packet_bytes: int,
                  on_rejected: Callable[[errors.Refusal], None], gate: Gate | None = None,
                  keyring: KeyringSource | None = None, certificate_of: Callable[[str], str] | None = None,
-                 on_head: HeadHook | None = None) -> None:
+                 on_head: HeadHook | None = None, on_answered_early: Callable[[int], None] | None = None) -> None:
         self._answering = answering_module.answering(handle)
+        self._on_answered_early = on_answered_early  # (reply bytes sent before the request was whole)
         self._on_head = on_head
         self._max_packet_bytes = max_packet_bytes
         self._on_rejected = on_rejected
@@ -179,6 +180,8 @@ class GossipServicer(gossip_pb2_grpc.GossipServicer):
                     rest = await early.stop()
                     self.answered_early += 1
                     self.early_reply_bytes += early.written
+                    if self._on_answered_early is not None:
+                        self._on_answered_early(early.written)
             except BaseException:
                 if early is not None and early.opened is not None:
                     self.gate.accounts.distrust(peer)  # an early answer for nothing: no more of them

@@ -199,6 +199,10 @@ def test_metrics_port_counters_match_status(shared_cluster: list[PeerProcess]) -
     assert values['hearsay_bytes_total{codec="fp32",direction="out"}'] == status.bytes_sent > 0
     assert values['hearsay_bytes_total{codec="fp32",direction="in"}'] == status.bytes_received > 0
     assert values["hearsay_merges_total"] == status.merges
+    # Loopback callers are answered whole (peer/transport/answering.py): both read 0 here;
+    # tests/peer/test_early_answer.py counts real early answers into the same stats.
+    assert values["hearsay_answered_early_total"] == status.answered_early == 0
+    assert values["hearsay_early_reply_bytes_total"] == status.early_reply_bytes == 0
 
 
 def test_health_and_reflection(shared_cluster: list[PeerProcess]) -> None:

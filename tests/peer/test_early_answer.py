@@ -42,7 +42,8 @@ class Pair:
         self.a: GossipEngine = build_engine(HIDDEN, LAYERS, 1, "127.0.0.1:1")
         self.servicer = GossipServicer(self.b, 1 << 30, self.b.count_rejected,
                                        Gate(AdmissionLimits(idle_timeout=self.idle_timeout)),
-                                       on_head=partial(make_room_inbound, self.b))
+                                       on_head=partial(make_room_inbound, self.b),
+                                       on_answered_early=self.b.count_answered_early)
         self.servicer.early = "always"  # on loopback too (by default only a caller across a link is)
         add_to_server(self.servicer, self.server)
         await self.server.start()
@@ -103,6 +104,8 @@ async def test_a_stalled_request_gets_no_more_reply_bytes_than_it_sent_and_costs
         assert p.servicer.answered_early == 0
         assert await p.exchange()  # now answered while it arrives
         assert p.servicer.answered_early == 1 and p.servicer.early_reply_bytes > 0
+        # What Status and the metrics show (peer.ops): the engine's count, through the servicer's hook.
+        assert (p.b.stats.answered_early, p.b.stats.early_reply_bytes) == (1, p.servicer.early_reply_bytes)
         b_model, b_links = p.b.trainer.digest(), p.b.sender.replica(p.a.address)
         b_epoch = p.b.sender._links.peek(p.a.address).epoch
 
@@ -124,7 +127,7 @@ async def test_a_stalled_request_gets_no_more_reply_bytes_than_it_sent_and_costs
         assert await p.exchange()
         assert p.servicer.answered_early == 1
         assert await p.exchange()
-        assert p.servicer.answered_early == 2
+        assert p.servicer.answered_early == 2 == p.b.stats.answered_early
 
 
 async def test_a_request_whose_body_fails_is_refused_and_its_caller_never_gets_the_whole_reply() -> None:

@@ -11,7 +11,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from", "fanout", "memory_model_bytes", "memory_optimizer_bytes", "memory_sender_bytes", "memory_receiver_bytes", "sender_links", "receiver_links", "max_links", "memory_bound_bytes", "mode", "round", "round_role", "rounds_aggregated", "lr", "lr_schedule")
+    __slots__ = ("peer_id", "gossip_address", "steps", "accuracy", "loss", "known_peers", "bytes_sent", "bytes_received", "exchanges", "merges", "rejected", "model_version", "model_digest", "uptime_seconds", "model", "dataset", "device", "training_done", "samples", "gossip_interval", "codec", "merge", "log_level", "last_checkpoint", "last_checkpoint_step", "checkpoint_age_seconds", "resumed_from", "resumed_step", "resumed_digest", "leaving", "bootstrapped_from", "fanout", "memory_model_bytes", "memory_optimizer_bytes", "memory_sender_bytes", "memory_receiver_bytes", "sender_links", "receiver_links", "max_links", "memory_bound_bytes", "mode", "round", "round_role", "rounds_aggregated", "lr", "lr_schedule", "answered_early", "early_reply_bytes")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class StatusResponse(_message.Message):
     ROUNDS_AGGREGATED_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_EARLY_FIELD_NUMBER: _ClassVar[int]
+    EARLY_REPLY_BYTES_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     gossip_address: str
     steps: int
@@ -104,7 +106,9 @@ class StatusResponse(_message.Message):
     rounds_aggregated: int
     lr: float
     lr_schedule: str
-    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ..., fanout: _Optional[int] = ..., memory_model_bytes: _Optional[int] = ..., memory_optimizer_bytes: _Optional[int] = ..., memory_sender_bytes: _Optional[int] = ..., memory_receiver_bytes: _Optional[int] = ..., sender_links: _Optional[int] = ..., receiver_links: _Optional[int] = ..., max_links: _Optional[int] = ..., memory_bound_bytes: _Optional[int] = ..., mode: _Optional[str] = ..., round: _Optional[int] = ..., round_role: _Optional[str] = ..., rounds_aggregated: _Optional[int] = ..., lr: _Optional[float] = ..., lr_schedule: _Optional[str] = ...) -> None: ...
+    answered_early: int
+    early_reply_bytes: int
+    def __init__(self, peer_id: _Optional[str] = ..., gossip_address: _Optional[str] = ..., steps: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., known_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., exchanges: _Optional[int] = ..., merges: _Optional[int] = ..., rejected: _Optional[int] = ..., model_version: _Optional[int] = ..., model_digest: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., model: _Optional[str] = ..., dataset: _Optional[str] = ..., device: _Optional[str] = ..., training_done: _Optional[bool] = ..., samples: _Optional[int] = ..., gossip_interval: _Optional[float] = ..., codec: _Optional[str] = ..., merge: _Optional[str] = ..., log_level: _Optional[str] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_step: _Optional[int] = ..., checkpoint_age_seconds: _Optional[float] = ..., resumed_from: _Optional[str] = ..., resumed_step: _Optional[int] = ..., resumed_digest: _Optional[str] = ..., leaving: _Optional[bool] = ..., bootstrapped_from: _Optional[str] = ..., fanout: _Optional[int] = ..., memory_model_bytes: _Optional[int] = ..., memory_optimizer_bytes: _Optional[int] = ..., memory_sender_bytes: _Optional[int] = ..., memory_receiver_bytes: _Optional[int] = ..., sender_links: _Optional[int] = ..., receiver_links: _Optional[int] = ..., max_links: _Optional[int] = ..., memory_bound_bytes: _Optional[int] = ..., mode: _Optional[str] = ..., round: _Optional[int] = ..., round_role: _Optional[str] = ..., rounds_aggregated: _Optional[int] = ..., lr: _Optional[float] = ..., lr_schedule: _Optional[str] = ..., answered_early: _Optional[int] = ..., early_reply_bytes: _Optional[int] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()
