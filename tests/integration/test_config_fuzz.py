@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from peer.tools import cli
-from peer.runtime.config import PeerConfig, bounds
+from peer.runtime.config import PeerConfig
+from peer.runtime.option_checks import bounds
 from peer.tools.procs import PeerProcess, free_ports
 
 OPTIONS = [f for f in dataclasses.fields(PeerConfig)]

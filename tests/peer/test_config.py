@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from peer.runtime import config
-from peer.runtime.config import ConfigError, PeerConfig, add_flags, load, options_table
+from peer.runtime.config import ConfigError, PeerConfig, add_flags, load
+from peer.runtime.config_docs import options_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ def test_every_option_has_documentation_and_the_readme_table_is_current() -> Non
     for f in dataclasses.fields(PeerConfig):
         assert len(f.metadata.get("help", "")) > 10, f"{f.name} is undocumented"
     readme = (ROOT / "README.md").read_text()
-    assert options_table() in readme, "README's option table is stale: run python -m peer.runtime.config README.md"
+    assert options_table() in readme, "README's option table is stale: run python -m peer.runtime.config_docs README.md"
 
 
 @pytest.mark.parametrize("env, message", [
