@@ -142,6 +142,9 @@ class Budget:
     # send whole fp32 models). Gossip only: compressed deltas buy more exchanges per byte.
     codec: str = "fp32"
     topk_ratio: float = SimConfig.topk_ratio  # the daemon's; for --codec topk / topk_int8 / randk
+    # The daemon's drift_correction (peer.runtime.drift_correction). Gossip only: it learns from
+    # merges, and FedAvg's and sampled rounds' clients have no merges to learn from but the aggregate.
+    drift_correction: float = SimConfig.drift_correction
 
 
 @dataclass
@@ -243,7 +246,8 @@ def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, s
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
     sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
-                               codec=budget.codec, topk_ratio=budget.topk_ratio), data, rule)
+                               codec=budget.codec, topk_ratio=budget.topk_ratio,
+                               drift_correction=budget.drift_correction), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance(), sim.average_model_accuracy())
     for r in range(1, budget.rounds + 1):
@@ -515,6 +519,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--topk-ratio", type=float, default=SimConfig.topk_ratio,
                    help="share of coordinates a top-k / rand-k delta keeps (with --codec topk_int8 ...)")
     p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
+    p.add_argument("--drift-correction", type=float, default=SimConfig.drift_correction,
+                   help="gain of gossip peers' drift correction (the daemon's drift_correction; 0: off)")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     p.add_argument("--methods", nargs="*", default=None, help="only these methods")
     p.add_argument("--peers", type=int, nargs="*", default=None, help="only these swarm sizes")
@@ -533,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("no setting matches --peers/--models/--splits")
     budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval,
                      lr_schedule=args.lr_schedule, lr_floor=args.lr_floor, codec=args.codec,
-                     topk_ratio=args.topk_ratio, exchanges_per_round=args.exchanges)
+                     topk_ratio=args.topk_ratio, exchanges_per_round=args.exchanges,
+                     drift_correction=args.drift_correction)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:
@@ -569,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = plot(runs, plot_dir)
     print(f"\n{budget.rounds} rounds of {budget.local_steps} local steps per peer (batch {budget.batch_size}, "
           f"lr {budget.lr} {budget.lr_schedule}, momentum {budget.momentum}, init {budget.init}, "
-          f"gossip codec {budget.codec}, {budget.exchanges_per_round} exchange(s)/round); {', '.join(datasets)}; "
+          f"gossip codec {budget.codec}, {budget.exchanges_per_round} exchange(s)/round, drift correction "
+          f"{budget.drift_correction:g}); {', '.join(datasets)}; "
           f"wall time {result['wall_s']:.0f} s, CPU time {result['cpu_s']:.0f} s\n")
     print(markdown_table(rows))
     if "wallclock" in result:

@@ -149,6 +149,9 @@ class PeerConfig:
                                        "(the buffer points along this shard's recent steps, which the merged "
                                        "weights did not take; bench/pace.py measures both).",
                                choices=MERGE_MOMENTUM)
+    drift_correction: float = _opt(0.0, "Gain of the drift correction: the gradient minus a control variate for this "
+                                        "shard's pull, learned from what merges undo (skewed shards; 0 = off; "
+                                        "peer.runtime.drift_correction).", lo=0.0, hi=1.0)
     lr_schedule: str = _opt("constant", "The learning rate over the run: constant, or annealed from lr at the first "
                             "step to lr * lr_floor at lr_horizon, so merges dominate late (hearsay cluster: cosine "
                             "over its --duration, unless --target-accuracy may end it early).", choices=LR_SCHEDULES)

@@ -110,6 +110,7 @@ def build_trainer_and_validation(config: PeerConfig) -> tuple[Trainer, tuple[tor
                       seed=config.seed, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                       max_steps=config.max_steps, steps_per_second=config.steps_per_second,
                       eval_policy=policy_from_config(config), merge_momentum=config.merge_momentum,
+                      drift_correction=config.drift_correction,
                       lr_schedule=lr_schedule_for(config.lr_schedule, config.lr_horizon, config.lr_floor))
     if not len(held):
         return trainer, (trainer.train_x, trainer.train_y)

@@ -27,6 +27,7 @@ from torch import nn
 
 from peer.data import Dataset
 from peer.runtime.config import MERGE_MOMENTUM
+from peer.runtime.drift_correction import DriftCorrection
 from peer.runtime.evaluation import EvalPolicy, accuracy
 from peer.runtime.lr_schedule import LrSchedule
 from peer.runtime.sgd import MomentumSGD
@@ -135,7 +136,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, shard: np.ndarray, *, device: torch.device,
                  seed: int, batch_size: int, lr: float, momentum: float, max_steps: int = 0,
                  steps_per_second: float = 0.0, eval_every: int = 25, eval_policy: EvalPolicy | None = None,
-                 merge_momentum: str = "keep", lr_schedule: LrSchedule | None = None,
+                 merge_momentum: str = "keep", drift_correction: float = 0.0, lr_schedule: LrSchedule | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.device = device
         self.model = model.to(device)
@@ -174,6 +175,8 @@ class Trainer:
         if merge_momentum not in MERGE_MOMENTUM:
             raise ValueError(f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}, got {merge_momentum!r}")
         self.merge_momentum = merge_momentum
+        # A control variate for this shard's pull, learned from merges (peer.runtime.drift_correction).
+        self._drift = DriftCorrection(self.optimizer, drift_correction) if drift_correction > 0 else None
         self.min_step_seconds = 1.0 / steps_per_second if steps_per_second > 0 else 0.0
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.long)
@@ -232,6 +235,7 @@ class Trainer:
         """
         # The weights lock too: a copy (``state``) must not see a half-merged model.
         with self._lock, self._weights:
+            before = self._before_merge()
             tensors = self.model.state_dict()
             views = _cpu_views(tensors)
             if views is not None:
@@ -240,7 +244,7 @@ class Trainer:
                 current = {k: v.detach().to("cpu", copy=True).numpy() for k, v in tensors.items()}
                 merge(current)
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in current.items()})
-            self._after_merge()
+            self._after_merge(before)
             self._version += 1
 
     def merge_with(self, merge: Callable[[State], State]) -> None:
@@ -248,13 +252,24 @@ class Trainer:
         with self._lock:
             current = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
             merged = merge(current)
+            before = self._before_merge()
             with self._weights:
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in merged.items()})
-                self._after_merge()
+                self._after_merge(before)
                 self._version += 1
 
-    def _after_merge(self) -> None:
-        """Apply ``merge_momentum`` to the optimiser's momentum buffers (call under the lock)."""
+    def _before_merge(self) -> dict[str, torch.Tensor] | None:
+        """The parameters before a merge, for the drift correction (a merge overwrites them in
+        place: ``merge_in_place``'s views are the parameters themselves); None without it."""
+        if self._drift is None:
+            return None
+        return {k: p.detach().clone() for k, p in self.model.named_parameters()}
+
+    def _after_merge(self, before: dict[str, torch.Tensor] | None) -> None:
+        """Let the drift correction learn from the merge, and apply ``merge_momentum`` to the
+        optimiser's momentum buffers (call under the lock)."""
+        if self._drift is not None and before is not None:
+            self._drift.learn(self.model.named_parameters(), before, self.base_lr)
         if self.merge_momentum == "keep":
             return
         for group in self.optimizer.param_groups:
@@ -322,6 +337,8 @@ class Trainer:
             loss = self.loss_fn(self.model(x), y)
             loss.backward()
             with self._weights:
+                if self._drift is not None:
+                    self._drift.correct()
                 self.optimizer.step()
                 self._steps += 1
                 self._version += 1

@@ -59,6 +59,7 @@ class SimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     merge_momentum: str = PeerConfig.merge_momentum  # keep or reset SGD momentum at a merge (the daemon's)
+    drift_correction: float = PeerConfig.drift_correction  # gain of the daemon's drift correction (0: off)
     # The daemon's lr_schedule; the horizon in virtual seconds from the start (every virtual
     # peer starts training at once), lr_floor a fraction of lr.
     lr_schedule: str = PeerConfig.lr_schedule
@@ -119,6 +120,7 @@ class SimConfig:
             (len(set(self.absent)) + 2 <= self.peers, "at least 2 peers must be present"),
             (not set(self.absent) & set(self.attackers), "a peer cannot be both absent and attacking"),
             (self.fanout >= 1, "fanout must be at least 1"),
+            (0 <= self.drift_correction <= 1, "drift_correction must be in [0, 1]"),
             (self.merge_momentum in MERGE_MOMENTUM, f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}"),
             (self.lr_schedule in LR_SCHEDULES and 0 <= self.lr_floor <= 1
              and (self.lr_schedule == "constant" or self.lr_horizon > 0),

@@ -233,7 +233,8 @@ class Simulator(AttackerMixin):
             self.validation.append(held if len(held) else train)
             trainer = Trainer(model, self.data, train, device=torch.device("cpu"), seed=peer_seed(cfg, i),
                               batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, eval_every=_NEVER,
-                              merge_momentum=cfg.merge_momentum, lr_schedule=sim_lr_schedule(cfg),
+                              merge_momentum=cfg.merge_momentum, drift_correction=cfg.drift_correction,
+                              lr_schedule=sim_lr_schedule(cfg),
                               clock=lambda: self.clock.now)
             name, addr = identities[i] if identities is not None else ("", "")
             peers.append(VirtualPeer(i, trainer, graph[i], speeds[i], random.Random(peer_seed(cfg, i)),
