@@ -456,7 +456,7 @@ class GossipEngine:
                          "initialisation", packet.header.sender_id, packet.header.age)
                 return ""
             snapshot = {k: np.array(v, copy=True) for k, v in model.items()}
-            await asyncio.to_thread(self.trainer.merge_with, lambda _current: snapshot)
+            await asyncio.to_thread(self.trainer.merge_with, lambda _current: snapshot, adopt=True)
             log.info("adopted the model of %s (%d steps) before training", packet.header.sender_id,
                      packet.header.age)
             return packet.header.sender_id

@@ -251,7 +251,7 @@ class SampledRounds:
         return await asyncio.to_thread(delta_norm, self._adopted_model, model)
 
     async def _adopt(self, round_number: int, model: dict[str, np.ndarray], distance: float | None = None) -> None:
-        await asyncio.to_thread(self.trainer.merge_with, lambda _current: model)
+        await asyncio.to_thread(self.trainer.merge_with, lambda _current: model, adopt=True)
         self._adopted_model = model
         self.book.adopt(round_number, distance)
         self.label = RoundLabel(AGGREGATE, round_number)

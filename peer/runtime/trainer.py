@@ -247,12 +247,16 @@ class Trainer:
             self._after_merge(before)
             self._version += 1
 
-    def merge_with(self, merge: Callable[[State], State]) -> None:
-        """Replace the model by ``merge(current state)``, atomically with respect to training."""
+    def merge_with(self, merge: Callable[[State], State], *, adopt: bool = False) -> None:
+        """Replace the model by ``merge(current state)``, atomically with respect to training.
+
+        ``adopt``: the new model is another one taken whole (a bootstrap, a sampled round's
+        aggregate), not a merge undoing this shard's drift, so the drift correction does not
+        learn from the jump."""
         with self._lock:
             current = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
             merged = merge(current)
-            before = self._before_merge()
+            before = None if adopt else self._before_merge()
             with self._weights:
                 self.model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in merged.items()})
                 self._after_merge(before)

@@ -114,3 +114,14 @@ def test_a_gain_out_of_range_is_refused() -> None:
     for gain in (0.0, 1.5):
         with pytest.raises(ValueError, match="gain"):
             DriftCorrection(opt, gain)
+
+
+def test_adopting_a_whole_model_teaches_nothing() -> None:
+    """A bootstrap or a sampled round's aggregate replaces the model (merge_with(adopt=True)): that
+    jump is another model, not this shard's drift undone, so the variate stays unlearnt."""
+    t = build_trainer(PeerConfig(steps_per_second=0, drift_correction=0.05))
+    t.train_steps(2)
+    t.merge_with(lambda current: {k: v + 1.0 for k, v in current.items()}, adopt=True)
+    assert all("drift_correction" not in t.optimizer.state[p] for p in t.model.parameters())
+    t.merge_with(lambda current: {k: v + 1.0 for k, v in current.items()})
+    assert all(t.optimizer.state[p]["drift_correction"].abs().sum() > 0 for p in t.model.parameters())
