@@ -3,7 +3,8 @@
 Between exchanges a peer holds four kinds of model-sized state:
 
 * the model (parameters and buffers, on the training device);
-* the optimizer's state (SGD with momentum: one buffer per parameter, 1x the model);
+* the optimizer's state (SGD with momentum: one buffer per parameter, 1x the model; with
+  drift_correction a control variate per parameter more, 2x);
 * sender replicas: per link, what that partner holds of our model (protocol/feedback.py);
 * receiver copies: per link, our copy of that partner's model.
 
