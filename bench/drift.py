@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.learning import TARGET_FRACTION, Budget, Setting, load, sim_config
+from bench.learning import TARGET_FRACTION, Budget, Setting, load, rounds_to, sim_config
 from peer.sim.swarm import SimConfig, Simulator
 
 
@@ -92,21 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim = Simulator(sim_config(setting, budget, merge=args.merge, shared_init=args.init == "shared",
                                codec=args.codec, topk_ratio=args.topk_ratio, **extra), load(args.dataset))
     mark = TARGET_FRACTION * args.fedavg_final if args.fedavg_final > 0 else None
-    reached: dict[str, int | None] = {"peers": None, "average": None}
     rows = []
+    curves: dict[str, list[float]] = {"peers": [], "average": []}  # unrounded, for the mark
     started = time.perf_counter()
     for r in range(1, (args.stop or args.rounds) + 1):
         sim.run_until(float(r * budget.local_steps))
         own, average = float(sim.merged_accuracies().mean()), sim.average_model_accuracy()
+        curves["peers"].append(own)
+        curves["average"].append(average)
         row = {"round": r, "peers_accuracy": round(own, 4), "average_model_accuracy": round(average, 4),
                "consensus_distance": round(sim.consensus_distance(), 3), "weight_norm": round(weight_norm(sim.states()), 3),
                "mb_per_round": round(sim.stats.bytes_sent / r / 1e6, 2)}
         rows.append(row)
-        if mark is not None:
-            for key, acc in (("peers", own), ("average", average)):
-                if reached[key] is None and acc >= mark:
-                    reached[key] = r
         print(json.dumps(row), f"{time.perf_counter() - started:.0f}s", flush=True)
+    # bench.learning's rounds_to counts from round 0: rows begin at round 1.
+    reached = {key: None if mark is None else rounds_to([0.0] + curve, mark) for key, curve in curves.items()}
     if mark is not None:
         print(f"95 % of FedAvg's {args.fedavg_final}: the peers' own models at round {reached['peers']}, "
               f"their average model at round {reached['average']}", flush=True)
