@@ -181,3 +181,22 @@ def test_drift_bench_reads_simconfig_overrides_by_their_types() -> None:
     for bad in (["fanouts=3"], ["fanout"]):
         with pytest.raises(SystemExit, match="FIELD=VALUE"):
             overrides(bad)
+
+
+def test_learning_bench_names_its_plots_after_its_json(tmp_path) -> None:  # noqa: ANN001
+    """Grid settings run one process each into one directory: the PNGs next to each JSON take its
+    name, so a later setting cannot overwrite an earlier one's plots."""
+    import json
+
+    from bench.learning import main
+
+    common = ["--rounds", "2", "--no-wallclock", "--datasets", "digits", "--peers", "16", "--models", "mlp",
+              "--methods", "fedavg"]
+    for split in ("iid", "dir0.1"):
+        assert main([*common, "--splits", split, "--json", str(tmp_path / f"{split}.json")]) == 0
+    for split, alpha in (("iid", None), ("dir0.1", 0.1)):
+        (row,) = json.loads((tmp_path / f"{split}.json").read_text())["configs"]
+        assert (row["method"], row["alpha"]) == ("fedavg", alpha)
+        for kind in ("rounds", "bytes"):
+            assert (tmp_path / f"{split}_accuracy_vs_{kind}.png").stat().st_size > 0
+    assert not list(tmp_path.glob("accuracy_vs_*.png"))
