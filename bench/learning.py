@@ -344,19 +344,23 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def verdicts(rows: Sequence[dict]) -> str:
-    """Per setting: does (d) reach the target within 1.5x FedAvg's rounds, and is (c) clearly worse?"""
+    """Per setting: does (d) reach the target within 1.5x FedAvg's rounds, and is (c) clearly worse?
+    And must-hold 2 on whichever methods ran (all a --methods subset can be judged on)."""
     by_setting: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         by_setting.setdefault((r["peers"], r["split"], r["alpha"], r["model"], r["dataset"]), {})[r["method"]] = r
     out = []
     for key, m in by_setting.items():
-        if not {"fedavg", "gossip_vc_indep", "gossip_plain_indep"} <= m.keys():
+        split = "iid" if key[1] == "iid" else f"dir {key[2]}"
+        if "fedavg" not in m:
+            continue
+        if not {"gossip_vc_indep", "gossip_plain_indep"} <= m.keys():  # a subset of the methods: must-hold 2 only
+            out.append(f"- {key[4]}, {key[0]} peers, {split}, {key[3]}: " + must_hold_2(m))
             continue
         b, c, d = (m[k]["rounds_to_95pct_fedavg"] for k in ("fedavg", "gossip_plain_indep", "gossip_vc_indep"))
         d_ok = d is not None and b is not None and d <= VC_ROUNDS_FACTOR * max(b, 1)
         c_worse = c is None or (d is not None and c > d) or \
             m["gossip_plain_indep"]["final_accuracy_mean"] < m["gossip_vc_indep"]["final_accuracy_mean"] - 0.01
-        split = "iid" if key[1] == "iid" else f"dir {key[2]}"
         out.append(f"- {key[4]}, {key[0]} peers, {split}, {key[3]}: FedAvg {_fmt_rounds(b)} rounds; "
                    f"(d) {_fmt_rounds(d)} -> {'within' if d_ok else 'NOT within'} {VC_ROUNDS_FACTOR}x; "
                    f"(c) {_fmt_rounds(c)} -> {'worse than (d)' if c_worse else 'NOT worse than (d)'}; "
@@ -535,7 +539,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--drift-correction", type=float, default=SimConfig.drift_correction,
                    help="gain of gossip peers' drift correction (the daemon's drift_correction; 0: off)")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
-    p.add_argument("--methods", nargs="*", default=None, help="only these methods")
+    # choices: a misspelt method is refused, not silently dropped (FedAvg alone would run).
+    p.add_argument("--methods", nargs="*", default=None, choices=METHODS + EXTRA_METHODS, metavar="METHOD",
+                   help=f"only these methods (FedAvg always runs): {', '.join(METHODS + EXTRA_METHODS)}")
     p.add_argument("--peers", type=int, nargs="*", default=None, help="only these swarm sizes")
     p.add_argument("--models", nargs="*", default=None, help="only these models")
     p.add_argument("--splits", nargs="*", default=None, help="only these splits: iid, dir0.1, dir0.5")
