@@ -66,6 +66,20 @@ def policy_from_config(config: PeerConfig) -> EvalPolicy:
         raise ConfigError(str(e)) from None
 
 
+def eval_layout(model: nn.Module) -> nn.Module:
+    """``model``, a copy used only for evaluation, in the memory layout whose forward pass is
+    fastest on CPU: channels-last where it has 2-D convolutions. Fashion-MNIST's CNN scores
+    2,000 test images in about half the CPU time so (python -m bench.eval_layout). Weights
+    loaded into it later with ``load_state_dict`` keep the layout; the training model is never
+    converted, because its tensors are the merges' and the codecs' contiguous buffers."""
+    import torch
+
+    params = list(model.parameters())
+    if params and params[0].device.type == "cpu" and any(p.dim() == 4 for p in params):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def accuracy(model: nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
              device: torch.device | None = None) -> float:
     """Share of ``x`` that ``model`` (in eval mode) labels as ``y``, in chunks of EVAL_CHUNK."""

@@ -28,7 +28,7 @@ from torch import nn
 from peer.data import Dataset
 from peer.runtime.config import MERGE_MOMENTUM
 from peer.runtime.drift_correction import DriftCorrection
-from peer.runtime.evaluation import EvalPolicy, accuracy
+from peer.runtime.evaluation import EvalPolicy, accuracy, eval_layout
 from peer.runtime.lr_schedule import LrSchedule
 from peer.runtime.sgd import MomentumSGD
 
@@ -403,7 +403,7 @@ class Trainer:
         started = time.thread_time()
         with self._lock:
             if self._eval_model is None:
-                self._eval_model = copy.deepcopy(self.model)
+                self._eval_model = eval_layout(copy.deepcopy(self.model))
             else:
                 self._eval_model.load_state_dict(self.model.state_dict())
             self._last_eval_step = self._steps

@@ -45,6 +45,7 @@ import torch
 from peer.runtime.config import PeerConfig
 from peer.data import Dataset, load_dataset
 from peer.runtime.defence import Defence
+from peer.runtime.evaluation import accuracy, eval_layout
 from peer.runtime.gossip import GossipEngine
 from peer.sim.attacks import AttackerEngine, AttackerMixin, PoisoningTrainer, configure_attacker
 from peer.sim.clock import VirtualClock
@@ -184,7 +185,7 @@ class Simulator(AttackerMixin):
         # One rule object per peer: robust rules keep per-peer state (norm history).
         self.rules: list[MergeRule] = [copy.deepcopy(self.rule) for _ in self.peers]
         with torch.random.fork_rng():  # a model to evaluate others' weights in; leaves torch's RNG as it was
-            self._scratch = make_model(config, self.data, 0)
+            self._scratch = eval_layout(make_model(config, self.data, 0))
         self._noise = np.random.default_rng(config.seed + 7)
         self._setup_attackers()
         self.specs: tuple[TensorSpec, ...] = specs_of(self.peers[0].trainer.state())
@@ -381,10 +382,7 @@ class Simulator(AttackerMixin):
     def _score(self, state: dict[str, np.ndarray], trainer: Trainer) -> float:
         """Test accuracy of ``state`` on ``trainer``'s held-out set, in a scratch model."""
         self._scratch.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
-        with torch.no_grad():
-            self._scratch.eval()
-            pred = self._scratch(trainer.test_x).argmax(1)
-            return float((pred == trainer.test_y).float().mean())
+        return accuracy(self._scratch, trainer.test_x, trainer.test_y)
 
     def honest_accuracies(self) -> np.ndarray:
         """Test accuracy of every peer that is not an attacker."""

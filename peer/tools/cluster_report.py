@@ -111,14 +111,14 @@ def evaluate_full(models: dict[str, bytes], options: DataOptions) -> tuple[dict[
     import torch
 
     from peer.data import load_dataset, parse_dataset_args
-    from peer.runtime.evaluation import accuracy
+    from peer.runtime.evaluation import accuracy, eval_layout
     from peer.models import build_model
 
     started = time.monotonic()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     data = load_dataset(options.dataset, seed=options.data_seed, path=options.data_path,
                         args=parse_dataset_args(options.dataset_args))
-    model = build_model(options.model, data.input_shape, data.num_classes)
+    model = eval_layout(build_model(options.model, data.input_shape, data.num_classes))
     out = {}
     for pid, blob in models.items():
         model.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))

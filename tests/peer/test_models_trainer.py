@@ -41,6 +41,29 @@ def test_cnn_on_28x28_is_the_pooled_cnn_and_learns_fashion_mnist(tmp_path) -> No
     assert t.evaluate() > 0.7  # 200 steps of batch 32 on 3000 real images; random guessing is 0.10
 
 
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_evaluation_scores_a_channels_last_copy_and_the_training_model_stays_contiguous(tmp_path) -> None:  # noqa: ANN001
+    """The evaluation copy takes the layout its forward pass is fastest in (bench.eval_layout: about
+    half the CPU for the CNN on 28x28), keeps it across later loads of the weights, and scores as
+    the contiguous model does; the training model's tensors, which merges and codecs write and
+    read as flat buffers, are never converted."""
+    from peer.runtime.evaluation import accuracy, eval_layout
+
+    t = build_trainer(PeerConfig(dataset="fashion-mnist", dataset_arg=["limit=500"], data_cache=str(tmp_path),
+                                 model="cnn", seed=1, steps_per_second=0, eval_every=10**9, eval_samples=600))
+    for _ in range(2):  # the first evaluation copies the model, the second loads the weights into the copy
+        t.train_steps(20)
+        score = t.evaluate()
+        convs = [p for p in t._eval_model.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert any(not p.is_contiguous() for p in convs)  # the 16-channel conv (one channel is both layouts)
+        assert all(p.is_contiguous() for p in t.model.parameters())
+        assert all(a.flags.c_contiguous for a in t.state().values())
+        assert abs(score - accuracy(t.model, t.test_x, t.test_y)) <= 1 / len(t.test_y)
+    mlp = build_model("mlp", (1, 28, 28), 10)
+    assert all(p.is_contiguous() for p in eval_layout(mlp).parameters())  # nothing to lay out
+
+
 def test_training_is_reproducible_from_the_seed() -> None:
     a = build_trainer(PeerConfig(seed=5, steps_per_second=0))
     b = build_trainer(PeerConfig(seed=5, steps_per_second=0))
