@@ -216,7 +216,7 @@ def report(args: argparse.Namespace) -> int:
               f"| {verdict.removeprefix('must-hold 2: ')} |")
     missing = [setting_name(s) for k, s in order.items() if k not in by_setting]
     print(f"\nnot measured: {', '.join(missing) or 'none'}")
-    print(f"settings missing a half of must-hold 2: {', '.join(misses) or 'none'}")
+    print(f"settings missing a half of must-hold 2: {'; '.join(misses) or 'none'}")
     if args.json:
         args.json.write_text(json.dumps({"budget": budget, "configs": [r for m in by_setting.values() for r in m.values()],
                                          "must_hold_2": verdicts, "not_measured": missing}, indent=1))
