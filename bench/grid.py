@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.learning import TARGET_FRACTION, Setting, grid, must_hold_2
+from bench.learning import TARGET_FRACTION, Setting, grid, must_hold_2, selected
 
 # Budget fields that make two runs' numbers comparable: rows are only judged side by side when
 # these agree (the codec / exchange / drift flags only change the gossip methods that use them).
@@ -38,13 +38,8 @@ _COST = {("digits", "mlp"): 1, ("digits", "cnn"): 3, ("fashion-mnist", "mlp"): 3
 RUNNING = ".running"
 
 
-def split_name(setting: Setting) -> str:
-    """The name ``bench.learning --splits`` takes: iid, dir0.1, dir0.5."""
-    return "iid" if setting.split == "iid" else f"dir{setting.alpha}"
-
-
 def setting_name(setting: Setting) -> str:
-    return f"{setting.dataset}_{setting.peers}_{setting.model}_{split_name(setting)}"
+    return f"{setting.dataset}_{setting.peers}_{setting.model}_{setting.split_arg()}"
 
 
 def full_grid() -> list[Setting]:
@@ -53,9 +48,7 @@ def full_grid() -> list[Setting]:
 
 def chosen(args: argparse.Namespace) -> list[Setting]:
     """The full grid's settings that pass the filters, cheapest first."""
-    picked = [s for s in full_grid()
-              if (not args.datasets or s.dataset in args.datasets) and (not args.peers or s.peers in args.peers)
-              and (not args.models or s.model in args.models) and (not args.splits or split_name(s) in args.splits)]
+    picked = [s for s in full_grid() if selected(s, args)]  # bench.learning's own filters
     if not picked:
         raise SystemExit("bench.grid: no setting of the full grid matches the filters")
     return sorted(picked, key=lambda s: (_COST[(s.dataset, s.model)] * s.peers, setting_name(s)))
@@ -72,7 +65,7 @@ class Job:
 
 def command(setting: Setting, out: Path, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "bench.learning", "--no-wallclock", "--datasets", setting.dataset,
-           "--peers", str(setting.peers), "--models", setting.model, "--splits", split_name(setting),
+           "--peers", str(setting.peers), "--models", setting.model, "--splits", setting.split_arg(),
            "--json", str(out)]
     if args.methods:
         cmd += ["--methods", *args.methods]
@@ -200,7 +193,8 @@ def report(args: argparse.Namespace) -> int:
     for key in sorted(by_setting, key=lambda k: list(order).index(k) if k in order else len(order)):
         m = by_setting[key]
         dataset, peers, split, alpha, model = key
-        label = f"{dataset}, {peers}, {'iid' if split == 'iid' else f'dir {alpha}'}, {model}"
+        split = "iid" if split == "iid" else f"dir {alpha}"
+        label = f"{dataset}, {peers}, {split}, {model}"
         if "fedavg" not in m:
             verdicts[label] = "no FedAvg run: cannot be judged"
             misses.append(label)
@@ -211,7 +205,7 @@ def report(args: argparse.Namespace) -> int:
             misses.append(label)
         fedavg = m["fedavg"]
         others = "<br>".join(_cell(m, k) for k in m if k not in ("fedavg", "centralized"))
-        print(f"| {dataset} | {peers} | {'iid' if split == 'iid' else f'dir {alpha}'} | {model} "
+        print(f"| {dataset} | {peers} | {split} | {model} "
               f"| {fedavg['rounds_to_95pct_fedavg']} ({fedavg['final_accuracy_mean']:.3f}) | {others} "
               f"| {verdict.removeprefix('must-hold 2: ')} |")
     missing = [setting_name(s) for k, s in order.items() if k not in by_setting]

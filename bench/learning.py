@@ -117,6 +117,10 @@ class Setting:
     model: str            # "mlp" or "cnn"
     dataset: str = "digits"  # or "fashion-mnist" (bench.fmnist: a seeded subsample)
 
+    def split_arg(self) -> str:
+        """The split as ``--splits`` names it: iid, dir0.1, dir0.5."""
+        return "iid" if self.split == "iid" else f"dir{self.alpha}"
+
     def label(self) -> str:
         split = "iid" if self.split == "iid" else f"dir α={self.alpha}"
         return f"{self.dataset}, {self.peers} peers, {split}, {self.model}"
@@ -507,10 +511,9 @@ def load(dataset: str) -> Dataset:
 
 def selected(setting: Setting, args: argparse.Namespace) -> bool:
     """Whether ``setting`` passes the --peers/--models/--splits filters (a subset of the grid)."""
-    split = "iid" if setting.split == "iid" else f"dir{setting.alpha}"
     return ((args.peers is None or setting.peers in args.peers)
             and (args.models is None or setting.model in args.models)
-            and (args.splits is None or split in args.splits)
+            and (args.splits is None or setting.split_arg() in args.splits)
             and (args.datasets is None or setting.dataset in args.datasets))
 
 
