@@ -31,9 +31,9 @@ from bench.learning import TARGET_FRACTION, Setting, grid, must_hold_2, selected
 # Budget fields that make two runs' numbers comparable: rows are only judged side by side when
 # these agree (the codec / exchange / drift flags only change the gossip methods that use them).
 COMPARABLE = ("rounds", "local_steps", "batch_size", "lr", "momentum", "init", "seed", "lr_schedule", "lr_floor")
-# Relative CPU of one setting, to start the cheap ones first (measured: digits/16/MLP about
-# 90 CPU-s for fedavg, sampled and gossip_vc_dc_int8x5; Fashion-MNIST/64/CNN's peers spend most of
-# it scoring 2,000 test images every round).
+# Relative CPU of one setting per peer, to start the cheap ones first (measured for fedavg,
+# sampled and gossip_vc_dc_int8x5, session 14: digits/16/MLP about 90 CPU-s, digits/16/CNN 210,
+# Fashion-MNIST/16/MLP 160, Fashion-MNIST/16/CNN 630-700, Fashion-MNIST/64/CNN 2,731).
 _COST = {("digits", "mlp"): 1, ("digits", "cnn"): 3, ("fashion-mnist", "mlp"): 3, ("fashion-mnist", "cnn"): 12}
 RUNNING = ".running"
 
@@ -101,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     def stop(signum: int, _frame: object) -> None:
-        for job in jobs:
-            job.process.terminate()
-        raise SystemExit(128 + signum)
+        raise SystemExit(128 + signum)  # the finally below stops the children
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while pending or jobs:
             while pending and len(jobs) < args.jobs:
@@ -132,10 +130,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench.grid: [{time.monotonic() - started:7.0f} s] {'finished' if ok else 'failed'} "
                   f"{setting_name(done.setting)} in {time.monotonic() - done.started:.0f} s; "
                   f"{len(pending) + len(jobs)} left", flush=True)
-    except KeyboardInterrupt:
+    finally:  # SIGTERM, ^C or an error here: no setting runs on without its parent
         for job in jobs:
             job.process.terminate()
-        raise
+        signal.signal(signal.SIGTERM, previous)
     if failed:
         print(f"bench.grid: {len(failed)} setting(s) failed: {', '.join(failed)}", flush=True)
         return 1
