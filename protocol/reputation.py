@@ -24,8 +24,8 @@ Defaults (``ReputationConfig``): three outliers in quick succession ban a peer
 counts ``far_weight``, 3: what the rule calls far, ``Verdict.far``, else more than
 ``far_factor`` (4) times beyond its bound); a distance outlier that is not far, and any
 outlier the rule calls not far (``Verdict.far`` False: bristle's loss-check refusals of
-rises under 2 nats), counts ``near_weight`` (0.1): honest partners land there early in a
-run, or on shards of other classes, the attacks far beyond. It counts whole from a sender
+rises under 2 nats, and its direction-test refusals), counts ``near_weight`` (0.1): honest
+partners land there early in a run, or on shards of other classes, the attacks far beyond. It counts whole from a sender
 that stands out: its share of refused models above the median partner's by more than
 ``stand_out`` (0.4), once it has been judged for ``stand_out_after`` half-lives (15 s); its
 refusals are then evidence against it rather than the weather of non-IID shards or of a
@@ -82,7 +82,9 @@ class ReputationConfig:
     # a partner that trained alone for a while (a stalled exchange on a loaded machine) lies
     # several bounds out. So does a refusal the rule calls not far (``Verdict.far`` False: bristle's
     # loss check under 2 nats of rise; partners on other classes raise our loss that much). The
-    # model is refused all the same; the direction test's outliers still count whole.
+    # model is refused all the same. So does bristle's direction test (``Verdict.far`` False): an
+    # honest peer on a skewed shard points away from the others' centre now and then, and whole
+    # refusals banned one of 8 real Fashion-MNIST peers at all seven others (issue 11, session 14).
     near_weight: float = 0.1
     # ... unless the sender stands out among this peer's partners: its share of refused models
     # (every judged model counted, decaying with ``half_life`` like the score) above the median
@@ -171,7 +173,7 @@ class Reputation:
     def _weight(self, v: Verdict, now: float) -> float:
         """How many outliers one verdict counts: ``far_weight`` far out; ``near_weight`` for a
         distance outlier that is not, or one the rule calls not far, from a sender that does not
-        stand out (``stands_out``); one for any other outlier (direction, a loss check's large rises)."""
+        stand out (``stands_out``); one for any other outlier (a loss check's large rises)."""
         if v.kind != "outlier" or not 0 < v.bound < math.inf:
             return 1.0
         far = v.far if v.far is not None else not v.distance <= self.config.far_factor * v.bound

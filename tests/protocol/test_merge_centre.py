@@ -120,7 +120,7 @@ def test_a_large_model_is_judged_on_a_sample_of_coordinates_with_the_same_answer
 
 def test_a_near_distance_outlier_counts_a_tenth_and_an_outlier_within_the_bound_counts_whole() -> None:
     """Honest partners early in a run land a few bounds out: nine such refusals in a row leave a
-    peer in good standing; three refusals by the loss or direction test (the model within the
+    peer in good standing; three refusals by the loss check of large rises (the model within the
     distance bound) still ban, as do three near ones when they count whole, and one the rule
     calls far (bristle: beyond 1.5 norms), however close to its bound."""
     rep = Reputation(ReputationConfig())
@@ -229,3 +229,35 @@ def test_a_loss_check_refusal_of_a_modest_rise_counts_a_tenth_and_a_huge_one_who
     for t in range(3):
         rep.observe([w], now=float(t))
     assert not rep.is_banned("other-classes", 9.0) and rep.is_banned("flipper", 3.0)
+
+
+def _skewed_and_attacker_standing(direction_near: bool) -> tuple[bool, bool, float]:
+    """60 s of a bristle peer with reputation: three partners pull towards +x, an honest partner
+    on a skewed shard points away from them in 3 of its 10 models, an attacker in all of them.
+    Returns (skewed banned at some point, attacker banned at the end, skewed refused share)."""
+    rule = BristleRule(warmup=3, centre_window=8, direction_near=direction_near)
+    rep = Reputation(ReputationConfig())
+    skewed_banned = False
+    for step in range(30):
+        now = 2.0 * step
+        wobble = 0.05 * ((step % 3) - 1)
+        models = [Contribution(at(1.0 + wobble, 0.1 * i - 0.1), sender=f"honest{i}") for i in range(3)]
+        models.append(Contribution(at(-0.5, 0.2) if step % 10 in (2, 5, 8) else at(0.8, 0.3 + wobble),
+                                   sender="skewed"))
+        models.append(Contribution(at(-0.6, 0.1 + wobble), sender="attacker"))
+        live = [m for m in models if not rep.is_banned(m.sender, now)]
+        rep.observe(rule.merge_report(Contribution(LOCAL), live).verdicts, now)
+        skewed_banned |= rep.is_banned("skewed", now)
+    return skewed_banned, rep.is_banned("attacker", 60.0), rep.refused_share("skewed", 60.0)
+
+
+def test_a_direction_refusal_counts_a_tenth_unless_the_sender_stands_out() -> None:
+    """An honest partner on a skewed shard points away from the others' centre now and then; its
+    refusals count a tenth (``Verdict.far`` False) and it is never banned, while a partner refused
+    every time stands out (protocol.reputation) and is. Counted whole (``direction_near`` False),
+    the skewed partner's refusals ban it too."""
+    skewed_banned, attacker_banned, share = _skewed_and_attacker_standing(direction_near=True)
+    assert share is not None and 0.2 < share < 0.4
+    assert not skewed_banned and attacker_banned
+    skewed_banned, attacker_banned, _ = _skewed_and_attacker_standing(direction_near=False)
+    assert skewed_banned and attacker_banned
