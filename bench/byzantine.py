@@ -142,6 +142,9 @@ RULES: dict[str, RuleSpec] = {
     # Session 11: the defaults without the refusal-rate test (a sender that stands out among this
     # peer's partners has its near refusals counted whole; protocol/reputation.py): session 10's default.
     "default/nostand": replace(daemon_defaults(), reputation_args=(("stand_out", math.inf),)),
+    # Issue 11, session 15: the direction test's refusals counted whole, as before (the default now
+    # counts them a tenth unless the sender stands out: honest skewed shards were banned).
+    "default/dirwhole": replace(daemon_defaults(), rule_args=(("direction_near", False),)),
 }
 ROBUST = "bristle+loss+rep"  # the rule the must-hold is about
 QUICK_RULES = ("vc", "bristle", ROBUST)

@@ -148,7 +148,7 @@ class Reputation:
         self.config = (config or ReputationConfig()).check()
         self._peers: dict[str, Standing] = {}
         self._regulars: set[str] = set()  # peers judged at least stand_out_min times (undecayed)
-        self._median_cache: tuple[float | None, float | None] = (None, None)
+        self._median_cache: dict[bool, tuple[float, float | None]] = {}  # early -> (when, median)
 
     # --- events in ---------------------------------------------------------------------------
     def record(self, peer: str, event: str, now: float, detail: str = "", weight: float = 1.0) -> Standing:
@@ -180,40 +180,40 @@ class Reputation:
         if far:
             return self.config.far_weight
         near = v.distance > v.bound or v.far is False
-        return self.config.near_weight if near and not self.stands_out(v.sender, now) else 1.0
+        return self.config.near_weight if near and not self.stands_out(v.sender, now, early=v.early) else 1.0
 
-    def refused_share(self, peer: str, now: float) -> float | None:
+    def refused_share(self, peer: str, now: float, early: bool = False) -> float | None:
         """The decayed share of ``peer``'s judged models that were refused (None: judged fewer
-        than ``stand_out_min`` times, or first judged under ``stand_out_after`` half-lives ago:
-        too little to say)."""
+        than ``stand_out_min`` times, or, unless ``early``, first judged under ``stand_out_after``
+        half-lives ago: too little to say)."""
         s = self._peers.get(peer)
-        if s is None or now - s.first_judged < self.config.stand_out_after * self.config.half_life:
+        if s is None or (not early and now - s.first_judged < self.config.stand_out_after * self.config.half_life):
             return None
         keep = self._keep(s, now)
         judged = s.judged * keep
         return s.refused * keep / judged if judged >= self.config.stand_out_min else None
 
-    def stands_out(self, peer: str, now: float) -> bool:
+    def stands_out(self, peer: str, now: float, early: bool = False) -> bool:
         """Whether ``peer``'s models are refused far more often than this peer's other partners'
         (``stand_out`` above the median share; needs three partners with enough models judged)."""
-        mine = self.refused_share(peer, now)
+        mine = self.refused_share(peer, now, early)
         if mine is None or not math.isfinite(self.config.stand_out):
             return False
-        median = self._median_share(now)
+        median = self._median_share(now, early)
         return median is not None and mine > median + self.config.stand_out
 
-    def _median_share(self, now: float) -> float | None:
+    def _median_share(self, now: float, early: bool = False) -> float | None:
         """The median refused share over the partners judged often enough (None: under three).
         Recomputed at most once per ``MEDIAN_EVERY`` seconds, over the partners ever judged
         ``stand_out_min`` times: a stranger rotating addresses fills the table (``max_peers``)
         with one-packet entries, and a full pass per verdict would be its lever on our CPU."""
-        at, cached = self._median_cache
+        at, cached = self._median_cache.get(early, (None, None))
         if at is not None and 0 <= now - at < MEDIAN_EVERY:
             return cached
-        shares = sorted(x for x in (self.refused_share(p, now) for p in list(self._regulars)) if x is not None)
+        shares = sorted(x for x in (self.refused_share(p, now, early) for p in list(self._regulars)) if x is not None)
         mid = len(shares) // 2
         median = None if len(shares) < 3 else shares[mid] if len(shares) % 2 else (shares[mid - 1] + shares[mid]) / 2
-        self._median_cache = (now, median)
+        self._median_cache[early] = (now, median)
         return median
 
     # --- verdicts out ------------------------------------------------------------------------

@@ -91,6 +91,11 @@ class Verdict:
     # bound, 1.5 norms of our model); False: an outlier an honest model can be (protocol.reputation
     # counts it lightly); None: protocol.reputation judges by distance / bound.
     far: bool | None = None
+    # True: evidence from the sender's first judged models on, so protocol.reputation asks whether
+    # the sender stands out without waiting ``stand_out_after`` (bristle's direction test: it needs
+    # a centre of three other senders' taken models, so it is silent in a run's first seconds,
+    # where honest distances outrun the bound and the wait is for).
+    early: bool = False
 
 
 @dataclass(frozen=True)

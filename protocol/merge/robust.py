@@ -336,7 +336,11 @@ class BristleRule(JudgingRule):
     2 %). Counted whole (False), it banned honest peers on skewed shards: 8 real Fashion-MNIST
     peers, Dirichlet 0.5, the seven others banned one honest peer at times; it made 655
     exchanges against 1,002-1,242 and ended lowest (0.854; bench/RESULTS.md, issue 11 session 14).
-    The model is refused either way.
+    The model is refused either way. Its verdict is ``early`` evidence: whether the sender stands
+    out is asked from its third judged model, not after reputation's 15 s wait, which is for the
+    distance outliers of a run's first seconds (the direction test is silent then). Without that,
+    loss-shift attackers were banned later and cost 0.7 points more (0.910 against 0.917,
+    bench.byzantine --quick, issue 11 session 15).
     """
 
     name = "bristle"
@@ -463,7 +467,7 @@ class BristleRule(JudgingRule):
                 verdicts.append(Verdict(c.sender, "outlier", d, bound,
                                         f"update points away from the recent centre (cosine {cosine:.2f} "
                                         f"< {self.direction_floor:.2f})",
-                                        far=False if self.direction_near else None))
+                                        far=False if self.direction_near else None, early=self.direction_near))
                 continue
             if self.centre is not None:
                 self.centre.add(c.sender, c.tensors)

@@ -231,13 +231,13 @@ def test_a_loss_check_refusal_of_a_modest_rise_counts_a_tenth_and_a_huge_one_who
     assert not rep.is_banned("other-classes", 9.0) and rep.is_banned("flipper", 3.0)
 
 
-def _skewed_and_attacker_standing(direction_near: bool) -> tuple[bool, bool, float]:
+def _skewed_and_attacker_standing(direction_near: bool) -> tuple[bool, float, float]:
     """60 s of a bristle peer with reputation: three partners pull towards +x, an honest partner
     on a skewed shard points away from them in 3 of its 10 models, an attacker in all of them.
-    Returns (skewed banned at some point, attacker banned at the end, skewed refused share)."""
+    Returns (skewed banned at some point, when the attacker was first banned, skewed refused share)."""
     rule = BristleRule(warmup=3, centre_window=8, direction_near=direction_near)
     rep = Reputation(ReputationConfig())
-    skewed_banned = False
+    skewed_banned, attacker_banned_at = False, math.inf
     for step in range(30):
         now = 2.0 * step
         wobble = 0.05 * ((step % 3) - 1)
@@ -248,16 +248,38 @@ def _skewed_and_attacker_standing(direction_near: bool) -> tuple[bool, bool, flo
         live = [m for m in models if not rep.is_banned(m.sender, now)]
         rep.observe(rule.merge_report(Contribution(LOCAL), live).verdicts, now)
         skewed_banned |= rep.is_banned("skewed", now)
-    return skewed_banned, rep.is_banned("attacker", 60.0), rep.refused_share("skewed", 60.0)
+        if rep.is_banned("attacker", now):
+            attacker_banned_at = min(attacker_banned_at, now)
+    return skewed_banned, attacker_banned_at, rep.refused_share("skewed", 60.0)
 
 
 def test_a_direction_refusal_counts_a_tenth_unless_the_sender_stands_out() -> None:
     """An honest partner on a skewed shard points away from the others' centre now and then; its
     refusals count a tenth (``Verdict.far`` False) and it is never banned, while a partner refused
-    every time stands out (protocol.reputation) and is. Counted whole (``direction_near`` False),
-    the skewed partner's refusals ban it too."""
-    skewed_banned, attacker_banned, share = _skewed_and_attacker_standing(direction_near=True)
+    every time stands out (protocol.reputation) and is, within seconds: the direction test's
+    verdicts are ``early`` evidence, judged before ``stand_out_after`` (15 s). Counted whole
+    (``direction_near`` False), the skewed partner's refusals ban it too."""
+    skewed_banned, attacker_banned_at, share = _skewed_and_attacker_standing(direction_near=True)
     assert share is not None and 0.2 < share < 0.4
-    assert not skewed_banned and attacker_banned
-    skewed_banned, attacker_banned, _ = _skewed_and_attacker_standing(direction_near=False)
-    assert skewed_banned and attacker_banned
+    assert not skewed_banned
+    wait = ReputationConfig().stand_out_after * ReputationConfig().half_life
+    assert attacker_banned_at < wait
+    skewed_banned, attacker_banned_at, _ = _skewed_and_attacker_standing(direction_near=False)
+    assert skewed_banned and attacker_banned_at < wait
+
+
+def test_early_evidence_lets_a_sender_stand_out_before_the_wait() -> None:
+    """Three partners taken, one refused every time: with ``Verdict.early`` its refusals count
+    whole once it has been judged three times (``stand_out_min``); without, a tenth until
+    ``stand_out_after`` (15 s) has passed since it was first judged. One model every 2 s."""
+    def first_ban(early: bool) -> float:
+        rep = Reputation(ReputationConfig())
+        for t in range(20):
+            now = 2.0 * t
+            rep.observe([Verdict(f"p{i}", "ok", 0.1, 1.0) for i in range(3)]
+                        + [Verdict("odd", "outlier", 0.5, 1.0, far=False, early=early)], now)
+            if rep.is_banned("odd", now):
+                return now
+        return math.inf
+
+    assert first_ban(early=True) < 15.0 <= first_ban(early=False) < 20.0
