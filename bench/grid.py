@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.learning import TARGET_FRACTION, Setting, grid, must_hold_2, selected
+from bench.learning import TARGET_FRACTION, Setting, grid, must_hold_2, selected, split_label
 
 # Budget fields that make two runs' numbers comparable: rows are only judged side by side when
 # these agree (the codec / exchange / drift flags only change the gossip methods that use them).
@@ -191,8 +191,7 @@ def report(args: argparse.Namespace) -> int:
     for key in sorted(by_setting, key=lambda k: list(order).index(k) if k in order else len(order)):
         m = by_setting[key]
         dataset, peers, split, alpha, model = key
-        split = "iid" if split == "iid" else f"dir {alpha}"
-        label = f"{dataset}, {peers}, {split}, {model}"
+        label = f"{dataset}, {peers}, {split_label(split, alpha)}, {model}"
         if "fedavg" not in m:
             verdicts[label] = "no FedAvg run: cannot be judged"
             misses.append(label)

@@ -332,12 +332,17 @@ def _fmt_rounds(x: int | None) -> str:
     return "never" if x is None else str(x)
 
 
+def split_label(split: str, alpha: float | None) -> str:
+    """How tables name a split: "iid" or "dir <alpha>"."""
+    return "iid" if split == "iid" else f"dir {alpha}"
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     head = ("| data | peers | split | model | method | final acc (mean ± std) | mean acc over rounds "
             "| rounds to 95% FedAvg | (their average model's) | MB / round | consensus dist |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
-        split = "iid" if r["split"] == "iid" else f"dir {r['alpha']}"
+        split = split_label(r["split"], r["alpha"])
         lines.append(
             f"| {r['dataset']} | {r['peers']} | {split} | {r['model']} | {LABELS.get(r['method'], r['method'])} "
             f"| {r['final_accuracy_mean']:.3f} ± {r['final_accuracy_std']:.3f} "
@@ -355,7 +360,7 @@ def verdicts(rows: Sequence[dict]) -> str:
         by_setting.setdefault((r["peers"], r["split"], r["alpha"], r["model"], r["dataset"]), {})[r["method"]] = r
     out = []
     for key, m in by_setting.items():
-        split = "iid" if key[1] == "iid" else f"dir {key[2]}"
+        split = split_label(key[1], key[2])
         if "fedavg" not in m:
             continue
         if not {"gossip_vc_indep", "gossip_plain_indep"} <= m.keys():  # a subset of the methods: must-hold 2 only
