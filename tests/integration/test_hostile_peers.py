@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from peer.tools.procs import PeerProcess, wait_for
+from peer.transport.grpc_transport import HANDSHAKE_TIMEOUT_MS
 from protocol.keyring import Keyring
 from tests.conftest import running_peers
 from tests.integration.hostile import (distance, fetch_model, model_state, packet, relay_from, send,
@@ -128,10 +129,10 @@ def test_replies_nobody_reads_are_bounded_and_dropped_at_their_deadline(launch) 
     sockets = unread_exchanges(a.gossip_address, request, streams=600, per_connection=30)
     try:
         peak, deadline = base, time.monotonic() + 20
-        while time.monotonic() < deadline:  # Status answers within 1 s throughout; RSS stays bounded
-            started = time.monotonic()
-            a.status(timeout=1.0)
-            assert time.monotonic() - started < 1.0
+        # Status answers throughout, within 3 s: a peer starved by the unread replies would answer
+        # only once they are dropped at their deadline (the idle timeout and more). RSS stays bounded.
+        while time.monotonic() < deadline:
+            a.status(timeout=3.0)
             peak = max(peak, rss_mb(pid))
             time.sleep(0.5)
     finally:
@@ -163,9 +164,10 @@ def test_idle_plaintext_connections_are_closed_and_descriptors_stay_bounded(laun
     try:
         for _ in range(1100):
             silent.append(socket.create_connection((host, int(port)), timeout=5))
-        started = time.monotonic()
-        a.status(timeout=1.0)
-        assert time.monotonic() - started < 1.0
+        # The peer answers its admin API while they are held open: before gRPC drops them at
+        # the handshake timeout (a peer starved by them would answer only after that). Not a
+        # speed check: under load on 2 cores a status call has taken over a second.
+        a.status(timeout=HANDSHAKE_TIMEOUT_MS / 1000 - 1.0)
         # gRPC closes each silent connection once the handshake timeout (5 s) passes...
         wait_for(lambda: len(os.listdir(f"/proc/{pid}/fd")) < base + 50, timeout=30,
                  what="the silent connections to be closed")
