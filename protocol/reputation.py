@@ -241,9 +241,11 @@ class Reputation:
             return ""
         score = self._decayed(s, now)
         counts = ", ".join(f"{s.counts[e]} {e}" for e in EVENTS[1:] if s.counts[e])
-        if self.stands_out(peer, now):  # why its near refusals count whole (an operator asks)
-            counts += (f"; {self.refused_share(peer, now):.0%} of its models refused, partners' median "
-                       f"{self._median_share(now):.0%}")
+        # Why its near refusals count whole (an operator asks); early: the direction test's only.
+        early = next((e for e in (False, True) if self.stands_out(peer, now, early=e)), None)
+        if early is not None:
+            counts += (f"; {self.refused_share(peer, now, early):.0%} of its models refused, partners' median "
+                       f"{self._median_share(now, early):.0%}" + (" (early)" if early else ""))
         if self.is_banned(peer, now):
             return (f"banned: score {score:.2f} < {self.config.ban_below:.2f} until > "
                     f"{self.config.readmit_above:.2f} ({counts}; last {s.last_bad})")

@@ -283,3 +283,14 @@ def test_early_evidence_lets_a_sender_stand_out_before_the_wait() -> None:
         return math.inf
 
     assert first_ban(early=True) < 15.0 <= first_ban(early=False) < 20.0
+
+
+def test_the_reason_line_says_a_sender_stands_out_early() -> None:
+    """Before the 15 s wait, a sender that stands out on early evidence is named so in its reason."""
+    rep = Reputation(ReputationConfig())
+    for t in range(6):
+        rep.observe([Verdict(f"p{i}", "ok", 0.1, 1.0) for i in range(3)]
+                    + [Verdict("odd", "outlier", 0.5, 1.0, reason="points away", far=False, early=True)], 2.0 * t)
+    assert rep.is_banned("odd", 10.0)
+    assert "100% of its models refused, partners' median 0% (early)" in rep.reason("odd", 10.0)
+    assert rep.reason("p0", 10.0) == ""
