@@ -29,7 +29,8 @@ partners land there early in a run, or on shards of other classes, the attacks f
 that stands out: its share of refused models above the median partner's by more than
 ``stand_out`` (0.4), once it has been judged for ``stand_out_after`` half-lives (15 s); its
 refusals are then evidence against it rather than the weather of non-IID shards or of a
-run's first seconds.
+run's first seconds. A verdict marked ``Verdict.early`` (bristle's direction test, silent in
+those first seconds) asks that question from the sender's third judged model, without the wait.
 In the long run a peer whose updates cost an expected penalty ``p`` each (penalties minus
 rewards), arriving every ``Δ`` seconds, settles at a deficit ``p / (1 − 2^(−Δ/half_life))``: with ``half_life``
 120 s and one update every 20 s, an honest peer flagged once in four updates
