@@ -1,6 +1,6 @@
 """Shared fixtures: real peer processes on loopback, stopped at the end of each test.
 
-Also how the default run is spread over pytest-xdist workers (``-n 2 --dist loadfile`` in
+Also how the default run is spread over pytest-xdist workers (``-n 3 --dist loadfile`` in
 pyproject's addopts): every test module is one unit of work, so a module's shared peers
 (module-scoped fixtures) start once, in one worker; the fuzz package is one unit, because
 its session checks (tests/fuzz/test_zz_session.py) count the inputs of every fuzz test
