@@ -25,8 +25,8 @@ counts ``far_weight``, 3: what the rule calls far, ``Verdict.far``, else more th
 ``far_factor`` (4) times beyond its bound); a distance outlier that is not far, and any
 outlier the rule calls not far (``Verdict.far`` False: bristle's loss-check refusals of
 rises under 2 nats, and its direction-test refusals), counts ``near_weight`` (0.1): honest
-partners land there early in a run, or on shards of other classes, the attacks far beyond. It counts whole from a sender
-that stands out: its share of refused models above the median partner's by more than
+partners land there early in a run, or on shards of other classes, the attacks far beyond.
+It counts whole from a sender that stands out: its share of refused models above the median partner's by more than
 ``stand_out`` (0.4), once it has been judged for ``stand_out_after`` half-lives (15 s); its
 refusals are then evidence against it rather than the weather of non-IID shards or of a
 run's first seconds. A verdict marked ``Verdict.early`` (bristle's direction test, silent in
