@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from peer.data import Dataset, load_dataset
+from peer.runtime.config import KEYFRAME_CODECS, SMALL_CODECS
 from peer.runtime.lr_schedule import LR_SCHEDULES
 from peer.sim.clock import VirtualClock
 from peer.sim.setup import sim_lr_schedule
@@ -158,6 +159,11 @@ class Budget:
     # The daemon's drift_correction (peer.runtime.drift_correction). Gossip only: it learns from
     # merges, and FedAvg's and sampled rounds' clients have no merges to learn from but the aggregate.
     drift_correction: float = SimConfig.drift_correction
+    # The daemon's keyframe_codec and small_codec (gossip only): a link's first, whole model
+    # and the deltas of tensors under 4096 elements. Both are fixed costs that grow with the
+    # swarm (63 links a peer at 64 peers) and weigh most on small models.
+    keyframe_codec: str = SimConfig.keyframe_codec
+    small_codec: str = SimConfig.small_codec
 
 
 @dataclass
@@ -260,7 +266,8 @@ def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, s
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
     sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
                                codec=budget.codec, topk_ratio=budget.topk_ratio,
-                               drift_correction=budget.drift_correction), data, rule)
+                               drift_correction=budget.drift_correction, keyframe_codec=budget.keyframe_codec,
+                               small_codec=budget.small_codec), data, rule)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance(), sim.average_model_accuracy())
     for r in range(1, budget.rounds + 1):
@@ -546,6 +553,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--exchanges", type=int, default=1, help="exchanges each gossip peer starts per round")
     p.add_argument("--drift-correction", type=float, default=SimConfig.drift_correction,
                    help="gain of gossip peers' drift correction (the daemon's drift_correction; 0: off)")
+    p.add_argument("--keyframe-codec", default=SimConfig.keyframe_codec, choices=KEYFRAME_CODECS,
+                   help="codec of gossip's keyframes, a link's first whole model (the daemon's keyframe_codec)")
+    p.add_argument("--small-codec", default=SimConfig.small_codec, choices=SMALL_CODECS,
+                   help="codec of gossip's deltas of tensors under 4096 elements (the daemon's small_codec)")
     p.add_argument("--datasets", nargs="*", default=None, help="only these data sets: digits, fashion-mnist")
     # choices: a misspelt method is refused, not silently dropped (FedAvg alone would run).
     p.add_argument("--methods", nargs="*", default=None, choices=METHODS + EXTRA_METHODS, metavar="METHOD",
@@ -567,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = replace(budget, init=args.init, seed=args.seed, rounds=args.rounds or budget.rounds, evaluate=args.eval,
                      lr_schedule=args.lr_schedule, lr_floor=args.lr_floor, codec=args.codec,
                      topk_ratio=args.topk_ratio, exchanges_per_round=args.exchanges,
-                     drift_correction=args.drift_correction)
+                     drift_correction=args.drift_correction, keyframe_codec=args.keyframe_codec,
+                     small_codec=args.small_codec)
     datasets = {d: load(d) for d in dict.fromkeys(s.dataset for s in settings)}
     runs: list[Run] = []
     for setting in settings:
@@ -604,7 +616,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = plot(runs, plot_dir, prefix)
     print(f"\n{budget.rounds} rounds of {budget.local_steps} local steps per peer (batch {budget.batch_size}, "
           f"lr {budget.lr} {budget.lr_schedule}, momentum {budget.momentum}, init {budget.init}, "
-          f"gossip codec {budget.codec}, {budget.exchanges_per_round} exchange(s)/round, drift correction "
+          f"gossip codec {budget.codec} (keyframes {budget.keyframe_codec}, small tensors {budget.small_codec}), "
+          f"{budget.exchanges_per_round} exchange(s)/round, drift correction "
           f"{budget.drift_correction:g}); {', '.join(datasets)}; "
           f"wall time {result['wall_s']:.0f} s, CPU time {result['cpu_s']:.0f} s\n")
     print(markdown_table(rows))

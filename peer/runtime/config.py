@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 ENV_PREFIX = "HEARSAY_"
 # Codecs for model deltas (raw is for integer tensors only).
 WIRE_CODECS = ("fp32", "fp16", "int8", "int4", "topk", "topk_int8", "randk")
+# Codecs of keyframes (a whole model, dense) and of small tensors' deltas (under 4096 elements,
+# where sparse codecs would not help).
+KEYFRAME_CODECS = ("fp32", "fp16")
+SMALL_CODECS = ("fp32", "fp16", "int8")
 # The model zoo's names (peer.models.ZOO; a test keeps them equal), known here so a bad
 # --model is refused before torch is imported.
 ZOO_MODELS = ("mlp", "cnn", "cnn-small", "cnn-pooled", "cnn-wide")
@@ -215,9 +219,9 @@ class PeerConfig:
                              lo=0.0, hi=1.0, lo_open=True)
     small_codec: str = _opt("fp32", "Codec of deltas of small float tensors (under 4096 elements: biases, norms, "
                                     "first layers), which sparse codecs would not help.",
-                            choices=("fp32", "fp16", "int8"))
+                            choices=SMALL_CODECS)
     keyframe_codec: str = _opt("fp32", "Codec of keyframes (the whole model, sent when a link starts or "
-                                       "loses sequence).", choices=("fp32", "fp16"))
+                                       "loses sequence).", choices=KEYFRAME_CODECS)
     error_feedback: bool = _opt(True, "Keep the compression error and send it with later deltas (off only "
                                       "to measure what it buys).")
     max_links: int = _opt(64, "Per-link replicas kept (least recently used evicted; a keyframe follows).",

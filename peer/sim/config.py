@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from peer.runtime.config import LR_SCHEDULES, MERGE_MOMENTUM, PeerConfig
+from peer.runtime.config import KEYFRAME_CODECS, LR_SCHEDULES, MERGE_MOMENTUM, SMALL_CODECS, PeerConfig
 from protocol import codecs
 from protocol.merge import make_rule
 
@@ -49,6 +49,11 @@ class SimConfig:
     merge: str = "vc"                   # protocol.merge.RULES name
     codec: str = "fp32"                 # protocol.codecs name for float tensors
     topk_ratio: float = PeerConfig.topk_ratio  # share of coordinates a top-k / rand-k delta keeps
+    # The daemon's keyframe_codec and small_codec: how a link's first (whole) model travels, and
+    # the deltas of tensors under 4096 elements. At 64 peers a peer starts 63 links, and on a
+    # small model the small tensors are a fixed cost of every delta, so both show in bytes/round.
+    keyframe_codec: str = PeerConfig.keyframe_codec
+    small_codec: str = PeerConfig.small_codec
     # Every peer starts from the same weights, seeded from ``cluster`` as the daemon's
     # init=shared does (peer.sim.setup.initial_model_seed). Off by default here, unlike the
     # daemon, so the learning benchmarks and tests keep measuring independent starts too.
@@ -121,6 +126,8 @@ class SimConfig:
             (not set(self.absent) & set(self.attackers), "a peer cannot be both absent and attacking"),
             (self.fanout >= 1, "fanout must be at least 1"),
             (0 <= self.drift_correction <= 1, "drift_correction must be in [0, 1]"),
+            (self.keyframe_codec in KEYFRAME_CODECS, f"keyframe_codec must be one of {', '.join(KEYFRAME_CODECS)}"),
+            (self.small_codec in SMALL_CODECS, f"small_codec must be one of {', '.join(SMALL_CODECS)}"),
             (self.merge_momentum in MERGE_MOMENTUM, f"merge_momentum must be one of {', '.join(MERGE_MOMENTUM)}"),
             (self.lr_schedule in LR_SCHEDULES and 0 <= self.lr_floor <= 1
              and (self.lr_schedule == "constant" or self.lr_horizon > 0),

@@ -255,8 +255,8 @@ class Simulator(AttackerMixin):
             merge_rule=self.rules[p.index], codec=cfg.codec,
             limits=Limits(max_packet_bytes=self.network.max_packet_bytes),
             rng=random.Random(peer_seed(cfg, p.index)), interval=cfg.gossip_interval, timeout=cfg.timeout,
-            clock=self.clock, topk_ratio=cfg.topk_ratio, keyframe_codec=_DAEMON.keyframe_codec,
-            error_feedback=_DAEMON.error_feedback, max_links=_DAEMON.max_links, small_codec=_DAEMON.small_codec)
+            clock=self.clock, topk_ratio=cfg.topk_ratio, keyframe_codec=cfg.keyframe_codec,
+            error_feedback=_DAEMON.error_feedback, max_links=_DAEMON.max_links, small_codec=cfg.small_codec)
         if isinstance(engine, AttackerEngine):
             configure_attacker(engine, cfg.attack)
         reputation = Reputation(self._reputation_config()) if cfg.reputation else None

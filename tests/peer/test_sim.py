@@ -78,6 +78,39 @@ def test_every_message_is_a_wire_packet_and_push_pull_merges_both_sides(digits) 
     assert sim.keyframes() == len(sim.stats.links)
 
 
+def test_keyframe_and_small_codecs_are_the_daemons_options(digits) -> None:  # noqa: ANN001
+    """fp16 keyframes cost half a fp32 model; int8 small tensors shrink every int8 delta."""
+    def run(**kw) -> tuple[Simulator, list[int]]:  # noqa: ANN003
+        sim = Simulator(small(**kw), digits)
+        sizes: list[int] = []
+        sim.network.observers.append(lambda _s, _d, size, _r, event: sizes.append(size) if event == "sent" else None)
+        sim.run_until(20.0)
+        return sim, sizes
+
+    fp32 = Simulator(small(), digits)
+    whole = len(own_packet(fp32.peers[0], fp32.fingerprint, fp32.codec))  # a fp32 model's packet
+    sim, sizes = run(keyframe_codec="fp16")
+    keyframes = sim.keyframes()
+    assert 0 < keyframes < len(sizes)
+    # Every keyframe is the model in fp16 (about half: tensors under 4096 values stay fp32, 1,546
+    # of 26,122 here), every delta the whole fp32 payload.
+    assert sorted(sizes)[:keyframes] == sorted(s for s in sizes if s < 0.6 * whole)
+    assert all(0.5 * whole <= s <= 0.5 * whole + 1546 * 2 + 256 for s in sorted(sizes)[:keyframes])
+    assert all(whole <= s <= whole + 256 for s in sorted(sizes)[keyframes:])
+
+    def mean_delta(sim: Simulator, sizes: list[int]) -> float:
+        deltas = sorted(sizes)[:len(sizes) - sim.keyframes()]
+        return sum(deltas) / len(deltas)
+
+    fp32_small, int8_small = run(codec="int8"), run(codec="int8", small_codec="int8")
+    # The MLP's small tensors (biases, the 128x10 layer: 1,546 of 26,122 values) go as 1 byte, not 4.
+    saved = mean_delta(*fp32_small) - mean_delta(*int8_small)
+    assert 1546 * 3 * 0.9 <= saved <= 1546 * 3 + 256
+    for bad in (dict(keyframe_codec="int4"), dict(small_codec="topk")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            small(**bad).check()
+
+
 def test_steps_follow_each_peers_speed(digits) -> None:  # noqa: ANN001
     sim = Simulator(small(speed_spread=0.5, steps_per_second=2.0), digits)
     sim.run_until(25.0)
