@@ -15,6 +15,8 @@ On the same data, model and compute budget, in one run, it compares
                          coordinates (error feedback), 16 exchanges per round (about FedAvg's bytes)
     gossip_vc_dc_int8x5  gossip VC from the daemon's shared start with its drift correction
                          (peer.runtime.drift_correction, gain 0.03), int8 deltas, 5 exchanges per round
+    gossip_vc_dc_int4x10 the same with int4 deltas, fp16 keyframes, int8 small tensors and 10
+                         exchanges per round (about int8 x 5's bytes, half its drift)
 
 for every (peers, split, model). One *round* is the same compute for every method:
 each of the N peers takes ``local_steps`` SGD steps (centralized takes N·local_steps
@@ -65,13 +67,15 @@ from peer.runtime.trainer import Trainer
 from protocol.merge import MergeRule, VarianceCorrectedRule, weighted_average
 
 METHODS = ("centralized", "fedavg", "gossip_plain_indep", "gossip_vc_indep", "gossip_plain_shared",
-           "gossip_vc_fanout", "sampled", "gossip_vc_int8x4", "gossip_vc_topk16", "gossip_vc_dc_int8x5")
+           "gossip_vc_fanout", "sampled", "gossip_vc_int8x4", "gossip_vc_topk16", "gossip_vc_dc_int8x5",
+           "gossip_vc_dc_int4x10")
 # --quick runs issue 11's six methods and gossip_vc_int8x4 (gossip_plain_shared is the full grid's control) and leaves
 # ``sampled`` out of the wall-clock scenarios (with every live peer training it is FedAvg's
 # computation with a rotating aggregator), so it stays within 15 minutes on 2 cores.
 # gossip_vc_topk16 (session 12) is the full grid's: its 16 exchanges a round cost 2-4x int8x4's CPU.
-# gossip_vc_dc_int8x5 (session 13) likewise: 5 exchanges a round.
-QUICK_METHODS = tuple(m for m in METHODS if m not in ("gossip_plain_shared", "gossip_vc_topk16", "gossip_vc_dc_int8x5"))
+# gossip_vc_dc_int8x5 (session 13) likewise: 5 exchanges a round; gossip_vc_dc_int4x10 (session 16): 10.
+QUICK_METHODS = tuple(m for m in METHODS if m not in ("gossip_plain_shared", "gossip_vc_topk16", "gossip_vc_dc_int8x5",
+                                                      "gossip_vc_dc_int4x10"))
 # Top-k int8 deltas keeping this share of the coordinates, this many exchanges per round: on
 # Fashion-MNIST/16/MLP/Dirichlet 0.1 0.05 x 16 and 0.1 x 8 were slower (bench/RESULTS.md, session 12).
 TOPK_RATIO, TOPK_EXCHANGES = 0.1, 16
@@ -80,6 +84,12 @@ TOPK_RATIO, TOPK_EXCHANGES = 0.1, 16
 # teach it nothing true (Fashion-MNIST/64/MLP int8 x 4: 47 rounds with it or without, final 0.802).
 # Five exchanges, not six: at 64 peers six cost 1.96-2.16x FedAvg's bytes a round, over the 2x budget.
 DC_GAIN, DC_EXCHANGES = 0.03, 5
+# Twice the exchanges at about the same bytes (bench/RESULTS.md, sessions 15-16): int4 deltas, and
+# the fixed costs cut that grow with the swarm (fp16 keyframes: 63 links a peer at 64 peers) or
+# weigh on small models (int8 deltas of tensors under 4096 values). On digits/64/MLP Dirichlet 0.1
+# those two took int4 x 10 from 2.30x FedAvg's bytes to 1.65x; on Fashion-MNIST/16/CNN Dirichlet 0.1
+# int4 x 10 reached the mark in 19 rounds where int8 x 5 took 37 (FedAvg 24).
+DC4_EXCHANGES, DC4_KEYFRAMES, DC4_SMALL = 10, "fp16", "int8"
 # The daemon's own start (init = shared, its default: every peer from the cluster's seed) with
 # its merge (vc), fanout 1 and 2; run with --methods (not in the grid by default).
 EXTRA_METHODS = ("gossip_vc_shared", "gossip_vc_fanout_shared")
@@ -91,6 +101,7 @@ LABELS = {
     "gossip_vc_int8x4": "(j) gossip VC, int8 deltas, 4 exchanges/round",
     "gossip_vc_topk16": "(k) gossip VC, top-10% int8 deltas, 16 exchanges/round",
     "gossip_vc_dc_int8x5": "(l) gossip VC, shared init, drift correction, int8 deltas, 5 exchanges/round",
+    "gossip_vc_dc_int4x10": "(m) gossip VC, shared init, drift correction, int4 deltas, fp16 keyframes, 10 exchanges/round",
     "sampled": "(g) sampled rounds (hash-chosen aggregator)",
     "centralized": "(a) centralized SGD",
     "fedavg": "(b) FedAvg, shared init",
@@ -102,7 +113,7 @@ LABELS = {
 }
 # One colour per method in every panel of both plots.
 COLORS = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                            "tab:gray", "tab:olive", "tab:cyan", "black")))
+                            "tab:gray", "tab:olive", "tab:cyan", "black", "gold")))
 # The paper's claim, as the issue states it.
 VC_ROUNDS_FACTOR = 1.5
 TARGET_FRACTION = 0.95
@@ -295,6 +306,9 @@ def method_runner(method: str) -> Callable[[Setting, Budget, Dataset], Curve]:
         "gossip_vc_dc_int8x5": lambda s, b, d: run_gossip(
             s, replace(b, codec="int8", exchanges_per_round=DC_EXCHANGES, drift_correction=DC_GAIN), d,
             merge="vc", shared_init=True),
+        "gossip_vc_dc_int4x10": lambda s, b, d: run_gossip(
+            s, replace(b, codec="int4", exchanges_per_round=DC4_EXCHANGES, drift_correction=DC_GAIN,
+                       keyframe_codec=DC4_KEYFRAMES, small_codec=DC4_SMALL), d, merge="vc", shared_init=True),
         "gossip_vc_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True),
         "gossip_vc_fanout_shared": lambda s, b, d: run_gossip(s, b, d, merge="vc", shared_init=True, fanout=2),
     }
