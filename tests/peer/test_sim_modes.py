@@ -144,7 +144,7 @@ def test_must_hold_2_judges_every_gossip_method_of_the_grid() -> None:
     assert "gossip_vc_topk16" in verdict
     rows["gossip_vc_topk16"] = row(16, 10.0)  # 1.6x the rounds: misses
     rows.update({m: row(None, 1.0) for m in gossip if m != "gossip_vc_topk16"})
-    assert must_hold_2(rows).endswith("async VC <=1.5x at <=2x bytes: NONE")
+    assert must_hold_2(rows).endswith(f"async VC <=1.5x at <=2x bytes: NONE (of {', '.join(gossip)})")
 
 
 def test_average_model_accuracy_scores_the_mean_of_the_peers_models(digits) -> None:  # noqa: ANN001
