@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from bench.learning import Budget, Setting, load, sim_config
+from bench.learning import Budget, gossip_simulator, grid, load, selected
 from peer.runtime.config import KEYFRAME_CODECS, SMALL_CODECS
-from peer.sim.swarm import Simulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gossip_bytes", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", choices=("digits", "fashion-mnist"))
     p.add_argument("--peers", type=int, default=64)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--split", default="dir0.1", help="iid or dirALPHA")
+    p.add_argument("--model", default="mlp", choices=("mlp", "cnn"))
+    p.add_argument("--split", default="dir0.1", choices=("iid", "dir0.1", "dir0.5"))
     p.add_argument("--codec", default="int4")
     p.add_argument("--exchanges", type=int, default=10, help="exchanges each peer starts per round")
     p.add_argument("--drift-correction", type=float, default=0.03)
@@ -37,14 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=8)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    alpha = None if args.split == "iid" else float(args.split.removeprefix("dir"))
-    setting = Setting(args.peers, "iid" if alpha is None else "dirichlet", alpha, args.model, args.dataset)
+    # The grid's setting of that name (bench.learning's own filter), so --split takes what --splits does.
+    setting = next(s for s in grid(quick=False)[0] if selected(s, argparse.Namespace(
+        peers=None, models=[args.model], splits=[args.split], datasets=[args.dataset])))
+    setting = replace(setting, peers=args.peers)
     budget = Budget(rounds=60, lr_schedule="cosine", codec=args.codec, exchanges_per_round=args.exchanges,
                     drift_correction=args.drift_correction, keyframe_codec=args.keyframe_codec,
                     small_codec=args.small_codec)
-    sim = Simulator(sim_config(setting, budget, merge="vc", shared_init=True, codec=budget.codec,
-                               drift_correction=budget.drift_correction, keyframe_codec=budget.keyframe_codec,
-                               small_codec=budget.small_codec), load(args.dataset))
+    sim = gossip_simulator(setting, budget, load(args.dataset), merge="vc", shared_init=True)
     params = sum(v.size for v in sim.states()[0].values())
     print(f"{setting.label()}: {params:,} parameters; {args.codec} x {args.exchanges}, keyframes "
           f"{args.keyframe_codec}, small tensors {args.small_codec} (60-round cosine budget)\n")

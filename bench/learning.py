@@ -16,7 +16,7 @@ On the same data, model and compute budget, in one run, it compares
     gossip_vc_dc_int8x5  gossip VC from the daemon's shared start with its drift correction
                          (peer.runtime.drift_correction, gain 0.03), int8 deltas, 5 exchanges per round
     gossip_vc_dc_int4x10 the same with int4 deltas, fp16 keyframes, int8 small tensors and 10
-                         exchanges per round (about int8 x 5's bytes, half its drift)
+                         exchanges per round (about int8 x 5's bytes, twice its merges)
 
 for every (peers, split, model). One *round* is the same compute for every method:
 each of the N peers takes ``local_steps`` SGD steps (centralized takes N·local_steps
@@ -87,8 +87,9 @@ DC_GAIN, DC_EXCHANGES = 0.03, 5
 # Twice the exchanges at about the same bytes (bench/RESULTS.md, sessions 15-16): int4 deltas, and
 # the fixed costs cut that grow with the swarm (fp16 keyframes: 63 links a peer at 64 peers) or
 # weigh on small models (int8 deltas of tensors under 4096 values). On digits/64/MLP Dirichlet 0.1
-# those two took int4 x 10 from 2.30x FedAvg's bytes to 1.65x; on Fashion-MNIST/16/CNN Dirichlet 0.1
-# int4 x 10 reached the mark in 19 rounds where int8 x 5 took 37 (FedAvg 24).
+# those two took int4 x 10 from 2.30x FedAvg's bytes to 1.65x. On the grid's eight Dirichlet 0.1
+# settings it reaches the mark in 0.62-1.06x FedAvg's rounds at 1.40-1.66x its bytes; int8 x 5
+# missed on two of them (Fashion-MNIST/CNN, 16 and 64 peers: 1.54x and 2.06x).
 DC4_EXCHANGES, DC4_KEYFRAMES, DC4_SMALL = 10, "fp16", "int8"
 # The daemon's own start (init = shared, its default: every peer from the cluster's seed) with
 # its merge (vc), fanout 1 and 2; run with --methods (not in the grid by default).
@@ -272,13 +273,19 @@ def run_sampled(setting: Setting, budget: Budget, data: Dataset) -> Curve:
     return curve
 
 
+def gossip_simulator(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
+                     rule: MergeRule | None = None, fanout: int = 1) -> Simulator:
+    """A gossip swarm for ``setting`` with ``budget``'s codecs, exchanges and drift correction."""
+    return Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
+                                codec=budget.codec, topk_ratio=budget.topk_ratio,
+                                drift_correction=budget.drift_correction, keyframe_codec=budget.keyframe_codec,
+                                small_codec=budget.small_codec), data, rule)
+
+
 def run_gossip(setting: Setting, budget: Budget, data: Dataset, *, merge: str, shared_init: bool,
                rule: MergeRule | None = None, fanout: int = 1) -> Curve:
     """Gossip through ``peer.sim.swarm``: every peer trains, and starts ``fanout`` exchanges per round."""
-    sim = Simulator(sim_config(setting, budget, merge=merge, shared_init=shared_init, fanout=fanout,
-                               codec=budget.codec, topk_ratio=budget.topk_ratio,
-                               drift_correction=budget.drift_correction, keyframe_codec=budget.keyframe_codec,
-                               small_codec=budget.small_codec), data, rule)
+    sim = gossip_simulator(setting, budget, data, merge=merge, shared_init=shared_init, rule=rule, fanout=fanout)
     curve = Curve()
     curve.record(sim.accuracies(), 0, sim.consensus_distance(), sim.average_model_accuracy())
     for r in range(1, budget.rounds + 1):
