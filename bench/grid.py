@@ -202,7 +202,7 @@ def report(args: argparse.Namespace) -> int:
             misses.append(label)
         fedavg = m["fedavg"]
         others = "<br>".join(_cell(m, k) for k in m if k not in ("fedavg", "centralized"))
-        print(f"| {dataset} | {peers} | {split} | {model} "
+        print(f"| {dataset} | {peers} | {split_label(split, alpha)} | {model} "
               f"| {fedavg['rounds_to_95pct_fedavg']} ({fedavg['final_accuracy_mean']:.3f}) | {others} "
               f"| {verdict.removeprefix('must-hold 2: ')} |")
     missing = [setting_name(s) for k, s in order.items() if k not in by_setting]

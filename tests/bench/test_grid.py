@@ -65,6 +65,7 @@ def test_report_judges_each_setting_and_lists_what_is_missing(tmp_path: Path, ca
     assert main(["report", str(tmp_path), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "2 of 24 settings of the full grid measured" in out
+    assert "| fashion-mnist | 64 | dir 0.1 | cnn | 10 (" in out  # the table names the split's alpha
     assert "digits_64_cnn_dir0.5" in out.split("not measured:")[1]
     assert "digits_16_mlp_iid" not in out.split("not measured:")[1]
     merged = json.loads(out_json.read_text())
